@@ -1,0 +1,326 @@
+"""The training config: one typed dataclass tree that the CLI, the UI and preset TOML files all view.
+
+Layering: defaults (here) -> preset TOML -> user TOML -> `--set section.field=value`.
+Every field carries `metadata={"help": ...}` (CLI help and UI tooltip) and, where it has a fixed
+set of values, `"choices"`; `validate()` checks those and the cross-field rules, naming the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import sys
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from loramix.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+SCHEMA_VERSION = 1
+DEFAULT_TARGET_MODULES = ["to_q", "to_k", "to_v", "to_out.0"]
+FEED_FORWARD_MODULES = ["ff.net.0.proj", "ff.net.2"]
+CONV_MODULES = ["conv1", "conv2", "conv_shortcut", "proj_in", "proj_out"]
+
+
+def _f(default: Any, help: str, **meta: Any) -> Any:
+    """A config field: default value plus help text and optional choices / min / max."""
+    meta["help"] = help
+    if isinstance(default, list):
+        return field(default_factory=lambda d=default: list(d), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class ModelConfig:
+    base_model: str = _f("", "Base model: a diffusers folder, a hub id or a single .safetensors checkpoint. "
+                             "Empty = the embedded tiny demo model.")
+    revision: str = _f("", "Hub revision (branch, tag or commit) when base_model is a hub id.")
+
+
+@dataclass
+class DatasetConfig:
+    data_dir: str = _f("", "Folder of training images (jpg/png/webp) with optional same-name caption files; "
+                           "sub-folders named like 10_style repeat their images 10 times.")
+    resolution: int = _f(512, "Training resolution: the side of the square pixel budget for buckets.", min=64)
+    enable_bucket: bool = _f(True, "Aspect-ratio bucketing: images go to the bucket nearest their aspect ratio.")
+    min_bucket_reso: int = _f(0, "Smallest bucket side in pixels (0 = half the resolution).", min=0)
+    max_bucket_reso: int = _f(0, "Largest bucket side in pixels (0 = twice the resolution).", min=0)
+    crop: str = _f("center", "How an image is cropped to its bucket.", choices=["center", "random"])
+    flip_aug: bool = _f(False, "Randomly mirror images left-right (both versions cached with cache_latents).")
+    repeats: int = _f(1, "Repeats for images directly in data_dir (sub-folders use their N_ prefix).", min=1)
+    caption_extension: str = _f(".txt", "Extension of caption files next to the images.")
+    trigger_word: str = _f("", "Word put in front of every caption, e.g. the style's name.")
+    shuffle_captions: bool = _f(False, "Shuffle comma-separated tags of each caption every epoch.")
+    keep_tokens: int = _f(0, "With shuffle_captions, keep the first N comma-separated tags in place.", min=0)
+    caption_dropout_rate: float = _f(0.0, "Probability of training a sample on the empty caption.", min=0.0, max=1.0)
+    cache_latents: bool = _f(True, "Encode every image with the VAE once and reuse the latents.")
+    cache_text_embeddings: bool = _f(True, "Encode every caption once and reuse the embeddings "
+                                           "(needs a frozen text encoder and no caption shuffling).")
+
+
+@dataclass
+class NetworkConfig:
+    rank: int = _f(16, "LoRA rank (network dim): size of the low-rank update.", min=1)
+    alpha: float = _f(16.0, "LoRA alpha: the update is scaled by alpha / rank.", min=0.0)
+    target_modules: list[str] = _f(DEFAULT_TARGET_MODULES, "UNet layers that get LoRA. Attention by default; "
+                                   f"add feed-forward ({', '.join(FEED_FORWARD_MODULES)}) or conv "
+                                   f"({', '.join(CONV_MODULES)}) layers to train more.")
+    train_text_encoder: bool = _f(False, "Also train LoRA on the text encoder attention.")
+    text_encoder_lr: float = _f(0.0, "Learning rate of the text encoder LoRA (0 = learning_rate).", min=0.0)
+
+
+@dataclass
+class OptimConfig:
+    optimizer: str = _f("adamw", "Optimizer. adamw8bit needs bitsandbytes and a GPU; prodigy needs prodigyopt "
+                                 "and wants learning_rate 1.0.", choices=["adamw", "adamw8bit", "prodigy"])
+    learning_rate: float = _f(1e-4, "UNet LoRA learning rate.", min=0.0)
+    weight_decay: float = _f(1e-2, "Weight decay.", min=0.0)
+    max_grad_norm: float = _f(1.0, "Clip gradients to this norm (0 = no clipping).", min=0.0)
+    lr_scheduler: str = _f("constant", "Learning-rate schedule.",
+                           choices=["constant", "constant_with_warmup", "cosine"])
+    lr_warmup_steps: int = _f(0, "Warm-up steps for constant_with_warmup and cosine.", min=0)
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = _f(0, "Optimizer steps to train (0 = use epochs).", min=0)
+    epochs: int = _f(10, "Epochs to train when max_steps is 0.", min=1)
+    batch_size: int = _f(1, "Images per step on each process.", min=1)
+    gradient_accumulation_steps: int = _f(1, "Micro-batches summed before each optimizer step.", min=1)
+    mixed_precision: str = _f("no", "Compute precision of the frozen model (LoRA weights stay fp32).",
+                              choices=["no", "fp16", "bf16"])
+    gradient_checkpointing: bool = _f(False, "Trade compute for memory in the UNet.")
+    seed: int = _f(42, "Seed of everything random: data order, noise, timesteps, LoRA init.", min=0)
+    noise_offset: float = _f(0.0, "Noise offset (0.05-0.1 helps very dark or bright images).", min=0.0)
+    min_snr_gamma: float = _f(0.0, "Min-SNR loss weighting gamma (5 is usual; 0 = off).", min=0.0)
+    resume_from: str = _f("", "Folder of a saved training state (…-state/) to continue from.")
+
+
+@dataclass
+class OutputConfig:
+    output_dir: str = _f("outputs", "Folder for the LoRA file, checkpoints, samples and the log.")
+    output_name: str = _f("my-lora", "File name (without extension) of the LoRA.")
+    save_every_n_steps: int = _f(0, "Write an intermediate LoRA and a resumable state every N steps (0 = end only).",
+                                 min=0)
+    save_precision: str = _f("fp16", "Dtype of the saved LoRA weights.", choices=["fp16", "bf16", "fp32"])
+
+
+@dataclass
+class SampleConfig:
+    sample_every_n_steps: int = _f(0, "Generate sample images every N steps (0 = never; also at the end "
+                                      "when prompts are given).", min=0)
+    prompts: list[str] = _f([], "Prompts for sample images.")
+    negative_prompt: str = _f("", "Negative prompt for sample images.")
+    steps: int = _f(20, "Denoising steps per sample.", min=1)
+    guidance_scale: float = _f(7.0, "Classifier-free guidance scale for samples.", min=0.0)
+    seed: int = _f(1234, "Seed of the sample images (the same every time, so they are comparable).", min=0)
+
+
+@dataclass
+class LoramixConfig:
+    schema_version: int = _f(SCHEMA_VERSION, "Version of this config layout.")
+    model: ModelConfig = field(default_factory=ModelConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+    # ---- views -------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def get(self, dotted: str) -> Any:
+        section, name = _split(dotted)
+        return getattr(getattr(self, section), name)
+
+    def validate(self) -> LoramixConfig:
+        """Check every field's range and choices, then the rules between fields. Returns self."""
+        for spec in field_specs():
+            value = self.get(spec.name)
+            meta = spec.metadata
+            if "choices" in meta and value not in meta["choices"]:
+                raise ConfigError(spec.name, f"{value!r} is not allowed; choose one of {', '.join(meta['choices'])}.")
+            if "min" in meta and value < meta["min"]:
+                raise ConfigError(spec.name, f"{value!r} is below the minimum {meta['min']}.")
+            if "max" in meta and value > meta["max"]:
+                raise ConfigError(spec.name, f"{value!r} is above the maximum {meta['max']}.")
+        ds, net = self.dataset, self.network
+        if ds.resolution % 64:
+            raise ConfigError("dataset.resolution", f"{ds.resolution} is not a multiple of 64.")
+        if not net.target_modules:
+            raise ConfigError("network.target_modules", "is empty; name at least one UNet layer, e.g. to_q.")
+        if ds.crop == "random" and ds.cache_latents:
+            raise ConfigError("dataset.crop", "random crops cannot be cached; set dataset.cache_latents=false "
+                                              "or dataset.crop=center.")
+        if ds.cache_text_embeddings and net.train_text_encoder:
+            raise ConfigError("dataset.cache_text_embeddings", "cannot cache text embeddings while the text "
+                                                               "encoder trains; set it to false.")
+        if ds.cache_text_embeddings and ds.shuffle_captions:
+            raise ConfigError("dataset.cache_text_embeddings", "shuffled captions change every epoch and cannot "
+                                                               "be cached; set it to false.")
+        if not self.output.output_name or any(c in self.output.output_name for c in '/\\:'):
+            raise ConfigError("output.output_name", f"{self.output.output_name!r} must be a plain file name.")
+        return self
+
+
+def _split(dotted: str) -> tuple[str, str]:
+    if dotted.count(".") != 1:
+        raise ConfigError(dotted, "config keys are written section.field, e.g. network.rank.")
+    section, name = dotted.split(".")
+    return section, name
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One leaf field of the config: its dotted name, Python type, default and metadata."""
+
+    name: str
+    type: Any
+    default: Any
+    metadata: dict
+
+    @property
+    def help(self) -> str:
+        return self.metadata.get("help", "")
+
+
+def field_specs() -> list[FieldSpec]:
+    """All leaf fields as `section.field`, in declaration order (the UI and CLI are built from this)."""
+    specs = []
+    defaults = LoramixConfig()
+    for section in dataclasses.fields(LoramixConfig):
+        if section.name == "schema_version":
+            continue
+        hints = typing.get_type_hints(section.default_factory)
+        for f in dataclasses.fields(section.default_factory):
+            name = f"{section.name}.{f.name}"
+            specs.append(FieldSpec(name, hints[f.name], defaults.get(name), dict(f.metadata)))
+    return specs
+
+
+def _spec(dotted: str) -> FieldSpec:
+    specs = {s.name: s for s in field_specs()}
+    if dotted not in specs:
+        close = difflib.get_close_matches(dotted, specs, n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else " Run `loramix train --help` for the list."
+        raise ConfigError(dotted, f"unknown config key.{hint}")
+    return specs[dotted]
+
+
+def coerce(dotted: str, value: Any) -> Any:
+    """Turn a TOML value or a command-line string into the field's type, or say why not."""
+    spec = _spec(dotted)
+    t = spec.type
+    try:
+        if t is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if t is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if t is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if t is str:
+            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+                raise ValueError
+            return str(value)
+        if typing.get_origin(t) is list:
+            if isinstance(value, str):
+                sep = "|" if dotted == "sample.prompts" else ","
+                return [v.strip() for v in value.split(sep) if v.strip()]
+            if isinstance(value, list) and all(isinstance(v, str) for v in value):
+                return list(value)
+            raise ValueError
+    except (ValueError, TypeError):
+        pass
+    else:
+        raise AssertionError(f"unhandled type {t}")  # pragma: no cover
+    kind = getattr(t, "__name__", str(t))
+    raise ConfigError(dotted, f"{value!r} is not a valid {kind}.")
+
+
+def apply(config: LoramixConfig, values: dict) -> LoramixConfig:
+    """Overlay a nested dict (as read from TOML) onto `config`; unknown keys are errors."""
+    for key, value in values.items():
+        if key == "schema_version":
+            if value != SCHEMA_VERSION:
+                raise ConfigError("schema_version", f"{value!r} is not supported; this loramix reads version "
+                                                    f"{SCHEMA_VERSION}.")
+            continue
+        if not isinstance(value, dict):
+            raise ConfigError(key, "top-level keys are sections such as [network]; put fields inside one.")
+        for name, v in value.items():
+            dotted = f"{key}.{name}"
+            coerced = coerce(dotted, v)  # rejects unknown keys with a suggestion
+            setattr(getattr(config, key), name, coerced)
+    return config
+
+
+def set_value(config: LoramixConfig, assignment: str) -> LoramixConfig:
+    """Apply one `section.field=value` override."""
+    if "=" not in assignment:
+        raise ConfigError(assignment, "an override is written section.field=value.")
+    dotted, value = assignment.split("=", 1)
+    dotted = dotted.strip()
+    section, name = _split(dotted)
+    setattr(getattr(config, section), name, coerce(dotted, value))
+    return config
+
+
+def read_toml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("preset", f"{path} does not exist.")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError("preset", f"{path} is not valid TOML: {e}.") from e
+
+
+def load_config(*tomls: str | Path, overrides: list[str] = (), validate: bool = True) -> LoramixConfig:
+    """Defaults, then each TOML file in order, then `section.field=value` overrides."""
+    config = LoramixConfig()
+    for path in tomls:
+        if path:
+            apply(config, read_toml(path))
+    for assignment in overrides:
+        set_value(config, assignment)
+    return config.validate() if validate else config
+
+
+def from_dict(values: dict) -> LoramixConfig:
+    """A config from a nested dict such as `to_dict()` wrote (e.g. the JSON stored in a LoRA file)."""
+    return apply(LoramixConfig(), values)
+
+
+def to_toml(config: LoramixConfig, only_changed: bool = False) -> str:
+    import tomli_w
+
+    data = config.to_dict()
+    if only_changed:
+        base = LoramixConfig().to_dict()
+        data = {s: {k: v for k, v in fields.items() if base[s][k] != v}
+                for s, fields in data.items() if isinstance(fields, dict)}
+        data = {"schema_version": SCHEMA_VERSION, **{s: f for s, f in data.items() if f}}
+    return tomli_w.dumps(data)

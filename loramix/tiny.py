@@ -1,0 +1,117 @@
+"""Build tiny Stable-Diffusion-shaped models offline: random weights, a CLIP tokenizer from a local vocab.
+
+Used by the tests and benchmarks (random weights) and as the architecture of the embedded demo model.
+The result is an ordinary diffusers folder that `StableDiffusionPipeline.from_pretrained` loads.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+BOS, EOS = "<|startoftext|>", "<|endoftext|>"
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """The byte -> printable character table of GPT-2 / CLIP byte-level BPE."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+def write_clip_tokenizer(out_dir: str | Path, words: list[str] = (), max_length: int = 77) -> Path:
+    """Write a CLIPTokenizer (vocab.json, merges.txt) whose BPE merges make each of `words` one token.
+
+    Other text still tokenizes, letter by letter, so no prompt is ever rejected.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    chars = list(_bytes_to_unicode().values())
+    vocab: dict[str, int] = {}
+    for token in chars + [c + "</w>" for c in chars]:
+        vocab.setdefault(token, len(vocab))
+    merges: list[str] = []
+    for word in sorted({w.lower() for w in words if w.strip()}):
+        pieces = list(word[:-1]) + [word[-1] + "</w>"]
+        while len(pieces) > 1:
+            merge = f"{pieces[0]} {pieces[1]}"
+            joined = pieces[0] + pieces[1]
+            if merge not in merges:
+                merges.append(merge)
+            vocab.setdefault(joined, len(vocab))
+            pieces = [joined] + pieces[2:]
+    for special in (BOS, EOS):
+        vocab.setdefault(special, len(vocab))
+    (out_dir / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    (out_dir / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    (out_dir / "special_tokens_map.json").write_text(json.dumps(
+        {"bos_token": BOS, "eos_token": EOS, "unk_token": EOS, "pad_token": EOS}), encoding="utf-8")
+    (out_dir / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "CLIPTokenizer", "model_max_length": max_length, "bos_token": BOS,
+        "eos_token": EOS, "unk_token": EOS, "pad_token": EOS, "do_lower_case": True}), encoding="utf-8")
+    return out_dir
+
+
+def tiny_configs(image_size: int = 64, text_dim: int = 32, vocab_size: int = 1000,
+                 max_length: int = 77, unet_channels: tuple[int, ...] = (32, 64),
+                 vae_channels: tuple[int, ...] = (32, 64, 64)) -> dict[str, dict]:
+    """Configs for a tiny SD 1.x-shaped model: VAE factor 2**(len(vae_channels)-1)."""
+    n_vae = len(vae_channels)
+    latent = image_size // 2 ** (n_vae - 1)
+    n_unet = len(unet_channels)
+    return {
+        "unet": dict(
+            sample_size=latent, in_channels=4, out_channels=4, layers_per_block=1,
+            block_out_channels=list(unet_channels),
+            down_block_types=["CrossAttnDownBlock2D"] * (n_unet - 1) + ["DownBlock2D"],
+            up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * (n_unet - 1),
+            cross_attention_dim=text_dim, attention_head_dim=8, norm_num_groups=8,
+        ),
+        "vae": dict(
+            in_channels=3, out_channels=3, latent_channels=4, block_out_channels=list(vae_channels),
+            down_block_types=["DownEncoderBlock2D"] * n_vae, up_block_types=["UpDecoderBlock2D"] * n_vae,
+            layers_per_block=1, norm_num_groups=8, sample_size=image_size,
+        ),
+        "text_encoder": dict(
+            hidden_size=text_dim, intermediate_size=text_dim * 2, num_hidden_layers=2, num_attention_heads=4,
+            max_position_embeddings=max_length, vocab_size=vocab_size, projection_dim=text_dim,
+            bos_token_id=0, eos_token_id=2, pad_token_id=1,
+        ),
+        "scheduler": dict(
+            num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+            clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon",
+        ),
+    }
+
+
+def build_tiny_model(out_dir: str | Path, seed: int = 0, words: list[str] = (), image_size: int = 64,
+                     prediction_type: str = "epsilon", **arch) -> Path:
+    """Write a random-weight tiny SD pipeline folder at `out_dir` and return its path."""
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    out_dir = Path(out_dir)
+    tok_dir = write_clip_tokenizer(out_dir / "tokenizer", words)
+    tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
+    cfg = tiny_configs(image_size=image_size, vocab_size=len(tokenizer), **arch)
+    cfg["text_encoder"].update(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                               pad_token_id=tokenizer.pad_token_id)
+    cfg["scheduler"]["prediction_type"] = prediction_type
+    torch.manual_seed(seed)
+    pipe = StableDiffusionPipeline(
+        unet=UNet2DConditionModel(**cfg["unet"]),
+        vae=AutoencoderKL(**cfg["vae"]),
+        text_encoder=CLIPTextModel(CLIPTextConfig(**cfg["text_encoder"])),
+        tokenizer=tokenizer,
+        scheduler=DDIMScheduler(**cfg["scheduler"]),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.save_pretrained(out_dir, safe_serialization=True)
+    return out_dir

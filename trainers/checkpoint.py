@@ -1,0 +1,127 @@
+"""What a run writes: the kohya LoRA file with `ss_*` metadata, and the resumable training state.
+
+The state is one safetensors file (`<name>-state.safetensors`): LoRA weights in fp32, the
+optimizer's tensors, and as JSON metadata the step, the optimizer's scalars and param groups, the
+scheduler and the config. One file written atomically, so a crash never leaves half a state, and
+nothing is pickled. Randomness needs no saving: the trainer derives it from (seed, step).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from loramix import __version__
+from loramix.atomic import atomic_path
+from loramix.config import LoramixConfig
+from loramix.errors import TrainingError
+from loramix.lora_io import LoraAdapter
+
+STATE_FORMAT = "loramix-train-state/1"
+
+
+def adapter_metadata(cfg: LoramixConfig, family, *, step: int, epoch: int, num_images: int,
+                     tag_frequency: dict, started_at: float) -> dict[str, str]:
+    """kohya's `ss_*` keys (the ones A1111 / ComfyUI / civitai read) plus our full config as JSON."""
+    res = cfg.dataset.resolution
+    te_lr = cfg.network.text_encoder_lr or cfg.optim.learning_rate
+    return {
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": str(cfg.network.rank),
+        "ss_network_alpha": str(cfg.network.alpha),
+        "ss_network_args": json.dumps({"target_modules": cfg.network.target_modules}),
+        "ss_base_model_version": family.ss_base_model_version,
+        "ss_v2": str(family.name == "sd2"),
+        "ss_sd_model_name": Path(cfg.model.base_model).name or "loramix-embedded-tiny",
+        "ss_resolution": f"({res}, {res})",
+        "ss_enable_bucket": str(cfg.dataset.enable_bucket),
+        "ss_steps": str(step),
+        "ss_max_train_steps": str(step),
+        "ss_epoch": str(epoch),
+        "ss_num_train_images": str(num_images),
+        "ss_batch_size_per_device": str(cfg.train.batch_size),
+        "ss_gradient_accumulation_steps": str(cfg.train.gradient_accumulation_steps),
+        "ss_learning_rate": str(cfg.optim.learning_rate),
+        "ss_unet_lr": str(cfg.optim.learning_rate),
+        "ss_text_encoder_lr": str(te_lr if cfg.network.train_text_encoder else 0),
+        "ss_optimizer": cfg.optim.optimizer,
+        "ss_lr_scheduler": cfg.optim.lr_scheduler,
+        "ss_lr_warmup_steps": str(cfg.optim.lr_warmup_steps),
+        "ss_mixed_precision": cfg.train.mixed_precision,
+        "ss_seed": str(cfg.train.seed),
+        "ss_noise_offset": str(cfg.train.noise_offset),
+        "ss_min_snr_gamma": str(cfg.train.min_snr_gamma),
+        "ss_caption_dropout_rate": str(cfg.dataset.caption_dropout_rate),
+        "ss_shuffle_caption": str(cfg.dataset.shuffle_captions),
+        "ss_keep_tokens": str(cfg.dataset.keep_tokens),
+        "ss_flip_aug": str(cfg.dataset.flip_aug),
+        "ss_cache_latents": str(cfg.dataset.cache_latents),
+        "ss_output_name": cfg.output.output_name,
+        "ss_training_started_at": str(started_at),
+        "ss_training_finished_at": str(time.time()),
+        "ss_tag_frequency": json.dumps(tag_frequency),
+        "ss_training_comment": f"trained with loramix {__version__}",
+        "loramix_version": __version__,
+        "loramix_config": cfg.to_json(),
+    }
+
+
+def write_lora(path: Path, adapter: LoraAdapter, dtype: str) -> Path:
+    from loramix.lora_io import save_lora
+
+    return save_lora(path, adapter, dtype)
+
+
+def save_state(path: Path, *, step: int, lora: dict[str, torch.Tensor], optimizer, scheduler,
+               config: LoramixConfig) -> Path:
+    tensors = {f"lora.{k}": v.detach().float().contiguous().cpu() for k, v in lora.items()}
+    opt = optimizer.state_dict()
+    scalars: dict[str, dict] = {}
+    for idx, entries in opt["state"].items():
+        for key, value in entries.items():
+            if torch.is_tensor(value):
+                tensors[f"optim.{idx}.{key}"] = value.detach().contiguous().cpu()
+            else:
+                scalars.setdefault(str(idx), {})[key] = value
+    meta = {
+        "format": STATE_FORMAT,
+        "step": str(step),
+        "optimizer_param_groups": json.dumps(opt["param_groups"]),
+        "optimizer_scalars": json.dumps(scalars),
+        "scheduler": json.dumps(scheduler.state_dict()),
+        "loramix_config": config.to_json(),
+    }
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+    return path
+
+
+def load_state(path: str | Path) -> dict:
+    """Read a state file: {"step", "lora", "optimizer" (a state_dict), "scheduler", "config"}."""
+    path = Path(path)
+    if not path.is_file():
+        raise TrainingError(f"train.resume_from: {path} does not exist; give a …-state.safetensors file.")
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        if meta.get("format") != STATE_FORMAT:
+            raise TrainingError(f"train.resume_from: {path.name} is not a loramix training state.")
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, idx, name = key.split(".", 2)
+            state.setdefault(int(idx), {})[name] = value
+    for idx, entries in json.loads(meta["optimizer_scalars"]).items():
+        state.setdefault(int(idx), {}).update(entries)
+    return {
+        "step": int(meta["step"]),
+        "lora": {k[len("lora."):]: v for k, v in tensors.items() if k.startswith("lora.")},
+        "optimizer": {"state": state, "param_groups": json.loads(meta["optimizer_param_groups"])},
+        "scheduler": json.loads(meta["scheduler"]),
+        "config": json.loads(meta["loramix_config"]),
+    }

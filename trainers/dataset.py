@@ -1,0 +1,244 @@
+"""The training set: scan an image folder, read captions and repeats, bucket by aspect ratio, batch.
+
+Folder layout (kohya style): images directly in the folder repeat `dataset.repeats` times; a
+sub-folder named `N_name` repeats its images N times and `name` is the caption of images without
+a caption file. Everything random (order, flips, crops, caption shuffling and dropout) is a pure
+function of (seed, epoch, item), so a resumed run sees exactly the data an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from loramix.config import DatasetConfig
+from loramix.errors import DatasetError
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+BUCKET_STEP = 64
+_REPEAT_DIR = re.compile(r"^(\d+)_(.+)$")
+
+
+@dataclass(frozen=True)
+class ImageItem:
+    path: Path
+    caption: str
+    repeats: int
+    folder: str  # the caption group, as kohya's ss_tag_frequency keys it
+    size: tuple[int, int]  # (width, height) after EXIF orientation
+    bucket: tuple[int, int] = (0, 0)
+
+
+# ---- images ----------------------------------------------------------------------------------
+def load_image(path: Path) -> Image.Image:
+    """Open an image as 8-bit RGB: EXIF rotation applied, transparency composited onto white."""
+    with Image.open(path) as im:
+        im.load()
+        im = ImageOps.exif_transpose(im)
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(im, dtype=np.float64)
+        scale = 255.0 / 65535.0 if arr.max() > 255 else 1.0
+        im = Image.fromarray(np.clip(arr * scale, 0, 255).astype(np.uint8), "L")
+    if im.mode == "P":
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA", "PA"):
+        im = im.convert("RGBA")
+        background = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(background, im)
+    return im.convert("RGB")
+
+
+def _probe(path: Path) -> tuple[int, int] | None:
+    """Fully decode the image once; return its oriented size, or None (with a warning) if unusable."""
+    try:
+        return load_image(path).size
+    except Exception as e:  # PIL raises many types for corrupt files
+        log.warning("Skipping %s: cannot read this image (%s).", path, e)
+        return None
+
+
+# ---- captions --------------------------------------------------------------------------------
+def read_caption(image: Path, extension: str, default: str) -> str:
+    ext = extension if extension.startswith(".") else "." + extension
+    caption_file = image.with_suffix(ext)
+    if caption_file.is_file():
+        text = caption_file.read_text(encoding="utf-8", errors="replace")
+        return " ".join(text.split())
+    return default
+
+
+def with_trigger(caption: str, trigger: str) -> str:
+    if not trigger or caption.split(",")[0].strip() == trigger:
+        return caption
+    return f"{trigger}, {caption}" if caption else trigger
+
+
+def shuffle_tags(caption: str, keep_tokens: int, rng: random.Random) -> str:
+    tags = [t.strip() for t in caption.split(",") if t.strip()]
+    head, tail = tags[:keep_tokens], tags[keep_tokens:]
+    rng.shuffle(tail)
+    return ", ".join(head + tail)
+
+
+# ---- scanning --------------------------------------------------------------------------------
+def scan_folder(cfg: DatasetConfig) -> list[ImageItem]:
+    """Find every usable image under `cfg.data_dir` with its caption and repeat count."""
+    root = Path(cfg.data_dir).expanduser()
+    if not cfg.data_dir or not root.is_dir():
+        raise DatasetError(f"dataset.data_dir: {cfg.data_dir!r} is not a folder. Point it at a folder of images.")
+    groups: list[tuple[Path, int, str]] = [(root, cfg.repeats, "")]
+    for sub in sorted(p for p in root.iterdir() if p.is_dir()):
+        m = _REPEAT_DIR.match(sub.name)
+        if m:
+            groups.append((sub, int(m.group(1)), m.group(2).replace("_", " ")))
+        elif any(f.suffix.lower() in IMAGE_EXTENSIONS for f in sub.iterdir()):
+            log.warning("Ignoring sub-folder %s: name it N_name (e.g. 10_%s) to train on it.", sub, sub.name)
+    items = []
+    found_files = 0
+    for folder, repeats, default_caption in groups:
+        if repeats < 1:
+            log.warning("Ignoring %s: 0 repeats.", folder)
+            continue
+        for path in sorted(folder.iterdir()):
+            if path.suffix.lower() not in IMAGE_EXTENSIONS or not path.is_file():
+                continue
+            found_files += 1
+            size = _probe(path)
+            if size is None:
+                continue
+            caption = read_caption(path, cfg.caption_extension, default_caption)
+            group = folder.name if folder != root else f"{repeats}_{root.name}"
+            items.append(ImageItem(path, caption, repeats, group, size))
+    if not items:
+        what = "no image files" if not found_files else f"{found_files} image files but none could be read"
+        raise DatasetError(f"dataset.data_dir: {root} has {what} ({', '.join(sorted(IMAGE_EXTENSIONS))}). "
+                           "Add images, or put them in a sub-folder named like 10_mystyle.")
+    return items
+
+
+def tag_frequency(items: list[ImageItem]) -> dict[str, dict[str, int]]:
+    """kohya's ss_tag_frequency: per folder, how many images carry each comma-separated tag."""
+    freq: dict[str, Counter] = {}
+    for item in items:
+        counter = freq.setdefault(item.folder, Counter())
+        counter.update({t.strip() for t in item.caption.split(",") if t.strip()})
+    return {folder: dict(c) for folder, c in freq.items()}
+
+
+# ---- buckets ---------------------------------------------------------------------------------
+def make_buckets(resolution: int, min_side: int = 0, max_side: int = 0) -> list[tuple[int, int]]:
+    """All (width, height), multiples of 64, with width*height <= resolution**2 and sides in range."""
+    min_side = min_side or max(BUCKET_STEP, resolution // 2 // BUCKET_STEP * BUCKET_STEP)
+    max_side = max_side or resolution * 2
+    budget = resolution * resolution
+    buckets = set()
+    for w in range(min_side, max_side + 1, BUCKET_STEP):
+        h = min(max_side, budget // w // BUCKET_STEP * BUCKET_STEP)
+        if h >= min_side:
+            buckets.add((w, h))
+            buckets.add((h, w))
+    return sorted(buckets)
+
+
+def bucket_for(size: tuple[int, int], buckets: list[tuple[int, int]]) -> tuple[int, int]:
+    """The bucket whose aspect ratio is nearest the image's (then the larger area)."""
+    ratio = math.log(size[0] / size[1])
+    return min(buckets, key=lambda b: (abs(math.log(b[0] / b[1]) - ratio), -b[0] * b[1]))
+
+
+def assign_buckets(items: list[ImageItem], cfg: DatasetConfig) -> list[ImageItem]:
+    if cfg.enable_bucket:
+        buckets = make_buckets(cfg.resolution, cfg.min_bucket_reso, cfg.max_bucket_reso)
+    else:
+        buckets = [(cfg.resolution, cfg.resolution)]
+    return [ImageItem(i.path, i.caption, i.repeats, i.folder, i.size, bucket_for(i.size, buckets)) for i in items]
+
+
+def fit_to_bucket(image: Image.Image, bucket: tuple[int, int], crop: str, rng: random.Random) -> Image.Image:
+    """Resize so the image covers the bucket, then crop the excess (centre or random)."""
+    bw, bh = bucket
+    w, h = image.size
+    scale = max(bw / w, bh / h)
+    nw, nh = max(bw, round(w * scale)), max(bh, round(h * scale))
+    image = image.resize((nw, nh), Image.Resampling.LANCZOS)
+    if crop == "random":
+        left, top = rng.randint(0, nw - bw), rng.randint(0, nh - bh)
+    else:
+        left, top = (nw - bw) // 2, (nh - bh) // 2
+    return image.crop((left, top, left + bw, top + bh))
+
+
+# ---- epochs and batches ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Sample:
+    """One entry of a batch: which item, and the random choices made for it this epoch."""
+
+    index: int  # into the item list
+    flip: bool
+    drop_caption: bool
+    variant_seed: int  # seeds crop and caption shuffle
+
+
+def epoch_batches(items: list[ImageItem], cfg: DatasetConfig, global_batch: int, seed: int,
+                  epoch: int) -> list[list[Sample]]:
+    """The global batches of one epoch, each from a single bucket, every item `repeats` times.
+
+    A bucket's last short batch is filled up with that bucket's first items of the epoch, so every
+    process of a distributed run always gets the same number of samples.
+    """
+    rng = random.Random(f"{seed}:{epoch}")
+    by_bucket: dict[tuple[int, int], list[int]] = {}
+    for idx, item in enumerate(items):
+        by_bucket.setdefault(item.bucket, []).extend([idx] * item.repeats)
+    batches = []
+    for bucket in sorted(by_bucket):
+        order = by_bucket[bucket]
+        rng.shuffle(order)
+        for start in range(0, len(order), global_batch):
+            chunk = order[start:start + global_batch]
+            chunk += (order * global_batch)[: global_batch - len(chunk)]
+            batches.append(chunk)
+    rng.shuffle(batches)
+    out = []
+    for chunk in batches:
+        out.append([Sample(i, cfg.flip_aug and rng.random() < 0.5, rng.random() < cfg.caption_dropout_rate,
+                           rng.getrandbits(32)) for i in chunk])
+    return out
+
+
+def batches_per_epoch(items: list[ImageItem], global_batch: int) -> int:
+    counts = Counter()
+    for item in items:
+        counts[item.bucket] += item.repeats
+    return sum(math.ceil(n / global_batch) for n in counts.values())
+
+
+def caption_for(item: ImageItem, sample: Sample, cfg: DatasetConfig) -> str:
+    """The caption the model sees for this sample (trigger, shuffle, dropout applied)."""
+    if sample.drop_caption:
+        return ""
+    caption = item.caption
+    if cfg.shuffle_captions:
+        caption = shuffle_tags(caption, cfg.keep_tokens, random.Random(sample.variant_seed))
+    return with_trigger(caption, cfg.trigger_word)
+
+
+def pixels_for(item: ImageItem, sample: Sample, cfg: DatasetConfig):
+    """The image as a (3, H, W) float tensor in [-1, 1], cropped to its bucket, flipped if drawn."""
+    import torch
+
+    image = fit_to_bucket(load_image(item.path), item.bucket, cfg.crop, random.Random(sample.variant_seed))
+    if sample.flip:
+        image = ImageOps.mirror(image)
+    arr = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()

@@ -1,0 +1,368 @@
+"""The LoRA training loop: image folder + base model -> kohya-format LoRA file, as named steps.
+
+    scan data -> accelerator -> load model -> inject LoRA -> cache -> optimizer -> resume -> loop -> save
+
+`accelerate.Accelerator` owns devices, precision, gradient accumulation and distributed runs; the
+same code runs under `accelerate launch --num_processes N`. Every random choice is derived from
+(seed, micro-batch index, position in the global batch), so a resumed run, and an N-process run
+with the same global batch, see the same data and noise as a single uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from loramix.atomic import write_text
+from loramix.config import LoramixConfig, to_toml
+from loramix.errors import ConfigError, TrainingError
+from loramix.events import CancelToken, EventSink, TrainEvent, no_events
+from loramix.families import Components, load_base_model
+from loramix.lora_io import LoraAdapter, from_peft, save_lora
+from trainers import dataset as ds
+from trainers.checkpoint import adapter_metadata, load_state, save_state
+from trainers.optim import make_optimizer, make_scheduler
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    lora_path: Path | None
+    state_path: Path | None
+    steps: int
+    cancelled: bool = False
+    losses: list[float] = field(default_factory=list)
+
+
+def _seed_for(*parts) -> int:
+    return random.Random(":".join(map(str, parts))).getrandbits(63)
+
+
+class LoraTrainer:
+    def __init__(self, config: LoramixConfig, events: EventSink = no_events, cancel: CancelToken | None = None):
+        self.cfg = config.validate()
+        self.events = events
+        self.cancel = cancel or CancelToken()
+        self.out_dir = Path(config.output.output_dir).expanduser()
+        self.name = config.output.output_name
+        self.started_at = time.time()
+
+    # ---- 1. data (before any model is loaded, so dataset errors come fast) ------------------
+    def scan_data(self) -> None:
+        self.items = ds.assign_buckets(ds.scan_folder(self.cfg.dataset), self.cfg.dataset)
+        self.tag_frequency = ds.tag_frequency(self.items)
+        log.info("%d images, %d samples per epoch", len(self.items), sum(i.repeats for i in self.items))
+
+    # ---- 2. accelerator ----------------------------------------------------------------------
+    def setup_accelerator(self) -> None:
+        from accelerate import Accelerator
+
+        t = self.cfg.train
+        try:
+            self.acc = Accelerator(mixed_precision=t.mixed_precision,
+                                   gradient_accumulation_steps=t.gradient_accumulation_steps)
+        except ValueError as e:
+            raise ConfigError("train.mixed_precision", f"{t.mixed_precision} is not available here: {e}") from e
+        self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.acc.mixed_precision,
+                                                                                   torch.float32)
+        self.global_batch = t.batch_size * self.acc.num_processes
+        self.micro_per_epoch = ds.batches_per_epoch(self.items, self.global_batch)
+        steps_per_epoch = math.ceil(self.micro_per_epoch / t.gradient_accumulation_steps)
+        self.total_steps = t.max_steps or t.epochs * steps_per_epoch
+
+    # ---- 3. model + 4. LoRA ------------------------------------------------------------------
+    def load_model(self) -> None:
+        self.m: Components = load_base_model(self.cfg.model.base_model, self.cfg.model.revision)
+        self.family = self.m.family
+        for module in (self.m.unet, self.m.vae, self.m.text_encoder):
+            module.requires_grad_(False)
+            module.to(self.acc.device, dtype=self.weight_dtype)
+        self.m.vae.to(dtype=torch.float32)  # the VAE runs once per image when caching; fp32 avoids NaNs
+
+    def inject_lora(self) -> None:
+        from diffusers.training_utils import cast_training_params
+        from peft import LoraConfig
+
+        net = self.cfg.network
+        torch.manual_seed(self.cfg.train.seed)
+        lora = dict(r=net.rank, lora_alpha=net.alpha, init_lora_weights="gaussian")
+        try:
+            self.m.unet.add_adapter(LoraConfig(target_modules=net.target_modules, **lora))
+        except ValueError as e:
+            raise ConfigError("network.target_modules", f"{net.target_modules} matched no UNet layer ({e}).") from e
+        self.trained = {self.family.unet_prefix: self.m.unet}
+        if net.train_text_encoder:
+            for prefix, encoder in self.family.text_encoders(self.m).items():
+                encoder.add_adapter(LoraConfig(target_modules=self.family.text_encoder_targets, **lora))
+                self.trained[prefix] = encoder
+        cast_training_params(list(self.trained.values()), dtype=torch.float32)
+        if self.cfg.train.gradient_checkpointing:
+            self.m.unet.enable_gradient_checkpointing()
+            if net.train_text_encoder:
+                self.m.text_encoder.gradient_checkpointing_enable()
+
+    # ---- 5. caches ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def build_caches(self) -> None:
+        d = self.cfg.dataset
+        self.latent_cache: dict[tuple[int, bool], torch.Tensor] = {}
+        if d.cache_latents:
+            for idx, item in enumerate(self.items):
+                for flip in ((False, True) if d.flip_aug else (False,)):
+                    sample = ds.Sample(idx, flip, False, 0)
+                    self.latent_cache[(idx, flip)] = self._encode_images(ds.pixels_for(item, sample, d)[None])[0]
+        self.text_cache: dict[str, dict[str, torch.Tensor]] = {}
+        if d.cache_text_embeddings:
+            captions = {ds.caption_for(item, ds.Sample(i, False, False, 0), d) for i, item in enumerate(self.items)}
+            if d.caption_dropout_rate > 0:
+                captions.add("")
+            for caption in sorted(captions):
+                self.text_cache[caption] = {k: v[0] for k, v in self._encode_text([caption]).items()}
+        if d.cache_latents:
+            self.m.vae.to("cpu")  # not needed again until samples are drawn
+
+    def _encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        vae = self.m.vae
+        latents = vae.encode(pixels.to(self.acc.device, torch.float32)).latent_dist.mode()
+        return (latents * vae.config.scaling_factor).to(self.weight_dtype)
+
+    def _encode_text(self, captions: list[str]) -> dict[str, torch.Tensor]:
+        ids = self.family.tokenize(self.m, captions).to(self.acc.device)
+        return self.family.encode_text(self.m, ids)
+
+    # ---- 6. optimizer ------------------------------------------------------------------------
+    def build_optimizer(self) -> None:
+        lr = self.cfg.optim.learning_rate
+        te_lr = self.cfg.network.text_encoder_lr or lr
+        groups = [{"params": [p for p in module.parameters() if p.requires_grad],
+                   "lr": lr if prefix == self.family.unet_prefix else te_lr}
+                  for prefix, module in self.trained.items()]
+        self.params = [p for g in groups for p in g["params"]]
+        optimizer = make_optimizer(groups, self.cfg.optim)
+        self.scheduler = make_scheduler(optimizer, self.cfg.optim, self.total_steps)
+        prepared = self.acc.prepare(*self.trained.values(), optimizer)
+        self.models = dict(zip(self.trained, prepared[:-1]))
+        self.optimizer = prepared[-1]
+        for prefix, module in self.models.items():  # text encoding must go through the wrapped modules
+            if prefix != self.family.unet_prefix:
+                self.family.set_text_encoder(self.m, prefix, module)
+
+    # ---- 7. resume ---------------------------------------------------------------------------
+    def maybe_resume(self) -> int:
+        from peft.utils import set_peft_model_state_dict
+
+        if not self.cfg.train.resume_from:
+            return 0
+        state = load_state(self.cfg.train.resume_from)
+        for prefix, module in self.trained.items():
+            part = {k[len(prefix) + 1:]: v for k, v in state["lora"].items() if k.startswith(prefix + ".")}
+            result = set_peft_model_state_dict(module, part, adapter_name="default")
+            if getattr(result, "unexpected_keys", None):
+                raise TrainingError(f"train.resume_from: the state's LoRA does not fit this model/network "
+                                    f"(unexpected {result.unexpected_keys[:3]}).")
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        log.info("Resumed from %s at step %d", self.cfg.train.resume_from, state["step"])
+        return state["step"]
+
+    # ---- 8. the loop -------------------------------------------------------------------------
+    def micro_batch(self, micro: int) -> tuple[list[ds.Sample], list[int]]:
+        """This process's samples of global micro-batch `micro`, and their positions in the global batch."""
+        epoch, position = divmod(micro, self.micro_per_epoch)
+        if position == 0 or getattr(self, "_epoch", None) != epoch:
+            self._epoch = epoch
+            self._batches = ds.epoch_batches(self.items, self.cfg.dataset, self.global_batch, self.cfg.train.seed,
+                                             epoch)
+        bs, rank = self.cfg.train.batch_size, self.acc.process_index
+        positions = list(range(rank * bs, (rank + 1) * bs))
+        return [self._batches[position][j] for j in positions], positions
+
+    def compute_loss(self, micro: int) -> torch.Tensor:
+        d, t = self.cfg.dataset, self.cfg.train
+        samples, positions = self.micro_batch(micro)
+        if d.cache_latents:
+            latents = torch.stack([self.latent_cache[(s.index, s.flip)] for s in samples])
+        else:
+            with torch.no_grad():
+                pixels = torch.stack([ds.pixels_for(self.items[s.index], s, d) for s in samples])
+                latents = self._encode_images(pixels)
+        captions = [ds.caption_for(self.items[s.index], s, d) for s in samples]
+        if d.cache_text_embeddings:
+            cond = {k: torch.stack([self.text_cache[c][k] for c in captions]) for k in self.text_cache[captions[0]]}
+        else:
+            cond = self._encode_text(captions)
+        sched = self.m.noise_scheduler
+        noise, timesteps = [], []
+        for pos in positions:
+            g = torch.Generator().manual_seed(_seed_for(t.seed, micro, pos))
+            n = torch.randn(latents.shape[1:], generator=g)
+            if t.noise_offset:
+                n += t.noise_offset * torch.randn((latents.shape[1], 1, 1), generator=g)
+            noise.append(n)
+            timesteps.append(torch.randint(0, sched.config.num_train_timesteps, (1,), generator=g))
+        noise = torch.stack(noise).to(latents.device, latents.dtype)
+        timesteps = torch.cat(timesteps).to(latents.device)
+        noisy = sched.add_noise(latents, noise, timesteps)
+        target = noise if self.m.prediction_type == "epsilon" else sched.get_velocity(latents, noise, timesteps)
+        pred = self.models[self.family.unet_prefix](noisy, timesteps, **cond, return_dict=False)[0]
+        loss = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+        if t.min_snr_gamma:
+            from diffusers.training_utils import compute_snr
+
+            snr = compute_snr(sched, timesteps)
+            weight = torch.clamp(snr, max=t.min_snr_gamma) / (snr + 1 if self.m.prediction_type != "epsilon" else snr)
+            loss = loss * weight
+        return loss.mean()
+
+    def train_steps(self, start: int) -> TrainResult:
+        cfg, acc = self.cfg, self.acc
+        ga = cfg.train.gradient_accumulation_steps
+        for module in self.models.values():
+            module.train()
+        losses, t0 = [], time.time()
+        for step in range(start, self.total_steps):
+            if self.cancel.cancelled:
+                return self.stop(step, losses, cancelled=True)
+            step_loss = 0.0
+            for micro in range(step * ga, (step + 1) * ga):
+                with acc.accumulate(*self.models.values()):
+                    loss = self.compute_loss(micro)
+                    if not bool(acc.gather(loss.detach()[None]).isfinite().all()):
+                        self.stop(step, losses, cancelled=False)
+                        raise TrainingError(f"The loss became {loss.item()} at step {step + 1}; training stopped. "
+                                            f"The last good state (step {step}) is saved in {self.out_dir}. "
+                                            "Lower optim.learning_rate, or use bf16 instead of fp16.")
+                    acc.backward(loss)
+                    if acc.sync_gradients and cfg.optim.max_grad_norm > 0:
+                        acc.clip_grad_norm_(self.params, cfg.optim.max_grad_norm)
+                    self.optimizer.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                step_loss += acc.gather(loss.detach()[None]).mean().item() / ga
+            lr = self.scheduler.get_last_lr()[0]
+            self.scheduler.step()
+            done = step + 1
+            losses.append(step_loss)
+            rate = (done - start) / max(time.time() - t0, 1e-9)
+            self.log_step(done, step_loss, lr)
+            self.events(TrainEvent("step", done, self.total_steps, loss=step_loss, lr=lr, steps_per_s=rate,
+                                   eta_s=(self.total_steps - done) / rate))
+            if cfg.output.save_every_n_steps and done % cfg.output.save_every_n_steps == 0 and done < self.total_steps:
+                self.save_checkpoint(done, final=False)
+            if cfg.sample.sample_every_n_steps and done % cfg.sample.sample_every_n_steps == 0:
+                self.make_samples(done)
+        return self.stop(self.total_steps, losses, cancelled=False, final=True)
+
+    # ---- 9. outputs --------------------------------------------------------------------------
+    def lora_state(self) -> dict[str, torch.Tensor]:
+        from peft.utils import get_peft_model_state_dict
+
+        return {f"{prefix}.{k}": v for prefix, module in self.trained.items()
+                for k, v in get_peft_model_state_dict(module).items()}
+
+    def adapter(self, step: int) -> LoraAdapter:
+        from peft.utils import get_peft_model_state_dict
+
+        layers = {}
+        for prefix, module in self.trained.items():
+            layers.update(from_peft(get_peft_model_state_dict(module), prefix, self.cfg.network.alpha))
+        epoch = (step * self.cfg.train.gradient_accumulation_steps) // self.micro_per_epoch
+        meta = adapter_metadata(self.cfg, self.family, step=step, epoch=epoch, num_images=len(self.items),
+                                tag_frequency=self.tag_frequency, started_at=self.started_at)
+        return LoraAdapter(layers, meta)
+
+    def save_checkpoint(self, step: int, final: bool) -> tuple[Path | None, Path | None]:
+        if not self.acc.is_main_process:
+            self.acc.wait_for_everyone()
+            return None, None
+        suffix = "" if final else f"-step{step:06d}"
+        lora_path = save_lora(self.out_dir / f"{self.name}{suffix}.safetensors", self.adapter(step),
+                              self.cfg.output.save_precision)
+        state_path = save_state(self.out_dir / f"{self.name}-state.safetensors", step=step, lora=self.lora_state(),
+                                optimizer=self.optimizer, scheduler=self.scheduler, config=self.cfg)
+        self.events(TrainEvent("checkpoint", step, self.total_steps, paths=(str(lora_path), str(state_path))))
+        self.acc.wait_for_everyone()
+        return lora_path, state_path
+
+    def stop(self, step: int, losses: list[float], cancelled: bool, final: bool = False) -> TrainResult:
+        lora_path, state_path = self.save_checkpoint(step, final=final)
+        if final and self.cfg.sample.prompts and step % max(self.cfg.sample.sample_every_n_steps, 1):
+            self.make_samples(step)
+        kind = "cancelled" if cancelled else "done"
+        self.events(TrainEvent(kind, step, self.total_steps, paths=tuple(str(p) for p in (lora_path,) if p)))
+        return TrainResult(lora_path, state_path, step, cancelled, losses)
+
+    def log_step(self, step: int, loss: float, lr: float) -> None:
+        if self.acc.is_main_process:
+            with open(self.out_dir / "log.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps({"step": step, "loss": loss, "lr": lr, "time": round(time.time(), 3)}) + "\n")
+
+    def start_log(self, start: int) -> None:
+        """Keep the log lines of the steps before `start` (all of them on resume, none on a fresh run)."""
+        if not self.acc.is_main_process:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        path = self.out_dir / "log.jsonl"
+        kept = []
+        if start and path.exists():
+            kept = [line for line in path.read_text(encoding="utf-8").splitlines()
+                    if line.strip() and json.loads(line)["step"] <= start]
+        write_text(path, "".join(line + "\n" for line in kept))
+        write_text(self.out_dir / f"{self.name}.toml", to_toml(self.cfg))
+
+    @torch.no_grad()
+    def make_samples(self, step: int) -> None:
+        if not self.acc.is_main_process or not self.cfg.sample.prompts:
+            return
+        from loramix.atomic import atomic_path
+
+        s = self.cfg.sample
+        unwrapped = Components(**{**vars(self.m), "unet": self.acc.unwrap_model(self.m.unet)})
+        for prefix, module in self.family.text_encoders(self.m).items():
+            self.family.set_text_encoder(unwrapped, prefix, self.acc.unwrap_model(module))
+        self.m.vae.to(self.acc.device)
+        pipe = self.family.pipeline(unwrapped)
+        pipe.set_progress_bar_config(disable=True)
+        paths = []
+        res = self.cfg.dataset.resolution
+        with self.acc.autocast():
+            for i, prompt in enumerate(s.prompts):
+                image = pipe(prompt, negative_prompt=s.negative_prompt or None, num_inference_steps=s.steps,
+                             guidance_scale=s.guidance_scale, height=res, width=res,
+                             generator=torch.Generator().manual_seed(s.seed + i)).images[0]
+                path = self.out_dir / "samples" / f"{self.name}-step{step:06d}-{i}.png"
+                with atomic_path(path) as tmp:
+                    image.save(tmp, format="PNG")
+                paths.append(str(path))
+        if self.cfg.dataset.cache_latents:
+            self.m.vae.to("cpu")
+        for module in self.models.values():
+            module.train()
+        self.events(TrainEvent("sample", step, self.total_steps, paths=tuple(paths)))
+
+    # ---- the whole run -----------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        self.scan_data()
+        self.setup_accelerator()
+        self.events(TrainEvent("log", message=f"{len(self.items)} images; loading {self.cfg.model.base_model or 'the embedded model'}"))
+        self.load_model()
+        self.inject_lora()
+        self.build_caches()
+        self.build_optimizer()
+        start = self.maybe_resume()
+        self.start_log(start)
+        self.events(TrainEvent("start", start, self.total_steps))
+        return self.train_steps(start)
+
+
+def train(config: LoramixConfig, events: EventSink = no_events, cancel: CancelToken | None = None) -> TrainResult:
+    """Train a LoRA as `config` says; progress goes to `events`; `cancel` stops it between steps."""
+    return LoraTrainer(config, events, cancel).run()

@@ -1,0 +1,48 @@
+"""Optimizers and learning-rate schedules by name (a registry, so presets and the UI list them)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from loramix.config import OptimConfig
+from loramix.errors import ConfigError
+
+
+def _adamw(groups, cfg: OptimConfig):
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+
+
+def _adamw8bit(groups, cfg: OptimConfig):
+    if not torch.cuda.is_available():
+        raise ConfigError("optim.optimizer", "adamw8bit needs a CUDA GPU; use adamw on this machine.")
+    try:
+        import bitsandbytes as bnb
+    except ImportError as e:
+        raise ConfigError("optim.optimizer", "adamw8bit needs bitsandbytes: pip install 'loramix[bnb]'.") from e
+    return bnb.optim.AdamW8bit(groups, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+
+
+def _prodigy(groups, cfg: OptimConfig):
+    try:
+        from prodigyopt import Prodigy
+    except ImportError as e:
+        raise ConfigError("optim.optimizer", "prodigy needs prodigyopt: pip install 'loramix[prodigy]'.") from e
+    return Prodigy(groups, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, safeguard_warmup=True,
+                   use_bias_correction=True)
+
+
+OPTIMIZERS: dict[str, Callable] = {"adamw": _adamw, "adamw8bit": _adamw8bit, "prodigy": _prodigy}
+
+
+def make_optimizer(groups: list[dict], cfg: OptimConfig) -> torch.optim.Optimizer:
+    return OPTIMIZERS[cfg.optimizer](groups, cfg)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int):
+    """diffusers' schedules, stepped once per optimizer step (not per process)."""
+    from diffusers.optimization import get_scheduler
+
+    warmup = cfg.lr_warmup_steps if cfg.lr_scheduler != "constant" else 0
+    return get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
