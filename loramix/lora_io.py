@@ -52,7 +52,13 @@ class LoraAdapter:
 
 # ---- PEFT <-> kohya ------------------------------------------------------------------------------
 def kohya_name(prefix: str, module_path: str) -> str:
-    """`down_blocks.0.attentions.0…to_out.0` -> `lora_unet_down_blocks_0_attentions_0…to_out_0`."""
+    """`down_blocks.0.attentions.0…to_out.0` -> `lora_unet_down_blocks_0_attentions_0…to_out_0`.
+
+    Text encoders are named from `text_model.`, as in the original CLIP layout that kohya and
+    AUTOMATIC1111 use; transformers 5 dropped that level from CLIPTextModel, so it is put back.
+    """
+    if prefix.startswith("lora_te") and not module_path.startswith("text_model."):
+        module_path = "text_model." + module_path
     return f"{prefix}_{module_path.replace('.', '_')}"
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -67,8 +68,11 @@ class LoraTrainer:
         from accelerate import Accelerator
 
         t = self.cfg.train
+        # accelerate only forms a multi-process CPU group (gloo) when told cpu=True; without CUDA,
+        # `accelerate launch --multi_gpu --num_processes N` then works on a CPU-only machine too.
+        cpu_group = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
         try:
-            self.acc = Accelerator(mixed_precision=t.mixed_precision,
+            self.acc = Accelerator(mixed_precision=t.mixed_precision, cpu=cpu_group,
                                    gradient_accumulation_steps=t.gradient_accumulation_steps)
         except ValueError as e:
             raise ConfigError("train.mixed_precision", f"{t.mixed_precision} is not available here: {e}") from e

@@ -1,0 +1,64 @@
+"""Shared fixtures: a tiny random SD model built offline, and real image folders on disk."""
+
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageDraw
+
+from loramix.config import LoramixConfig, load_config
+
+WORDS = ["a", "red", "blue", "green", "circle", "square", "stripes", "on", "the", "left", "right", "picture"]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _quiet_libraries():
+    from loramix.cli import quiet_libraries
+
+    quiet_libraries()
+    logging.getLogger("trainers").setLevel(logging.INFO)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    from loramix.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-sd"), seed=0, words=WORDS)
+
+
+def draw_image(i: int, size=(64, 64), mode="RGB") -> Image.Image:
+    """A deterministic striped picture with a shape: something a LoRA can over-fit."""
+    rng = random.Random(i)
+    im = Image.new("RGB", size, (250, 250, 245))
+    d = ImageDraw.Draw(im)
+    for k in range(-size[1], size[0], 10):
+        d.line([(k, 0), (k + size[1], size[1])], fill=(200, 40, 40), width=3)
+    x, y = rng.randint(8, size[0] - 24), rng.randint(8, size[1] - 24)
+    d.ellipse([x, y, x + 16, y + 16], fill=(30, 30, 200))
+    return im.convert(mode)
+
+
+def make_folder(root: Path, n: int = 8, sizes=None, captions=True, prefix="img") -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        size = sizes[i % len(sizes)] if sizes else (64, 64)
+        draw_image(i, size).save(root / f"{prefix}{i}.png")
+        if captions:
+            (root / f"{prefix}{i}.txt").write_text(f"red stripes, blue circle, picture {i}\n")
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> Path:
+    return make_folder(tmp_path / "data")
+
+
+def tiny_config(model: Path, data: Path, out: Path, *overrides: str) -> LoramixConfig:
+    """A config that trains in seconds on a CPU."""
+    return load_config(overrides=[
+        f"model.base_model={model}", f"dataset.data_dir={data}", f"output.output_dir={out}",
+        "dataset.resolution=64", "network.rank=4", "network.alpha=4", "optim.learning_rate=1e-3",
+        "train.max_steps=8", "train.batch_size=2", "output.save_precision=fp32", *overrides])

@@ -1,0 +1,214 @@
+"""End-to-end training on a tiny random SD model: real files, real diffusers as the independent reader."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+
+from loramix.errors import TrainingError
+from loramix.events import CancelToken
+from loramix.lora_io import module_table, read_lora
+from tests.conftest import make_folder, tiny_config
+from trainers.checkpoint import load_state
+from trainers.lora_trainer import LoraTrainer, train
+
+
+def unet_inputs(unet, seed=0, batch=2):
+    g = torch.Generator().manual_seed(seed)
+    size = unet.config.sample_size
+    x = torch.randn(batch, 4, size, size, generator=g)
+    ctx = torch.randn(batch, 77, unet.config.cross_attention_dim, generator=g)
+    return x, torch.tensor([10, 500]), ctx
+
+
+def apply_our_deltas(unet, adapter, prefix="lora_unet"):
+    """Our own reading of the file: W += (alpha/r) up @ down for every layer, by name."""
+    table = module_table(unet, prefix)
+    modules = dict(unet.named_modules())
+    for name, layer in adapter.layers.items():
+        if name.startswith(prefix + "_"):
+            modules[table[name]].weight.data += layer.delta().to(modules[table[name]].weight.dtype)
+    return unet
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model, tmp_path_factory):
+    """One 60-step over-fit run shared by several tests."""
+    root = tmp_path_factory.mktemp("run")
+    data = make_folder(root / "data", n=4)
+    events = []
+    cfg = tiny_config(tiny_model, data, root / "out", "train.max_steps=60", "optim.learning_rate=5e-3",
+                      "network.rank=8", "network.alpha=8", "output.save_every_n_steps=30",
+                      "sample.prompts=red stripes|blue circle", "sample.sample_every_n_steps=30", "sample.steps=3")
+    trainer = LoraTrainer(cfg, events.append)
+    result = trainer.run()
+    return trainer, result, events, root / "out"
+
+
+def test_run_writes_every_output(trained):
+    trainer, result, events, out = trained
+    assert result.lora_path == out / "my-lora.safetensors" and result.steps == 60
+    assert (out / "my-lora-step000030.safetensors").is_file()
+    assert not (out / "my-lora-step000060.safetensors").exists()  # the final file is my-lora.safetensors
+    assert load_state(out / "my-lora-state.safetensors")["step"] == 60
+    lines = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == list(range(1, 61))
+    assert (out / "my-lora.toml").is_file()
+    samples = sorted(p.name for p in (out / "samples").glob("*.png"))
+    assert samples == [f"my-lora-step0000{s}-{i}.png" for s in (30, 60) for i in (0, 1)]
+    kinds = [e.kind for e in events]
+    assert kinds.count("step") == 60 and kinds[-1] == "done" and kinds.count("sample") == 2
+    step_events = [e for e in events if e.kind == "step"]
+    assert step_events[-1].total == 60 and step_events[-1].eta_s == 0 and step_events[-1].steps_per_s > 0
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_loss_is_finite_and_falls(trained, tiny_model):
+    trainer, result, _, out = trained
+    assert all(math.isfinite(x) for x in result.losses)
+    # The training loss is noisy (random timesteps); measure on fixed noise and timesteps instead.
+    unet = trainer.m.unet.eval()
+    x0 = torch.stack([trainer.latent_cache[(i, False)] for i in range(4)])
+    captions = [trainer.items[i].caption for i in range(4)]
+    cond = torch.stack([trainer.text_cache[c]["encoder_hidden_states"] for c in captions])
+    g = torch.Generator().manual_seed(123)
+    losses = {}
+    for label, enabled in (("base", False), ("lora", True)):
+        unet.enable_adapters() if enabled else unet.disable_adapters()
+        total = 0.0
+        for t in (100, 300, 600, 900):
+            noise = torch.randn(x0.shape, generator=g)
+            ts = torch.full((4,), t)
+            noisy = trainer.m.noise_scheduler.add_noise(x0, noise, ts)
+            with torch.no_grad():
+                total += torch.nn.functional.mse_loss(unet(noisy, ts, cond).sample, noise).item()
+        losses[label] = total / 4
+        g.manual_seed(123)
+    unet.enable_adapters()
+    assert losses["lora"] < 0.8 * losses["base"], losses
+
+
+def test_base_weights_unchanged_only_lora_trained(trained, tiny_model):
+    trainer, _, _, _ = trained
+    fresh = UNet2DConditionModel.from_pretrained(tiny_model, subfolder="unet").state_dict()
+    lora_names = []
+    for name, tensor in trainer.m.unet.state_dict().items():
+        if ".lora_" in name:
+            lora_names.append(name)
+            continue
+        assert torch.equal(tensor, fresh[name.replace(".base_layer", "")]), name
+    assert lora_names
+    ups = [t for n, t in trainer.m.unet.state_dict().items() if ".lora_B." in n]
+    assert all(t.abs().sum() > 0 for t in ups)  # B started at zero and was trained
+    assert all(not p.requires_grad for n, p in trainer.m.unet.named_parameters() if ".lora_" not in n)
+    assert all(not p.requires_grad for p in trainer.m.text_encoder.parameters())
+
+
+def test_adapter_is_identity_at_step_zero(tiny_model, image_folder, tmp_path):
+    trainer = LoraTrainer(tiny_config(tiny_model, image_folder, tmp_path / "out"))
+    trainer.scan_data()
+    trainer.setup_accelerator()
+    trainer.load_model()
+    base = UNet2DConditionModel.from_pretrained(tiny_model, subfolder="unet").eval()
+    trainer.inject_lora()
+    assert any(".lora_B." in n for n in trainer.m.unet.state_dict())
+    x, t, ctx = unet_inputs(base)
+    with torch.no_grad():
+        assert torch.equal(trainer.m.unet.eval()(x, t, ctx).sample, base(x, t, ctx).sample)
+
+
+def test_file_loads_in_diffusers_and_matches_our_reader(trained, tiny_model):
+    _, result, _, _ = trained
+    adapter = read_lora(result.lora_path)
+    meta = adapter.metadata
+    assert meta["ss_network_dim"] == "8" and meta["ss_network_alpha"] == "8.0"
+    assert meta["ss_base_model_version"] == "loramix_tiny" and meta["ss_steps"] == "60"
+    assert meta["ss_resolution"] == "(64, 64)"
+    assert json.loads(meta["ss_tag_frequency"])  # folder -> tag -> count
+    assert json.loads(meta["loramix_config"])["network"]["rank"] == 8
+    assert all(k.startswith("lora_unet_") for k in adapter.layers)
+    assert {k.rsplit("_", 2)[-1] for k in adapter.layers} >= {"q", "k", "v"}
+
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_model)
+    x, t, ctx = unet_inputs(pipe.unet)
+    with torch.no_grad():
+        before = pipe.unet(x, t, ctx).sample
+        pipe.load_lora_weights(str(result.lora_path.parent), weight_name=result.lora_path.name)
+        theirs = pipe.unet(x, t, ctx).sample
+        ours = apply_our_deltas(UNet2DConditionModel.from_pretrained(tiny_model, subfolder="unet"), adapter)(
+            x, t, ctx).sample
+    change = (theirs - before).abs().max().item()
+    assert change > 1e-2, "the LoRA should change the UNet output"
+    assert (theirs - ours).abs().max().item() < 1e-4 * max(1.0, change)
+
+
+def test_resume_reproduces_the_uninterrupted_run(tiny_model, image_folder, tmp_path):
+    full = train(tiny_config(tiny_model, image_folder, tmp_path / "full", "optim.lr_scheduler=cosine",
+                             "optim.lr_warmup_steps=2"))
+    cancel = CancelToken()
+
+    def stop_at_4(event):
+        if event.kind == "step" and event.step == 4:
+            cancel.cancel()
+
+    half = train(tiny_config(tiny_model, image_folder, tmp_path / "half", "optim.lr_scheduler=cosine",
+                             "optim.lr_warmup_steps=2"), stop_at_4, cancel)
+    assert half.cancelled and half.steps == 4
+    assert read_lora(half.lora_path).metadata["ss_steps"] == "4"  # the cancel left a readable checkpoint
+    resumed = train(tiny_config(tiny_model, image_folder, tmp_path / "half", "optim.lr_scheduler=cosine",
+                                "optim.lr_warmup_steps=2", f"train.resume_from={half.state_path}"))
+    assert resumed.steps == 8 and len(resumed.losses) == 4
+    a, b = read_lora(full.lora_path), read_lora(resumed.lora_path)
+    assert a.layers.keys() == b.layers.keys()
+    for name in a.layers:
+        assert torch.allclose(a.layers[name].up, b.layers[name].up, atol=1e-6), name
+        assert torch.allclose(a.layers[name].down, b.layers[name].down, atol=1e-6), name
+    assert full.losses[4:] == pytest.approx(resumed.losses, rel=1e-5)
+    log = [json.loads(line)["step"] for line in (tmp_path / "half" / "log.jsonl").read_text().splitlines()]
+    assert log == list(range(1, 9))
+
+
+def test_nan_loss_stops_after_saving_last_good_state(tiny_model, image_folder, tmp_path, monkeypatch):
+    real = LoraTrainer.compute_loss
+
+    def poisoned(self, micro):
+        loss = real(self, micro)
+        return loss * float("nan") if micro == 5 else loss
+
+    monkeypatch.setattr(LoraTrainer, "compute_loss", poisoned)
+    with pytest.raises(TrainingError, match=r"loss became nan at step 6.*last good state \(step 5\)"):
+        train(tiny_config(tiny_model, image_folder, tmp_path / "out"))
+    assert load_state(tmp_path / "out" / "my-lora-state.safetensors")["step"] == 5
+    assert read_lora(tmp_path / "out" / "my-lora-step000005.safetensors").metadata["ss_steps"] == "5"
+
+
+def test_text_encoder_training_writes_te_keys_diffusers_reads(tiny_model, image_folder, tmp_path):
+    result = train(tiny_config(tiny_model, image_folder, tmp_path / "out", "network.train_text_encoder=true",
+                               "dataset.cache_text_embeddings=false", "train.max_steps=3",
+                               "network.text_encoder_lr=1e-3"))
+    adapter = read_lora(result.lora_path)
+    te = [k for k in adapter.layers if k.startswith("lora_te_text_model_encoder_layers_")]
+    assert te and any(k.endswith("_self_attn_q_proj") for k in te)
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_model)
+    ids = pipe.tokenizer(["red stripes"], return_tensors="pt", padding="max_length").input_ids
+    with torch.no_grad():
+        before = pipe.text_encoder(ids)[0]
+        pipe.load_lora_weights(str(result.lora_path))
+        after = pipe.text_encoder(ids)[0]
+    assert not torch.equal(before, after)
+
+
+def test_uncached_flip_and_accumulation_paths_train(tiny_model, tmp_path):
+    data = make_folder(tmp_path / "data", n=4, sizes=[(96, 64), (64, 96)])
+    result = train(tiny_config(tiny_model, data, tmp_path / "out", "dataset.cache_latents=false",
+                               "dataset.crop=random", "dataset.flip_aug=true", "dataset.resolution=64",
+                               "dataset.min_bucket_reso=64", "dataset.max_bucket_reso=128",
+                               "train.gradient_accumulation_steps=2", "train.max_steps=3",
+                               "dataset.shuffle_captions=true", "dataset.cache_text_embeddings=false",
+                               "dataset.caption_dropout_rate=0.5", "train.min_snr_gamma=5",
+                               "train.noise_offset=0.05"))
+    assert result.steps == 3 and all(math.isfinite(x) for x in result.losses)
