@@ -37,6 +37,7 @@ class ModelFamily:
     """SD 1.x-shaped models: one CLIP text encoder, epsilon or v prediction, diffusers UNet names."""
 
     name = "sd1"
+    label = "SD 1.x"
     ss_base_model_version = "sd_v1"
     unet_prefix = "lora_unet"
     text_encoder_prefix = "lora_te"
@@ -93,6 +94,7 @@ class ModelFamily:
 
 class SD2Family(ModelFamily):
     name = "sd2"
+    label = "SD 2.x"
     ss_base_model_version = "sd_v2"
 
     @classmethod
@@ -104,6 +106,7 @@ class TinyFamily(ModelFamily):
     """The embedded demo model and test models: SD 1.x layout at toy sizes."""
 
     name = "tiny"
+    label = "the loramix tiny model"
     ss_base_model_version = "loramix_tiny"
 
     @classmethod

@@ -97,35 +97,119 @@ def save_lora(path: str | Path, adapter: LoraAdapter, dtype: str = "fp16") -> Pa
     return path
 
 
-def read_lora(path: str | Path) -> LoraAdapter:
-    """Read a kohya-layout LoRA file into memory. Refuses pickle files."""
+def read_lora(path: str | Path, allow_unsafe: bool = False) -> LoraAdapter:
+    """Read a LoRA file (kohya / A1111, diffusers or PEFT layout) into memory with kohya names.
+
+    Pickle files (.ckpt/.pt/.bin) can run code when loaded: they are refused unless
+    `allow_unsafe` is set, and then read with torch's weights-only unpickler.
+    """
     path = Path(path)
-    if path.suffix.lower() != ".safetensors":
-        raise AdapterFormatError(f"{path.name}: only .safetensors LoRA files are read; pickle files "
-                                 "(.ckpt/.pt/.bin) can run code when loaded.")
     if not path.is_file():
         raise AdapterFormatError(f"{path}: no such file.")
+    if path.suffix.lower() in (".ckpt", ".pt", ".pth", ".bin"):
+        if not allow_unsafe:
+            raise AdapterFormatError(f"{path.name}: pickle files (.ckpt/.pt/.bin) can run code when loaded; "
+                                     "convert it to .safetensors, or allow unsafe loading explicitly.")
+        metadata, tensors = {}, _read_pickle(path)
+    elif path.suffix.lower() != ".safetensors":
+        raise AdapterFormatError(f"{path.name}: not a LoRA file; expected .safetensors.")
+    else:
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                metadata = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as e:
+            raise AdapterFormatError(f"{path.name}: not a readable safetensors file ({e}).") from e
+    return LoraAdapter(_layers_from_tensors(path.name, tensors, metadata), metadata)
+
+
+def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
     try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise AdapterFormatError(f"{path.name}: not a readable safetensors file ({e}).") from e
+        raise AdapterFormatError(f"{path.name}: cannot read this pickle file ({e}).") from e
+    data = data.get("state_dict", data) if isinstance(data, dict) else data
+    if not isinstance(data, dict):
+        raise AdapterFormatError(f"{path.name}: does not hold a dictionary of tensors.")
+    return {k: v for k, v in data.items() if torch.is_tensor(v)}
+
+
+_PEFT_TO_KOHYA = {".lora_A.weight": ".lora_down.weight", ".lora_B.weight": ".lora_up.weight"}
+_OLD_DIFFUSERS = {"to_q_lora": "to_q", "to_k_lora": "to_k", "to_v_lora": "to_v", "to_out_lora": "to_out.0"}
+_OLD_TEXT = {"to_q_lora": "q_proj", "to_k_lora": "k_proj", "to_v_lora": "v_proj", "to_out_lora": "out_proj"}
+_COMPONENT_PREFIX = {"unet": "lora_unet", "text_encoder": "lora_te", "text_encoder_2": "lora_te2"}
+
+
+def _to_kohya_keys(name: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename diffusers / PEFT keys to kohya ones; kohya files pass through unchanged."""
+    if any(k.endswith(".lora_down.weight") and k.startswith("lora_") for k in tensors):
+        return tensors
+    if any("lora_magnitude_vector" in k or k.endswith("dora_scale") for k in tensors):
+        raise AdapterFormatError(f"{name}: DoRA adapters are not supported; use a plain LoRA.")
+    out = {}
+    for key, value in tensors.items():
+        component, _, rest = key.partition(".")
+        if component not in _COMPONENT_PREFIX:  # a bare PEFT UNet state dict
+            component, rest = "unet", key
+        prefix = _COMPONENT_PREFIX[component]
+        for suffix, kohya_suffix in _PEFT_TO_KOHYA.items():
+            if rest.endswith(suffix):
+                out[kohya_name(prefix, rest[: -len(suffix)]) + kohya_suffix] = value
+                break
+        else:
+            for old, new in (_OLD_DIFFUSERS if prefix == "lora_unet" else _OLD_TEXT).items():
+                marker = f".{old}."
+                if marker in rest and rest.endswith((".down.weight", ".up.weight")):
+                    module = rest.split(marker)[0].replace(".processor", "") + "." + new
+                    which = "lora_down" if rest.endswith(".down.weight") else "lora_up"
+                    out[f"{kohya_name(prefix, module)}.{which}.weight"] = value
+                    break
+            else:
+                if rest.endswith(".alpha"):
+                    out[kohya_name(prefix, rest[: -len(".alpha")]) + ".alpha"] = value
+    return out
+
+
+def _layers_from_tensors(name: str, tensors: dict[str, torch.Tensor], metadata: dict) -> dict[str, LoraLayer]:
+    kohya = _to_kohya_keys(name, tensors)
     layers = {}
-    for key, down in tensors.items():
+    for key, down in kohya.items():
         if not key.endswith(".lora_down.weight"):
             continue
-        name = key[: -len(".lora_down.weight")]
-        up = tensors.get(f"{name}.lora_up.weight")
+        layer = key[: -len(".lora_down.weight")]
+        up = kohya.get(f"{layer}.lora_up.weight")
         if up is None:
-            raise AdapterFormatError(f"{path.name}: {name} has lora_down but no lora_up weight.")
-        alpha_t = tensors.get(f"{name}.alpha")
+            raise AdapterFormatError(f"{name}: {layer} has lora_down but no lora_up weight.")
+        if up.shape[1] != down.shape[0]:
+            raise AdapterFormatError(f"{name}: {layer} has lora_up {tuple(up.shape)} and lora_down "
+                                     f"{tuple(down.shape)}, whose ranks differ.")
+        alpha_t = kohya.get(f"{layer}.alpha")
         alpha = float(alpha_t) if alpha_t is not None else float(down.shape[0])
-        layers[name] = LoraLayer(down, up, alpha)
+        layers[layer] = LoraLayer(down, up, alpha)
     if not layers:
-        raise AdapterFormatError(f"{path.name}: no kohya LoRA layers (…lora_down.weight) found; "
+        raise AdapterFormatError(f"{name}: no LoRA layers found (kohya …lora_down.weight or PEFT …lora_A.weight); "
                                  f"first keys: {', '.join(list(tensors)[:3])}.")
-    return LoraAdapter(layers, metadata)
+    return layers
+
+
+# ---- what an adapter was made for --------------------------------------------------------------
+_CONTEXT_WIDTH = {768: "SD 1.x", 1024: "SD 2.x", 2048: "SDXL"}
+_BASE_VERSIONS = {"sd_v1": "SD 1.x", "sd_v2": "SD 2.x", "sdxl_base_v1-0": "SDXL", "loramix_tiny": "the loramix tiny model"}
+
+
+def guess_architecture(adapter: LoraAdapter) -> str:
+    """A readable guess of the base model a LoRA was trained on: metadata first, then key names and shapes."""
+    version = adapter.metadata.get("ss_base_model_version", "")
+    if version in _BASE_VERSIONS:
+        return _BASE_VERSIONS[version]
+    names = adapter.layers.keys()
+    if any(n.startswith(("lora_te1_", "lora_te2_")) for n in names):
+        return "SDXL"
+    for name, layer in adapter.layers.items():
+        if name.startswith("lora_unet") and name.endswith("attn2_to_k"):
+            width = layer.down.shape[1]
+            return _CONTEXT_WIDTH.get(width, f"a model with {width}-wide text conditioning")
+    return "an unknown base model"
 
 
 def loramix_config(adapter: LoraAdapter) -> dict | None:

@@ -6,8 +6,6 @@ import os
 import subprocess
 import sys
 
-import torch
-
 from loramix.config import field_specs
 from loramix.lora_io import read_lora
 from tests.conftest import make_folder

@@ -1,0 +1,123 @@
+"""Merging a blend into one LoRA file: exact (ranks concatenated) or compact (SVD to a chosen rank).
+
+Both follow PEFT's `add_weighted_adapter` semantics ("cat" and "svd"): the merged layer's
+dW equals sum_i w_i * (alpha_i / r_i) * up_i @ down_i, exactly for cat and best-rank-k for svd.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+import torch
+
+from loramix import __version__
+from loramix.errors import LoramixError
+from loramix.lora_io import LoraAdapter, LoraLayer
+
+
+@dataclass
+class Source:
+    """One adapter in a blend."""
+
+    name: str
+    adapter: LoraAdapter
+    weight: float
+    te_weight: float | None = None
+
+    def coef(self, layer_name: str) -> float:
+        is_text = layer_name.startswith("lora_te")
+        return self.te_weight if is_text and self.te_weight is not None else self.weight
+
+
+@dataclass
+class MergeReport:
+    method: str
+    rank: int | None
+    relative_error: float  # ||dW - merged||_F / ||dW||_F over all layers together
+    worst_layer_error: float
+
+
+def _layer_names(sources: list[Source]) -> list[str]:
+    names: dict[str, tuple] = {}
+    for src in sources:
+        for name, layer in src.adapter.layers.items():
+            shape = (layer.up.shape[0], *layer.down.shape[1:])
+            if names.setdefault(name, shape) != shape:
+                raise LoramixError(f"{src.name}: layer {name} has shape {shape}, another adapter has "
+                                   f"{names[name]}; these adapters were made for different base models.")
+    return sorted(names)
+
+
+def blend_delta(sources: list[Source], name: str) -> torch.Tensor:
+    """sum_i w_i * dW_i for one layer, in float32."""
+    total = None
+    for src in sources:
+        layer = src.adapter.layers.get(name)
+        if layer is not None and src.coef(name) != 0:
+            d = layer.delta() * src.coef(name)
+            total = d if total is None else total + d
+    return total
+
+
+def merge_concat(sources: list[Source]) -> tuple[LoraAdapter, MergeReport]:
+    """Exact merge: ranks side by side, each source's weight and alpha/r folded into its up matrix."""
+    layers = {}
+    for name in _layer_names(sources):
+        downs, ups = [], []
+        for src in sources:
+            layer = src.adapter.layers.get(name)
+            if layer is None or src.coef(name) == 0:
+                continue
+            downs.append(layer.down.float())
+            ups.append(layer.up.float() * (src.coef(name) * layer.scale))
+        if downs:
+            down, up = torch.cat(downs, 0), torch.cat(ups, 1)
+            layers[name] = LoraLayer(down, up, float(down.shape[0]))  # alpha = rank: scale 1
+    adapter = LoraAdapter(layers, _metadata(sources, "concat", layers))
+    return adapter, MergeReport("concat", None, 0.0, 0.0)
+
+
+def merge_svd(sources: list[Source], rank: int) -> tuple[LoraAdapter, MergeReport]:
+    """Compact merge: each layer's blended dW truncated to `rank` by SVD; reports the true error."""
+    if rank < 1:
+        raise LoramixError(f"rank: {rank} must be at least 1.")
+    layers, err2, norm2, worst = {}, 0.0, 0.0, 0.0
+    for name in _layer_names(sources):
+        delta = blend_delta(sources, name)
+        if delta is None:
+            continue
+        out_shape = delta.shape
+        mat = delta.flatten(1)
+        u, s, vh = torch.linalg.svd(mat, full_matrices=False)
+        k = min(rank, s.shape[0])
+        root = s[:k].sqrt()
+        up, down = u[:, :k] * root, root[:, None] * vh[:k]
+        approx = up @ down
+        e2, n2 = float((mat - approx).pow(2).sum()), float(mat.pow(2).sum())
+        err2, norm2 = err2 + e2, norm2 + n2
+        worst = max(worst, math.sqrt(e2 / n2) if n2 else 0.0)
+        if len(out_shape) == 4:
+            down, up = down.reshape(k, *out_shape[1:]), up.reshape(out_shape[0], k, 1, 1)
+        layers[name] = LoraLayer(down.contiguous(), up.contiguous(), float(k))
+    report = MergeReport("svd", rank, math.sqrt(err2 / norm2) if norm2 else 0.0, worst)
+    adapter = LoraAdapter(layers, _metadata(sources, "svd", layers, report.relative_error))
+    return adapter, report
+
+
+def _metadata(sources: list[Source], method: str, layers: dict[str, LoraLayer], error: float = 0.0) -> dict:
+    first = sources[0].adapter.metadata if sources else {}
+    merged_rank = max((layer.rank for layer in layers.values()), default=0)
+    return {
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": str(merged_rank),
+        "ss_network_alpha": str(merged_rank),
+        "ss_base_model_version": first.get("ss_base_model_version", ""),
+        "ss_training_comment": f"merged by loramix {__version__} ({method})",
+        "loramix_merge_method": method,
+        "loramix_merge_relative_error": f"{error:.6g}",
+        "loramix_merge_sources": json.dumps([
+            {"name": s.name, "weight": s.weight, "te_weight": s.te_weight,
+             "ss_output_name": s.adapter.metadata.get("ss_output_name", "")} for s in sources]),
+    }

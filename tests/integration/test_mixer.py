@@ -1,0 +1,217 @@
+"""The mixer on a tiny random model: blends against diffusers' own set_adapters, fusing, merging, refusals."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+from peft import LoraConfig
+from peft.utils import get_peft_model_state_dict
+from transformers import CLIPTextModel
+
+from loramix import lora_io
+from loramix.errors import AdapterFormatError
+from loramix.lora_io import LoraAdapter, LoraLayer, from_peft, read_lora, save_lora
+from loramix.merge import blend_delta, merge_concat, merge_svd
+from loramix.mixer import Mixer, PreviewRequest
+from loramix.tiny import build_tiny_model
+from loramix.xy_grid import Axis, xy_grid
+from tests.conftest import WORDS
+
+TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+
+
+def random_lora(model_dir, path, seed, rank=4, alpha=2.0, text=False, conv=False):
+    """A LoRA with random A and B (PEFT init_lora_weights=False), saved in kohya layout."""
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel.from_pretrained(model_dir, subfolder="unet")
+    targets = TARGETS + (["conv1", "conv2"] if conv else [])
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets, init_lora_weights=False))
+    layers = from_peft({k: v * 0.3 for k, v in get_peft_model_state_dict(unet).items()}, "lora_unet", alpha)
+    if text:
+        te = CLIPTextModel.from_pretrained(model_dir, subfolder="text_encoder")
+        te.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, target_modules=["q_proj", "k_proj", "v_proj", "out_proj"],
+                                  init_lora_weights=False))
+        layers.update(from_peft(get_peft_model_state_dict(te), "lora_te", alpha))
+    return save_lora(path, LoraAdapter(layers, {"ss_base_model_version": "loramix_tiny"}), "fp32")
+
+
+@pytest.fixture(scope="module")
+def files(tiny_model, tmp_path_factory):
+    root = tmp_path_factory.mktemp("loras")
+    return {"a": random_lora(tiny_model, root / "a.safetensors", 1, text=True),
+            "b": random_lora(tiny_model, root / "b.safetensors", 2, rank=8, alpha=8.0, conv=True),
+            "c": random_lora(tiny_model, root / "c.safetensors", 3, rank=2)}
+
+
+@pytest.fixture
+def mixer(tiny_model):
+    return Mixer.from_base(str(tiny_model))
+
+
+def unet_out(unet, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    n = unet.config.sample_size
+    x = torch.randn(2, 4, n, n, generator=g)
+    ctx = torch.randn(2, 77, unet.config.cross_attention_dim, generator=g)
+    with torch.no_grad():
+        return unet(x, torch.tensor([50, 700]), ctx).sample
+
+
+REQ = PreviewRequest("red stripes", seed=3, steps=4, cfg_scale=5.0)
+
+
+def test_blend_matches_diffusers_set_adapters(mixer, files, tiny_model):
+    mixer.load(files["a"], weight=0.7)
+    mixer.load(files["b"], weight=-0.4)
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_model)
+    pipe.load_lora_weights(str(files["a"]), adapter_name="a")
+    pipe.load_lora_weights(str(files["b"]), adapter_name="b")
+    pipe.set_adapters(["a", "b"], adapter_weights=[0.7, -0.4])
+    theirs = unet_out(pipe.unet)
+    base = unet_out(mixer.components.unet)
+    for mode in ("fused", "unfused"):
+        with mixer.applied(mode):
+            ours = unet_out(mixer.components.unet)
+        # fp32 on CPU; the sums run in a different order in each implementation
+        assert (ours - theirs).abs().max().item() < 1e-4, mode
+    assert (theirs - base).abs().max().item() > 1e-2
+
+
+def test_fused_and_unfused_previews_match_and_base_is_restored(mixer, files):
+    before = {k: v.clone() for k, v in mixer.components.unet.state_dict().items()}
+    te_before = {k: v.clone() for k, v in mixer.components.text_encoder.state_dict().items()}
+    for name in "abc":
+        mixer.load(files[name], weight=0.5)
+    fused = torch.tensor(list(mixer.generate(REQ, mode="fused").getdata()), dtype=torch.float32)
+    unfused = torch.tensor(list(mixer.generate(REQ, mode="unfused").getdata()), dtype=torch.float32)
+    assert (fused - unfused).abs().max().item() <= 2  # 8-bit pixels; float sums differ in order only
+    for k, v in mixer.components.unet.state_dict().items():
+        assert torch.equal(v, before[k]), k  # bit-identical after unfusing
+    for k, v in mixer.components.text_encoder.state_dict().items():
+        assert torch.equal(v, te_before[k]), k
+
+
+def test_zero_weight_is_the_base_and_negative_weights_work(mixer, files):
+    base = list(mixer.generate(REQ).getdata())
+    mixer.load(files["a"], weight=0.0)
+    assert list(mixer.generate(REQ).getdata()) == base
+    mixer.set_weight("a", -1.5)
+    negative = list(mixer.generate(REQ).getdata())
+    mixer.set_weight("a", 1.5)
+    positive = list(mixer.generate(REQ).getdata())
+    assert negative != base and positive != base and negative != positive
+    mixer.set_weight("a", 1.5, enabled=False)
+    assert list(mixer.generate(REQ).getdata()) == base
+    with pytest.raises(Exception, match="outside -2.0..2.0"):
+        mixer.set_weight("a", 2.5)
+
+
+def test_separate_text_encoder_weight(mixer, files):
+    mixer.load(files["a"], weight=0.0, te_weight=1.0)
+    ids = mixer.components.tokenizer(["red"], padding="max_length", return_tensors="pt").input_ids
+    with torch.no_grad():
+        base = mixer.components.text_encoder(ids)[0]
+        with mixer.applied():
+            text = mixer.components.text_encoder(ids)[0]
+            unet_changed = unet_out(mixer.components.unet)
+    assert not torch.equal(base, text)
+    assert torch.equal(unet_changed, unet_out(mixer.components.unet))  # UNet weight 0: untouched
+
+
+def test_weight_changes_read_no_file(mixer, files, monkeypatch):
+    mixer.load(files["a"])
+    mixer.load(files["b"])
+
+    def no_disk(*a, **k):
+        raise AssertionError("a weight change must not read from disk")
+
+    monkeypatch.setattr(lora_io, "safe_open", no_disk)
+    monkeypatch.setattr(UNet2DConditionModel, "from_pretrained", no_disk)
+    mixer.set_weight("a", -0.3)
+    mixer.set_weight("b", 1.2)
+    mixer.generate(REQ)
+
+
+def test_wrong_architecture_is_refused_with_the_reason(mixer, tmp_path):
+    other = build_tiny_model(tmp_path / "other", words=WORDS, text_dim=48)  # 48-wide text conditioning
+    path = random_lora(other, tmp_path / "wide.safetensors", 5)
+    with pytest.raises(AdapterFormatError) as e:
+        mixer.load(path)
+    msg = str(e.value)
+    assert msg.startswith("wide.safetensors was made for the loramix tiny model")
+    assert "attn2_to_k (LoRA (32, 48) vs layer (32, 32))" in msg
+    sdxl = {"lora_te1_text_model_encoder_layers_0_self_attn_q_proj": LoraLayer(torch.ones(2, 768), torch.ones(768, 2), 2),
+            "lora_unet_input_blocks_4_1_transformer_blocks_0_attn2_to_k": LoraLayer(torch.ones(2, 2048),
+                                                                                   torch.ones(640, 2), 2)}
+    save_lora(tmp_path / "xl.safetensors", LoraAdapter(sdxl, {}), "fp16")
+    with pytest.raises(AdapterFormatError, match=r"xl.safetensors was made for SDXL .* 2 of 2 layers do not match, "
+                                                 r"first lora_te1_text_model_encoder_layers_0_self_attn_q_proj "
+                                                 r"\(no such layer\)"):
+        mixer.load(tmp_path / "xl.safetensors")
+    assert not mixer.slots
+
+
+def test_pickle_refused_unless_allowed(mixer, files, tmp_path):
+    adapter = read_lora(files["c"])
+    state = {}
+    for n, layer in adapter.layers.items():
+        state[f"{n}.lora_down.weight"], state[f"{n}.lora_up.weight"] = layer.down, layer.up
+        state[f"{n}.alpha"] = torch.tensor(layer.alpha)
+    torch.save(state, tmp_path / "c.pt")
+    with pytest.raises(AdapterFormatError, match="c.pt: pickle files"):
+        mixer.load(tmp_path / "c.pt")
+    mixer.load(tmp_path / "c.pt", allow_unsafe=True)
+
+
+def test_merges_reproduce_the_blend(files):
+    from loramix.merge import Source
+
+    sources = [Source("a", read_lora(files["a"]), 0.8), Source("b", read_lora(files["b"]), -0.5, te_weight=0.3),
+               Source("c", read_lora(files["c"]), 1.3)]
+    exact, report = merge_concat(sources)
+    names = sorted(set().union(*(s.adapter.layers for s in sources)))
+    assert sorted(exact.layers) == names and report.relative_error == 0.0
+    for n in names:
+        assert torch.allclose(exact.layers[n].delta(), blend_delta(sources, n), atol=1e-6), n
+    full, rep_full = merge_svd(sources, rank=4 + 8 + 2)
+    assert rep_full.relative_error < 1e-5
+    for n in names:
+        assert torch.allclose(full.layers[n].delta(), blend_delta(sources, n), atol=1e-5), n
+    low, rep_low = merge_svd(sources, rank=2)
+    err = sum(float((low.layers[n].delta() - blend_delta(sources, n)).pow(2).sum()) for n in names)
+    norm = sum(float(blend_delta(sources, n).pow(2).sum()) for n in names)
+    assert rep_low.relative_error == pytest.approx((err / norm) ** 0.5, rel=1e-4)
+    assert 0.01 < rep_low.relative_error < 1
+    assert all(layer.rank <= 2 for layer in low.layers.values())
+
+
+def test_merged_file_and_baked_model_match_the_blend(mixer, files, tmp_path):
+    from loramix.merge import merge_concat
+
+    mixer.load(files["a"], weight=0.6)
+    mixer.load(files["b"], weight=-0.8)
+    with mixer.applied():
+        blended = unet_out(mixer.components.unet)
+    adapter, _ = merge_concat(mixer.sources())
+    merged = save_lora(tmp_path / "merged.safetensors", adapter, "fp32")
+    meta = read_lora(merged).metadata
+    assert '"name": "a", "weight": 0.6' in meta["loramix_merge_sources"]
+    mixer2 = Mixer.from_base(str(mixer.components.source))
+    mixer2.load(merged)
+    with mixer2.applied():
+        assert (unet_out(mixer2.components.unet) - blended).abs().max().item() < 1e-4
+    baked = mixer.bake(tmp_path / "baked")
+    unet = UNet2DConditionModel.from_pretrained(baked, subfolder="unet")
+    assert (unet_out(unet) - blended).abs().max().item() < 1e-4
+
+
+def test_xy_grid_layout_and_restored_sliders(mixer, files):
+    mixer.load(files["a"], weight=0.25)
+    grid = xy_grid(mixer, REQ, Axis("weight", [-1.0, 0.0, 1.0], "a"), Axis("seed", [1, 2]))
+    size = mixer.native_size()
+    assert grid.size[0] >= 3 * size and grid.size[1] == 20 + 2 * size
+    assert mixer.slots["a"].weight == 0.25
+    left = grid.size[0] - 3 * size
+    cells = [grid.crop((left + c * size, 20, left + (c + 1) * size, 20 + size)).tobytes() for c in range(3)]
+    assert len(set(cells)) == 3
