@@ -9,10 +9,12 @@ import argparse
 import logging
 import signal
 import sys
+from pathlib import Path
 
 from loramix.config import field_specs, load_config
 from loramix.errors import LoramixError
 from loramix.events import CancelToken, TrainEvent
+from loramix.mixer import SAMPLERS
 
 
 def _fields_help() -> str:
@@ -42,7 +44,115 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override one config field; repeatable")
     train.add_argument("--resume", help="continue from a …-state.safetensors file (train.resume_from)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    lora_help = "an adapter and its weight: PATH:WEIGHT or PATH:WEIGHT:TEXT_ENCODER_WEIGHT (weight -2..2); repeatable"
+    mix = sub.add_parser("mix", help="preview a blend of LoRAs on a base model")
+    mix.add_argument("--base", default="", help="base model folder or hub id (default: the embedded model)")
+    mix.add_argument("--lora", action="append", default=[], help=lora_help)
+    mix.add_argument("--prompt", required=True)
+    mix.add_argument("--negative", default="", help="negative prompt")
+    mix.add_argument("--seed", type=int, default=0)
+    mix.add_argument("--steps", type=int, default=20)
+    mix.add_argument("--cfg", type=float, default=7.0, help="guidance scale")
+    mix.add_argument("--sampler", default="ddim", help=f"one of {', '.join(SAMPLERS)}")
+    mix.add_argument("--size", type=int, default=0, help="image side in pixels (default: the model's)")
+    mix.add_argument("--grid-x", help="X/Y grid axis: weight:NAME:v1,v2,… or seed:s1,s2,…")
+    mix.add_argument("--grid-y", help="second grid axis (default: the given seed)")
+    mix.add_argument("--mode", default="auto", choices=["auto", "fused", "unfused"])
+    mix.add_argument("--out", required=True, help="PNG file to write")
+    mix.add_argument("--allow-unsafe", action="store_true", help="also read pickle LoRA files (.ckpt/.pt/.bin)")
+
+    merge = sub.add_parser("merge", help="merge a blend into one LoRA file")
+    merge.add_argument("--lora", action="append", default=[], required=True, help=lora_help)
+    merge.add_argument("--rank", type=int, default=0, help="SVD down to this rank (default: exact concat merge)")
+    merge.add_argument("--out", required=True, help=".safetensors file to write")
+    merge.add_argument("--precision", default="fp16", choices=["fp16", "bf16", "fp32"])
+    merge.add_argument("--allow-unsafe", action="store_true", help="also read pickle LoRA files")
+
+    bake = sub.add_parser("bake", help="fuse a blend into the base model and save it as a diffusers folder")
+    bake.add_argument("--base", default="", help="base model folder or hub id (default: the embedded model)")
+    bake.add_argument("--lora", action="append", default=[], required=True, help=lora_help)
+    bake.add_argument("--out", required=True, help="folder to write")
+    bake.add_argument("--allow-unsafe", action="store_true", help="also read pickle LoRA files")
     return parser
+
+
+def parse_lora_spec(spec: str) -> tuple[str, float, float | None]:
+    """`path.safetensors:0.8` or `path:0.8:0.5` (text-encoder weight); a bare path means weight 1."""
+    parts = spec.split(":")
+    numbers: list[float] = []
+    while len(parts) > 1 and len(numbers) < 2:
+        try:
+            numbers.insert(0, float(parts[-1]))
+        except ValueError:
+            break
+        parts.pop()
+    path = ":".join(parts)
+    weight = numbers[0] if numbers else 1.0
+    return path, weight, numbers[1] if len(numbers) > 1 else None
+
+
+def parse_axis(text: str):
+    from loramix.xy_grid import Axis
+
+    kind, _, rest = text.partition(":")
+    if kind == "weight" and ":" in rest:
+        name, _, values = rest.rpartition(":")
+        return Axis("weight", [float(v) for v in values.split(",")], name)
+    if kind == "seed":
+        return Axis("seed", [int(v) for v in rest.split(",")])
+    raise LoramixError(f"--grid axis {text!r}: write weight:NAME:-1,0,1 or seed:1,2,3.")
+
+
+def _mixer_with(args):
+    from loramix.mixer import Mixer
+
+    mixer = Mixer.from_base(args.base, mode=getattr(args, "mode", "auto"))
+    for spec in args.lora:
+        path, weight, te = parse_lora_spec(spec)
+        mixer.load(path, weight=weight, te_weight=te, allow_unsafe=args.allow_unsafe)
+    return mixer
+
+
+def _mix(args) -> int:
+    from loramix.atomic import atomic_path
+    from loramix.mixer import PreviewRequest
+    from loramix.xy_grid import Axis, xy_grid
+
+    mixer = _mixer_with(args)
+    req = PreviewRequest(args.prompt, args.negative, args.seed, args.steps, args.cfg, args.sampler, args.size,
+                         args.size)
+    if args.grid_x:
+        y = parse_axis(args.grid_y) if args.grid_y else Axis("seed", [args.seed])
+        image = xy_grid(mixer, req, parse_axis(args.grid_x), y)
+    else:
+        image = mixer.generate(req)
+    with atomic_path(args.out) as tmp:
+        image.save(tmp, format="PNG")
+    print(f"Saved {args.out}")
+    return 0
+
+
+def _merge(args) -> int:
+    from loramix.lora_io import read_lora, save_lora
+    from loramix.merge import Source, merge_concat, merge_svd
+
+    sources = []
+    for spec in args.lora:
+        path, weight, te = parse_lora_spec(spec)
+        sources.append(Source(Path(path).stem, read_lora(path, allow_unsafe=args.allow_unsafe), weight, te))
+    adapter, report = merge_svd(sources, args.rank) if args.rank else merge_concat(sources)
+    save_lora(args.out, adapter, args.precision)
+    extra = f", relative Frobenius error {report.relative_error:.4f} (worst layer " \
+            f"{report.worst_layer_error:.4f})" if args.rank else " (exact)"
+    print(f"Saved {args.out}: {len(adapter.layers)} layers, {report.method} merge{extra}")
+    return 0
+
+
+def _bake(args) -> int:
+    out = _mixer_with(args).bake(args.out)
+    print(f"Saved {out}")
+    return 0
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -110,12 +220,10 @@ def main(argv: list[str] | None = None) -> int:
     quiet_libraries()
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "train":
-            return _train(args)
+        return {"train": _train, "mix": _mix, "merge": _merge, "bake": _bake}[args.command](args)
     except LoramixError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    return 1
 
 
 if __name__ == "__main__":

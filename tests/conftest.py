@@ -62,3 +62,26 @@ def tiny_config(model: Path, data: Path, out: Path, *overrides: str) -> LoramixC
         f"model.base_model={model}", f"dataset.data_dir={data}", f"output.output_dir={out}",
         "dataset.resolution=64", "network.rank=4", "network.alpha=4", "optim.learning_rate=1e-3",
         "train.max_steps=8", "train.batch_size=2", "output.save_precision=fp32", *overrides])
+
+
+def random_lora(model_dir, path, seed, rank=4, alpha=2.0, text=False, conv=False):
+    """A LoRA with random A and B (PEFT init_lora_weights=False), saved in kohya layout."""
+    import torch
+    from diffusers import UNet2DConditionModel
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+    from transformers import CLIPTextModel
+
+    from loramix.lora_io import LoraAdapter, from_peft, save_lora
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel.from_pretrained(model_dir, subfolder="unet")
+    targets = ["to_q", "to_k", "to_v", "to_out.0"] + (["conv1", "conv2"] if conv else [])
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets, init_lora_weights=False))
+    layers = from_peft({k: v * 0.3 for k, v in get_peft_model_state_dict(unet).items()}, "lora_unet", alpha)
+    if text:
+        te = CLIPTextModel.from_pretrained(model_dir, subfolder="text_encoder")
+        te.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, target_modules=["q_proj", "k_proj", "v_proj", "out_proj"],
+                                  init_lora_weights=False))
+        layers.update(from_peft(get_peft_model_state_dict(te), "lora_te", alpha))
+    return save_lora(path, LoraAdapter(layers, {"ss_base_model_version": "loramix_tiny"}), "fp32")

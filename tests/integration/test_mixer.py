@@ -5,35 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline, UNet2DConditionModel
-from peft import LoraConfig
-from peft.utils import get_peft_model_state_dict
-from transformers import CLIPTextModel
 
 from loramix import lora_io
 from loramix.errors import AdapterFormatError
-from loramix.lora_io import LoraAdapter, LoraLayer, from_peft, read_lora, save_lora
+from loramix.lora_io import LoraAdapter, LoraLayer, read_lora, save_lora
 from loramix.merge import blend_delta, merge_concat, merge_svd
 from loramix.mixer import Mixer, PreviewRequest
 from loramix.tiny import build_tiny_model
 from loramix.xy_grid import Axis, xy_grid
-from tests.conftest import WORDS
-
-TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
-
-
-def random_lora(model_dir, path, seed, rank=4, alpha=2.0, text=False, conv=False):
-    """A LoRA with random A and B (PEFT init_lora_weights=False), saved in kohya layout."""
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel.from_pretrained(model_dir, subfolder="unet")
-    targets = TARGETS + (["conv1", "conv2"] if conv else [])
-    unet.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets, init_lora_weights=False))
-    layers = from_peft({k: v * 0.3 for k, v in get_peft_model_state_dict(unet).items()}, "lora_unet", alpha)
-    if text:
-        te = CLIPTextModel.from_pretrained(model_dir, subfolder="text_encoder")
-        te.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, target_modules=["q_proj", "k_proj", "v_proj", "out_proj"],
-                                  init_lora_weights=False))
-        layers.update(from_peft(get_peft_model_state_dict(te), "lora_te", alpha))
-    return save_lora(path, LoraAdapter(layers, {"ss_base_model_version": "loramix_tiny"}), "fp32")
+from tests.conftest import WORDS, random_lora
 
 
 @pytest.fixture(scope="module")

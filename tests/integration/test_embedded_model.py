@@ -1,0 +1,67 @@
+"""The bundled tiny base model loads offline, draws fast on a CPU, and puts colours where captions say."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from loramix.embedded import EMBEDDED_MODEL, STYLE_SETS
+from loramix.embedded.quality import held_out_scenes, judge, measure
+from loramix.embedded.scenes import VOCABULARY, render
+
+QUALITY_BAR = 0.70
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(EMBEDDED_MODEL, local_files_only=True, safety_checker=None)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_weights_are_small_and_load_as_fp32(pipe):
+    size = sum(p.stat().st_size for p in EMBEDDED_MODEL.rglob("*.safetensors"))
+    assert size <= 25 * 2**20, f"embedded weights are {size / 2**20:.1f} MB"
+    assert pipe.unet.dtype == pipe.vae.dtype == pipe.text_encoder.dtype == torch.float32
+
+
+def test_every_caption_word_is_one_token(pipe):
+    for word in VOCABULARY:
+        assert pipe.tokenizer.tokenize(word) == [word + "</w>"], word
+
+
+def test_generates_a_64px_image_in_seconds(pipe):
+    began = time.perf_counter()
+    image = pipe("a large red circle on the left, white background", num_inference_steps=20,
+                 guidance_scale=6.0, generator=torch.Generator().manual_seed(0), height=64, width=64).images[0]
+    elapsed = time.perf_counter() - began
+    assert image.size == (64, 64)
+    assert elapsed < 10, f"one 64px image took {elapsed:.1f}s"
+
+
+def test_metric_accepts_ground_truth_and_rejects_wrong_colours():
+    scenes = held_out_scenes(40)
+    assert all(judge(render(s), s).ok for s in scenes)
+    shifted = scenes[1:] + scenes[:1]  # pictures judged against another prompt's colour
+    assert sum(judge(render(s), t).ok for s, t in zip(scenes, shifted) if s.shapes[0].colour != t.shapes[0].colour) == 0
+
+
+@pytest.mark.slow
+def test_draws_named_colour_in_named_place_for_held_out_captions(pipe):
+    rate, verdicts = measure(pipe, count=40, steps=25, guidance=6.0, seed=0)
+    misses = [f"{v.caption} -> {v.found}" for v in verdicts if not v.ok]
+    print(f"\nembedded model: named colour in the named place for {rate:.0%} of 40 held-out prompts")
+    assert rate >= QUALITY_BAR, f"{rate:.0%} < {QUALITY_BAR:.0%}; misses: {misses}"
+
+
+def test_style_sets_have_captioned_pictures_in_the_corpus_grammar():
+    for name in ("stripes", "pastel", "ink"):
+        pictures = sorted((STYLE_SETS / name).glob("*.png"))
+        assert len(pictures) == 12, name
+        for png in pictures:
+            words = png.with_suffix(".txt").read_text().replace(",", " ").split()
+            assert words and set(words) <= set(VOCABULARY), png
