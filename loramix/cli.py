@@ -30,6 +30,7 @@ def _fields_help() -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="loramix", description="Train and blend Stable Diffusion LoRA adapters.")
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("ui", help="start the web app (see `loramix ui --help`)")
     train = sub.add_parser("train", help="train a LoRA on a folder of images",
                            formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_fields_help(),
                            description="Train a LoRA. Settings layer: defaults -> --preset -> --config -> "
@@ -216,6 +217,11 @@ def quiet_libraries() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["ui"]:  # the web app parses its own flags
+        from webui.app import main as ui_main
+
+        return ui_main(argv[1:])
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     quiet_libraries()
     args = build_parser().parse_args(argv)

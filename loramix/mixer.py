@@ -132,6 +132,29 @@ class Mixer:
         self.slots[name] = slot
         return name
 
+    def set_blend(self, rows: list[tuple[str | Path, float, bool]], allow_unsafe: bool = False) -> list[str]:
+        """Make the loaded adapters exactly `rows` of (file, weight, enabled), in that order.
+
+        A file already loaded only gets its slider set; a new file is read once; a file no longer
+        listed is dropped. Returns the adapter names, one per row.
+        """
+        by_path = {slot.path.resolve(): slot for slot in self.slots.values()}
+        names, keep = [], set()
+        for path, weight, enabled in rows:
+            slot = by_path.get(Path(path).resolve())
+            if slot is None or slot.name in keep:
+                stem, n = Path(path).stem, 2
+                name = stem
+                while name in self.slots:
+                    name, n = f"{stem}#{n}", n + 1
+                slot = self.slots[self.load(path, name=name, allow_unsafe=allow_unsafe)]
+            self.set_weight(slot, weight, enabled=enabled)
+            keep.add(slot.name)
+            names.append(slot.name)
+        for name in [n for n in self.slots if n not in keep]:
+            self.remove(name)
+        return names
+
     def remove(self, name: str) -> None:
         self.slots.pop(name, None)
 

@@ -77,6 +77,21 @@ def read_caption(image: Path, extension: str, default: str) -> str:
     return default
 
 
+def write_caption(image: Path, extension: str, text: str) -> Path:
+    """Save a caption next to its image (atomically), as the UI's caption editor does."""
+    from loramix.atomic import write_text
+
+    ext = extension if extension.startswith(".") else "." + extension
+    path = Path(image).with_suffix(ext)
+    write_text(path, " ".join(text.split()) + "\n")
+    return path
+
+
+def list_images(cfg: DatasetConfig) -> list[tuple[Path, str]]:
+    """Every usable image and its caption, as the caption editor shows them (repeats ignored)."""
+    return [(item.path, item.caption) for item in scan_folder(cfg)]
+
+
 def with_trigger(caption: str, trigger: str) -> str:
     if not trigger or caption.split(",")[0].strip() == trigger:
         return caption

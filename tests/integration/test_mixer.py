@@ -195,3 +195,15 @@ def test_xy_grid_layout_and_restored_sliders(mixer, files):
     left = grid.size[0] - 3 * size
     cells = [grid.crop((left + c * size, 20, left + (c + 1) * size, 20 + size)).tobytes() for c in range(3)]
     assert len(set(cells)) == 3
+
+
+def test_set_blend_loads_once_and_drops_removed(mixer, files, monkeypatch):
+    names = mixer.set_blend([(files["a"], 0.5, True), (files["b"], -1.0, True)])
+    assert names == ["a", "b"]
+    calls = []
+    real = lora_io.read_lora
+    monkeypatch.setattr("loramix.mixer.read_lora", lambda *a, **k: calls.append(a) or real(*a, **k))
+    assert mixer.set_blend([(files["b"], 0.2, False), (files["c"], 1.0, True)]) == ["b", "c"]
+    assert len(calls) == 1  # only c was read
+    assert list(mixer.slots) == ["b", "c"] and mixer.slots["b"].weight == 0.2 and not mixer.slots["b"].enabled
+    assert mixer.set_blend([(files["c"], 1.0, True), (files["c"], -1.0, True)]) == ["c", "c#2"]

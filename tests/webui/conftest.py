@@ -1,0 +1,27 @@
+"""A running app on a free localhost port, with the tiny random model as its base."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from webui.app import CSS, build_app
+from webui.state import AppState
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    state = AppState.create(tmp_path_factory.mktemp("outputs"))
+    demo = build_app(state).queue(default_concurrency_limit=2)
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, css=CSS,
+                allowed_paths=[str(state.outputs)])
+    yield f"http://127.0.0.1:{port}/", state
+    demo.close()

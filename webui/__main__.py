@@ -1,0 +1,5 @@
+import sys
+
+from webui.app import main
+
+sys.exit(main())

@@ -1,0 +1,85 @@
+"""Widgets bound to config fields by name: built from the config's field specs, read back as a dict.
+
+Never by position: the form is `{field name: component}`, handlers get `{component: value}`.
+"""
+
+from __future__ import annotations
+
+import typing
+
+import gradio as gr
+
+from loramix.config import FieldSpec, LoramixConfig, coerce, field_specs
+
+COMMON = ["model.base_model", "dataset.data_dir", "output.output_dir", "output.output_name",
+          "dataset.resolution", "network.rank", "network.alpha", "optim.learning_rate", "train.max_steps",
+          "train.batch_size", "dataset.trigger_word", "sample.prompts", "sample.sample_every_n_steps"]
+LIST_SEPARATORS = {"sample.prompts": "\n"}
+
+
+def _label(spec: FieldSpec) -> str:
+    return spec.name.split(".", 1)[1].replace("_", " ")
+
+
+def make_widget(spec: FieldSpec) -> gr.components.Component:
+    kw = dict(label=_label(spec), info=spec.help, elem_id="cfg-" + spec.name.replace(".", "-"))
+    if spec.type is bool:
+        return gr.Checkbox(value=spec.default, **kw)
+    if "choices" in spec.metadata:
+        return gr.Dropdown(choices=spec.metadata["choices"], value=spec.default, interactive=True, **kw)
+    if spec.type is int:
+        return gr.Number(value=spec.default, precision=0, **kw)
+    if spec.type is float:
+        return gr.Number(value=spec.default, **kw)
+    if typing.get_origin(spec.type) is list:
+        sep = LIST_SEPARATORS.get(spec.name, ",")
+        lines = 3 if sep == "\n" else 1
+        hint = "one per line" if sep == "\n" else "comma-separated"
+        return gr.Textbox(value=sep.join(spec.default), lines=lines, **{**kw, "info": f"{spec.help} ({hint})"})
+    return gr.Textbox(value=spec.default, **kw)
+
+
+def build_form() -> dict[str, gr.components.Component]:
+    """The common fields in place, the rest in an Advanced accordion grouped by section."""
+    specs = {s.name: s for s in field_specs()}
+    form = {name: make_widget(specs[name]) for name in COMMON}
+    with gr.Accordion("Advanced", open=False):
+        sections: dict[str, list[FieldSpec]] = {}
+        for spec in specs.values():
+            if spec.name not in COMMON:
+                sections.setdefault(spec.name.split(".")[0], []).append(spec)
+        for section, fields in sections.items():
+            gr.Markdown(f"**{section}**")
+            with gr.Row(equal_height=False):
+                for spec in fields:
+                    form[spec.name] = make_widget(spec)
+    return form
+
+
+def to_config(form: dict[str, gr.components.Component], values: dict) -> LoramixConfig:
+    """Widget values -> a validated config (ConfigError names the field)."""
+    config = LoramixConfig()
+    for name, component in form.items():
+        value = values[component]
+        if name in LIST_SEPARATORS and isinstance(value, str):
+            value = [v.strip() for v in value.split(LIST_SEPARATORS[name]) if v.strip()]
+        elif isinstance(value, float) and value.is_integer() and field_type(name) is int:
+            value = int(value)
+        section, field = name.split(".")
+        setattr(getattr(config, section), field, coerce(name, value if value is not None else ""))
+    return config.validate()
+
+
+def field_type(name: str):
+    return next(s.type for s in field_specs() if s.name == name)
+
+
+def to_widgets(form: dict[str, gr.components.Component], config: LoramixConfig) -> dict:
+    """A config -> updates for every widget."""
+    out = {}
+    for name, component in form.items():
+        value = config.get(name)
+        if isinstance(value, list):
+            value = LIST_SEPARATORS.get(name, ",").join(value)
+        out[component] = value
+    return out
