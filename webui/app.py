@@ -18,6 +18,7 @@ from webui.state import AppState
 CSS = """
 #train-progress progress { height: 14px; }
 #train-error p, #mix-status p { margin: 0.2em 0; }
+#mix-image img { min-width: 256px; min-height: 256px; object-fit: contain; image-rendering: pixelated; }
 """
 
 
@@ -27,7 +28,7 @@ def api_train(preset: str, data_dir: str, output_name: str, overrides: list[str]
     path = presets.get(preset, preset)
     try:
         config = load_config(path, overrides=[f"dataset.data_dir={data_dir}", f"output.output_name={output_name}",
-                                              f"output.output_dir={state.outputs}", *overrides])
+                                              f"output.output_dir={state.outputs / output_name}", *overrides])
         job = state.jobs.wait(state.jobs.submit(config), timeout=3600)
     except LoramixError as e:
         raise gr.Error(str(e)) from e
@@ -62,12 +63,10 @@ def build_app(state: AppState) -> gr.Blocks:
                 train = train_tab.build(state)
             with gr.Tab("Mix", id="mix"):
                 mix = mix_tab.build(state)
-        send_inputs = {train.output_file, mix.count, *mix.files}
-        train.send_to_mix.click(mix_tab.send_to_mix(mix, state, train.output_file), send_inputs,
+        train.send_to_mix.click(mix_tab.send_to_mix(mix, state), {mix.count, *mix.files},
                                 [mix.count, *mix.files, *mix.rows], api_visibility="private").then(
             lambda: gr.Tabs(selected="mix"), None, tabs, api_visibility="private")
-        demo.load(lambda: train_tab.watch(state), None, train.live, show_progress="hidden",
-                  api_visibility="private")
+        demo.load(train.follow, None, train.live, show_progress="hidden", api_visibility="private")
 
         def train_endpoint(preset: str, data_dir: str, output_name: str, overrides: list[str]) -> str:
             return api_train(preset, data_dir, output_name, overrides, state)

@@ -21,28 +21,36 @@ def _label(spec: FieldSpec) -> str:
     return spec.name.split(".", 1)[1].replace("_", " ")
 
 
-def make_widget(spec: FieldSpec) -> gr.components.Component:
-    kw = dict(label=_label(spec), info=spec.help, elem_id="cfg-" + spec.name.replace(".", "-"))
+def make_widget(spec: FieldSpec, value) -> gr.components.Component:
+    kw = dict(label=_label(spec), info=spec.help, elem_id="cfg-" + spec.name.replace(".", "-"), min_width=200)
     if spec.type is bool:
-        return gr.Checkbox(value=spec.default, **kw)
+        return gr.Checkbox(value=value, **kw)
     if "choices" in spec.metadata:
-        return gr.Dropdown(choices=spec.metadata["choices"], value=spec.default, interactive=True, **kw)
+        return gr.Dropdown(choices=spec.metadata["choices"], value=value, interactive=True, **kw)
     if spec.type is int:
-        return gr.Number(value=spec.default, precision=0, **kw)
+        return gr.Number(value=value, precision=0, **kw)
     if spec.type is float:
-        return gr.Number(value=spec.default, **kw)
+        return gr.Number(value=value, **kw)
     if typing.get_origin(spec.type) is list:
         sep = LIST_SEPARATORS.get(spec.name, ",")
         lines = 3 if sep == "\n" else 1
         hint = "one per line" if sep == "\n" else "comma-separated"
-        return gr.Textbox(value=sep.join(spec.default), lines=lines, **{**kw, "info": f"{spec.help} ({hint})"})
-    return gr.Textbox(value=spec.default, **kw)
+        return gr.Textbox(value=sep.join(value), lines=lines, **{**kw, "info": f"{spec.help} ({hint})"})
+    return gr.Textbox(value=value, **kw)
 
 
-def build_form() -> dict[str, gr.components.Component]:
-    """The common fields in place, the rest in an Advanced accordion grouped by section."""
+def _grid(specs: list[FieldSpec], config: LoramixConfig, form: dict, per_row: int = 3) -> None:
+    for start in range(0, len(specs), per_row):
+        with gr.Row(equal_height=False):
+            for spec in specs[start:start + per_row]:
+                form[spec.name] = make_widget(spec, config.get(spec.name))
+
+
+def build_form(config: LoramixConfig) -> dict[str, gr.components.Component]:
+    """The common fields on top, the rest in an Advanced accordion by section; values from `config`."""
     specs = {s.name: s for s in field_specs()}
-    form = {name: make_widget(specs[name]) for name in COMMON}
+    form: dict[str, gr.components.Component] = {}
+    _grid([specs[name] for name in COMMON], config, form)
     with gr.Accordion("Advanced", open=False):
         sections: dict[str, list[FieldSpec]] = {}
         for spec in specs.values():
@@ -50,9 +58,7 @@ def build_form() -> dict[str, gr.components.Component]:
                 sections.setdefault(spec.name.split(".")[0], []).append(spec)
         for section, fields in sections.items():
             gr.Markdown(f"**{section}**")
-            with gr.Row(equal_height=False):
-                for spec in fields:
-                    form[spec.name] = make_widget(spec)
+            _grid(fields, config, form)
     return form
 
 

@@ -34,6 +34,11 @@ def _rows(tab: MixTab, values: dict) -> list[tuple[str, float, bool]]:
             for f, w, e in list(zip(tab.files, tab.weights, tab.enabled))[:count] if values[f]]
 
 
+def adapter_choices(state: AppState) -> list[tuple[str, str]]:
+    """(label, path) pairs: the folder and file name is enough to tell adapters apart."""
+    return [(f"{Path(p).parent.name}/{Path(p).name}", p) for p in state.adapters()]
+
+
 def _busy_note(state: AppState) -> str:
     job = state.jobs.current()
     return " A training job is running: previews share the machine with it and take longer." \
@@ -46,7 +51,7 @@ def build(state: AppState) -> MixTab:
                           info="A diffusers folder or hub id.", scale=3, elem_id="mix-base")
         refresh = gr.Button("Refresh adapter list", scale=1)
         upload = gr.File(label="Add LoRA files", file_count="multiple", file_types=[".safetensors"], scale=2)
-    choices = state.adapters()
+    choices = adapter_choices(state)
     files, weights, enabled, rows, removes = [], [], [], [], []
     count = gr.State(1)
     for i in range(MAX_ROWS):
@@ -65,14 +70,14 @@ def build(state: AppState) -> MixTab:
             prompt = gr.Textbox(label="Prompt", value="a large red circle in the center, blue background",
                                 lines=2, elem_id="mix-prompt")
             negative = gr.Textbox(label="Negative prompt")
+            with gr.Row(equal_height=True):
+                seed = gr.Number(value=1, precision=0, label="Seed", elem_id="mix-seed", scale=3)
+                dice = gr.Button("Random seed", scale=1, size="sm")
+                sampler = gr.Dropdown(SAMPLERS, value="ddim", label="Sampler", scale=3)
             with gr.Row():
-                seed = gr.Number(value=1, precision=0, label="Seed", elem_id="mix-seed")
-                dice = gr.Button("🎲", scale=0, min_width=40)
                 steps = gr.Slider(1, 100, value=20, step=1, label="Steps")
                 cfg = gr.Slider(0, 20, value=6.0, step=0.5, label="CFG")
-            with gr.Row():
                 size = gr.Slider(0, 2048, value=0, step=64, label="Size (0 = the model's own)")
-                sampler = gr.Dropdown(SAMPLERS, value="ddim", label="Sampler")
             generate = gr.Button("Generate", variant="primary", elem_id="mix-generate")
             status = gr.Markdown(elem_id="mix-status")
         with gr.Column(scale=2):
@@ -182,7 +187,7 @@ def build(state: AppState) -> MixTab:
         return handler
 
     def on_refresh():
-        listed = state.adapters()
+        listed = adapter_choices(state)
         return [gr.update(choices=listed) for _ in files]
 
     def on_upload(uploaded):
@@ -206,10 +211,11 @@ def build(state: AppState) -> MixTab:
     return tab
 
 
-def send_to_mix(tab: MixTab, state: AppState, source: gr.File):
+def send_to_mix(tab: MixTab, state: AppState):
     """Put a freshly trained file into the first empty adapter row (handler for the Train tab's button)."""
     def handler(values):
-        path = values[source]
+        job = state.jobs.current()
+        path = job.lora_path if job and job.status in ("done", "cancelled") else None
         if not path:
             return {tab.count: values[tab.count]}
         path = str(Path(path).resolve())
@@ -217,7 +223,7 @@ def send_to_mix(tab: MixTab, state: AppState, source: gr.File):
         current = [values[f] for f in tab.files]
         slot = next((i for i, v in enumerate(current[:n]) if not v), n if n < MAX_ROWS else MAX_ROWS - 1)
         n = max(n, slot + 1)
-        listed = state.adapters()
+        listed = adapter_choices(state)
         out = {tab.count: n}
         for i, f in enumerate(tab.files):
             out[f] = gr.update(choices=listed, value=path if i == slot else current[i])

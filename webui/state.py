@@ -43,9 +43,10 @@ class AppState:
     # ---- adapters ----------------------------------------------------------------------------
     def adapters(self) -> list[str]:
         """LoRA files in the outputs folder (trained here) and the user's LoRA folder; newest first."""
-        files = {p.resolve() for folder in (self.outputs, self.lora_dir)
-                 for p in folder.rglob("*.safetensors") if not p.name.endswith("-state.safetensors")
-                 and "-step" not in p.stem}
+        skip = (self.outputs / "baked", self.outputs / "uploads")
+        files = {p.resolve() for folder in (self.outputs, self.lora_dir) for p in folder.rglob("*.safetensors")
+                 if not p.name.endswith("-state.safetensors") and "-step" not in p.stem
+                 and not any(p.is_relative_to(s) for s in skip)}
         return [str(p) for p in sorted(files, key=lambda p: p.stat().st_mtime, reverse=True)]
 
     def import_files(self, paths: list[str], folder: Path) -> list[Path]:

@@ -10,7 +10,7 @@ import gradio as gr
 import pandas as pd
 
 from loramix.atomic import write_text
-from loramix.config import DatasetConfig, load_config, to_toml
+from loramix.config import DatasetConfig, LoramixConfig, load_config, to_toml
 from loramix.errors import LoramixError
 from trainers.dataset import list_images, write_caption
 from webui import bindings
@@ -26,6 +26,7 @@ class TrainTab:
     output_file: gr.File
     send_to_mix: gr.Button
     live: list  # the components `watch` streams into
+    follow: object  # generator handler streaming the current job into `live`
 
 
 def _fmt_time(seconds: float | None) -> str:
@@ -88,6 +89,13 @@ def watch(state: AppState):
     yield view(state)
 
 
+def preset_config(state: AppState, name: str | None) -> LoramixConfig:
+    """A preset's config (defaults when none), writing into the app's outputs folder."""
+    config = load_config(state.presets()[name], validate=False) if name else LoramixConfig()
+    config.output.output_dir = str(state.outputs / config.output.output_name)
+    return config
+
+
 def build(state: AppState) -> TrainTab:
     with gr.Row():
         with gr.Column(scale=3):
@@ -98,7 +106,7 @@ def build(state: AppState) -> TrainTab:
                                      interactive=True, scale=3)
                 preset_name = gr.Textbox(label="Save as preset", placeholder="my-preset", scale=2)
                 save_preset = gr.Button("Save preset", scale=1)
-            form = bindings.build_form()
+            form = bindings.build_form(preset_config(state, preset.value))
             error = gr.Markdown(elem_id="train-error")
             with gr.Row():
                 start = gr.Button("Start training", variant="primary", elem_id="train-start")
@@ -117,45 +125,45 @@ def build(state: AppState) -> TrainTab:
     with gr.Row():
         log = gr.Textbox(label="Log", lines=6, max_lines=12, autoscroll=True)
         with gr.Column():
-            output_file = gr.File(label="Trained LoRA", elem_id="train-output")
+            output_file = gr.File(label="Trained LoRA", elem_id="train-output", interactive=False)
             send = gr.Button("Send to Mix", elem_id="send-to-mix")
 
     data_dir = form["dataset.data_dir"]
     live = [progress, plot, samples, log, output_file]
 
     def fill_from_preset(name):
-        if not name:
-            return {}
-        config = load_config(state.presets()[name], validate=False)
-        config.output.output_dir = str(state.outputs)
-        return bindings.to_widgets(form, config)
+        return bindings.to_widgets(form, preset_config(state, name)) if name else {}
 
     def show_images(folder, ext):
         try:
             pairs = list_images(DatasetConfig(data_dir=folder, caption_extension=ext or ".txt"))
         except LoramixError as e:
             return [], pd.DataFrame(columns=["image", "caption"]), f"⚠ {e}"
-        return ([(str(p), c) for p, c in pairs], pd.DataFrame([(str(p), c) for p, c in pairs],
-                                                               columns=["image", "caption"]), "")
+        root = Path(folder).expanduser()
+        table = pd.DataFrame([(str(p.relative_to(root)), c) for p, c in pairs], columns=["image", "caption"])
+        return [(str(p), c) for p, c in pairs], table, ""
 
     def take_upload(files):
         if not files:
             return gr.skip()
         return str(state.import_files([getattr(f, "name", f) for f in files], state.upload_folder())[0].parent)
 
-    def write_captions(table, ext):
+    def write_captions(table, folder, ext):
         rows = table.values.tolist() if hasattr(table, "values") else table
         for image, caption in rows:
-            write_caption(Path(image), ext or ".txt", caption or "")
+            write_caption(Path(folder).expanduser() / image, ext or ".txt", caption or "")
         return f"Saved {len(rows)} captions."
 
     def start_job(values):
         try:
             config = bindings.to_config(form, values)
+            ahead = state.jobs.current()
             job = state.jobs.submit(config)
         except LoramixError as e:
             return f"⚠ {e}"
-        return f"Job {job.id} queued." if job.status == "queued" else ""
+        if ahead is not None and ahead.active:
+            return f"Job {job.id} is queued: it starts when job {ahead.id} ends."
+        return f"Job {job.id} started."
 
     def save_as_preset(name, values):
         name = (name or "").strip()
@@ -174,10 +182,13 @@ def build(state: AppState) -> TrainTab:
     data_dir.submit(show_images, [data_dir, ext], [thumbs, captions, error], api_visibility="private")
     upload.upload(take_upload, upload, data_dir, api_visibility="private").then(
         show_images, [data_dir, ext], [thumbs, captions, error], api_visibility="private")
-    save_captions.click(write_captions, [captions, ext], error, api_visibility="private")
+    save_captions.click(write_captions, [captions, data_dir, ext], error, api_visibility="private")
     save_preset.click(lambda values: save_as_preset(values[preset_name], values), {preset_name, *form.values()},
                       [error, preset], api_visibility="private")
+    def follow():
+        yield from watch(state)
+
     start.click(start_job, set(form.values()), error, api_visibility="private").then(
-        lambda: watch(state), None, live, show_progress="hidden", api_visibility="private")
+        follow, None, live, show_progress="hidden", api_visibility="private")
     cancel.click(lambda: state.jobs.cancel() and None, None, None, api_visibility="private")
-    return TrainTab(form, output_file, send, live)
+    return TrainTab(form, output_file, send, live, follow)
