@@ -49,7 +49,7 @@ def write_clip_tokenizer(out_dir: str | Path, words: list[str] = (), max_length:
     for special in (BOS, EOS):
         vocab.setdefault(special, len(vocab))
     (out_dir / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-    (out_dir / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    (out_dir / "merges.txt").write_text("#version: 0.2\n" + "".join(m + "\n" for m in merges), encoding="utf-8")
     (out_dir / "special_tokens_map.json").write_text(json.dumps(
         {"bos_token": BOS, "eos_token": EOS, "unk_token": EOS, "pad_token": EOS}), encoding="utf-8")
     (out_dir / "tokenizer_config.json").write_text(json.dumps({
