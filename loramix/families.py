@@ -27,10 +27,16 @@ class Components:
     text_encoder: Any
     tokenizer: Any
     noise_scheduler: Any
+    text_encoder_2: Any = None  # SDXL's second (OpenCLIP bigG) encoder
+    tokenizer_2: Any = None
 
     @property
     def prediction_type(self) -> str:
         return self.noise_scheduler.config.prediction_type
+
+    def models(self) -> list:
+        """Every torch module of the base model."""
+        return [m for m in (self.unet, self.vae, self.text_encoder, self.text_encoder_2) if m is not None]
 
 
 class ModelFamily:
@@ -64,16 +70,25 @@ class ModelFamily:
                 noise_scheduler=DDPMScheduler.from_pretrained(source, subfolder="scheduler", **kw),
             )
 
-    # ---- text --------------------------------------------------------------------------------
-    def tokenize(self, components: Components, captions: list[str]):
-        tok = components.tokenizer
-        return tok(captions, padding="max_length", max_length=tok.model_max_length, truncation=True,
-                   return_tensors="pt").input_ids
+    # ---- text and conditioning ---------------------------------------------------------------
+    @staticmethod
+    def _ids(tokenizer, captions: list[str]):
+        return tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                         return_tensors="pt").input_ids
 
-    def encode_text(self, components: Components, input_ids) -> dict:
-        """Returns the UNet conditioning as keyword arguments."""
-        hidden = components.text_encoder(input_ids, return_dict=False)[0]
-        return {"encoder_hidden_states": hidden}
+    def encode_text(self, components: Components, captions: list[str], device) -> dict:
+        """Caption embeddings as tensors with the batch first (cacheable per caption)."""
+        ids = self._ids(components.tokenizer, captions).to(device)
+        return {"encoder_hidden_states": components.text_encoder(ids, return_dict=False)[0]}
+
+    def unet_kwargs(self, cond: dict, geometry) -> dict:
+        """UNet keyword arguments from the text embeddings and each sample's
+        (original_h, original_w, crop_top, crop_left, target_h, target_w)."""
+        return {"encoder_hidden_states": cond["encoder_hidden_states"]}
+
+    def kohya_path(self, prefix: str, module_path: str, model) -> str:
+        """The module path kohya names a layer by (diffusers names for SD 1.x/2.x)."""
+        return module_path
 
     def text_encoders(self, components: Components) -> dict[str, Any]:
         """Text encoder modules by their kohya key prefix."""
@@ -115,7 +130,79 @@ class TinyFamily(ModelFamily):
         return isinstance(dim, int) and dim < 768 and not unet_config.get("addition_embed_type")
 
 
-FAMILIES: list[type[ModelFamily]] = [ModelFamily, SD2Family, TinyFamily]
+class SDXLFamily(ModelFamily):
+    """SDXL: two text encoders (penultimate states concatenated, pooled bigG), size/crop time ids,
+    and kohya's LoRA names taken from the original (LDM) UNet layout."""
+
+    name = "sdxl"
+    label = "SDXL"
+    ss_base_model_version = "sdxl_base_v1-0"
+
+    @classmethod
+    def matches(cls, unet_config: dict) -> bool:
+        return unet_config.get("addition_embed_type") == "text_time"
+
+    def load(self, source: str, revision: str = "") -> Components:
+        from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+        from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+        kw = {"revision": revision} if revision else {}
+        with _friendly_load_errors(source):
+            return Components(
+                family=self, source=source,
+                unet=UNet2DConditionModel.from_pretrained(source, subfolder="unet", **kw),
+                vae=AutoencoderKL.from_pretrained(source, subfolder="vae", **kw),
+                text_encoder=CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **kw),
+                tokenizer=CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **kw),
+                noise_scheduler=DDPMScheduler.from_pretrained(source, subfolder="scheduler", **kw),
+                text_encoder_2=CLIPTextModelWithProjection.from_pretrained(source, subfolder="text_encoder_2", **kw),
+                tokenizer_2=CLIPTokenizer.from_pretrained(source, subfolder="tokenizer_2", **kw),
+            )
+
+    def encode_text(self, components: Components, captions: list[str], device) -> dict:
+        import torch
+
+        states = []
+        for tokenizer, encoder in ((components.tokenizer, components.text_encoder),
+                                   (components.tokenizer_2, components.text_encoder_2)):
+            out = encoder(self._ids(tokenizer, captions).to(device), output_hidden_states=True)
+            states.append(out.hidden_states[-2])
+        return {"encoder_hidden_states": torch.cat(states, dim=-1), "text_embeds": out[0]}
+
+    def unet_kwargs(self, cond: dict, geometry) -> dict:
+        import torch
+
+        emb = cond["text_embeds"]
+        time_ids = torch.tensor(geometry, dtype=emb.dtype, device=emb.device).reshape(len(geometry), 6)
+        return {"encoder_hidden_states": cond["encoder_hidden_states"],
+                "added_cond_kwargs": {"text_embeds": emb, "time_ids": time_ids}}
+
+    def kohya_path(self, prefix: str, module_path: str, model) -> str:
+        if prefix != self.unet_prefix:
+            return module_path
+        from loramix.ldm_layout import unet_module_to_ldm
+
+        return unet_module_to_ldm(module_path, dict(model.config))
+
+    def text_encoders(self, components: Components) -> dict[str, Any]:
+        return {"lora_te1": components.text_encoder, "lora_te2": components.text_encoder_2}
+
+    def set_text_encoder(self, components: Components, prefix: str, module: Any) -> None:
+        if prefix == "lora_te2":
+            components.text_encoder_2 = module
+        else:
+            components.text_encoder = module
+
+    def pipeline(self, components: Components):
+        from diffusers import StableDiffusionXLPipeline
+
+        return StableDiffusionXLPipeline(
+            vae=components.vae, text_encoder=components.text_encoder, text_encoder_2=components.text_encoder_2,
+            tokenizer=components.tokenizer, tokenizer_2=components.tokenizer_2, unet=components.unet,
+            scheduler=_sampling_scheduler(components.noise_scheduler))
+
+
+FAMILIES: list[type[ModelFamily]] = [ModelFamily, SD2Family, SDXLFamily, TinyFamily]
 
 
 def detect_family(unet_config: dict) -> ModelFamily:

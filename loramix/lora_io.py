@@ -8,6 +8,7 @@ with `ss_*` metadata, which AUTOMATIC1111, ComfyUI and diffusers' `load_lora_wei
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,24 +63,31 @@ def kohya_name(prefix: str, module_path: str) -> str:
     return f"{prefix}_{module_path.replace('.', '_')}"
 
 
-def from_peft(peft_state: dict[str, torch.Tensor], prefix: str, alpha: float) -> dict[str, LoraLayer]:
-    """Layers from a PEFT state dict (`<module>.lora_A.weight` / `<module>.lora_B.weight`)."""
+def from_peft(peft_state: dict[str, torch.Tensor], prefix: str, alpha: float,
+              rename: Callable[[str], str] | None = None) -> dict[str, LoraLayer]:
+    """Layers from a PEFT state dict (`<module>.lora_A.weight` / `<module>.lora_B.weight`).
+
+    `rename` maps a module path to the one kohya names it by (SDXL: the LDM UNet layout).
+    """
+    rename = rename or (lambda path: path)
     layers = {}
     for key, down in peft_state.items():
         if not key.endswith(".lora_A.weight"):
             continue
         module = key[: -len(".lora_A.weight")]
         up = peft_state[f"{module}.lora_B.weight"]
-        layers[kohya_name(prefix, module)] = LoraLayer(down.detach(), up.detach(), float(alpha))
+        layers[kohya_name(prefix, rename(module))] = LoraLayer(down.detach(), up.detach(), float(alpha))
     return layers
 
 
-def module_table(model: torch.nn.Module, prefix: str) -> dict[str, str]:
+def module_table(model: torch.nn.Module, prefix: str, rename: Callable[[str], str] | None = None) -> dict[str, str]:
     """kohya layer name -> module path for every module of `model` (kohya names are lossy: `_` for `.`)."""
+    rename = rename or (lambda path: path)
     table = {}
-    for path, _module in model.named_modules():
-        if path and ".lora_" not in path and not path.endswith(("base_layer", "lora_dropout")):
-            table[kohya_name(prefix, path.replace(".base_layer", ""))] = path
+    for path, module in model.named_modules():
+        if path and ".lora_" not in path and not path.endswith(("base_layer", "lora_dropout")) and \
+                hasattr(module, "weight"):
+            table[kohya_name(prefix, rename(path.replace(".base_layer", "")))] = path
     return table
 
 

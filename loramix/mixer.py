@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -110,7 +111,7 @@ class Mixer:
         components = load_base_model(base, revision)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = torch.float16 if device == "cuda" else torch.float32
-        for module in (components.unet, components.vae, components.text_encoder):
+        for module in components.models():
             module.to(device, dtype=dtype).eval().requires_grad_(False)
         return cls(components, **kw)
 
@@ -178,7 +179,8 @@ class Mixer:
         """Attach every layer of `adapter` to a module of the base model, or refuse the file and say why."""
         targets = {self.family.unet_prefix: ("unet", self.components.unet)}
         targets.update({p: ("text", m) for p, m in self.family.text_encoders(self.components).items()})
-        tables = {p: (module_table(m, p), dict(m.named_modules())) for p, (_, m) in targets.items()}
+        tables = {p: (module_table(m, p, partial(self.family.kohya_path, p, model=m)), dict(m.named_modules()))
+                  for p, (_, m) in targets.items()}
         bound, problems = [], []
         for name, layer in adapter.layers.items():
             prefix = max((p for p in targets if name.startswith(p + "_")), key=len, default=None)

@@ -179,18 +179,28 @@ def assign_buckets(items: list[ImageItem], cfg: DatasetConfig) -> list[ImageItem
     return [ImageItem(i.path, i.caption, i.repeats, i.folder, i.size, bucket_for(i.size, buckets)) for i in items]
 
 
-def fit_to_bucket(image: Image.Image, bucket: tuple[int, int], crop: str, rng: random.Random) -> Image.Image:
-    """Resize so the image covers the bucket, then crop the excess (centre or random)."""
-    bw, bh = bucket
-    w, h = image.size
+def crop_box(size: tuple[int, int], bucket: tuple[int, int], crop: str,
+             rng: random.Random) -> tuple[tuple[int, int], int, int]:
+    """The size an image is resized to so that it covers the bucket, and the crop's left and top."""
+    (w, h), (bw, bh) = size, bucket
     scale = max(bw / w, bh / h)
     nw, nh = max(bw, round(w * scale)), max(bh, round(h * scale))
-    image = image.resize((nw, nh), Image.Resampling.LANCZOS)
     if crop == "random":
-        left, top = rng.randint(0, nw - bw), rng.randint(0, nh - bh)
-    else:
-        left, top = (nw - bw) // 2, (nh - bh) // 2
-    return image.crop((left, top, left + bw, top + bh))
+        return (nw, nh), rng.randint(0, nw - bw), rng.randint(0, nh - bh)
+    return (nw, nh), (nw - bw) // 2, (nh - bh) // 2
+
+
+def fit_to_bucket(image: Image.Image, bucket: tuple[int, int], crop: str, rng: random.Random) -> Image.Image:
+    """Resize so the image covers the bucket, then crop the excess (centre or random)."""
+    (nw, nh), left, top = crop_box(image.size, bucket, crop, rng)
+    image = image.resize((nw, nh), Image.Resampling.LANCZOS)
+    return image.crop((left, top, left + bucket[0], top + bucket[1]))
+
+
+def geometry(item: ImageItem, sample: Sample, cfg: DatasetConfig) -> tuple[int, int, int, int, int, int]:
+    """SDXL's size conditioning: (original_h, original_w, crop_top, crop_left, target_h, target_w)."""
+    _, left, top = crop_box(item.size, item.bucket, cfg.crop, random.Random(sample.variant_seed))
+    return (item.size[1], item.size[0], top, left, item.bucket[1], item.bucket[0])
 
 
 # ---- epochs and batches ----------------------------------------------------------------------

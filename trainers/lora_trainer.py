@@ -17,6 +17,7 @@ import os
 import random
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -87,7 +88,7 @@ class LoraTrainer:
     def load_model(self) -> None:
         self.m: Components = load_base_model(self.cfg.model.base_model, self.cfg.model.revision)
         self.family = self.m.family
-        for module in (self.m.unet, self.m.vae, self.m.text_encoder):
+        for module in self.m.models():
             module.requires_grad_(False)
             module.to(self.acc.device, dtype=self.weight_dtype)
         self.m.vae.to(dtype=torch.float32)  # the VAE runs once per image when caching; fp32 avoids NaNs
@@ -111,8 +112,9 @@ class LoraTrainer:
         cast_training_params(list(self.trained.values()), dtype=torch.float32)
         if self.cfg.train.gradient_checkpointing:
             self.m.unet.enable_gradient_checkpointing()
-            if net.train_text_encoder:
-                self.m.text_encoder.gradient_checkpointing_enable()
+            for prefix, module in self.trained.items():
+                if prefix != self.family.unet_prefix:
+                    module.gradient_checkpointing_enable()
 
     # ---- 5. caches ---------------------------------------------------------------------------
     @torch.no_grad()
@@ -140,8 +142,7 @@ class LoraTrainer:
         return (latents * vae.config.scaling_factor).to(self.weight_dtype)
 
     def _encode_text(self, captions: list[str]) -> dict[str, torch.Tensor]:
-        ids = self.family.tokenize(self.m, captions).to(self.acc.device)
-        return self.family.encode_text(self.m, ids)
+        return self.family.encode_text(self.m, captions, self.acc.device)
 
     # ---- 6. optimizer ------------------------------------------------------------------------
     def build_optimizer(self) -> None:
@@ -217,7 +218,9 @@ class LoraTrainer:
         timesteps = torch.cat(timesteps).to(latents.device)
         noisy = sched.add_noise(latents, noise, timesteps)
         target = noise if self.m.prediction_type == "epsilon" else sched.get_velocity(latents, noise, timesteps)
-        pred = self.models[self.family.unet_prefix](noisy, timesteps, **cond, return_dict=False)[0]
+        geometry = [ds.geometry(self.items[s.index], s, d) for s in samples]
+        unet_kwargs = self.family.unet_kwargs(cond, geometry)
+        pred = self.models[self.family.unet_prefix](noisy, timesteps, **unet_kwargs, return_dict=False)[0]
         loss = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
         if t.min_snr_gamma:
             from diffusers.training_utils import compute_snr
@@ -277,7 +280,8 @@ class LoraTrainer:
 
         layers = {}
         for prefix, module in self.trained.items():
-            layers.update(from_peft(get_peft_model_state_dict(module), prefix, self.cfg.network.alpha))
+            rename = partial(self.family.kohya_path, prefix, model=self.acc.unwrap_model(module))
+            layers.update(from_peft(get_peft_model_state_dict(module), prefix, self.cfg.network.alpha, rename))
         epoch = (step * self.cfg.train.gradient_accumulation_steps) // self.micro_per_epoch
         meta = adapter_metadata(self.cfg, self.family, step=step, epoch=epoch, num_images=len(self.items),
                                 tag_frequency=self.tag_frequency, started_at=self.started_at)
