@@ -115,3 +115,34 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0, words: list[str] = (), 
     )
     pipe.save_pretrained(out_dir, safe_serialization=True)
     return out_dir
+
+
+def build_tiny_sdxl(out_dir: str | Path, seed: int = 0, words: list[str] = (), image_size: int = 64) -> Path:
+    """A random-weight tiny SDXL-shaped pipeline: two text encoders, text_time conditioning,
+    a first down block without attention and 2 transformer layers in the second (as SDXL has)."""
+    import torch
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    out_dir = Path(out_dir)
+    tokenizer = CLIPTokenizer.from_pretrained(write_clip_tokenizer(out_dir / "tokenizer", words))
+    write_clip_tokenizer(out_dir / "tokenizer_2", words)
+    base = tiny_configs(image_size=image_size, vocab_size=len(tokenizer))
+    te = dict(base["text_encoder"], bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+              pad_token_id=tokenizer.pad_token_id)
+    te2 = dict(te, hidden_size=48, intermediate_size=96, projection_dim=24)
+    unet = dict(base["unet"], down_block_types=["DownBlock2D", "CrossAttnDownBlock2D"],
+                up_block_types=["CrossAttnUpBlock2D", "UpBlock2D"], transformer_layers_per_block=[1, 2],
+                cross_attention_dim=te["hidden_size"] + te2["hidden_size"], addition_embed_type="text_time",
+                addition_time_embed_dim=8, projection_class_embeddings_input_dim=te2["projection_dim"] + 6 * 8,
+                use_linear_projection=True)
+    torch.manual_seed(seed)
+    pipe = StableDiffusionXLPipeline(
+        unet=UNet2DConditionModel(**unet), vae=AutoencoderKL(**base["vae"]),
+        text_encoder=CLIPTextModel(CLIPTextConfig(**te)),
+        text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**te2)),
+        tokenizer=tokenizer, tokenizer_2=CLIPTokenizer.from_pretrained(out_dir / "tokenizer_2"),
+        scheduler=EulerDiscreteScheduler(**{k: v for k, v in base["scheduler"].items()
+                                            if k not in ("clip_sample", "set_alpha_to_one")}))
+    pipe.save_pretrained(out_dir, safe_serialization=True)
+    return out_dir

@@ -212,3 +212,32 @@ def test_uncached_flip_and_accumulation_paths_train(tiny_model, tmp_path):
                                "dataset.caption_dropout_rate=0.5", "train.min_snr_gamma=5",
                                "train.noise_offset=0.05"))
     assert result.steps == 3 and all(math.isfinite(x) for x in result.losses)
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+def test_loss_target_follows_the_scheduler_prediction_type(prediction, tmp_path, image_folder):
+    from loramix.tiny import build_tiny_model
+    from tests.conftest import WORDS
+    from trainers.lora_trainer import _seed_for
+
+    model = build_tiny_model(tmp_path / "m", words=WORDS, prediction_type=prediction)
+    trainer = LoraTrainer(tiny_config(model, image_folder, tmp_path / "out", "train.batch_size=1"))
+    trainer.scan_data()
+    trainer.setup_accelerator()
+    trainer.load_model()
+    trainer.inject_lora()
+    trainer.build_caches()
+    trainer.build_optimizer()
+    with torch.no_grad():
+        loss = trainer.compute_loss(0).item()
+        sample = trainer.micro_batch(0)[0][0]
+        latents = trainer.latent_cache[(sample.index, False)][None]
+        cond = trainer.text_cache[trainer.items[sample.index].caption]["encoder_hidden_states"][None]
+        g = torch.Generator().manual_seed(_seed_for(42, 0, 0))
+        noise = torch.randn(latents.shape[1:], generator=g)[None]
+        t = torch.randint(0, 1000, (1,), generator=g)
+        sched = trainer.m.noise_scheduler
+        noisy = sched.add_noise(latents, noise, t)
+        target = noise if prediction == "epsilon" else sched.get_velocity(latents, noise, t)
+        expected = torch.nn.functional.mse_loss(trainer.m.unet(noisy, t, cond).sample, target).item()
+    assert loss == pytest.approx(expected, rel=1e-5)
