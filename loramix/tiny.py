@@ -121,7 +121,12 @@ def build_tiny_sdxl(out_dir: str | Path, seed: int = 0, words: list[str] = (), i
     """A random-weight tiny SDXL-shaped pipeline: two text encoders, text_time conditioning,
     a first down block without attention and 2 transformer layers in the second (as SDXL has)."""
     import torch
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,
+        EulerDiscreteScheduler,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     out_dir = Path(out_dir)
