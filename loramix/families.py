@@ -180,7 +180,7 @@ class SDXLFamily(ModelFamily):
     def kohya_path(self, prefix: str, module_path: str, model) -> str:
         if prefix != self.unet_prefix:
             return module_path
-        from loramix.ldm_layout import unet_module_to_ldm
+        from loramix.ldm_names import unet_module_to_ldm
 
         return unet_module_to_ldm(module_path, dict(model.config))
 
