@@ -17,7 +17,11 @@ class Axis:
     adapter: str = ""
 
     def label(self, value) -> str:
-        return f"{self.adapter} {value:+.2f}" if self.kind == "weight" else f"seed {int(value)}"
+        return f"{value:+.2f}" if self.kind == "weight" else f"seed {int(value)}"
+
+    @property
+    def title(self) -> str:
+        return f"weight of {self.adapter}" if self.kind == "weight" else "seed"
 
 
 def xy_grid(mixer: Mixer, req: PreviewRequest, x: Axis, y: Axis) -> Image.Image:
@@ -46,19 +50,26 @@ def xy_grid(mixer: Mixer, req: PreviewRequest, x: Axis, y: Axis) -> Image.Image:
     finally:
         for name, (w, tw, en) in saved.items():
             mixer.set_weight(name, w, tw, en)
-    return compose(cells, [x.label(v) for v in x.values], [y.label(v) for v in y.values])
+    return compose(cells, [x.label(v) for v in x.values], [y.label(v) for v in y.values],
+                   f"x: {x.title}, y: {y.title}")
 
 
-def compose(cells: list[list[Image.Image]], col_labels: list[str], row_labels: list[str]) -> Image.Image:
+MIN_CELL = 128  # small previews (the embedded model draws 64 px) are enlarged so labels fit
+
+
+def compose(cells: list[list[Image.Image]], col_labels: list[str], row_labels: list[str],
+            title: str = "") -> Image.Image:
     font = ImageFont.load_default()
-    w, h = cells[0][0].size
-    left, top = max(60, 7 * max(len(s) for s in row_labels)), 20
+    factor = max(1, -(-MIN_CELL // cells[0][0].size[0]))
+    w, h = cells[0][0].size[0] * factor, cells[0][0].size[1] * factor
+    left, top = max(60, 7 * max(len(s) for s in row_labels)), 36
     grid = Image.new("RGB", (left + w * len(col_labels), top + h * len(row_labels)), "white")
     draw = ImageDraw.Draw(grid)
+    draw.text((2, 2), title, fill="black", font=font)
     for c, label in enumerate(col_labels):
-        draw.text((left + c * w + 2, 4), label, fill="black", font=font)
+        draw.text((left + c * w + 2, 20), label, fill="black", font=font)
     for r, label in enumerate(row_labels):
         draw.text((2, top + r * h + h // 2 - 6), label, fill="black", font=font)
         for c, image in enumerate(cells[r]):
-            grid.paste(image, (left + c * w, top + r * h))
+            grid.paste(image.resize((w, h), Image.Resampling.NEAREST), (left + c * w, top + r * h))
     return grid

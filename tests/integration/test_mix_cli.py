@@ -30,7 +30,7 @@ def test_mix_merge_bake_commands(tiny_model, two, tmp_path, capsys):
     assert Image.open(tmp_path / "p.png").size == (64, 64)
     assert main(["mix", *base, "--lora", f"{a}:0.5", "--prompt", "red", "--steps", "2", "--grid-x",
                  "weight:a:-1,0,1", "--grid-y", "seed:1,2", "--out", str(tmp_path / "g.png")]) == 0
-    assert Image.open(tmp_path / "g.png").size[1] == 20 + 2 * 64
+    assert Image.open(tmp_path / "g.png").size[1] == 36 + 2 * 128
     assert main(["merge", "--lora", f"{a}:0.8", "--lora", f"{b}:-0.3", "--rank", "2",
                  "--out", str(tmp_path / "m.safetensors")]) == 0
     assert "relative Frobenius error" in capsys.readouterr().out

@@ -189,11 +189,11 @@ def test_merged_file_and_baked_model_match_the_blend(mixer, files, tmp_path):
 def test_xy_grid_layout_and_restored_sliders(mixer, files):
     mixer.load(files["a"], weight=0.25)
     grid = xy_grid(mixer, REQ, Axis("weight", [-1.0, 0.0, 1.0], "a"), Axis("seed", [1, 2]))
-    size = mixer.native_size()
-    assert grid.size[0] >= 3 * size and grid.size[1] == 20 + 2 * size
+    size = 128  # 64 px previews are shown enlarged 2x
+    assert grid.size[0] >= 3 * size and grid.size[1] == 36 + 2 * size
     assert mixer.slots["a"].weight == 0.25
     left = grid.size[0] - 3 * size
-    cells = [grid.crop((left + c * size, 20, left + (c + 1) * size, 20 + size)).tobytes() for c in range(3)]
+    cells = [grid.crop((left + c * size, 36, left + (c + 1) * size, 36 + size)).tobytes() for c in range(3)]
     assert len(set(cells)) == 3
 
 
