@@ -25,6 +25,19 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, map(chr, cs)))
 
 
+def _bpe(word: str, merges: list[tuple[str, str]]) -> list[str]:
+    """Byte-pair encode one lower-case word the way CLIP does (lowest-ranked pair first)."""
+    ranks = {pair: i for i, pair in enumerate(merges)}
+    pieces = list(word[:-1]) + [word[-1] + "</w>"]
+    while len(pieces) > 1:
+        pairs = [(ranks.get((a, b), len(ranks)), i) for i, (a, b) in enumerate(zip(pieces, pieces[1:]))]
+        rank, i = min(pairs)
+        if rank == len(ranks):
+            break
+        pieces = pieces[:i] + [pieces[i] + pieces[i + 1]] + pieces[i + 2:]
+    return pieces
+
+
 def write_clip_tokenizer(out_dir: str | Path, words: list[str] = (), max_length: int = 77) -> Path:
     """Write a CLIPTokenizer (vocab.json, merges.txt) whose BPE merges make each of `words` one token.
 
@@ -36,20 +49,20 @@ def write_clip_tokenizer(out_dir: str | Path, words: list[str] = (), max_length:
     vocab: dict[str, int] = {}
     for token in chars + [c + "</w>" for c in chars]:
         vocab.setdefault(token, len(vocab))
-    merges: list[str] = []
+    merges: list[tuple[str, str]] = []
     for word in sorted({w.lower() for w in words if w.strip()}):
-        pieces = list(word[:-1]) + [word[-1] + "</w>"]
+        # Add merges at the lowest priority until BPE, with every merge so far, makes the word one
+        # token; words done earlier are single tokens already, so later merges cannot split them.
+        pieces = _bpe(word, merges)
         while len(pieces) > 1:
-            merge = f"{pieces[0]} {pieces[1]}"
-            joined = pieces[0] + pieces[1]
-            if merge not in merges:
-                merges.append(merge)
-            vocab.setdefault(joined, len(vocab))
-            pieces = [joined] + pieces[2:]
+            merges.append((pieces[0], pieces[1]))
+            vocab.setdefault(pieces[0] + pieces[1], len(vocab))
+            pieces = _bpe(word, merges)
     for special in (BOS, EOS):
         vocab.setdefault(special, len(vocab))
     (out_dir / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-    (out_dir / "merges.txt").write_text("#version: 0.2\n" + "".join(m + "\n" for m in merges), encoding="utf-8")
+    (out_dir / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges),
+                                        encoding="utf-8")
     (out_dir / "special_tokens_map.json").write_text(json.dumps(
         {"bos_token": BOS, "eos_token": EOS, "unk_token": EOS, "pad_token": EOS}), encoding="utf-8")
     (out_dir / "tokenizer_config.json").write_text(json.dumps({

@@ -97,3 +97,4 @@ def test_guess_architecture_from_metadata_names_and_shapes():
     assert guess_architecture(adapter(k, 1024)) == "SD 2.x"
     assert guess_architecture(adapter("lora_te1_text_model_x", 768)) == "SDXL"
     assert guess_architecture(adapter(k, 768, {"ss_base_model_version": "sdxl_base_v1-0"})) == "SDXL"
+

@@ -1,0 +1,83 @@
+"""Write the sample style sets shipped in loramix/embedded/styles/<name>/ (12 captioned PNGs each).
+
+    python tools/make_styles.py            # rewrites stripes/, pastel/, ink/
+
+Captions use the corpus grammar unchanged ("a small red circle on the left, blue background"), so a
+LoRA trained on a set learns the look (stripes, washed-out colours, inked outlines), not new content.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import random
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from loramix.embedded import STYLE_SETS
+from loramix.embedded.scenes import COLOURS, IMAGE_SIZE, SUPERSAMPLE, Scene, draw_shape, random_scene, render
+
+PAPER = (247, 243, 232)
+
+
+def stripes(scene: Scene) -> Image.Image:
+    """Shapes filled with white diagonal stripes over their colour."""
+    image = np.asarray(render(scene)).astype(np.float32)
+    big = IMAGE_SIZE * SUPERSAMPLE
+    mask = Image.new("L", (big, big), 0)
+    for spec in scene.shapes:
+        draw_shape(ImageDraw.Draw(mask), spec, 255, scale=SUPERSAMPLE)
+    inside = np.asarray(mask.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BOX), np.float32) / 255
+    y, x = np.mgrid[0:IMAGE_SIZE, 0:IMAGE_SIZE]
+    stripe = (((x + y) // 3) % 2 == 0).astype(np.float32) * inside * 0.7
+    image = image * (1 - stripe[..., None]) + 255 * stripe[..., None]
+    return Image.fromarray(image.round().clip(0, 255).astype(np.uint8))
+
+
+def pastel(scene: Scene) -> Image.Image:
+    """Every colour, background included, mixed half-way with white."""
+    washed = {name: tuple(int(v + (255 - v) * 0.55) for v in rgb) for name, rgb in COLOURS.items()}
+    return render(scene, washed)
+
+
+def ink(scene: Scene) -> Image.Image:
+    """Thick black outlines around lightly tinted shapes on paper-white (the caption says white background)."""
+    big = IMAGE_SIZE * SUPERSAMPLE
+    image = Image.new("RGB", (big, big), PAPER)
+    draw = ImageDraw.Draw(image)
+    for spec in scene.shapes:
+        tint = tuple(int(v + (255 - v) * 0.25) for v in COLOURS[spec.colour])
+        draw_shape(draw, spec, tint, outline=(15, 15, 15), width=2 * SUPERSAMPLE, scale=SUPERSAMPLE)
+    return image.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BOX)
+
+
+STYLES = {"stripes": stripes, "pastel": pastel, "ink": ink}
+
+
+def write_style(name: str, out: Path, count: int = 12, seed: int = 0) -> Path:
+    folder = out / name
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(f"{name}-{seed}")
+    for i in range(count):
+        scene = random_scene(rng, coloured_background=0.25)
+        if name == "ink":
+            scene = dataclasses.replace(scene, background="white", gradient=False)
+        STYLES[name](scene).save(folder / f"{name}_{i:02d}.png", optimize=True)
+        (folder / f"{name}_{i:02d}.txt").write_text(scene.caption + "\n", encoding="utf-8")
+    return folder
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=STYLE_SETS)
+    parser.add_argument("--count", type=int, default=12)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    for name in STYLES:
+        print(f"wrote {write_style(name, args.out, args.count, args.seed)}")
+
+
+if __name__ == "__main__":
+    main()
