@@ -73,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     bake = sub.add_parser("bake", help="fuse a blend into the base model and save it as a diffusers folder")
     bake.add_argument("--base", default="", help="base model folder or hub id (default: the embedded model)")
     bake.add_argument("--lora", action="append", default=[], required=True, help=lora_help)
-    bake.add_argument("--out", required=True, help="folder to write")
+    bake.add_argument("--out", required=True, help="folder to write (diffusers layout)")
+    bake.add_argument("--single-file", help="also write one .safetensors checkpoint in the original layout")
     bake.add_argument("--allow-unsafe", action="store_true", help="also read pickle LoRA files")
     return parser
 
@@ -151,8 +152,8 @@ def _merge(args) -> int:
 
 
 def _bake(args) -> int:
-    out = _mixer_with(args).bake(args.out)
-    print(f"Saved {out}")
+    out = _mixer_with(args).bake(args.out, args.single_file)
+    print(f"Saved {out}" + (f" and {args.single_file}" if args.single_file else ""))
     return 0
 
 

@@ -43,6 +43,7 @@ class ModelFamily:
     """SD 1.x-shaped models: one CLIP text encoder, epsilon or v prediction, diffusers UNet names."""
 
     name = "sd1"
+    ldm_layout = "sd1"  # how loramix.single_file writes this family as one checkpoint
     label = "SD 1.x"
     ss_base_model_version = "sd_v1"
     unet_prefix = "lora_unet"
@@ -109,6 +110,7 @@ class ModelFamily:
 
 class SD2Family(ModelFamily):
     name = "sd2"
+    ldm_layout = "sd2"
     label = "SD 2.x"
     ss_base_model_version = "sd_v2"
 
@@ -121,6 +123,7 @@ class TinyFamily(ModelFamily):
     """The embedded demo model and test models: SD 1.x layout at toy sizes."""
 
     name = "tiny"
+    ldm_layout = "sd1"  # SD 1.x layout at toy sizes
     label = "the loramix tiny model"
     ss_base_model_version = "loramix_tiny"
 
@@ -135,6 +138,7 @@ class SDXLFamily(ModelFamily):
     and kohya's LoRA names taken from the original (LDM) UNet layout."""
 
     name = "sdxl"
+    ldm_layout = "sdxl"
     label = "SDXL"
     ss_base_model_version = "sdxl_base_v1-0"
 
@@ -180,7 +184,7 @@ class SDXLFamily(ModelFamily):
     def kohya_path(self, prefix: str, module_path: str, model) -> str:
         if prefix != self.unet_prefix:
             return module_path
-        from loramix.ldm_names import unet_module_to_ldm
+        from loramix.ldm_layout import unet_module_to_ldm
 
         return unet_module_to_ldm(module_path, dict(model.config))
 
@@ -225,9 +229,8 @@ def load_base_model(source: str = "", revision: str = "") -> Components:
     """Load a base model from a diffusers folder or a hub id; the family is read from its UNet config."""
     source = source or default_base_model()
     path = Path(source).expanduser()
-    if path.suffix in (".safetensors", ".ckpt"):
-        raise LoramixError(f"model.base_model: single-file checkpoints ({path.name}) are not supported yet; "
-                           "convert it to a diffusers folder or give a hub id.")
+    if path.suffix.lower() in (".safetensors", ".ckpt", ".pt"):
+        return load_checkpoint_file(path)
     if path.exists() and not (path / "unet" / "config.json").is_file():
         raise LoramixError(f"model.base_model: {path} is not a diffusers model folder (no unet/config.json).")
     from diffusers import UNet2DConditionModel
@@ -239,6 +242,21 @@ def load_base_model(source: str = "", revision: str = "") -> Components:
     family = detect_family(unet_config)
     log.info("Base model %s: family %s", source, family.name)
     return family.load(str(path) if path.exists() else source, revision)
+
+
+def load_checkpoint_file(path: Path, allow_unsafe: bool = False) -> Components:
+    """A single-file checkpoint in the original (LDM) layout, as model sites distribute them; offline,
+    with the family configs shipped in loramix/configs (tokenizers from folders next to the file)."""
+    from diffusers import DDPMScheduler
+
+    from loramix.single_file import load_single_file
+
+    parts = load_single_file(path, allow_unsafe=allow_unsafe)
+    family = detect_family(dict(parts["unet"].config))
+    return Components(family=family, source=str(path), unet=parts["unet"], vae=parts["vae"],
+                      text_encoder=parts["text_encoder"], tokenizer=parts["tokenizer"],
+                      noise_scheduler=DDPMScheduler.from_config(parts["scheduler"].config),
+                      text_encoder_2=parts.get("text_encoder_2"), tokenizer_2=parts.get("tokenizer_2"))
 
 
 class _friendly_load_errors:

@@ -292,10 +292,16 @@ class Mixer:
 
         return [Source(s.name, s.adapter, s.weight, s.te_weight) for s in self.slots.values() if s.enabled]
 
-    def bake(self, out_dir: str | Path) -> Path:
-        """Write the base model with the current blend fused in, as a diffusers folder (atomically)."""
+    def bake(self, out_dir: str | Path, single_file: str | Path | None = None) -> Path:
+        """Write the base model with the current blend fused in, as a diffusers folder (atomically),
+        and optionally also as one checkpoint in the original layout that A1111 and ComfyUI load."""
         import shutil
 
+        if single_file:
+            from loramix.single_file import save_single_file
+
+            with self.applied("fused"):
+                save_single_file(self.components, single_file, self.family)
         out_dir = Path(out_dir)
         tmp = out_dir.with_name(f".{out_dir.name}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
 from loramix import lora_io
 from loramix.errors import AdapterFormatError
+from loramix.families import load_base_model
 from loramix.lora_io import LoraAdapter, LoraLayer, read_lora, save_lora
 from loramix.merge import blend_delta, merge_concat, merge_svd
 from loramix.mixer import Mixer, PreviewRequest
@@ -181,9 +184,17 @@ def test_merged_file_and_baked_model_match_the_blend(mixer, files, tmp_path):
     mixer2.load(merged)
     with mixer2.applied():
         assert (unet_out(mixer2.components.unet) - blended).abs().max().item() < 1e-4
-    baked = mixer.bake(tmp_path / "baked")
+    baked = mixer.bake(tmp_path / "baked", single_file=tmp_path / "baked.safetensors")
     unet = UNet2DConditionModel.from_pretrained(baked, subfolder="unet")
     assert (unet_out(unet) - blended).abs().max().item() < 1e-4
+    shutil.copytree(baked / "tokenizer", tmp_path / "tokenizer")  # a single file carries no tokenizer
+    single = load_base_model(str(tmp_path / "baked.safetensors"))
+    assert single.family.name == "tiny"
+    assert (unet_out(single.unet) - blended).abs().max().item() < 1e-4
+    for k, v in mixer.components.unet.state_dict().items():  # baking left the base as it was
+        assert torch.equal(v, UNet2DConditionModel.from_pretrained(mixer.components.source,
+                                                                   subfolder="unet").state_dict()[k]), k
+        break
 
 
 def test_xy_grid_layout_and_restored_sliders(mixer, files):

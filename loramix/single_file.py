@@ -1,0 +1,319 @@
+"""Read and write single-file Stable Diffusion checkpoints (the original LDM layout) for SD 1.x/2.x/SDXL.
+
+Loading is fully offline: architectures come from the small JSON configs in `loramix/configs/<family>/`
+(the real SD 1.5, SD 2.x and SDXL base configs), or from the configs that `save_single_file` records in
+the file's metadata, or from `config_overrides`. A checkpoint holds no tokenizer: pass `tokenizer=` (and
+`tokenizer_2=` for SDXL), or put `tokenizer/` (`tokenizer_2/`) folders next to the checkpoint; a tokenizer
+already in the local Hugging Face cache is used as a last resort, never downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from loramix.atomic import atomic_path
+from loramix.errors import LoramixError
+from loramix.ldm_layout import (
+    TEXT_ENCODERS,
+    UNET_PREFIX,
+    VAE_PREFIX,
+    text_encoder_state_from_ldm,
+    text_encoder_state_to_ldm,
+    unet_state_from_ldm,
+    unet_state_to_ldm,
+    vae_state_from_ldm,
+    vae_state_to_ldm,
+)
+
+log = logging.getLogger(__name__)
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+UNSAFE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+# where a tokenizer may already sit in the local Hugging Face cache: family -> (repo, subfolder) per tokenizer
+_CACHED_TOKENIZERS = {
+    "sd1": [("openai/clip-vit-large-patch14", "")],
+    "sd2": [("stabilityai/stable-diffusion-2-1", "tokenizer")],
+    "sdxl": [("stabilityai/stable-diffusion-xl-base-1.0", "tokenizer"),
+             ("stabilityai/stable-diffusion-xl-base-1.0", "tokenizer_2")],
+}
+_ARCHITECTURE = {"sd1": "stable-diffusion-v1", "sd2": "stable-diffusion-v2", "sdxl": "stable-diffusion-xl-v1-base"}
+
+
+class CheckpointFormatError(LoramixError):
+    """A file cannot be read as a single-file Stable Diffusion checkpoint."""
+
+
+# ---- writing --------------------------------------------------------------------------------------
+def _components_of(source: Any) -> dict:
+    """A pipeline, a dict of components or a `families.Components`: the named parts as a dict."""
+    if isinstance(source, dict):
+        parts = dict(source)
+    elif hasattr(source, "components"):
+        parts = dict(source.components)
+    else:
+        parts = {k: getattr(source, k) for k in ("unet", "vae", "text_encoder", "text_encoder_2", "noise_scheduler")
+                 if getattr(source, k, None) is not None}
+    parts.setdefault("scheduler", parts.get("noise_scheduler"))
+    return parts
+
+
+def _layout(family: Any) -> str:
+    """The LDM layout name of a family given as "sd1"/"sd2"/"sdxl" or as an object with `ldm_layout`/`name`."""
+    name = getattr(family, "ldm_layout", None) or getattr(family, "name", family)
+    if name not in TEXT_ENCODERS:
+        raise CheckpointFormatError(f"family {name!r} has no single-file (LDM) layout; use one of "
+                                    f"{', '.join(TEXT_ENCODERS)}")
+    return name
+
+
+def _config_of(model) -> dict:
+    config = model.config.to_dict() if hasattr(model.config, "to_dict") else dict(model.config)
+    return {**{k: v for k, v in config.items() if k != "_name_or_path"}, "_class_name": type(model).__name__}
+
+
+def save_single_file(pipe_or_components: Any, path: str | Path, family: Any, *, dtype: torch.dtype | None = None,
+                     prediction_type: str | None = None) -> Path:
+    """Write one `.safetensors` checkpoint in the LDM layout (written to a temp file, then renamed).
+
+    `family` is "sd1", "sd2" or "sdxl" (or a family object). The metadata records the family, the
+    prediction type and every component's config, so `load_single_file` rebuilds the same architecture.
+    """
+    path, layout = Path(path), _layout(family)
+    if path.suffix != ".safetensors":
+        raise CheckpointFormatError(f"{path}: single-file checkpoints are written as .safetensors; change the name")
+    parts = _components_of(pipe_or_components)
+    needed = ["unet", "vae"] + [name for name, _, _ in TEXT_ENCODERS[layout]]
+    missing = [n for n in needed if parts.get(n) is None]
+    if missing:
+        raise CheckpointFormatError(f"{path}: cannot write a {layout} checkpoint without {', '.join(missing)}")
+    unet, vae = parts["unet"], parts["vae"]
+    state = {**unet_state_to_ldm(unet.state_dict(), unet.config), **vae_state_to_ldm(vae.state_dict(), vae.config)}
+    configs = {"unet": _config_of(unet), "vae": _config_of(vae)}
+    for name, kind, prefix in TEXT_ENCODERS[layout]:
+        state.update(text_encoder_state_to_ldm(parts[name].state_dict(), kind, prefix))
+        configs[name] = _config_of(parts[name])
+    scheduler = parts.get("scheduler")
+    if scheduler is not None:
+        configs["scheduler"] = _config_of(scheduler)
+    prediction_type = prediction_type or (scheduler.config.prediction_type if scheduler is not None else "epsilon")
+    if prediction_type == "v_prediction":
+        state["v_pred"] = torch.tensor([])  # the marker ComfyUI and others look for
+    metadata = {"format": "pt", "loramix.family": layout, "loramix.prediction_type": prediction_type,
+                "loramix.configs": json.dumps(configs), "modelspec.sai_model_spec": "1.0.0",
+                "modelspec.architecture": _ARCHITECTURE[layout],
+                "modelspec.prediction_type": "v" if prediction_type == "v_prediction" else "epsilon"}
+    _write(state, path, metadata, dtype)
+    return path
+
+
+def _write(state: dict, path: Path, metadata: dict, dtype: torch.dtype | None) -> None:
+    from safetensors.torch import save_file
+
+    tensors, seen = {}, set()
+    for key, value in state.items():
+        value = value.detach().to("cpu")
+        if dtype is not None and value.is_floating_point():
+            value = value.to(dtype)
+        if value.numel() and value.data_ptr() in seen:  # safetensors refuses shared storage
+            value = value.clone()
+        seen.add(value.data_ptr())
+        tensors[key] = value.contiguous()
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+
+
+# ---- reading --------------------------------------------------------------------------------------
+def read_checkpoint(path: str | Path, allow_unsafe: bool = False) -> tuple[dict, dict]:
+    """The tensors and metadata of a checkpoint file; pickled files only with `allow_unsafe=True`."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointFormatError(f"{path}: no such checkpoint file")
+    if path.suffix.lower() in UNSAFE_SUFFIXES:
+        if not allow_unsafe:
+            raise CheckpointFormatError(
+                f"{path}: {path.suffix} files are Python pickles and can run code when opened. Convert it to "
+                ".safetensors, or pass allow_unsafe=True to read its tensors (torch.load with weights_only=True).")
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # weights_only refuses anything but tensors and plain containers
+            raise CheckpointFormatError(f"{path}: cannot be read as plain tensors ({e}); convert it to .safetensors") from e
+        data = data.get("state_dict", data) if isinstance(data, dict) else data
+        return {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}, {}
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+    except Exception as e:
+        raise CheckpointFormatError(f"{path}: not a readable .safetensors file ({e})") from e
+
+
+def check_is_checkpoint(checkpoint: dict, path: str | Path = "checkpoint") -> None:
+    """Refuse LoRA adapters and other files that are not LDM-layout base models, saying what they are."""
+    keys = list(checkpoint)
+    if keys and all(k.startswith(("lora_", "lycoris_")) or ".lora_" in k or ".alpha" in k for k in keys):
+        raise CheckpointFormatError(f"{path}: this is a LoRA adapter, not a base model; load it as an adapter "
+                                    "(in the mixer) on top of a base model")
+    if not any(k.startswith(UNET_PREFIX) for k in keys):
+        hint = (" It looks like one diffusers component file: give the diffusers model folder instead."
+                if any(k.startswith(("down_blocks.", "encoder.down_blocks.", "text_model.")) for k in keys) else "")
+        raise CheckpointFormatError(f"{path}: not a single-file Stable Diffusion checkpoint: none of its {len(keys)} "
+                                    f"keys is under '{UNET_PREFIX}'.{hint}")
+
+
+def detect_family(checkpoint: dict, path: str | Path = "checkpoint") -> str:
+    """"sd1", "sd2" or "sdxl" from the keys (text encoder layouts) or, failing that, the cross-attention width."""
+    check_is_checkpoint(checkpoint, path)
+    keys = list(checkpoint)
+    for family, encoders in reversed(TEXT_ENCODERS.items()):  # sdxl first: its first prefix is unique
+        if all(any(k.startswith(prefix) for k in keys) for _, _, prefix in encoders):
+            return family
+    if UNET_PREFIX + "label_emb.0.0.weight" in checkpoint:
+        return "sdxl"
+    width = next((v.shape[-1] for k, v in checkpoint.items() if k.startswith(UNET_PREFIX) and k.endswith("attn2.to_k.weight")), None)
+    if width in (768, 1024):
+        return {768: "sd1", 1024: "sd2"}[width]
+    raise CheckpointFormatError(f"{path}: cannot tell SD 1.x, 2.x and SDXL apart (no text encoder, cross-attention "
+                                f"width {width}); pass family='sd1', 'sd2' or 'sdxl'")
+
+
+def _prediction_type(checkpoint: dict, metadata: dict, path: Path, family: str, explicit: str | None) -> str | None:
+    if explicit:
+        if explicit not in ("epsilon", "v_prediction", "v"):
+            raise CheckpointFormatError(f"prediction_type={explicit!r}: use 'epsilon' or 'v_prediction'")
+        return "v_prediction" if explicit == "v" else explicit
+    if "v_pred" in checkpoint:
+        return "v_prediction"
+    recorded = metadata.get("loramix.prediction_type") or metadata.get("modelspec.prediction_type")
+    if recorded:
+        return "v_prediction" if recorded in ("v", "v_prediction") else recorded
+    if family == "sd2" and re.search(r"v[-_]?pred|768", path.name, re.IGNORECASE):
+        return "v_prediction"  # SD 2.x 768 px checkpoints (v2-1_768-ema-pruned, 768-v-ema) predict v
+    return None
+
+
+def _configs(family: str, metadata: dict, overrides: dict | None, prediction_type: str | None) -> dict:
+    """Shipped configs, replaced by the ones recorded in the file, then updated by `overrides`."""
+    configs = {p.stem: json.loads(p.read_text()) for p in (CONFIG_DIR / family).glob("*.json")}
+    variant = configs.pop("v_prediction", {})
+    if prediction_type == "v_prediction":
+        for name, changes in variant.items():
+            configs[name].update(changes)
+    if "loramix.configs" in metadata:
+        configs.update(json.loads(metadata["loramix.configs"]))
+    for name, changes in (overrides or {}).items():
+        configs[name] = {**configs.get(name, {}), **changes}
+    if prediction_type:
+        configs["scheduler"]["prediction_type"] = prediction_type
+    return configs
+
+
+def _model_class(name: str):
+    import diffusers
+    import transformers
+
+    if name in ("CLIPTextModel", "CLIPTextModelWithProjection"):
+        return getattr(transformers, name)
+    if name in ("UNet2DConditionModel", "AutoencoderKL") or (name.endswith("Scheduler") and hasattr(diffusers, name)):
+        return getattr(diffusers, name)
+    raise CheckpointFormatError(f"config class {name!r} is not one a single-file checkpoint can hold")
+
+
+def _build(name: str, config: dict, state: dict, path: Path, family: str):
+    """Instantiate `config` without allocating weights, then take the tensors of `state` as parameters."""
+    from accelerate import init_empty_weights
+
+    config = dict(config)
+    cls = _model_class(config.pop("_class_name"))
+    with init_empty_weights():
+        if cls.__module__.startswith("transformers"):
+            model = cls(cls.config_class.from_dict(config))
+        else:
+            model = cls.from_config(config)
+    expected = model.state_dict()
+    if any(k.startswith("text_model.") for k in expected):  # transformers keeps `text_model.` on some classes
+        state = {k if k == "text_projection.weight" else "text_model." + k: v for k, v in state.items()}
+    missing = [k for k in expected if k not in state]
+    if missing:
+        raise CheckpointFormatError(
+            f"{path}: the {name} weights do not fit the {family} architecture: {len(missing)} missing, e.g. "
+            f"'{missing[0]}'. Pass family=... if the detection was wrong, or config_overrides={{'{name}': ...}} "
+            "for a non-standard architecture.")
+    extra = sorted(set(state) - set(expected))
+    if extra:
+        log.info("%s: %d %s tensors the model does not use, e.g. %s", path, len(extra), name, extra[0])
+    try:
+        # tensors read from the file can sit at odd addresses inside its buffer: copy those, since a
+        # misaligned weight is slower and gives (slightly) different results than an aligned one
+        model.load_state_dict({k: state[k] if state[k].data_ptr() % 64 == 0 else state[k].clone()
+                               for k in expected}, strict=True, assign=True)
+    except RuntimeError as e:
+        raise CheckpointFormatError(f"{path}: the {name} weights do not fit the {family} architecture ({e}). "
+                                    f"Pass config_overrides={{'{name}': ...}} for a non-standard architecture.") from e
+    return model.eval()
+
+
+def _tokenizer(given: Any, folder: Path, cached: tuple[str, str] | None, family: str, path: Path):
+    from huggingface_hub import try_to_load_from_cache
+    from transformers import CLIPTokenizer
+
+    if given is not None and not isinstance(given, (str, Path)):
+        return given
+    source = Path(given) if given is not None else folder
+    if given is None and not folder.is_dir() and cached:  # the local Hugging Face cache; never downloads
+        vocab = try_to_load_from_cache(cached[0], f"{cached[1]}/vocab.json" if cached[1] else "vocab.json")
+        source = Path(vocab).parent if isinstance(vocab, str) else folder
+    if (source / "vocab.json").is_file() or (source / "tokenizer.json").is_file():
+        # transformers 5 quietly returns a 2-token tokenizer for a folder without vocabulary: checked above
+        return CLIPTokenizer.from_pretrained(str(source))
+    raise CheckpointFormatError(
+        f"{path}: a single-file checkpoint holds no tokenizer, and {source} has none. Put the {family} CLIP "
+        f"tokenizer files (vocab.json, merges.txt, tokenizer_config.json) in {folder}/, or pass "
+        f"{folder.name}=<folder or CLIPTokenizer>; take them from the '{folder.name}' folder of the matching "
+        f"diffusers model{f' ({cached[0]})' if cached else ''}.")
+
+
+def load_single_file(path: str | Path, *, family: str | None = None, prediction_type: str | None = None,
+                     config_overrides: dict[str, dict] | None = None, tokenizer: Any = None, tokenizer_2: Any = None,
+                     torch_dtype: torch.dtype | None = None, allow_unsafe: bool = False) -> dict:
+    """Read an LDM-layout checkpoint into diffusers components: `unet`, `vae`, `text_encoder`, `tokenizer`,
+    `scheduler` (+ `text_encoder_2`, `tokenizer_2` for SDXL), ready for the matching diffusers pipeline."""
+    path = Path(path)
+    checkpoint, metadata = read_checkpoint(path, allow_unsafe=allow_unsafe)
+    check_is_checkpoint(checkpoint, path)
+    family = family or metadata.get("loramix.family") or detect_family(checkpoint, path)
+    family = _layout(family)
+    prediction = _prediction_type(checkpoint, metadata, path, family, prediction_type)
+    configs = _configs(family, metadata, config_overrides, prediction)
+    if not any(k.startswith(VAE_PREFIX) for k in checkpoint):
+        raise CheckpointFormatError(f"{path}: has no VAE weights ('{VAE_PREFIX}...'); this loader needs a full "
+                                    "checkpoint (UNet, VAE and text encoders)")
+    given = {"tokenizer": tokenizer, "tokenizer_2": tokenizer_2}
+    out = {}  # tokenizers first: a missing one fails before minutes of weight loading
+    for (name, _, _), cached in zip(TEXT_ENCODERS[family], _CACHED_TOKENIZERS[family]):
+        tok = name.replace("text_encoder", "tokenizer")
+        out[tok] = _tokenizer(given[tok], path.parent / tok, cached, family, path)
+    states = {"unet": lambda: unet_state_from_ldm(checkpoint, configs["unet"]),
+              "vae": lambda: vae_state_from_ldm(checkpoint, configs["vae"])}
+    for name, kind, prefix in TEXT_ENCODERS[family]:
+        states[name] = lambda kind=kind, prefix=prefix: text_encoder_state_from_ldm(checkpoint, kind, prefix)
+    for name, convert in states.items():
+        try:
+            state = convert()
+        except (ValueError, IndexError, KeyError) as e:
+            raise CheckpointFormatError(f"{path}: the {name} weights do not fit the {family} architecture ({e}). "
+                                        f"Pass family=... or config_overrides={{'{name}': ...}}.") from e
+        out[name] = _build(name, configs[name], state, path, family)
+    scheduler = dict(configs["scheduler"])
+    out["scheduler"] = _model_class(scheduler.pop("_class_name")).from_config(scheduler)
+    if torch_dtype is not None:
+        for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+            if name in out:
+                out[name].to(torch_dtype)
+    return out
