@@ -91,8 +91,12 @@ def watch(state: AppState):
 
 def preset_config(state: AppState, name: str | None) -> LoramixConfig:
     """A preset's config (defaults when none), writing into the app's outputs folder."""
+    from loramix.embedded import STYLE_SETS
+
     config = load_config(state.presets()[name], validate=False) if name else LoramixConfig()
     config.output.output_dir = str(state.outputs / config.output.output_name)
+    if not config.dataset.data_dir and (STYLE_SETS / "pastel").is_dir():
+        config.dataset.data_dir = str(STYLE_SETS / "pastel")  # a first run works with no typing
     return config
 
 

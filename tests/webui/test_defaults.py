@@ -1,0 +1,15 @@
+"""With no arguments the app opens on the embedded model, a sample style set and the demo preset."""
+
+from pathlib import Path
+
+from webui.state import AppState
+from webui.train_tab import preset_config
+
+
+def test_first_run_form_is_ready_to_train(tmp_path):
+    state = AppState.create(tmp_path / "outputs")
+    assert "demo-cpu" in state.presets()
+    config = preset_config(state, "demo-cpu").validate()
+    assert config.model.base_model == ""  # the embedded model
+    assert sorted(Path(config.dataset.data_dir).glob("*.png"))
+    assert Path(config.output.output_dir).is_relative_to(tmp_path / "outputs")
