@@ -114,8 +114,8 @@ class OutputConfig:
 
 @dataclass
 class SampleConfig:
-    sample_every_n_steps: int = _f(0, "Generate sample images every N steps (0 = never; also at the end "
-                                      "when prompts are given).", min=0)
+    sample_every_n_steps: int = _f(0, "Generate sample images every N steps and at the end (0 = only at "
+                                      "the end); no prompts, no samples.", min=0)
     prompts: list[str] = _f([], "Prompts for sample images.")
     negative_prompt: str = _f("", "Negative prompt for sample images.")
     steps: int = _f(20, "Denoising steps per sample.", min=1)

@@ -238,13 +238,13 @@ class LoraTrainer:
         losses, t0 = [], time.time()
         for step in range(start, self.total_steps):
             if self.cancel.cancelled:
-                return self.stop(step, losses, cancelled=True)
+                return self.stop(step, losses, "cancelled")
             step_loss = 0.0
             for micro in range(step * ga, (step + 1) * ga):
                 with acc.accumulate(*self.models.values()):
                     loss = self.compute_loss(micro)
                     if not bool(acc.gather(loss.detach()[None]).isfinite().all()):
-                        self.stop(step, losses, cancelled=False)
+                        self.stop(step, losses, "error")
                         raise TrainingError(f"The loss became {loss.item()} at step {step + 1}; training stopped. "
                                             f"The last good state (step {step}) is saved in {self.out_dir}. "
                                             "Lower optim.learning_rate, or use bf16 instead of fp16.")
@@ -266,7 +266,7 @@ class LoraTrainer:
                 self.save_checkpoint(done, final=False)
             if cfg.sample.sample_every_n_steps and done % cfg.sample.sample_every_n_steps == 0:
                 self.make_samples(done)
-        return self.stop(self.total_steps, losses, cancelled=False, final=True)
+        return self.stop(self.total_steps, losses, "done")
 
     # ---- 9. outputs --------------------------------------------------------------------------
     def lora_state(self) -> dict[str, torch.Tensor]:
@@ -300,13 +300,17 @@ class LoraTrainer:
         self.acc.wait_for_everyone()
         return lora_path, state_path
 
-    def stop(self, step: int, losses: list[float], cancelled: bool, final: bool = False) -> TrainResult:
+    def stop(self, step: int, losses: list[float], kind: str) -> TrainResult:
+        """End the run as `kind` ("done", "cancelled" or "error"): checkpoint, last samples, event."""
+        final = kind == "done"
         lora_path, state_path = self.save_checkpoint(step, final=final)
-        if final and self.cfg.sample.prompts and step % max(self.cfg.sample.sample_every_n_steps, 1):
+        every = self.cfg.sample.sample_every_n_steps
+        if final and (not every or step % every):  # the end always gets samples, once
             self.make_samples(step)
-        kind = "cancelled" if cancelled else "done"
-        self.events(TrainEvent(kind, step, self.total_steps, paths=tuple(str(p) for p in (lora_path,) if p)))
-        return TrainResult(lora_path, state_path, step, cancelled, losses)
+        message = "stopped on a non-finite loss" if kind == "error" else ""
+        self.events(TrainEvent(kind, step, self.total_steps, message=message,
+                               paths=tuple(str(p) for p in (lora_path,) if p)))
+        return TrainResult(lora_path, state_path, step, kind == "cancelled", losses)
 
     def log_step(self, step: int, loss: float, lr: float) -> None:
         if self.acc.is_main_process:

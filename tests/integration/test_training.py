@@ -180,8 +180,10 @@ def test_nan_loss_stops_after_saving_last_good_state(tiny_model, image_folder, t
         return loss * float("nan") if micro == 5 else loss
 
     monkeypatch.setattr(LoraTrainer, "compute_loss", poisoned)
+    events = []
     with pytest.raises(TrainingError, match=r"loss became nan at step 6.*last good state \(step 5\)"):
-        train(tiny_config(tiny_model, image_folder, tmp_path / "out"))
+        train(tiny_config(tiny_model, image_folder, tmp_path / "out"), events.append)
+    assert events[-1].kind == "error" and "done" not in [e.kind for e in events]
     assert load_state(tmp_path / "out" / "my-lora-state.safetensors")["step"] == 5
     assert read_lora(tmp_path / "out" / "my-lora-step000005.safetensors").metadata["ss_steps"] == "5"
 
@@ -241,3 +243,11 @@ def test_loss_target_follows_the_scheduler_prediction_type(prediction, tmp_path,
         target = noise if prediction == "epsilon" else sched.get_velocity(latents, noise, t)
         expected = torch.nn.functional.mse_loss(trainer.m.unet(noisy, t, cond).sample, target).item()
     assert loss == pytest.approx(expected, rel=1e-5)
+
+
+def test_samples_at_the_end_only_when_every_is_zero(tiny_model, image_folder, tmp_path):
+    events = []
+    train(tiny_config(tiny_model, image_folder, tmp_path / "out", "train.max_steps=2", "sample.prompts=red",
+                      "sample.steps=2", "sample.sample_every_n_steps=0"), events.append)
+    assert [e.step for e in events if e.kind == "sample"] == [2]
+    assert [p.name for p in (tmp_path / "out" / "samples").iterdir()] == ["my-lora-step000002-0.png"]
