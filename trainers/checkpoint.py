@@ -20,7 +20,6 @@ from loramix import __version__
 from loramix.atomic import atomic_path
 from loramix.config import LoramixConfig
 from loramix.errors import TrainingError
-from loramix.lora_io import LoraAdapter
 
 STATE_FORMAT = "loramix-train-state/1"
 
@@ -69,12 +68,6 @@ def adapter_metadata(cfg: LoramixConfig, family, *, step: int, epoch: int, num_i
         "loramix_version": __version__,
         "loramix_config": cfg.to_json(),
     }
-
-
-def write_lora(path: Path, adapter: LoraAdapter, dtype: str) -> Path:
-    from loramix.lora_io import save_lora
-
-    return save_lora(path, adapter, dtype)
 
 
 def save_state(path: Path, *, step: int, lora: dict[str, torch.Tensor], optimizer, scheduler,
