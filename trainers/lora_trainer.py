@@ -243,7 +243,8 @@ class LoraTrainer:
             for micro in range(step * ga, (step + 1) * ga):
                 with acc.accumulate(*self.models.values()):
                     loss = self.compute_loss(micro)
-                    if not bool(acc.gather(loss.detach()[None]).isfinite().all()):
+                    losses_now = acc.gather(loss.detach()[None])  # every process's loss, once
+                    if not bool(losses_now.isfinite().all()):
                         self.stop(step, losses, "error")
                         raise TrainingError(f"The loss became {loss.item()} at step {step + 1}; training stopped. "
                                             f"The last good state (step {step}) is saved in {self.out_dir}. "
@@ -253,7 +254,7 @@ class LoraTrainer:
                         acc.clip_grad_norm_(self.params, cfg.optim.max_grad_norm)
                     self.optimizer.step()
                     self.optimizer.zero_grad(set_to_none=True)
-                step_loss += acc.gather(loss.detach()[None]).mean().item() / ga
+                step_loss += losses_now.mean().item() / ga
             lr = self.scheduler.get_last_lr()[0]
             self.scheduler.step()
             done = step + 1
