@@ -29,9 +29,6 @@ def test_weights_are_small_and_load_as_fp32(pipe):
     assert pipe.unet.dtype == pipe.vae.dtype == pipe.text_encoder.dtype == torch.float32
 
 
-@pytest.mark.xfail(strict=True, reason="the bundled tokenizer was written before write_clip_tokenizer was fixed "
-                   "(tests/unit/test_tiny.py): gradient, orange, stripes and triangle split into pieces, and the "
-                   "model learned them so; it changes with the next retraining (issue 3 stays open)")
 def test_every_caption_word_is_one_token(pipe):
     for word in VOCABULARY:
         assert pipe.tokenizer.tokenize(word) == [word + "</w>"], word
@@ -54,9 +51,6 @@ def test_metric_accepts_ground_truth_and_rejects_wrong_colours():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="measured 42% (17/40) on the committed model, below the 70% bar: shapes "
-                   "and colours are right but positions are often wrong; issue 3 stays open until a retrained "
-                   "model passes (strict: a pass turns this red so the marker gets removed)")
 def test_draws_named_colour_in_named_place_for_held_out_captions(pipe):
     rate, verdicts = measure(pipe, count=40, steps=25, guidance=6.0, seed=0)
     misses = [f"{v.caption} -> {v.found}" for v in verdicts if not v.ok]
