@@ -14,7 +14,9 @@ from pathlib import Path
 from loramix.config import field_specs, load_config
 from loramix.errors import LoramixError
 from loramix.events import CancelToken, TrainEvent
+from loramix.lora_spec import parse_axis, parse_lora_spec
 from loramix.mixer import SAMPLERS
+from loramix.quiet import quiet_libraries
 
 
 def _fields_help() -> str:
@@ -77,33 +79,6 @@ def build_parser() -> argparse.ArgumentParser:
     bake.add_argument("--single-file", help="also write one .safetensors checkpoint in the original layout")
     bake.add_argument("--allow-unsafe", action="store_true", help="also read pickle LoRA files")
     return parser
-
-
-def parse_lora_spec(spec: str) -> tuple[str, float, float | None]:
-    """`path.safetensors:0.8` or `path:0.8:0.5` (text-encoder weight); a bare path means weight 1."""
-    parts = spec.split(":")
-    numbers: list[float] = []
-    while len(parts) > 1 and len(numbers) < 2:
-        try:
-            numbers.insert(0, float(parts[-1]))
-        except ValueError:
-            break
-        parts.pop()
-    path = ":".join(parts)
-    weight = numbers[0] if numbers else 1.0
-    return path, weight, numbers[1] if len(numbers) > 1 else None
-
-
-def parse_axis(text: str):
-    from loramix.xy_grid import Axis
-
-    kind, _, rest = text.partition(":")
-    if kind == "weight" and ":" in rest:
-        name, _, values = rest.rpartition(":")
-        return Axis("weight", [float(v) for v in values.split(",")], name)
-    if kind == "seed":
-        return Axis("seed", [int(v) for v in rest.split(",")])
-    raise LoramixError(f"--grid axis {text!r}: write weight:NAME:-1,0,1 or seed:1,2,3.")
 
 
 def _mixer_with(args):
@@ -202,19 +177,6 @@ def _train(args: argparse.Namespace) -> int:
     if result.lora_path:
         print(f"Saved {result.lora_path}")
     return 0
-
-
-def quiet_libraries() -> None:
-    """Keep diffusers / transformers chatter (load bars, dtype notes) out of the user's terminal."""
-    import os
-
-    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    from diffusers.utils import logging as dl
-    from transformers.utils import logging as tl
-
-    for lib in (dl, tl):
-        lib.set_verbosity_error()
-        lib.disable_progress_bar()
 
 
 def main(argv: list[str] | None = None) -> int:

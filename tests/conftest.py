@@ -16,7 +16,7 @@ WORDS = ["a", "red", "blue", "green", "circle", "square", "stripes", "on", "the"
 
 @pytest.fixture(autouse=True, scope="session")
 def _quiet_libraries():
-    from loramix.cli import quiet_libraries
+    from loramix.quiet import quiet_libraries
 
     quiet_libraries()
     logging.getLogger("trainers").setLevel(logging.INFO)

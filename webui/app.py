@@ -40,7 +40,7 @@ def api_train(preset: str, data_dir: str, output_name: str, overrides: list[str]
 def api_generate(base: str, loras: list[str], prompt: str, negative_prompt: str, seed: int, steps: int,
                  cfg_scale: float, size: int, state: AppState) -> str:
     """One preview; `loras` are PATH:WEIGHT strings. Returns a PNG path."""
-    from loramix.cli import parse_lora_spec
+    from loramix.lora_spec import parse_lora_spec
 
     try:
         with state.mixer_lock:
@@ -91,7 +91,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
-    from loramix.cli import quiet_libraries
+    from loramix.quiet import quiet_libraries
 
     args = parse_args(argv)
     quiet_libraries()

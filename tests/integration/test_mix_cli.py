@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from loramix.cli import main, parse_lora_spec
+from loramix.cli import main
+from loramix.lora_spec import parse_lora_spec
 from loramix.lora_io import read_lora
 from tests.conftest import random_lora
 
