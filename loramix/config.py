@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from loramix.errors import ConfigError
+from loramix.paths import CAPTION_EXTENSIONS, caption_extension, plain_name
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -30,7 +32,12 @@ CONV_MODULES = ["conv1", "conv2", "conv_shortcut", "proj_in", "proj_out"]
 
 
 def _f(default: Any, help: str, **meta: Any) -> Any:
-    """A config field: default value plus help text and optional choices / min / max."""
+    """A config field: default value plus help text and optional choices / min / max.
+
+    An upper bound is stated at the end of the help, so the CLI help and the UI tooltip show it.
+    """
+    if "max" in meta:
+        help = f"{help} At most {meta['max']:,}." if isinstance(meta["max"], int) else f"{help} At most {meta['max']:g}."
     meta["help"] = help
     if isinstance(default, list):
         return field(default_factory=lambda d=default: list(d), metadata=meta)
@@ -48,18 +55,27 @@ class ModelConfig:
 class DatasetConfig:
     data_dir: str = _f("", "Folder of training images (jpg/png/webp) with optional same-name caption files; "
                            "sub-folders named like 10_style repeat their images 10 times.")
-    resolution: int = _f(512, "Training resolution: the side of the square pixel budget for buckets.", min=64)
+    resolution: int = _f(512, "Training resolution: the side of the square pixel budget for buckets.", min=64,
+                         max=4096)
     enable_bucket: bool = _f(True, "Aspect-ratio bucketing: images go to the bucket nearest their aspect ratio.")
-    min_bucket_reso: int = _f(0, "Smallest bucket side in pixels (0 = half the resolution).", min=0)
-    max_bucket_reso: int = _f(0, "Largest bucket side in pixels (0 = twice the resolution).", min=0)
+    min_bucket_reso: int = _f(0, "Smallest bucket side in pixels (0 = half the resolution).", min=0,
+                              max=8192)
+    max_bucket_reso: int = _f(0, "Largest bucket side in pixels (0 = twice the resolution).", min=0,
+                              max=8192)
     crop: str = _f("center", "How an image is cropped to its bucket.", choices=["center", "random"])
     flip_aug: bool = _f(False, "Randomly mirror images left-right (both versions cached with cache_latents).")
-    repeats: int = _f(1, "Repeats for images directly in data_dir (sub-folders use their N_ prefix).", min=1)
-    caption_extension: str = _f(".txt", "Extension of caption files next to the images.")
+    repeats: int = _f(1, "Repeats for images directly in data_dir (sub-folders use their N_ prefix).", min=1,
+                     max=10000)
+    caption_extension: str = _f(".txt", "Extension of caption files next to the images: .txt or .caption.",
+                                choices=list(CAPTION_EXTENSIONS))
     trigger_word: str = _f("", "Word put in front of every caption, e.g. the style's name.")
     shuffle_captions: bool = _f(False, "Shuffle comma-separated tags of each caption every epoch.")
-    keep_tokens: int = _f(0, "With shuffle_captions, keep the first N comma-separated tags in place.", min=0)
+    keep_tokens: int = _f(0, "With shuffle_captions, keep the first N comma-separated tags in place.", min=0,
+                      max=255)
     caption_dropout_rate: float = _f(0.0, "Probability of training a sample on the empty caption.", min=0.0, max=1.0)
+    max_image_pixels: int = _f(64_000_000, "Largest image accepted, in pixels (width x height); bigger files are "
+                                           "refused at the scan. Images are downscaled once when read.",
+                               min=4096, max=150_000_000)
     cache_latents: bool = _f(True, "Encode every image with the VAE once and reuse the latents.")
     cache_text_embeddings: bool = _f(True, "Encode every caption once and reuse the embeddings "
                                            "(needs a frozen text encoder and no caption shuffling).")
@@ -67,40 +83,44 @@ class DatasetConfig:
 
 @dataclass
 class NetworkConfig:
-    rank: int = _f(16, "LoRA rank (network dim): size of the low-rank update.", min=1)
-    alpha: float = _f(16.0, "LoRA alpha: the update is scaled by alpha / rank.", min=0.0)
+    rank: int = _f(16, "LoRA rank (network dim): size of the low-rank update.", min=1, max=1024)
+    alpha: float = _f(16.0, "LoRA alpha: the update is scaled by alpha / rank.", min=0.0, max=1024.0)
     target_modules: list[str] = _f(DEFAULT_TARGET_MODULES, "UNet layers that get LoRA. Attention by default; "
                                    f"add feed-forward ({', '.join(FEED_FORWARD_MODULES)}) or conv "
                                    f"({', '.join(CONV_MODULES)}) layers to train more.")
     train_text_encoder: bool = _f(False, "Also train LoRA on the text encoder attention.")
-    text_encoder_lr: float = _f(0.0, "Learning rate of the text encoder LoRA (0 = learning_rate).", min=0.0)
+    text_encoder_lr: float = _f(0.0, "Learning rate of the text encoder LoRA (0 = learning_rate).", min=0.0,
+                                max=10.0)
 
 
 @dataclass
 class OptimConfig:
     optimizer: str = _f("adamw", "Optimizer. adamw8bit needs bitsandbytes and a GPU; prodigy needs prodigyopt "
                                  "and wants learning_rate 1.0.", choices=["adamw", "adamw8bit", "prodigy"])
-    learning_rate: float = _f(1e-4, "UNet LoRA learning rate.", min=0.0)
-    weight_decay: float = _f(1e-2, "Weight decay.", min=0.0)
-    max_grad_norm: float = _f(1.0, "Clip gradients to this norm (0 = no clipping).", min=0.0)
+    learning_rate: float = _f(1e-4, "UNet LoRA learning rate.", min=0.0, max=10.0)
+    weight_decay: float = _f(1e-2, "Weight decay.", min=0.0, max=10.0)
+    max_grad_norm: float = _f(1.0, "Clip gradients to this norm (0 = no clipping).", min=0.0, max=1000.0)
     lr_scheduler: str = _f("constant", "Learning-rate schedule.",
                            choices=["constant", "constant_with_warmup", "cosine"])
-    lr_warmup_steps: int = _f(0, "Warm-up steps for constant_with_warmup and cosine.", min=0)
+    lr_warmup_steps: int = _f(0, "Warm-up steps for constant_with_warmup and cosine.", min=0, max=1_000_000)
 
 
 @dataclass
 class TrainConfig:
-    max_steps: int = _f(0, "Optimizer steps to train (0 = use epochs).", min=0)
-    epochs: int = _f(10, "Epochs to train when max_steps is 0.", min=1)
-    batch_size: int = _f(1, "Images per step on each process.", min=1)
-    gradient_accumulation_steps: int = _f(1, "Micro-batches summed before each optimizer step.", min=1)
+    max_steps: int = _f(0, "Optimizer steps to train (0 = use epochs).", min=0, max=1_000_000)
+    epochs: int = _f(10, "Epochs to train when max_steps is 0.", min=1, max=10000)
+    batch_size: int = _f(1, "Images per step on each process.", min=1, max=256)
+    gradient_accumulation_steps: int = _f(1, "Micro-batches summed before each optimizer step.", min=1,
+                                         max=1024)
     mixed_precision: str = _f("no", "Compute precision of the frozen model (LoRA weights stay fp32).",
                               choices=["no", "fp16", "bf16"])
     gradient_checkpointing: bool = _f(False, "Trade compute for memory in the UNet.")
-    seed: int = _f(42, "Seed of everything random: data order, noise, timesteps, LoRA init.", min=0)
-    noise_offset: float = _f(0.0, "Noise offset (0.05-0.1 helps very dark or bright images).", min=0.0)
-    min_snr_gamma: float = _f(0.0, "Min-SNR loss weighting gamma (5 is usual; 0 = off).", min=0.0)
-    resume_from: str = _f("", "Folder of a saved training state (…-state/) to continue from.")
+    seed: int = _f(42, "Seed of everything random: data order, noise, timesteps, LoRA init.", min=0,
+                 max=2**32 - 1)
+    noise_offset: float = _f(0.0, "Noise offset (0.05-0.1 helps very dark or bright images).", min=0.0, max=1.0)
+    min_snr_gamma: float = _f(0.0, "Min-SNR loss weighting gamma (5 is usual; 0 = off).", min=0.0, max=100.0)
+    resume_from: str = _f("", "A saved training state file (<name>-state.safetensors, written beside the LoRA) "
+                              "to continue from.")
 
 
 @dataclass
@@ -108,19 +128,20 @@ class OutputConfig:
     output_dir: str = _f("outputs", "Folder for the LoRA file, checkpoints, samples and the log.")
     output_name: str = _f("my-lora", "File name (without extension) of the LoRA.")
     save_every_n_steps: int = _f(0, "Write an intermediate LoRA and a resumable state every N steps (0 = end only).",
-                                 min=0)
+                                 min=0, max=1_000_000)
     save_precision: str = _f("fp16", "Dtype of the saved LoRA weights.", choices=["fp16", "bf16", "fp32"])
 
 
 @dataclass
 class SampleConfig:
     sample_every_n_steps: int = _f(0, "Generate sample images every N steps and at the end (0 = only at "
-                                      "the end); no prompts, no samples.", min=0)
+                                      "the end); no prompts, no samples.", min=0, max=1_000_000)
     prompts: list[str] = _f([], "Prompts for sample images.")
     negative_prompt: str = _f("", "Negative prompt for sample images.")
-    steps: int = _f(20, "Denoising steps per sample.", min=1)
-    guidance_scale: float = _f(7.0, "Classifier-free guidance scale for samples.", min=0.0)
-    seed: int = _f(1234, "Seed of the sample images (the same every time, so they are comparable).", min=0)
+    steps: int = _f(20, "Denoising steps per sample.", min=1, max=150)
+    guidance_scale: float = _f(7.0, "Classifier-free guidance scale for samples.", min=0.0, max=30.0)
+    seed: int = _f(1234, "Seed of the sample images (the same every time, so they are comparable).", min=0,
+                  max=2**32 - 1)
 
 
 @dataclass
@@ -150,6 +171,8 @@ class LoramixConfig:
         for spec in field_specs():
             value = self.get(spec.name)
             meta = spec.metadata
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(spec.name, f"{value!r} is not a finite number.")
             if "choices" in meta and value not in meta["choices"]:
                 raise ConfigError(spec.name, f"{value!r} is not allowed; choose one of {', '.join(meta['choices'])}.")
             if "min" in meta and value < meta["min"]:
@@ -170,8 +193,8 @@ class LoramixConfig:
         if ds.cache_text_embeddings and ds.shuffle_captions:
             raise ConfigError("dataset.cache_text_embeddings", "shuffled captions change every epoch and cannot "
                                                                "be cached; set it to false.")
-        if not self.output.output_name or any(c in self.output.output_name for c in '/\\:'):
-            raise ConfigError("output.output_name", f"{self.output.output_name!r} must be a plain file name.")
+        plain_name("output.output_name", self.output.output_name)
+        caption_extension("dataset.caption_extension", ds.caption_extension)
         return self
 
 
@@ -284,7 +307,8 @@ def set_value(config: LoramixConfig, assignment: str) -> LoramixConfig:
     dotted, value = assignment.split("=", 1)
     dotted = dotted.strip()
     section, name = _split(dotted)
-    setattr(getattr(config, section), name, coerce(dotted, value))
+    value = coerce(dotted, value)  # an unknown section or field is refused here, with a suggestion
+    setattr(getattr(config, section), name, value)
     return config
 
 
@@ -294,6 +318,9 @@ def read_toml(path: str | Path) -> dict:
         raise ConfigError("preset", f"{path} does not exist.")
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError("preset", f"{path} is not UTF-8 text (byte {e.start} is 0x{path.read_bytes()[e.start]:02x}); "
+                                    "save it as UTF-8.") from e
     except tomllib.TOMLDecodeError as e:
         raise ConfigError("preset", f"{path} is not valid TOML: {e}.") from e
 

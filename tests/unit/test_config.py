@@ -107,3 +107,76 @@ def test_set_value_parses_types():
     assert cfg.train.gradient_checkpointing is True
     assert cfg.optim.learning_rate == 3e-4
     assert cfg.dataset.trigger_word == "mystyle"
+
+
+@pytest.mark.parametrize("assignment, field, words", [
+    ("netwrk.rank=4", "netwrk.rank", "Did you mean network.rank"),  # a wrong section, not only a wrong field
+    ("to_dict.x=1", "to_dict.x", "unknown config key"),
+    ("output.output_name=..", "output.output_name", "must be a plain file name"),
+    ("output.output_name=.", "output.output_name", "must be a plain file name"),
+    ("output.output_name=a/b", "output.output_name", "must be a plain file name"),
+    ("dataset.caption_extension=.png", "dataset.caption_extension", "choose one of .txt, .caption"),
+    ("dataset.caption_extension=.py", "dataset.caption_extension", "choose one of .txt, .caption"),
+    ("optim.learning_rate=nan", "optim.learning_rate", "not a finite number"),
+    ("optim.learning_rate=inf", "optim.learning_rate", "not a finite number"),
+])
+def test_escapes_and_bad_names_are_config_errors(assignment, field, words):
+    with pytest.raises(ConfigError, match=words) as e:
+        load_config(overrides=[assignment])
+    assert e.value.field == field
+
+
+def test_set_value_with_a_wrong_section_is_a_config_error():
+    with pytest.raises(ConfigError, match="netwrk.rank: unknown config key. Did you mean network.rank"):
+        set_value(LoramixConfig(), "netwrk.rank=4")
+
+
+def test_caption_extension_allow_list_is_the_engine_rule():
+    from loramix.paths import CAPTION_EXTENSIONS
+
+    for ext in CAPTION_EXTENSIONS:
+        assert load_config(overrides=[f"dataset.caption_extension={ext}"]).dataset.caption_extension == ext
+
+
+def test_non_utf8_toml_is_one_sentence_naming_the_file(tmp_path):
+    bad = tmp_path / "latin.toml"
+    bad.write_bytes('[dataset]\ntrigger_word = "café"\n'.encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin.toml is not UTF-8 text \(byte \d+ is 0xe9\); save it as UTF-8"):
+        load_config(bad)
+
+
+# The audit's values, and one past each documented bound; the bound itself is accepted.
+UPPER_BOUNDS = {
+    "network.rank": 1024, "network.alpha": 1024.0, "dataset.resolution": 4096, "train.batch_size": 256,
+    "train.gradient_accumulation_steps": 1024, "optim.learning_rate": 10.0, "network.text_encoder_lr": 10.0,
+    "train.max_steps": 1_000_000, "train.epochs": 10_000, "dataset.max_image_pixels": 150_000_000,
+    "dataset.repeats": 10_000, "sample.steps": 150, "sample.guidance_scale": 30.0,
+}
+
+
+@pytest.mark.parametrize("name, bound", sorted(UPPER_BOUNDS.items()))
+def test_numeric_fields_have_documented_upper_bounds(name, bound):
+    spec = {s.name: s for s in field_specs()}[name]
+    assert spec.metadata["max"] == bound
+    assert "At most" in spec.help  # the CLI help and the UI tooltip say the bound
+    load_config(overrides=[f"{name}={bound}"])
+    over = bound + 64 if isinstance(bound, int) else bound * 1.5
+    with pytest.raises(ConfigError, match=f"{name}: .* is above the maximum"):
+        load_config(overrides=[f"{name}={over}"])
+
+
+@pytest.mark.parametrize("assignment", ["network.rank=100000", "dataset.resolution=100032",
+                                        "train.batch_size=100000", "optim.learning_rate=1e6"])
+def test_the_audits_huge_values_are_refused(assignment):
+    with pytest.raises(ConfigError, match="above the maximum"):
+        load_config(overrides=[assignment])
+
+
+def test_every_int_and_float_field_has_an_upper_bound_or_is_a_ratio():
+    unbounded = [s.name for s in field_specs() if s.type in (int, float) and "max" not in s.metadata]
+    assert unbounded == [], unbounded
+
+
+def test_resume_from_help_asks_for_the_state_file():
+    spec = {s.name: s for s in field_specs()}["train.resume_from"]
+    assert "-state.safetensors" in spec.help and "Folder" not in spec.help
