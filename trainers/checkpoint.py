@@ -9,6 +9,7 @@ nothing is pickled. Randomness needs no saving: the trainer derives it from (see
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -70,8 +71,17 @@ def adapter_metadata(cfg: LoramixConfig, family, *, step: int, epoch: int, num_i
     }
 
 
+def _first_non_finite(tensors: dict[str, torch.Tensor]) -> str | None:
+    for key, value in tensors.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            return key
+    return None
+
+
 def save_state(path: Path, *, step: int, lora: dict[str, torch.Tensor], optimizer, scheduler,
                config: LoramixConfig) -> Path:
+    """Write the resumable state atomically; a NaN or inf anywhere in it is refused, never written."""
+    path = Path(path)
     tensors = {f"lora.{k}": v.detach().float().contiguous().cpu() for k, v in lora.items()}
     opt = optimizer.state_dict()
     scalars: dict[str, dict] = {}
@@ -81,6 +91,12 @@ def save_state(path: Path, *, step: int, lora: dict[str, torch.Tensor], optimize
                 tensors[f"optim.{idx}.{key}"] = value.detach().contiguous().cpu()
             else:
                 scalars.setdefault(str(idx), {})[key] = value
+    bad = _first_non_finite(tensors) or next(
+        (f"optim.{idx}.{k}" for idx, entries in scalars.items() for k, v in entries.items()
+         if isinstance(v, float) and not math.isfinite(v)), None)
+    if bad:
+        raise TrainingError(f"Refusing to save the training state {path.name} at step {step}: {bad} holds NaN or "
+                            "inf values; the previous state file is unchanged.")
     meta = {
         "format": STATE_FORMAT,
         "step": str(step),
@@ -89,21 +105,48 @@ def save_state(path: Path, *, step: int, lora: dict[str, torch.Tensor], optimize
         "scheduler": json.dumps(scheduler.state_dict()),
         "loramix_config": config.to_json(),
     }
-    with atomic_path(path) as tmp:
+    size = sum(t.numel() * t.element_size() for t in tensors.values()) + sum(map(len, meta.values()))
+    with atomic_path(path, expected_bytes=size) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
     return path
 
 
+def check_state_file(path: str | Path) -> dict[str, str]:
+    """Read only the header of a state file and return its metadata, or say (naming the field) why it is
+    not a loramix training state. Cheap: the trainer calls it before any model is loaded."""
+    path = Path(path).expanduser()
+    hint = "give the <name>-state.safetensors file that a run writes beside its LoRA."
+    if path.is_dir():
+        raise TrainingError(f"train.resume_from: {path} is a folder; {hint}")
+    if not path.is_file():
+        raise TrainingError(f"train.resume_from: {path} does not exist; {hint}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as e:  # SafetensorError, OSError, or a header the Rust reader rejects
+        raise TrainingError(f"train.resume_from: {path.name} is not a loramix training state (it is not a "
+                            f"readable safetensors file); {hint}") from e
+    if meta.get("format") != STATE_FORMAT:
+        what = "a LoRA file" if "ss_network_dim" in meta or "ss_network_module" in meta else "another safetensors file"
+        raise TrainingError(f"train.resume_from: {path.name} is {what}, not a loramix training state; {hint}")
+    missing = [k for k in ("step", "optimizer_param_groups", "optimizer_scalars", "scheduler", "loramix_config")
+               if k not in meta]
+    if missing:
+        raise TrainingError(f"train.resume_from: {path.name} is an incomplete training state (no {missing[0]}); "
+                            f"{hint}")
+    return meta
+
+
 def load_state(path: str | Path) -> dict:
     """Read a state file: {"step", "lora", "optimizer" (a state_dict), "scheduler", "config"}."""
-    path = Path(path)
-    if not path.is_file():
-        raise TrainingError(f"train.resume_from: {path} does not exist; give a …-state.safetensors file.")
+    path = Path(path).expanduser()
+    meta = check_state_file(path)
     with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        if meta.get("format") != STATE_FORMAT:
-            raise TrainingError(f"train.resume_from: {path.name} is not a loramix training state.")
         tensors = {k: f.get_tensor(k) for k in f.keys()}
+    bad = _first_non_finite(tensors)
+    if bad:
+        raise TrainingError(f"train.resume_from: {path.name} holds NaN or inf values in {bad}; resume from an "
+                            "earlier state or start afresh.")
     state: dict[int, dict] = {}
     for key, value in tensors.items():
         if key.startswith("optim."):
