@@ -1,13 +1,19 @@
 """LoRA file formats: the only module that knows kohya / AUTOMATIC1111 and PEFT key layouts.
 
-In memory an adapter is a `LoraAdapter`: kohya layer names -> (down, up, alpha). On disk it is a
-safetensors file in kohya layout (`lora_unet_…lora_down.weight`, `…lora_up.weight`, `…alpha`)
-with `ss_*` metadata, which AUTOMATIC1111, ComfyUI and diffusers' `load_lora_weights` all read.
+In memory an adapter is a `LoraAdapter`: kohya layer names -> a layer from `loramix.adapter_layers`
+(LoRA / LoCon down-up-alpha, LyCORIS LoHa, LoKr or full diff). On disk it is a safetensors file in
+kohya layout (`lora_unet_…lora_down.weight`, `…lora_up.weight`, `…alpha`; LyCORIS layers as
+`…hada_w1_a`, `…lokr_w1`, `…diff`) with `ss_*` metadata, which AUTOMATIC1111, ComfyUI and (for
+LoRA) diffusers' `load_lora_weights` read. Files holding NaN or infinite numbers are refused on read
+and never written.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,38 +22,18 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from loramix.adapter_layers import AdapterLayer, FullLayer, LohaLayer, LokrLayer, LoraLayer
 from loramix.atomic import atomic_path
 from loramix.errors import AdapterFormatError
+
+log = logging.getLogger(__name__)
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 @dataclass
-class LoraLayer:
-    down: torch.Tensor  # (r, in) or (r, in, k, k)
-    up: torch.Tensor  # (out, r) or (out, r, 1, 1)
-    alpha: float
-
-    @property
-    def rank(self) -> int:
-        return self.down.shape[0]
-
-    @property
-    def scale(self) -> float:
-        return self.alpha / self.rank
-
-    def delta(self) -> torch.Tensor:
-        """ΔW = (alpha / r) · up · down, shaped like the base layer's weight."""
-        down, up = self.down.float(), self.up.float()
-        if down.dim() == 4:  # conv: (r, in, k, k) and (out, r, 1, 1)
-            d = up.flatten(1) @ down.flatten(1)
-            return (d * self.scale).reshape(up.shape[0], *down.shape[1:])
-        return (up @ down) * self.scale
-
-
-@dataclass
 class LoraAdapter:
-    layers: dict[str, LoraLayer]  # kohya layer name (e.g. lora_unet_down_blocks_0_…_to_q) -> layer
+    layers: dict[str, AdapterLayer]  # kohya layer name (e.g. lora_unet_down_blocks_0_…_to_q) -> layer
     metadata: dict[str, str] = field(default_factory=dict)
 
 
@@ -92,17 +78,62 @@ def module_table(model: torch.nn.Module, prefix: str, rename: Callable[[str], st
 
 
 # ---- files ---------------------------------------------------------------------------------------
-def save_lora(path: str | Path, adapter: LoraAdapter, dtype: str = "fp16") -> Path:
-    """Write the adapter in kohya layout, atomically."""
+def save_lora(path: str | Path, adapter: LoraAdapter, dtype: str = "fp16", warnings: list[str] | None = None) -> Path:
+    """Write the adapter in kohya / LyCORIS layout, atomically; returns the path.
+
+    Never writes a non-finite number: a NaN or infinite value in memory is refused, naming the layer.
+    A value that overflows the save precision (|x| > 65504 for fp16) is written in fp32 for that tensor
+    instead, with a logged warning naming the file and layer that is also appended to `warnings`
+    when the caller passes a list (the UI and CLI show it).
+    """
+    path = Path(path)
     tensors = {}
     for name, layer in adapter.layers.items():
-        tensors[f"{name}.lora_down.weight"] = layer.down.to(DTYPES[dtype]).contiguous()
-        tensors[f"{name}.lora_up.weight"] = layer.up.to(DTYPES[dtype]).contiguous()
-        tensors[f"{name}.alpha"] = torch.tensor(layer.alpha, dtype=DTYPES[dtype])
-    path = Path(path)
+        parts = {**layer.tensors(), "alpha": torch.tensor(float(layer.alpha))}
+        if isinstance(layer, FullLayer):
+            del parts["alpha"]  # LyCORIS writes none for full layers
+        for suffix, value in parts.items():
+            key = f"{name}.{suffix}"
+            tensors[key] = _cast_finite(path.name, name, key, value, DTYPES[dtype], warnings)
+    metadata = {k: str(v) for k, v in adapter.metadata.items()}
+    metadata.update(file_hashes(tensors, metadata))
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={k: str(v) for k, v in adapter.metadata.items()})
+        save_file(tensors, str(tmp), metadata=metadata)
     return path
+
+
+def _cast_finite(file: str, layer: str, key: str, value: torch.Tensor, dtype: torch.dtype,
+                 warnings: list[str] | None) -> torch.Tensor:
+    value = value.detach()
+    if not bool(torch.isfinite(value).all()):
+        raise AdapterFormatError(f"Not saving {file}: layer {layer} ({key}) holds NaN or infinite values; "
+                                 "the weights diverged, so use an earlier save or a lower learning rate.")
+    cast = value.to(dtype)
+    if not bool(torch.isfinite(cast).all()):
+        biggest = float(value.abs().max())
+        message = (f"{file}: layer {layer} ({key}) holds values up to {biggest:.4g}, beyond what "
+                   f"{str(dtype).removeprefix('torch.')} can hold; that tensor is saved in fp32 instead.")
+        log.warning(message)
+        if warnings is not None:
+            warnings.append(message)
+        cast = value.float()
+    return cast.contiguous()
+
+
+def file_hashes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> dict[str, str]:
+    """`sshs_model_hash` and `sshs_legacy_hash` as kohya's `precalculate_safetensors_hashes` computes them.
+
+    Both hash the safetensors bytes of `tensors` written with only the `ss_*` metadata (so editing
+    other metadata later does not change them): the model hash is the SHA-256 of everything after
+    the header (the tensor data), the legacy hash the first 8 hex digits of the SHA-256 of the
+    64 KiB at offset 1 MiB (sd-webui-additional-networks' `addnet_hash_legacy`).
+    """
+    from safetensors.torch import save
+
+    data = save(tensors, {k: v for k, v in metadata.items() if k.startswith("ss_")})
+    header = int.from_bytes(data[:8], "little")
+    return {"sshs_model_hash": hashlib.sha256(data[8 + header:]).hexdigest(),
+            "sshs_legacy_hash": hashlib.sha256(data[0x100000:0x110000]).hexdigest()[:8]}
 
 
 def read_lora(path: str | Path, allow_unsafe: bool = False) -> LoraAdapter:
@@ -148,12 +179,20 @@ _OLD_TEXT = {"to_q_lora": "q_proj", "to_k_lora": "k_proj", "to_v_lora": "v_proj"
 _COMPONENT_PREFIX = {"unet": "lora_unet", "text_encoder": "lora_te", "text_encoder_2": "lora_te2"}
 
 
+_LYCORIS_MARKS = (".lora_down.weight", ".hada_w1_a", ".lokr_w1", ".lokr_w1_a", ".diff")
+# What each kind of layer stores under its kohya layer name (LyCORIS' `weight_list`s); `alpha` is common.
+_LORA_KEYS = {"lora_down.weight", "lora_up.weight"}
+_LOHA_KEYS = {"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2"}
+_LOKR_KEYS = {"lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2"}
+_FULL_KEYS = {"diff", "diff_b"}
+
+
 def _to_kohya_keys(name: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename diffusers / PEFT keys to kohya ones; kohya files pass through unchanged."""
-    if any(k.endswith(".lora_down.weight") and k.startswith("lora_") for k in tensors):
-        return tensors
+    """Rename diffusers / PEFT keys to kohya ones; kohya and LyCORIS files pass through unchanged."""
     if any("lora_magnitude_vector" in k or k.endswith("dora_scale") for k in tensors):
         raise AdapterFormatError(f"{name}: DoRA adapters are not supported; use a plain LoRA.")
+    if any(k.endswith(_LYCORIS_MARKS) and k.startswith("lora_") for k in tensors):
+        return tensors
     out = {}
     for key, value in tensors.items():
         component, _, rest = key.partition(".")
@@ -178,26 +217,95 @@ def _to_kohya_keys(name: str, tensors: dict[str, torch.Tensor]) -> dict[str, tor
     return out
 
 
-def _layers_from_tensors(name: str, tensors: dict[str, torch.Tensor], metadata: dict) -> dict[str, LoraLayer]:
-    kohya = _to_kohya_keys(name, tensors)
+def _check_finite(name: str, tensors: dict[str, torch.Tensor]) -> None:
+    """Refuse a file holding NaN or inf anywhere (weights or alpha), naming the first bad key."""
+    for key, value in tensors.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise AdapterFormatError(f"{name}: {key} holds NaN or infinite values, so this file would give "
+                                     "black or noisy images; it was probably saved from a run that diverged. "
+                                     "Use an earlier save of it.")
+
+
+def _layers_from_tensors(name: str, tensors: dict[str, torch.Tensor], metadata: dict) -> dict[str, AdapterLayer]:
+    _check_finite(name, tensors)
+    groups: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in _to_kohya_keys(name, tensors).items():
+        layer, _, suffix = key.partition(".")
+        if layer.startswith("lora_") and suffix:
+            groups.setdefault(layer, {})[suffix] = value
     layers = {}
-    for key, down in kohya.items():
-        if not key.endswith(".lora_down.weight"):
-            continue
-        layer = key[: -len(".lora_down.weight")]
-        up = kohya.get(f"{layer}.lora_up.weight")
-        if up is None:
-            raise AdapterFormatError(f"{name}: {layer} has lora_down but no lora_up weight.")
+    for layer, parts in groups.items():
+        made = _layer_from_parts(name, layer, parts)
+        if made is not None:
+            layers[layer] = made
+    if not layers:
+        raise AdapterFormatError(f"{name}: no LoRA layers found (kohya …lora_down.weight, LyCORIS …hada_w1_a / "
+                                 f"…lokr_w1, or PEFT …lora_A.weight); first keys: {', '.join(list(tensors)[:3])}.")
+    return layers
+
+
+def _layer_from_parts(name: str, layer: str, parts: dict[str, torch.Tensor]) -> AdapterLayer | None:
+    """One layer from its tensors (suffix -> tensor), or None for a name with only an alpha."""
+    alpha_t = parts.get("alpha")
+    keys = set(parts) - {"alpha"}
+    if not keys:
+        return None
+    for known in (_LORA_KEYS, _LOHA_KEYS, _LOKR_KEYS, _FULL_KEYS):
+        if keys <= known:
+            break
+    else:
+        raise AdapterFormatError(f"{name}: {layer} is stored as {', '.join(sorted(keys))}, a layer type loramix "
+                                 "does not read (it reads LoRA / LoCon, LoHa, LoKr and full diff layers).")
+    if "lora_down.weight" in keys or "lora_up.weight" in keys:
+        down, up = parts.get("lora_down.weight"), parts.get("lora_up.weight")
+        if up is None or down is None:
+            raise AdapterFormatError(f"{name}: {layer} has lora_down but no lora_up weight." if up is None else
+                                     f"{name}: {layer} has lora_up but no lora_down weight.")
         if up.shape[1] != down.shape[0]:
             raise AdapterFormatError(f"{name}: {layer} has lora_up {tuple(up.shape)} and lora_down "
                                      f"{tuple(down.shape)}, whose ranks differ.")
-        alpha_t = kohya.get(f"{layer}.alpha")
-        alpha = float(alpha_t) if alpha_t is not None else float(down.shape[0])
-        layers[layer] = LoraLayer(down, up, alpha)
-    if not layers:
-        raise AdapterFormatError(f"{name}: no LoRA layers found (kohya …lora_down.weight or PEFT …lora_A.weight); "
-                                 f"first keys: {', '.join(list(tensors)[:3])}.")
-    return layers
+        return LoraLayer(down, up, float(alpha_t) if alpha_t is not None else float(down.shape[0]))
+    missing = _missing(keys)
+    if missing:
+        raise AdapterFormatError(f"{name}: {layer} lacks {missing}, so its weight change cannot be computed.")
+    if "diff" in keys:
+        if "diff_b" in parts and bool(parts["diff_b"].any()):
+            raise AdapterFormatError(f"{name}: {layer} also changes the layer's bias (diff_b), which loramix "
+                                     "does not apply; convert the file without bias changes.")
+        return _checked(name, layer, FullLayer(parts["diff"]))
+    if "hada_w1_a" in keys:
+        made = LohaLayer(parts["hada_w1_a"], parts["hada_w1_b"], parts["hada_w2_a"], parts["hada_w2_b"], 0.0,
+                         parts.get("hada_t1"), parts.get("hada_t2"))
+    else:
+        made = LokrLayer(0.0, **{k.removeprefix("lokr_"): v for k, v in parts.items() if k != "alpha"})
+    made.alpha = float(alpha_t) if alpha_t is not None and float(alpha_t) != 0 else float(made.rank or 1)
+    return _checked(name, layer, made)
+
+
+def _missing(keys: set[str]) -> str:
+    if keys & _LOHA_KEYS:
+        tucker = {"hada_t1", "hada_t2"}
+        need = {"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"} | (tucker if keys & tucker else set())
+        return ", ".join(sorted(need - keys))
+    if keys & _LOKR_KEYS:
+        lack = [] if "lokr_w1" in keys or {"lokr_w1_a", "lokr_w1_b"} <= keys else ["lokr_w1 (or lokr_w1_a/_b)"]
+        if not ("lokr_w2" in keys or {"lokr_w2_a", "lokr_w2_b"} <= keys):
+            lack.append("lokr_w2 (or lokr_w2_a/_b)")
+        return ", ".join(lack)
+    return "" if "diff" in keys else "diff"
+
+
+def _checked(name: str, layer: str, made: AdapterLayer) -> AdapterLayer:
+    """Check the factors' shapes agree by computing ΔW on the meta device (no arithmetic, no memory)."""
+    meta = dataclasses.replace(made, **{f.name: getattr(made, f.name).to("meta") for f in dataclasses.fields(made)
+                                        if torch.is_tensor(getattr(made, f.name))})
+    try:
+        meta.delta()
+    except RuntimeError as e:
+        shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in made.tensors().items())
+        raise AdapterFormatError(f"{name}: {layer} is a {made.kind} layer whose factors do not fit together "
+                                 f"({shapes}).") from e
+    return made
 
 
 # ---- what an adapter was made for --------------------------------------------------------------
@@ -215,7 +323,7 @@ def guess_architecture(adapter: LoraAdapter) -> str:
         return "SDXL"
     for name, layer in adapter.layers.items():
         if name.startswith("lora_unet") and name.endswith("attn2_to_k"):
-            width = layer.down.shape[1]
+            width = layer.in_features
             return _CONTEXT_WIDTH.get(width, f"a model with {width}-wide text conditioning")
     return "an unknown base model"
 
