@@ -4,6 +4,11 @@ Folder layout (kohya style): images directly in the folder repeat `dataset.repea
 sub-folder named `N_name` repeats its images N times and `name` is the caption of images without
 a caption file. Everything random (order, flips, crops, caption shuffling and dropout) is a pure
 function of (seed, epoch, item), so a resumed run sees exactly the data an uninterrupted one would.
+
+The scan reads image sizes from file headers only (nothing is decoded); an image is decoded when its
+pixels are needed (once, when latents are cached) and downscaled right away. Everything the scan
+skips or doubts becomes a warning sentence naming the file: logged, and returned by `scan_report`
+(the trainer publishes them as "warning" events, the UI shows them).
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import math
 import random
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +31,10 @@ log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 BUCKET_STEP = 64
+# What PIL raises for a file it cannot read or decode (a truncated PNG fails its CRC check with SyntaxError).
+IMAGE_ERRORS = (Image.UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError,
+                EOFError)
+CAPTION_FALLBACK = "cp1252"  # then latin-1, which decodes any byte
 _REPEAT_DIR = re.compile(r"^(\d+)_(.+)$")
 
 
@@ -40,10 +49,26 @@ class ImageItem:
 
 
 # ---- images ----------------------------------------------------------------------------------
-def load_image(path: Path) -> Image.Image:
-    """Open an image as 8-bit RGB: EXIF rotation applied, transparency composited onto white."""
+def load_image(path: Path, cover: tuple[int, int] | None = None) -> Image.Image:
+    """Open an image as 8-bit RGB: EXIF rotation applied, transparency composited onto white.
+
+    With `cover` (width, height), a large image is downscaled while it is read (JPEG decodes at a
+    reduced scale) to the smallest size that still covers `cover` at least twice over, so a 12000 px
+    photo never lives in memory at full size longer than one decode.
+    """
     with Image.open(path) as im:
+        if cover and im.format == "JPEG":
+            oriented = _oriented_size(im)
+            scale = max(cover[0] / oriented[0], cover[1] / oriented[1])
+            if scale < 0.5:
+                w, h = im.size
+                im.draft("RGB", (max(1, math.ceil(w * scale * 2)), max(1, math.ceil(h * scale * 2))))
         im.load()
+        if cover:
+            oriented = _oriented_size(im)
+            factor = int(min(oriented[0] / cover[0], oriented[1] / cover[1]) // 2)
+            if factor >= 2:
+                im = im.reduce(factor)  # a box filter; the bucket resize (LANCZOS) follows
         im = ImageOps.exif_transpose(im)
     if im.mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(im, dtype=np.float64)
@@ -58,23 +83,69 @@ def load_image(path: Path) -> Image.Image:
     return im.convert("RGB")
 
 
-def _probe(path: Path) -> tuple[int, int] | None:
-    """Fully decode the image once; return its oriented size, or None (with a warning) if unusable."""
+def _oriented_size(im: Image.Image) -> tuple[int, int]:
+    """(width, height) as displayed, from the header's EXIF orientation; decodes nothing."""
+    raw = im.info.get("exif")
+    orientation = 1
+    if raw:
+        exif = Image.Exif()
+        exif.load(raw)
+        orientation = exif.get(0x0112, 1)
+    w, h = im.size
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+
+
+def _probe(path: Path, max_pixels: int) -> tuple[tuple[int, int] | None, str]:
+    """The oriented size read from the file's header (no pixel is decoded), or None and why not.
+
+    A PNG's chunk checksums are verified (a read of the file, no decompression), so a truncated PNG
+    is caught here; a file whose pixels fail to decode later is named by `pixels_for`.
+    """
     try:
-        return load_image(path).size
-    except Exception as e:  # PIL raises many types for corrupt files
-        log.warning("Skipping %s: cannot read this image (%s).", path, e)
-        return None
+        with Image.open(path) as im:
+            size = _oriented_size(im)
+            if size[0] * size[1] <= max_pixels and im.format == "PNG":
+                im.verify()
+    except Image.DecompressionBombError:
+        return None, (f"Skipping {path}: it has more pixels than PIL will open safely; downscale it below "
+                      f"dataset.max_image_pixels ({max_pixels:,}).")
+    except IMAGE_ERRORS as e:
+        return None, f"Skipping {path}: cannot read this image ({e})."
+    if size[0] * size[1] > max_pixels:
+        return None, (f"Skipping {path}: {size[0]}x{size[1]} is {size[0] * size[1]:,} pixels, over "
+                      f"dataset.max_image_pixels ({max_pixels:,}); downscale it or raise that limit.")
+    return size, ""
 
 
 # ---- captions --------------------------------------------------------------------------------
-def read_caption(image: Path, extension: str, default: str) -> str:
+def decode_caption(data: bytes) -> tuple[str, str]:
+    """Caption bytes as text, and the encoding used: UTF-8 (a BOM is dropped), else cp1252, else latin-1."""
+    for encoding in ("utf-8-sig", CAPTION_FALLBACK, "latin-1"):
+        try:
+            return data.decode(encoding), encoding
+        except UnicodeDecodeError:
+            continue
+    raise AssertionError("latin-1 decodes any byte")  # pragma: no cover
+
+
+def read_caption(image: Path, extension: str, default: str, warnings: list[str] | None = None) -> str:
+    """The caption file next to `image` (or `default`); a file that is not UTF-8 is read as cp1252 with a warning."""
     ext = extension if extension.startswith(".") else "." + extension
     caption_file = image.with_suffix(ext)
     if caption_file.is_file():
-        text = caption_file.read_text(encoding="utf-8", errors="replace")
-        return " ".join(text.split())
+        text, encoding = decode_caption(caption_file.read_bytes())
+        text = " ".join(text.split())
+        if encoding != "utf-8-sig":
+            _warn(warnings, f"{caption_file} is not UTF-8 text; read it as {encoding} (\"{text[:60]}\"). "
+                            "Save it as UTF-8 if that is not what you wrote.")
+        return text
     return default
+
+
+def _warn(warnings: list[str] | None, message: str) -> None:
+    log.warning("%s", message)
+    if warnings is not None:
+        warnings.append(message)
 
 
 def write_caption(image: Path, extension: str, text: str) -> Path:
@@ -92,6 +163,21 @@ def list_images(cfg: DatasetConfig) -> list[tuple[Path, str]]:
     return [(item.path, item.caption) for item in scan_folder(cfg)]
 
 
+@dataclass
+class ScanReport:
+    """What a scan found: the usable images, and one warning sentence per file it skipped or doubts."""
+
+    items: list[ImageItem]
+    warnings: list[str] = field(default_factory=list)
+
+
+def scan_report(cfg: DatasetConfig) -> ScanReport:
+    """Scan `cfg.data_dir` without training: the images (bucketed) and every warning, for the UI to show."""
+    warnings: list[str] = []
+    items = scan_folder(cfg, warnings)
+    return ScanReport(assign_buckets(items, cfg), warnings)
+
+
 def with_trigger(caption: str, trigger: str) -> str:
     if not trigger or caption.split(",")[0].strip() == trigger:
         return caption
@@ -106,8 +192,11 @@ def shuffle_tags(caption: str, keep_tokens: int, rng: random.Random) -> str:
 
 
 # ---- scanning --------------------------------------------------------------------------------
-def scan_folder(cfg: DatasetConfig) -> list[ImageItem]:
-    """Find every usable image under `cfg.data_dir` with its caption and repeat count."""
+def scan_folder(cfg: DatasetConfig, warnings: list[str] | None = None) -> list[ImageItem]:
+    """Find every usable image under `cfg.data_dir` with its caption and repeat count.
+
+    Sizes come from headers; nothing is decoded. Warnings are logged and appended to `warnings`.
+    """
     root = Path(cfg.data_dir).expanduser()
     if not cfg.data_dir or not root.is_dir():
         raise DatasetError(f"dataset.data_dir: {cfg.data_dir!r} is not a folder. Point it at a folder of images.")
@@ -117,21 +206,26 @@ def scan_folder(cfg: DatasetConfig) -> list[ImageItem]:
         if m:
             groups.append((sub, int(m.group(1)), m.group(2).replace("_", " ")))
         elif any(f.suffix.lower() in IMAGE_EXTENSIONS for f in sub.iterdir()):
-            log.warning("Ignoring sub-folder %s: name it N_name (e.g. 10_%s) to train on it.", sub, sub.name)
+            _warn(warnings, f"Ignoring sub-folder {sub}: name it N_name (e.g. 10_{sub.name}) to train on it.")
     items = []
     found_files = 0
+    tiny = smallest_bucket_side(cfg) // 2
     for folder, repeats, default_caption in groups:
         if repeats < 1:
-            log.warning("Ignoring %s: 0 repeats.", folder)
+            _warn(warnings, f"Ignoring {folder}: 0 repeats.")
             continue
         for path in sorted(folder.iterdir()):
             if path.suffix.lower() not in IMAGE_EXTENSIONS or not path.is_file():
                 continue
             found_files += 1
-            size = _probe(path)
+            size, why = _probe(path, cfg.max_image_pixels)
             if size is None:
+                _warn(warnings, why)
                 continue
-            caption = read_caption(path, cfg.caption_extension, default_caption)
+            if min(size) < tiny:
+                _warn(warnings, f"{path} is only {size[0]}x{size[1]} pixels, less than {tiny} (half the smallest "
+                                f"bucket side); it will be upscaled and look blurry. Use a larger image.")
+            caption = read_caption(path, cfg.caption_extension, default_caption, warnings)
             group = folder.name if folder != root else f"{repeats}_{root.name}"
             items.append(ImageItem(path, caption, repeats, group, size))
     if not items:
@@ -151,6 +245,13 @@ def tag_frequency(items: list[ImageItem]) -> dict[str, dict[str, int]]:
 
 
 # ---- buckets ---------------------------------------------------------------------------------
+def smallest_bucket_side(cfg: DatasetConfig) -> int:
+    """The smallest side of any bucket this config makes (the resolution without bucketing)."""
+    if not cfg.enable_bucket:
+        return cfg.resolution
+    return min(min(b) for b in make_buckets(cfg.resolution, cfg.min_bucket_reso, cfg.max_bucket_reso))
+
+
 def make_buckets(resolution: int, min_side: int = 0, max_side: int = 0) -> list[tuple[int, int]]:
     """All (width, height), multiples of 64, with width*height <= resolution**2 and sides in range."""
     min_side = min_side or max(BUCKET_STEP, resolution // 2 // BUCKET_STEP * BUCKET_STEP)
@@ -262,7 +363,12 @@ def pixels_for(item: ImageItem, sample: Sample, cfg: DatasetConfig):
     """The image as a (3, H, W) float tensor in [-1, 1], cropped to its bucket, flipped if drawn."""
     import torch
 
-    image = fit_to_bucket(load_image(item.path), item.bucket, cfg.crop, random.Random(sample.variant_seed))
+    try:
+        image = load_image(item.path, cover=item.bucket)
+    except IMAGE_ERRORS as e:
+        raise DatasetError(f"{item.path} could not be decoded ({e}); remove it from dataset.data_dir or save it "
+                           "again.") from e
+    image = fit_to_bucket(image, item.bucket, cfg.crop, random.Random(sample.variant_seed))
     if sample.flip:
         image = ImageOps.mirror(image)
     arr = np.asarray(image, dtype=np.float32) / 127.5 - 1.0

@@ -150,3 +150,145 @@ def test_epoch_order_is_a_function_of_seed_and_epoch(tmp_path):
     flips = [s.flip for e in range(5) for b in ds.epoch_batches(items, c, 2, 7, e) for s in b]
     assert any(flips) and not all(flips)
     assert not any(s.flip for b in ds.epoch_batches(items, cfg(tmp_path), 2, 7, 0) for s in b)
+
+
+# ---- issue 12: limits, warnings, decoding --------------------------------------------------
+def png_header_only(path, width, height):
+    """A PNG whose header claims width x height but holds no pixels: a size probe must not need them."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
+    return path
+
+
+def test_scan_reads_sizes_from_headers_and_decodes_nothing(tmp_path, monkeypatch):
+    from PIL import ImageFile
+
+    make_folder(tmp_path, n=2)
+    draw_image(5, (80, 48)).save(tmp_path / "photo.jpg")
+    draw_image(6, (48, 80)).save(tmp_path / "web.webp")
+    decoded = []
+    real_load = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: decoded.append(self) or real_load(self))
+    items = ds.scan_folder(cfg(tmp_path))
+    assert {i.path.name: i.size for i in items} == {"img0.png": (64, 64), "img1.png": (64, 64),
+                                                    "photo.jpg": (80, 48), "web.webp": (48, 80)}
+    assert decoded == []
+
+
+def test_images_over_the_pixel_cap_are_refused_by_header_with_a_sentence(tmp_path, caplog):
+    make_folder(tmp_path, n=1)
+    png_header_only(tmp_path / "huge.png", 12000, 12000)  # the audit's 12000x12000: no decode, no 1.3 GB
+    png_header_only(tmp_path / "bomb.png", 20000, 20000)  # beyond PIL's own decompression-bomb limit
+    c = cfg(tmp_path)
+    with caplog.at_level(logging.WARNING):
+        report = ds.scan_report(c)
+    assert [i.path.name for i in report.items] == ["img0.png"]
+    huge = next(w for w in report.warnings if "huge.png" in w)
+    assert "12000x12000 is 144,000,000 pixels, over dataset.max_image_pixels (64,000,000)" in huge
+    assert any("bomb.png" in w and "dataset.max_image_pixels" in w for w in report.warnings)
+    assert huge in caplog.text  # logged as well as returned
+    c.max_image_pixels = 5000  # 64x64 = 4096 pixels is under this cap
+    assert len(ds.scan_folder(c)) == 1
+    c.max_image_pixels = 4095
+    with pytest.raises(DatasetError, match="3 image files but none could be read"):
+        ds.scan_folder(c)
+
+
+def test_large_images_are_downscaled_while_read(tmp_path):
+    big = draw_image(3, (1024, 768))
+    big.save(tmp_path / "big.png")
+    big.save(tmp_path / "big.jpg", quality=95)
+    for name in ("big.png", "big.jpg"):
+        small = ds.load_image(tmp_path / name, cover=(64, 64))
+        assert 128 <= min(small.size) < 256 and small.size[0] > small.size[1], (name, small.size)
+    c = cfg(tmp_path)
+    items = ds.assign_buckets(ds.scan_folder(c), c)
+    for item in items:
+        fast = ds.pixels_for(item, ds.Sample(0, False, False, 0), c)
+        full = ds.fit_to_bucket(ds.load_image(item.path), item.bucket, "center", random.Random(0))
+        full = np.asarray(full, dtype=np.float32) / 127.5 - 1.0
+        assert fast.shape[1:] == full.shape[:2]
+        assert float(np.abs(fast.permute(1, 2, 0).numpy() - full).mean()) < 0.05, item.path.name
+
+
+def test_tiny_images_are_warned_about_naming_the_file(tmp_path):
+    make_folder(tmp_path, n=1)
+    Image.new("RGB", (1, 1), (9, 9, 9)).save(tmp_path / "dot.png")
+    report = ds.scan_report(cfg(tmp_path))  # resolution 64: smallest bucket side 64, warn below 32
+    assert len(report.items) == 2
+    assert report.warnings == [f"{tmp_path / 'dot.png'} is only 1x1 pixels, less than 32 (half the smallest bucket "
+                               "side); it will be upscaled and look blurry. Use a larger image."]
+    assert ds.smallest_bucket_side(cfg(tmp_path, enable_bucket=False)) == 64
+    assert ds.smallest_bucket_side(DatasetConfig(resolution=512)) == 256
+
+
+def test_non_utf8_captions_use_a_stated_fallback_and_warn(tmp_path):
+    make_folder(tmp_path, n=2)
+    (tmp_path / "img0.txt").write_bytes("caf\xe9 au lait, \x93quoted\x94".encode("latin-1"))
+    (tmp_path / "img1.txt").write_bytes("\ufeffna\u00efve".encode())  # UTF-8 with a BOM: no warning
+    report = ds.scan_report(cfg(tmp_path))
+    captions = {i.path.name: i.caption for i in report.items}
+    assert captions == {"img0.png": "café au lait, “quoted”", "img1.png": "naïve"}
+    assert len(report.warnings) == 1
+    assert report.warnings[0].startswith(f"{tmp_path / 'img0.txt'} is not UTF-8 text; read it as cp1252")
+    assert ds.decode_caption(b"\x81\xe9") == ("\x81é", "latin-1")  # bytes cp1252 leaves undefined
+
+
+def test_probe_catches_image_errors_only(tmp_path, monkeypatch):
+    make_folder(tmp_path, n=1)
+
+    def bug(*a, **k):
+        raise RuntimeError("a bug in loramix, not a bad image")
+
+    monkeypatch.setattr(ds.Image, "open", bug)
+    with pytest.raises(RuntimeError, match="a bug in loramix"):
+        ds.scan_folder(cfg(tmp_path))
+
+
+def test_a_file_that_fails_to_decode_later_is_named(tmp_path):
+    make_folder(tmp_path, n=1)
+    full = tmp_path / "photo.jpg"
+    draw_image(1, (64, 64)).save(full, quality=95)
+    full.write_bytes(full.read_bytes()[: len(full.read_bytes()) * 2 // 3])  # the header survives, not the pixels
+    c = cfg(tmp_path)
+    items = ds.assign_buckets(ds.scan_folder(c), c)
+    broken = next(i for i in items if i.path.name == "photo.jpg")
+    with pytest.raises(DatasetError, match=r"photo.jpg could not be decoded .*remove it from dataset.data_dir"):
+        ds.pixels_for(broken, ds.Sample(0, False, False, 0), c)
+
+
+# ---- options that must do what they say -----------------------------------------------------
+def test_flip_mirrors_the_pixels(tmp_path):
+    make_folder(tmp_path, n=1, sizes=[(96, 64)])
+    c = cfg(tmp_path, flip_aug=True)
+    item = ds.assign_buckets(ds.scan_folder(c), c)[0]
+    plain = ds.pixels_for(item, ds.Sample(0, False, False, 0), c)
+    flipped = ds.pixels_for(item, ds.Sample(0, True, False, 0), c)
+    assert not torch_equal(plain, flipped)
+    assert torch_equal(flipped, plain.flip(-1))  # left-right mirror of the same crop
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return torch.equal(a, b)
+
+
+def test_caption_shuffle_respects_keep_tokens_in_caption_for(tmp_path):
+    make_folder(tmp_path, n=1, captions=False)
+    (tmp_path / "img0.txt").write_text("zxstyle, portrait, red, blue, green, circle, square")
+    c = cfg(tmp_path, shuffle_captions=True, keep_tokens=2)
+    item = ds.scan_folder(c)[0]
+    seen = {ds.caption_for(item, ds.Sample(0, False, False, seed), c) for seed in range(30)}
+    assert len(seen) > 5  # it does shuffle
+    assert all(s.startswith("zxstyle, portrait, ") for s in seen), seen
+    assert all(sorted(s.split(", ")) == sorted(item.caption.split(", ")) for s in seen)
+    c.keep_tokens = 0
+    firsts = {ds.caption_for(item, ds.Sample(0, False, False, seed), c).split(", ")[0] for seed in range(30)}
+    assert len(firsts) > 1  # without keep_tokens the first tag moves too
