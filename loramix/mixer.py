@@ -4,10 +4,13 @@ Adapters are read from disk once and bound to the base model's layers (names and
 Changing a weight touches no file. Two ways to apply a blend, with identical results:
 
 * unfused: a forward hook per adapted layer adds sum_i w_i * (alpha_i / r_i) * up_i(down_i(x));
-* fused: W <- W + sum_i w_i * dW_i is written into the base weights for one generation and the saved
-  original weights are copied back afterwards, so the base is bit-identical after every preview.
+* fused: W <- W_original + sum_i w_i * dW_i is written into the base weights, one layer at a time in
+  the weight's dtype. The fused weights stay while the blend is unchanged; a changed weight rewrites
+  only the layers whose (layer, coefficient) tuple changed, always from the original (kept once per
+  base, on the host, in the model's dtype, for adapted weights only), so turning every adapter off
+  gives the base back bit for bit.
 
-`mode="auto"` fuses whenever an adapter is active: fusing costs one pass over the LoRA layers per
+`mode="auto"` fuses whenever an adapter is active: an unchanged blend then costs nothing per
 preview, the hooks cost the LoRA branches in every UNet call (steps x 2 with guidance).
 """
 
@@ -132,6 +135,11 @@ class Mixer:
     components: Components
     slots: dict[str, Slot] = field(default_factory=dict)
     mode: str = "auto"  # "auto" | "fused" | "unfused"
+    # The fused-weight cache: module -> ((id(layer), coef) per layer, the (layer, coef) pairs that
+    # keep those ids alive), or None while a module is being rewritten; and the base weight of every
+    # module ever fused, once, on the host, in the model's dtype.
+    _fused_blend: dict = field(default_factory=dict, init=False, repr=False)
+    _originals: dict = field(default_factory=dict, init=False, repr=False)
 
     @classmethod
     def from_base(cls, base: str = "", revision: str = "", device: str | None = None, **kw) -> Mixer:
@@ -240,36 +248,77 @@ class Mixer:
 
     @contextlib.contextmanager
     def applied(self, mode: str | None = None):
-        """Inside this block the base model computes with the current blend."""
+        """Inside this block the base model computes with the current blend.
+
+        Fused weights stay in the model after the block, so the next preview with the same blend
+        costs nothing. A block with no active adapter, an unfused block and `restore()` first put the
+        base weights back, bit for bit.
+        """
         mode = mode or self.mode
+        if mode not in ("auto", "fused", "unfused"):
+            raise LoramixError(f"mode {mode!r}: choose auto, fused or unfused.")
         active = self.active()
         if not active:
+            self.restore()
             yield "base"
         elif mode in ("auto", "fused"):
             with self._fused(active):
                 yield "fused"
-        elif mode == "unfused":
+        else:
+            self.restore()
             with self._hooked(active):
                 yield "unfused"
-        else:
-            raise LoramixError(f"mode {mode!r}: choose auto, fused or unfused.")
+
+    def restore(self) -> None:
+        """Put back the base weights of every module a preview fused, bit for bit."""
+        with torch.no_grad():
+            for module in list(self._fused_blend):
+                module.weight.copy_(self._originals[module])
+                del self._fused_blend[module]
 
     @contextlib.contextmanager
     def _fused(self, active):
-        originals: dict[torch.nn.Module, torch.Tensor] = {}
-        sums: dict[torch.nn.Module, torch.Tensor] = {}
+        """Bring the fused weights up to date with `active`: a module is rewritten only when its
+        (layer, coefficient) tuple changed, from its original, so no rounding accumulates."""
+        wanted: dict[torch.nn.Module, list[tuple[BoundLayer, float]]] = {}
+        for layer, coef in active:
+            wanted.setdefault(layer.module, []).append((layer, coef))
         with torch.no_grad():
-            for layer, coef in active:
-                d = layer.delta() * coef
-                sums[layer.module] = sums[layer.module] + d if layer.module in sums else d
-            try:
-                for module, delta in sums.items():
-                    originals[module] = module.weight.detach().clone()
-                    module.weight.add_(delta.to(module.weight.dtype))
-                yield
-            finally:
-                for module, weight in originals.items():
-                    module.weight.copy_(weight)
+            for module in [m for m in self._fused_blend if m not in wanted]:
+                module.weight.copy_(self._originals[module])
+                del self._fused_blend[module]
+            for module, pairs in wanted.items():
+                key = tuple((id(layer), coef) for layer, coef in pairs)
+                held = self._fused_blend.get(module)
+                if held is None or held[0] != key:
+                    self._fuse_module(module, pairs)
+                    self._fused_blend[module] = (key, pairs)
+        yield
+
+    def _fuse_module(self, module: torch.nn.Module, pairs: list[tuple[BoundLayer, float]]) -> None:
+        """W = W_original + sum of coef * dW over `pairs`, for one module, in the weight's dtype.
+
+        Low-rank layers go through one matrix product (ups scaled and concatenated, downs stacked);
+        other layers (LoHa, LoKr, ...) add their full `delta()`, one layer at a time.
+        """
+        weight = module.weight
+        if module not in self._originals:
+            self._originals[module] = weight.detach().to("cpu", copy=True)
+        self._fused_blend[module] = None  # half-written until this returns
+        weight.copy_(self._originals[module])
+        flat = weight if weight.is_contiguous() else weight.contiguous()
+        flat = flat.view(flat.shape[0], -1)
+        low_rank = [(layer, coef) for layer, coef in pairs
+                    if getattr(layer, "down", None) is not None and getattr(layer, "up", None) is not None]
+        if low_rank:
+            ups = torch.cat([layer.up.flatten(1).to(flat) * (coef * layer.scale) for layer, coef in low_rank], 1)
+            downs = torch.cat([layer.down.flatten(1).to(flat) for layer, _ in low_rank], 0)
+            flat.addmm_(ups, downs)
+        for layer, coef in pairs:
+            if all(layer is not lr for lr, _ in low_rank):
+                flat.add_(layer.delta().reshape(flat.shape).to(flat), alpha=coef)
+        if flat.data_ptr() != weight.data_ptr():
+            weight.copy_(flat.view_as(weight))
 
     @contextlib.contextmanager
     def _hooked(self, active):

@@ -1,0 +1,189 @@
+"""The fused-weight cache: only changed layers are rewritten, always from the originals, kept once."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from loramix.mixer import Mixer
+from tests.conftest import random_lora
+
+
+@pytest.fixture(scope="module")
+def files(tiny_model, tmp_path_factory):
+    root = tmp_path_factory.mktemp("loras")
+    return {"a": random_lora(tiny_model, root / "a.safetensors", 1, text=True),
+            "b": random_lora(tiny_model, root / "b.safetensors", 2, rank=8, alpha=8.0, conv=True)}
+
+
+@pytest.fixture
+def mixer(tiny_model, files):
+    mixer = Mixer.from_base(str(tiny_model))
+    mixer.load(files["a"], weight=0.5)
+    mixer.load(files["b"], weight=-0.7)
+    return mixer
+
+
+def unet_out(unet, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    n = unet.config.sample_size
+    x = torch.randn(2, 4, n, n, generator=g)
+    ctx = torch.randn(2, 77, unet.config.cross_attention_dim, generator=g)
+    with torch.no_grad():
+        return unet(x, torch.tensor([50, 700]), ctx).sample
+
+
+def snapshot(mixer):
+    return {f"{part}.{k}": v.clone() for part in ("unet", "text_encoder")
+            for k, v in getattr(mixer.components, part).state_dict().items()}
+
+
+def assert_bit_identical(mixer, before):
+    now = snapshot(mixer)
+    assert now.keys() == before.keys()
+    for k, v in before.items():
+        assert torch.equal(now[k], v), k
+
+
+def modules_of(mixer, name, component=None):
+    return {layer.module for layer in mixer.slots[name].layers if component in (None, layer.component)}
+
+
+@pytest.fixture
+def fused_calls(monkeypatch):
+    """Every module `_fuse_module` rewrites, in order."""
+    calls = []
+    real = Mixer._fuse_module
+    monkeypatch.setattr(Mixer, "_fuse_module", lambda self, module, pairs: calls.append(module) or
+                        real(self, module, pairs))
+    return calls
+
+
+def test_base_is_bit_identical_after_enable_change_disable(mixer):
+    before = snapshot(mixer)
+    with mixer.applied("fused"):
+        first = unet_out(mixer.components.unet)
+    for weight in (1.3, -2.0, 0.1, 0.0, 0.5):  # many rewrites of the same layers, then the first blend
+        mixer.set_weight("a", weight)
+        with mixer.applied("fused"):
+            pass
+    mixer.set_weight("b", 0.2, enabled=False)
+    with mixer.applied("fused"):
+        pass
+    mixer.set_weight("b", -0.7, enabled=True)
+    with mixer.applied("fused"):
+        again = unet_out(mixer.components.unet)
+    assert torch.equal(first, again)  # rewritten from the originals: no drift from earlier blends
+    mixer.set_weight("a", 0.5, enabled=False)
+    mixer.set_weight("b", -0.7, enabled=False)
+    with mixer.applied() as how:
+        assert how == "base"
+        assert_bit_identical(mixer, before)
+    mixer.set_weight("a", 1.0, enabled=True)
+    with mixer.applied("fused"):
+        pass
+    with mixer.applied("unfused") as how:  # hooks run on the base weights, never on fused ones
+        assert how == "unfused"
+        assert_bit_identical(mixer, before)
+    with mixer.applied("fused"):
+        pass
+    mixer.restore()
+    assert_bit_identical(mixer, before)
+
+
+def test_a_weight_change_rewrites_only_the_affected_modules(mixer, fused_calls):
+    a_unet, a_text, b_all = modules_of(mixer, "a", "unet"), modules_of(mixer, "a", "text"), modules_of(mixer, "b")
+    assert a_text and b_all - a_unet  # b also adapts the resnet convolutions, a does not
+    with mixer.applied("fused"):
+        pass
+    assert set(fused_calls) == a_unet | a_text | b_all and len(fused_calls) == len(a_unet | a_text | b_all)
+    fused_calls.clear()
+    with mixer.applied("fused"):  # an unchanged blend: nothing to do
+        pass
+    assert fused_calls == []
+    mixer.set_weight("a", 0.5, te_weight=-1.0)  # only the text encoder coefficient changed
+    with mixer.applied("fused"):
+        pass
+    assert set(fused_calls) == a_text and len(fused_calls) == len(a_text)
+    fused_calls.clear()
+    mixer.set_weight("a", 0.9, te_weight=-1.0)  # the UNet layers of a, which b shares, not b's convolutions
+    with mixer.applied("fused"):
+        pass
+    assert set(fused_calls) == a_unet and len(fused_calls) == len(a_unet)
+    fused_calls.clear()
+    mixer.set_weight("b", -0.7, enabled=False)  # a's layers that b shared are rewritten, b's own restored
+    with mixer.applied("fused"):
+        pass
+    assert set(fused_calls) == a_unet & b_all
+    assert all(m not in mixer._fused_blend for m in b_all - a_unet - a_text)
+
+
+def test_fused_equals_unfused_after_changes(mixer):
+    for weight_a, weight_b in ((0.5, -0.7), (1.5, 0.3), (-2.0, 2.0)):
+        mixer.set_weight("a", weight_a)
+        mixer.set_weight("b", weight_b)
+        with mixer.applied("fused"):
+            fused = unet_out(mixer.components.unet)
+        with mixer.applied("unfused"):
+            hooked = unet_out(mixer.components.unet)
+        with mixer.applied("fused"):  # back to fused after the hooks: rewritten, still right
+            again = unet_out(mixer.components.unet)
+        scale = hooked.abs().max().item()
+        assert (fused - hooked).abs().max().item() < 1e-5 * max(1.0, scale)
+        assert torch.equal(fused, again)
+    mixer.set_weight("a", 0.0)
+    mixer.set_weight("b", 0.0)
+    with mixer.applied():
+        base = unet_out(mixer.components.unet)
+    assert (fused - base).abs().max().item() > 1e-2
+
+
+def test_originals_are_kept_once_in_the_model_dtype(tiny_model, files):
+    mixer = Mixer.from_base(str(tiny_model))
+    for module in mixer.components.models():
+        module.to(torch.bfloat16)
+    mixer.load(files["a"], weight=0.5)
+    mixer.load(files["b"], weight=-0.7)
+    adapted = modules_of(mixer, "a") | modules_of(mixer, "b")
+    bases = {m: m.weight.detach().clone() for m in adapted}
+    with mixer.applied("fused"):
+        pass
+    kept = dict(mixer._originals)
+    assert set(kept) == adapted  # adapted weights only, one each
+    for module, original in kept.items():
+        assert original.dtype == torch.bfloat16 and original.device.type == "cpu"
+        assert torch.equal(original, bases[module])
+    for weight in (1.0, -1.0, 0.0, 2.0):
+        mixer.set_weight("a", weight)
+        mixer.set_weight("b", -weight, enabled=weight != 0.0)
+        with mixer.applied("fused"):
+            pass
+    assert mixer._originals.keys() == kept.keys()
+    assert all(mixer._originals[m] is kept[m] for m in kept)  # never copied again
+    assert all(m.weight.dtype == torch.bfloat16 for m in adapted)
+    mixer.restore()
+    assert all(torch.equal(m.weight, bases[m]) for m in adapted)
+
+
+class FullDelta:
+    """A layer that only knows its full dW (as LoHa / LoKr layers do): no down / up fast path."""
+
+    def __init__(self, layer):
+        self.module, self.component, self._layer = layer.module, layer.component, layer
+
+    def delta(self):
+        return self._layer.delta()
+
+    def branch(self, x):
+        return self._layer.branch(x)
+
+
+def test_layers_without_down_up_fuse_through_their_delta(mixer):
+    with mixer.applied("fused"):
+        low_rank = unet_out(mixer.components.unet)
+    mixer.restore()
+    slot = mixer.slots["b"]
+    slot.layers = [FullDelta(layer) for layer in slot.layers]
+    with mixer.applied("fused"):
+        full = unet_out(mixer.components.unet)
+    assert (full - low_rank).abs().max().item() < 1e-5 * max(1.0, low_rank.abs().max().item())
