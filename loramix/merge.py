@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from loramix import __version__
+from loramix.block_weights import BlockWeights, block_of
 from loramix.errors import LoramixError
 from loramix.lora_io import LoraAdapter, LoraLayer
 
@@ -25,10 +26,15 @@ class Source:
     adapter: LoraAdapter
     weight: float
     te_weight: float | None = None
+    blocks: BlockWeights | None = None  # per-block multipliers; None = 1 everywhere
+    layers_per_block: int = 2  # of the base UNet, to place LDM-named layers in blocks (2 for SD and SDXL)
 
     def coef(self, layer_name: str) -> float:
         is_text = layer_name.startswith("lora_te")
-        return self.te_weight if is_text and self.te_weight is not None else self.weight
+        weight = self.te_weight if is_text and self.te_weight is not None else self.weight
+        if self.blocks is None:
+            return weight
+        return weight * self.blocks.value(block_of(layer_name, layers_per_block=self.layers_per_block))
 
 
 @dataclass

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from loramix.block_weights import BlockWeights, module_blocks, parse_block_weights
 from loramix.errors import AdapterFormatError, LoramixError
 from loramix.families import Components, load_base_model
 from loramix.lora_io import LoraAdapter, guess_architecture, module_table, read_lora
@@ -123,11 +124,18 @@ class Slot:
     weight: float = 1.0
     te_weight: float | None = None  # None = same as weight
     enabled: bool = True
+    blocks: BlockWeights | None = None  # per-block multipliers (lora-block-weight syntax); None = 1 everywhere
+    layer_blocks: dict = field(default_factory=dict, repr=False)  # module -> block index (see block_weights)
 
-    def coef(self, component: str) -> float:
+    def coef(self, component: str, layer: BoundLayer | None = None) -> float:
+        """The multiplier of one layer: weight (or text encoder weight) x its block's weight."""
         if not self.enabled:
             return 0.0
-        return self.weight if component == "unet" or self.te_weight is None else self.te_weight
+        weight = self.weight if component == "unet" or self.te_weight is None else self.te_weight
+        if self.blocks is None or layer is None:
+            return weight
+        block = 0 if component == "text" else self.layer_blocks.get(getattr(layer, "module", None))
+        return weight * self.blocks.value(block)
 
 
 @dataclass
@@ -156,27 +164,35 @@ class Mixer:
 
     # ---- adapters ----------------------------------------------------------------------------
     def load(self, path: str | Path, name: str = "", weight: float = 1.0, te_weight: float | None = None,
-             allow_unsafe: bool = False) -> str:
-        """Read an adapter file, check it fits the base model, and add it under `name`."""
+             allow_unsafe: bool = False, blocks: BlockWeights | str | None = None) -> str:
+        """Read an adapter file, check it fits the base model, and add it under `name`.
+        `blocks`: per-block weights, a preset name (`OUTD`), a comma list or a `BlockWeights`."""
         path = Path(path)
         adapter = read_lora(path, allow_unsafe=allow_unsafe)
         name = name or path.stem
         if name in self.slots:
             raise LoramixError(f"An adapter named {name!r} is already loaded; remove it first or pick a new name.")
         slot = Slot(name, path, adapter, self.bind(adapter, path.name), weight, te_weight)
-        self.set_weight(slot, weight, te_weight)
+        table = module_blocks(self.components)
+        slot.layer_blocks = {layer.module: table.get(layer.module) for layer in slot.layers}
+        self.set_weight(slot, weight, te_weight, blocks=blocks)
         self.slots[name] = slot
         return name
 
-    def set_blend(self, rows: list[tuple[str | Path, float, bool]], allow_unsafe: bool = False) -> list[str]:
-        """Make the loaded adapters exactly `rows` of (file, weight, enabled), in that order.
+    def set_blend(self, rows: list[tuple], allow_unsafe: bool = False) -> list[str]:
+        """Make the loaded adapters exactly `rows` of (file, weight, enabled) or (file, weight, enabled,
+        blocks), in that order; `blocks` is a preset name, a comma list, a `BlockWeights` or None.
 
         A file already loaded only gets its slider set; a new file is read once; a file no longer
         listed is dropped. Returns the adapter names, one per row.
         """
         by_path = {slot.path.resolve(): slot for slot in self.slots.values()}
         names, keep = [], set()
-        for path, weight, enabled in rows:
+        for row in rows:
+            if len(row) not in (3, 4):
+                raise LoramixError(f"blend row {row!r}: give (file, weight, enabled) or (file, weight, enabled, "
+                                   "blocks).")
+            path, weight, enabled, blocks = (*row, None)[:4]
             slot = by_path.get(Path(path).resolve())
             if slot is None or slot.name in keep:
                 stem, n = Path(path).stem, 2
@@ -184,7 +200,7 @@ class Mixer:
                 while name in self.slots:
                     name, n = f"{stem}#{n}", n + 1
                 slot = self.slots[self.load(path, name=name, allow_unsafe=allow_unsafe)]
-            self.set_weight(slot, weight, enabled=enabled)
+            self.set_weight(slot, weight, enabled=enabled, blocks=blocks)
             keep.add(slot.name)
             names.append(slot.name)
         for name in [n for n in self.slots if n not in keep]:
@@ -195,15 +211,22 @@ class Mixer:
         self.slots.pop(name, None)
 
     def set_weight(self, name: str | Slot, weight: float, te_weight: float | None = None,
-                   enabled: bool | None = None) -> None:
-        """Change a slider: no file is read, no model reloaded."""
+                   enabled: bool | None = None, blocks: BlockWeights | str | None = "keep") -> None:
+        """Change a slider: no file is read, no model reloaded. `blocks` left out keeps the block
+        weights; None clears them; a preset name, comma list or `BlockWeights` sets them."""
         slot = name if isinstance(name, Slot) else self._slot(name)
         for label, value in (("weight", weight), ("text encoder weight", te_weight)):
             if value is not None and not WEIGHT_RANGE[0] <= value <= WEIGHT_RANGE[1]:
                 raise LoramixError(f"{slot.name}: {label} {value} is outside {WEIGHT_RANGE[0]}..{WEIGHT_RANGE[1]}.")
+        if isinstance(blocks, str) and blocks != "keep":
+            blocks = parse_block_weights(blocks) if blocks.strip() else None
+        if isinstance(blocks, BlockWeights):
+            blocks.check_family(self.family)
         slot.weight, slot.te_weight = float(weight), te_weight
         if enabled is not None:
             slot.enabled = enabled
+        if blocks != "keep":
+            slot.blocks = blocks
 
     def _slot(self, name: str) -> Slot:
         if name not in self.slots:
@@ -243,8 +266,9 @@ class Mixer:
 
     # ---- applying a blend --------------------------------------------------------------------
     def active(self) -> list[tuple[BoundLayer, float]]:
-        return [(layer, slot.coef(layer.component)) for slot in self.slots.values() for layer in slot.layers
-                if slot.coef(layer.component) != 0.0]
+        """Every layer with a non-zero multiplier (weight x block weight), and that multiplier."""
+        pairs = [(layer, slot.coef(layer.component, layer)) for slot in self.slots.values() for layer in slot.layers]
+        return [(layer, coef) for layer, coef in pairs if coef != 0.0]
 
     @contextlib.contextmanager
     def applied(self, mode: str | None = None):
@@ -367,7 +391,10 @@ class Mixer:
         """The enabled adapters with their weights, for merging."""
         from loramix.merge import Source
 
-        return [Source(s.name, s.adapter, s.weight, s.te_weight) for s in self.slots.values() if s.enabled]
+        per_block = self.components.unet.config.layers_per_block
+        per_block = per_block[0] if isinstance(per_block, (list, tuple)) else per_block
+        return [Source(s.name, s.adapter, s.weight, s.te_weight, s.blocks, int(per_block))
+                for s in self.slots.values() if s.enabled]
 
     def bake(self, out_dir: str | Path, single_file: str | Path | None = None) -> Path:
         """Write the base model with the current blend fused in, as a diffusers folder (atomically),
