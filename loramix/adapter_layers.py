@@ -191,7 +191,7 @@ class LokrLayer:
     @property
     def out_features(self) -> int:
         a = self.w1.shape[0] if self.w1 is not None else self.w1_a.shape[0]
-        b = self.w2.shape[0] if self.w2 is not None else self.w2_b.shape[1] if self.t2 is not None else self.w2_a.shape[0]
+        b = self.w2.shape[0] if self.w2 is not None else self.w2_a.shape[1] if self.t2 is not None else self.w2_a.shape[0]
         return a * b
 
     @property

@@ -179,7 +179,6 @@ _OLD_TEXT = {"to_q_lora": "q_proj", "to_k_lora": "k_proj", "to_v_lora": "v_proj"
 _COMPONENT_PREFIX = {"unet": "lora_unet", "text_encoder": "lora_te", "text_encoder_2": "lora_te2"}
 
 
-_LYCORIS_MARKS = (".lora_down.weight", ".hada_w1_a", ".lokr_w1", ".lokr_w1_a", ".diff")
 # What each kind of layer stores under its kohya layer name (LyCORIS' `weight_list`s); `alpha` is common.
 _LORA_KEYS = {"lora_down.weight", "lora_up.weight"}
 _LOHA_KEYS = {"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2"}
@@ -191,7 +190,7 @@ def _to_kohya_keys(name: str, tensors: dict[str, torch.Tensor]) -> dict[str, tor
     """Rename diffusers / PEFT keys to kohya ones; kohya and LyCORIS files pass through unchanged."""
     if any("lora_magnitude_vector" in k or k.endswith("dora_scale") for k in tensors):
         raise AdapterFormatError(f"{name}: DoRA adapters are not supported; use a plain LoRA.")
-    if any(k.endswith(_LYCORIS_MARKS) and k.startswith("lora_") for k in tensors):
+    if any(k.startswith("lora_") for k in tensors):  # kohya / LyCORIS layer names; PEFT / diffusers keys never are
         return tensors
     out = {}
     for key, value in tensors.items():

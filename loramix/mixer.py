@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from loramix.block_weights import BlockWeights, module_blocks, parse_block_weights
 from loramix.errors import AdapterFormatError, LoramixError
 from loramix.families import Components, load_base_model
-from loramix.lora_io import LoraAdapter, guess_architecture, module_table, read_lora
+from loramix.lora_io import LoraAdapter, LoraLayer, guess_architecture, module_table, read_lora
 
 log = logging.getLogger(__name__)
 
@@ -93,22 +93,42 @@ SAMPLERS = ["ddim", "euler", "euler_a", "dpm++_2m", "unipc", "pndm"]
 
 @dataclass
 class BoundLayer:
-    """One LoRA layer attached to one module of the base model."""
+    """One adapter layer attached to one module of the base model.
+
+    Interface for applying it: `delta()` is ΔW (float32, shaped like `module.weight`, the layer's own
+    scale included, the slider coefficient not); `branch(x)` is what the layer adds to the module's
+    output for input x (the unfused hook). A low-rank layer (LoRA / LoCon) carries `down`, `up` and
+    `scale`, already shaped and cast for the module, so callers may use them directly; a LoHa, LoKr
+    or full layer has `down = up = None` and keeps its `adapter_layer` (see `loramix.adapter_layers`):
+    its branch applies the full ΔW (F.linear / F.conv2d with the module's stride, padding, dilation
+    and groups), computed once in the module's dtype and cached on first use.
+    """
 
     module: torch.nn.Module
     component: str  # "unet" or "text"
-    down: torch.Tensor  # shaped for the module: (r, in) for Linear, (r, in, k, k) for Conv2d
-    up: torch.Tensor
+    down: torch.Tensor | None  # shaped for the module: (r, in) for Linear, (r, in, k, k) for Conv2d
+    up: torch.Tensor | None
     scale: float
+    adapter_layer: object | None = None  # the LoHa / LoKr / full layer when down/up are None
+    _branch_weight: torch.Tensor | None = field(default=None, init=False, repr=False)
 
     def branch(self, x: torch.Tensor) -> torch.Tensor:
-        if isinstance(self.module, torch.nn.Conv2d):
-            m = self.module
+        m = self.module
+        if self.down is None:
+            if self._branch_weight is None:
+                self._branch_weight = self.delta().to(m.weight)
+            if isinstance(m, torch.nn.Conv2d):
+                return F.conv2d(x, self._branch_weight.to(x.dtype), stride=m.stride, padding=m.padding,
+                                dilation=m.dilation, groups=m.groups)
+            return F.linear(x, self._branch_weight.to(x.dtype))
+        if isinstance(m, torch.nn.Conv2d):
             h = F.conv2d(x, self.down, stride=m.stride, padding=m.padding, dilation=m.dilation)
             return F.conv2d(h, self.up) * self.scale
         return F.linear(F.linear(x, self.down), self.up) * self.scale
 
     def delta(self) -> torch.Tensor:
+        if self.down is None:
+            return self.adapter_layer.delta(self.module.weight.shape)
         d = self.up.flatten(1).float() @ self.down.flatten(1).float()
         return (d * self.scale).reshape(self.module.weight.shape)
 
@@ -248,12 +268,17 @@ class Mixer:
                 continue
             module = tables[prefix][1][path]
             weight = getattr(module, "weight", None)
-            down, up = layer.down, layer.up
-            if weight is None or weight.dim() not in (2, 4) or up.shape[0] != weight.shape[0] or \
-                    down.flatten(1).shape[1] != weight[0].numel():
+            if weight is None or not layer.fits(weight.shape):
                 shape = tuple(weight.shape) if weight is not None else "none"
-                problems.append(f"{name} (LoRA {tuple(up.shape[:1]) + tuple(down.shape[1:])} vs layer {shape})")
+                ours = layer.shape or (layer.out_features, layer.in_features)
+                problems.append(f"{name} ({layer.kind} {tuple(ours)} vs layer {shape})")
                 continue
+            if not isinstance(layer, LoraLayer):
+                if layer.shape is None:  # LoHa / LoKr store a plain conv flattened: the base tells its kernel
+                    layer.shape = tuple(weight.shape)
+                bound.append(BoundLayer(module, targets[prefix][0], None, None, layer.scale, adapter_layer=layer))
+                continue
+            down, up = layer.down, layer.up
             down = down.reshape(down.shape[0], *weight.shape[1:]) if weight.dim() == 4 else down.flatten(1)
             up = up.reshape(up.shape[0], up.shape[1], 1, 1) if weight.dim() == 4 else up.flatten(1)
             bound.append(BoundLayer(module, targets[prefix][0], down.to(weight), up.to(weight), layer.scale))
