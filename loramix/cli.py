@@ -14,7 +14,7 @@ from pathlib import Path
 from loramix.config import field_specs, load_config
 from loramix.errors import LoramixError
 from loramix.events import CancelToken, TrainEvent
-from loramix.lora_spec import parse_axis, parse_lora_spec
+from loramix.lora_spec import parse_axis
 from loramix.mixer import SAMPLERS
 from loramix.quiet import quiet_libraries
 
@@ -48,10 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", help="continue from a …-state.safetensors file (train.resume_from)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    lora_help = "an adapter and its weight: PATH:WEIGHT or PATH:WEIGHT:TEXT_ENCODER_WEIGHT (weight -2..2); repeatable"
+    lora_help = ("an adapter and its weight: PATH:WEIGHT or PATH:WEIGHT:TEXT_ENCODER_WEIGHT (weight -2..2), "
+                 "optionally :lbw=PRESET or :lbw=17 block weights (12 for SDXL), e.g. a.safetensors:0.8:lbw=OUTD; "
+                 "repeatable")
     mix = sub.add_parser("mix", help="preview a blend of LoRAs on a base model")
     mix.add_argument("--base", default="", help="base model folder or hub id (default: the embedded model)")
     mix.add_argument("--lora", action="append", default=[], help=lora_help)
+    mix.add_argument("--mix", help="a mix preset TOML (adapters, weights, block weights, on/off); --lora adds to it")
     mix.add_argument("--prompt", required=True)
     mix.add_argument("--negative", default="", help="negative prompt")
     mix.add_argument("--seed", type=int, default=0)
@@ -59,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     mix.add_argument("--cfg", type=float, default=7.0, help="guidance scale")
     mix.add_argument("--sampler", default="ddim", help=f"one of {', '.join(SAMPLERS)}")
     mix.add_argument("--size", type=int, default=0, help="image side in pixels (default: the model's)")
-    mix.add_argument("--grid-x", help="X/Y grid axis: weight:NAME:v1,v2,… or seed:s1,s2,…")
+    mix.add_argument("--grid-x", help="X/Y grid axis: weight:NAME:v1,v2,…, lbw:NAME:PRESET,…, seed:s1,s2,…, "
+                                      "cfg:c1,c2,… or sampler:ddim,euler (NAME: the adapter's file stem or path)")
     mix.add_argument("--grid-y", help="second grid axis (default: the given seed)")
     mix.add_argument("--mode", default="auto", choices=["auto", "fused", "unfused"])
     mix.add_argument("--out", required=True, help="PNG file to write")
@@ -81,27 +85,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _mixer_with(args):
+def _mixer_with(args, blend=None):
+    from loramix.mix_preset import apply_mix_preset, build_blend
     from loramix.mixer import Mixer
 
+    if blend is None:
+        blend = build_blend(getattr(args, "mix", None), args.lora)
     mixer = Mixer.from_base(args.base, mode=getattr(args, "mode", "auto"))
-    for spec in args.lora:
-        path, weight, te = parse_lora_spec(spec)
-        mixer.load(path, weight=weight, te_weight=te, allow_unsafe=args.allow_unsafe)
+    apply_mix_preset(mixer, blend, allow_unsafe=args.allow_unsafe)
     return mixer
 
 
 def _mix(args) -> int:
     from loramix.atomic import atomic_path
+    from loramix.mix_preset import adapter_names, build_blend
     from loramix.mixer import PreviewRequest
-    from loramix.xy_grid import Axis, xy_grid
+    from loramix.xy_grid import Axis, adapter_name, xy_grid
 
-    mixer = _mixer_with(args)
+    blend = build_blend(args.mix, args.lora)
+    if args.grid_y and not args.grid_x:
+        raise LoramixError("--grid-y needs --grid-x.")
+    axes = [parse_axis(args.grid_x), parse_axis(args.grid_y) if args.grid_y else Axis("seed", [args.seed])] \
+        if args.grid_x else []
+    for axis in axes:  # before the model loads: a wrong adapter name costs no wait
+        if axis.kind in ("weight", "lbw"):
+            axis.adapter = adapter_name(axis.adapter, adapter_names(blend))
+    mixer = _mixer_with(args, blend)
     req = PreviewRequest(args.prompt, args.negative, args.seed, args.steps, args.cfg, args.sampler, args.size,
                          args.size)
-    if args.grid_x:
-        y = parse_axis(args.grid_y) if args.grid_y else Axis("seed", [args.seed])
-        image = xy_grid(mixer, req, parse_axis(args.grid_x), y)
+    if axes:
+        image = xy_grid(mixer, req, *axes)
     else:
         image = mixer.generate(req)
     with atomic_path(args.out) as tmp:
@@ -113,12 +126,13 @@ def _mix(args) -> int:
 def _merge(args) -> int:
     from loramix.lora_io import read_lora, save_lora
     from loramix.merge import Source, merge_concat, merge_svd
+    from loramix.mix_preset import build_blend, mix_preset_metadata
 
-    sources = []
-    for spec in args.lora:
-        path, weight, te = parse_lora_spec(spec)
-        sources.append(Source(Path(path).stem, read_lora(path, allow_unsafe=args.allow_unsafe), weight, te))
+    blend = build_blend(None, args.lora)
+    sources = [Source(Path(e.path).stem, read_lora(e.path, allow_unsafe=args.allow_unsafe), e.weight, e.te_weight,
+                      e.blocks) for e in blend.adapters if e.enabled]
     adapter, report = merge_svd(sources, args.rank) if args.rank else merge_concat(sources)
+    adapter.metadata.update(mix_preset_metadata(blend))
     save_lora(args.out, adapter, args.precision)
     extra = f", relative Frobenius error {report.relative_error:.4f} (worst layer " \
             f"{report.worst_layer_error:.4f})" if args.rank else " (exact)"

@@ -6,8 +6,8 @@ import pytest
 from PIL import Image
 
 from loramix.cli import main
-from loramix.lora_spec import parse_lora_spec
 from loramix.lora_io import read_lora
+from loramix.lora_spec import parse_lora_spec
 from tests.conftest import random_lora
 
 
@@ -47,3 +47,59 @@ def test_mix_refusal_is_one_line(tiny_model, tmp_path, capsys):
                  "--out", str(tmp_path / "p.png")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: x.ckpt: pickle files") and "Traceback" not in err
+
+
+def test_mix_file_drives_the_same_blend_and_merge_records_it(tiny_model, two, tmp_path):
+    import json
+
+    from loramix.mix_preset import METADATA_KEY
+
+    a, b = two
+    (tmp_path / "blend.toml").write_text(
+        f'schema_version = 1\n[[adapter]]\npath = "{a}"\nweight = 0.8\nte_weight = 0.5\nblocks = "OUTD"\n'
+        f'[[adapter]]\npath = "{b}"\nweight = -0.3\nenabled = false\n')
+    common = ["mix", "--base", str(tiny_model), "--prompt", "red circle", "--seed", "2", "--steps", "3"]
+    assert main([*common, "--mix", str(tmp_path / "blend.toml"), "--out", str(tmp_path / "file.png")]) == 0
+    assert main([*common, "--lora", f"{a}:0.8:0.5:lbw=OUTD", "--out", str(tmp_path / "flags.png")]) == 0
+    assert main([*common, "--lora", f"{a}:0.8:0.5", "--out", str(tmp_path / "no-blocks.png")]) == 0
+    pixels = {k: Image.open(tmp_path / f"{k}.png").tobytes() for k in ("file", "flags", "no-blocks")}
+    assert pixels["file"] == pixels["flags"] != pixels["no-blocks"]
+    assert main(["merge", "--lora", f"{a}:0.8:lbw=OUTD", "--lora", f"{b}:-0.3",
+                 "--out", str(tmp_path / "m.safetensors")]) == 0
+    recorded = json.loads(read_lora(tmp_path / "m.safetensors").metadata[METADATA_KEY])
+    assert [(r["weight"], r.get("blocks")) for r in recorded["adapter"]] == [(0.8, "OUTD"), (-0.3, None)]
+
+
+def test_grid_adapter_is_checked_before_the_model_loads(two, tmp_path, capsys, monkeypatch):
+    from loramix.errors import LoramixError
+    from loramix.mixer import Mixer
+
+    def no_model(*a, **k):
+        raise LoramixError("the model would load now")
+
+    monkeypatch.setattr(Mixer, "from_base", classmethod(no_model))
+    a, b = two
+    args = ["mix", "--lora", f"{a}:0.5", "--lora", f"{b}:1", "--prompt", "p", "--out", str(tmp_path / "g.png")]
+    assert main([*args, "--grid-x", "weight:nope:0,1"]) == 2
+    err = capsys.readouterr().err
+    assert "'nope' is not loaded" in err and "a (" in err and "the model would load" not in err
+    assert main([*args, "--grid-x", "seed:1,2", "--grid-y", "lbw:zzz:ALL,OUTD"]) == 2
+    assert "'zzz' is not loaded" in capsys.readouterr().err
+    for name in ("a", str(a), "b"):  # a file's stem or its path
+        assert main([*args, "--grid-x", f"weight:{name}:0,1"]) == 2
+        assert "the model would load now" in capsys.readouterr().err
+
+
+def test_grid_over_block_presets_and_cfg(tiny_model, two, tmp_path):
+    a, _ = two
+    out = tmp_path / "grid.png"
+    assert main(["mix", "--base", str(tiny_model), "--lora", f"{a}:1.5", "--prompt", "red circle", "--steps", "2",
+                 "--grid-x", f"lbw:{a}:NONE,OUTD,ALL", "--grid-y", "cfg:1,9", "--out", str(out)]) == 0
+    grid = Image.open(out).convert("RGB")
+    size, top = 128, 36
+    left = grid.size[0] - 3 * size
+    cells = [[grid.crop((left + c * size, top + r * size, left + (c + 1) * size, top + (r + 1) * size)).tobytes()
+              for c in range(3)] for r in range(2)]
+    assert len({cell for row in cells for cell in row}) == 6
+    margin = grid.crop((0, 0, grid.size[0], top)).convert("L")
+    assert min(margin.getdata()) < 100  # labels are drawn, in the margin above the cells

@@ -1,0 +1,196 @@
+"""A blend as a file: the "mix preset" TOML (adapters by path, weights, block weights, on/off).
+
+    schema_version = 1
+
+    [[adapter]]
+    path = "loras/ink.safetensors"   # relative paths are read from the preset's folder
+    weight = 0.8
+    te_weight = 0.5                  # optional: text encoder weight (default: same as weight)
+    blocks = "OUTD"                  # optional: block weights, a preset name or 17 (SDXL: 12) numbers
+    enabled = true                   # optional
+
+An unknown key is an error naming it. Exported files carry the preset as JSON under the metadata key
+`loramix_mix_preset` (`mix_preset_metadata`), so a merged or baked file says how it was blended.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from loramix.block_weights import BlockWeights, parse_block_weights
+from loramix.errors import LoramixError
+
+SCHEMA_VERSION = 1
+METADATA_KEY = "loramix_mix_preset"
+_TOP_KEYS = {"schema_version", "adapter"}
+_ADAPTER_KEYS = {"path", "weight", "te_weight", "blocks", "enabled"}
+
+
+@dataclass
+class MixEntry:
+    path: str
+    weight: float = 1.0
+    te_weight: float | None = None
+    blocks: BlockWeights | None = None
+    enabled: bool = True
+
+    def row(self) -> tuple:
+        """The row `Mixer.set_blend` takes: (path, weight, enabled, blocks)."""
+        return self.path, self.weight, self.enabled, self.blocks
+
+
+@dataclass
+class MixPreset:
+    adapters: list[MixEntry] = field(default_factory=list)
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict:
+        rows = []
+        for e in self.adapters:
+            row = {"path": str(e.path), "weight": float(e.weight)}
+            if e.te_weight is not None:
+                row["te_weight"] = float(e.te_weight)
+            if e.blocks is not None:
+                row["blocks"] = e.blocks.text
+            row["enabled"] = bool(e.enabled)
+            rows.append(row)
+        return {"schema_version": self.schema_version, "adapter": rows}
+
+    def rows(self) -> list[tuple]:
+        return [e.row() for e in self.adapters]
+
+
+def from_dict(data: dict, where: str = "mix preset", base_dir: Path | None = None) -> MixPreset:
+    """Validate a parsed preset; every error names the key (`adapter[2].blocks`) and the file."""
+    if not isinstance(data, dict):
+        raise LoramixError(f"{where}: expected a table of keys, got {type(data).__name__}.")
+    for key in data:
+        if key not in _TOP_KEYS:
+            raise LoramixError(f"{where}: unknown key {key!r}; a mix preset has schema_version and [[adapter]] "
+                               "tables.")
+    version = data.get("schema_version", SCHEMA_VERSION)
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= SCHEMA_VERSION:
+        raise LoramixError(f"{where}: schema_version {version!r} is not one this loramix reads (1..{SCHEMA_VERSION}); "
+                           "update loramix.")
+    rows = data.get("adapter", [])
+    if not isinstance(rows, list):
+        raise LoramixError(f"{where}: adapter must be a list of [[adapter]] tables.")
+    entries = []
+    for i, row in enumerate(rows, 1):
+        at = f"{where}: adapter[{i}]"
+        if not isinstance(row, dict):
+            raise LoramixError(f"{at}: expected a table with path and weight.")
+        for key in row:
+            if key not in _ADAPTER_KEYS:
+                raise LoramixError(f"{at}: unknown key {key!r}; use {', '.join(sorted(_ADAPTER_KEYS))}.")
+        path = row.get("path")
+        if not isinstance(path, str) or not path.strip():
+            raise LoramixError(f"{at}.path: give the adapter file as a string.")
+        if base_dir is not None and not Path(path).expanduser().is_absolute():
+            path = str(base_dir / path)
+        weight, te_weight = _number(at, "weight", row.get("weight", 1.0)), row.get("te_weight")
+        te_weight = None if te_weight is None else _number(at, "te_weight", te_weight)
+        blocks = row.get("blocks")
+        if blocks is not None:
+            if not isinstance(blocks, str):
+                blocks = ",".join(str(v) for v in blocks) if isinstance(blocks, list) else str(blocks)
+            try:
+                blocks = parse_block_weights(blocks)
+            except LoramixError as e:
+                raise LoramixError(f"{at}.blocks: {e}") from None
+        enabled = row.get("enabled", True)
+        if not isinstance(enabled, bool):
+            raise LoramixError(f"{at}.enabled: write true or false, not {enabled!r}.")
+        entries.append(MixEntry(path, weight, te_weight, blocks, enabled))
+    return MixPreset(entries, SCHEMA_VERSION)
+
+
+def _number(at: str, key: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise LoramixError(f"{at}.{key}: {value!r} is not a number.")
+    return float(value)
+
+
+def load_mix_preset(path: str | Path) -> MixPreset:
+    """Read a mix preset TOML; relative adapter paths are taken from the preset's folder."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise LoramixError(f"mix preset {path}: no such file.") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise LoramixError(f"mix preset {path}: cannot read it ({e.__class__.__name__}).") from None
+    except tomllib.TOMLDecodeError as e:
+        raise LoramixError(f"mix preset {path}: not valid TOML ({e}).") from None
+    return from_dict(data, f"mix preset {path.name}", path.parent.resolve())
+
+
+def save_mix_preset(path: str | Path, preset: MixPreset) -> Path:
+    """Write `preset` as TOML (atomically); adapter paths are written as given."""
+    import tomli_w
+
+    from loramix.atomic import atomic_path
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(tomli_w.dumps(preset.to_dict()), encoding="utf-8")
+    return path
+
+
+def preset_from_mixer(mixer) -> MixPreset:
+    """The mixer's current blend (every loaded adapter, on or off) as a preset."""
+    return MixPreset([MixEntry(str(Path(s.path).resolve()), s.weight, s.te_weight, s.blocks, s.enabled)
+                      for s in mixer.slots.values()])
+
+
+def preset_from_specs(specs) -> MixPreset:
+    """A preset from parsed `--lora` specs (`loramix.lora_spec.AdapterSpec`)."""
+    return MixPreset([MixEntry(str(Path(s.path).resolve()), s.weight, s.te_weight, s.blocks) for s in specs])
+
+
+def mix_preset_metadata(preset: MixPreset) -> dict[str, str]:
+    """The metadata entry an exported file (merge, bake) carries: {"loramix_mix_preset": JSON}."""
+    return {METADATA_KEY: json.dumps(preset.to_dict(), sort_keys=True)}
+
+
+def mix_preset_from_metadata(metadata: dict) -> MixPreset | None:
+    """The preset an exported file recorded, or None."""
+    text = metadata.get(METADATA_KEY)
+    return from_dict(json.loads(text), METADATA_KEY) if text else None
+
+
+def build_blend(mix_file: str | Path | None, lora_specs: list[str] = ()) -> MixPreset:
+    """The blend a command asks for: the adapters of `mix_file` (if any), then each `--lora` spec."""
+    from loramix.lora_spec import parse_adapter_spec
+
+    preset = load_mix_preset(mix_file) if mix_file else MixPreset()
+    preset.adapters += preset_from_specs([parse_adapter_spec(s) for s in lora_specs]).adapters
+    return preset
+
+
+def adapter_names(preset: MixPreset) -> dict[str, str]:
+    """The names `apply_mix_preset` gives the adapters in a fresh mixer (file stem, then stem#2, …) -> path."""
+    names: dict[str, str] = {}
+    for entry in preset.adapters:
+        stem, n = Path(entry.path).stem, 2
+        name = stem
+        while name in names:
+            name, n = f"{stem}#{n}", n + 1
+        names[name] = entry.path
+    return names
+
+
+def apply_mix_preset(mixer, preset: MixPreset, allow_unsafe: bool = False) -> list[str]:
+    """Make the mixer's blend exactly `preset` (files already loaded are not read again); returns the
+    adapter names, one per entry."""
+    names = mixer.set_blend(preset.rows(), allow_unsafe=allow_unsafe)
+    for name, entry in zip(names, preset.adapters):
+        mixer.set_weight(name, entry.weight, entry.te_weight, entry.enabled, blocks=entry.blocks)
+    return names
