@@ -81,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     bake.add_argument("--lora", action="append", default=[], required=True, help=lora_help)
     bake.add_argument("--out", required=True, help="folder to write (diffusers layout)")
     bake.add_argument("--single-file", help="also write one .safetensors checkpoint in the original layout")
+    bake.add_argument("--replace", action="store_true",
+                      help="replace an existing --out folder (only one that loramix baked) and --single-file")
     bake.add_argument("--allow-unsafe", action="store_true", help="also read pickle LoRA files")
     return parser
 
@@ -141,7 +143,10 @@ def _merge(args) -> int:
 
 
 def _bake(args) -> int:
-    out = _mixer_with(args).bake(args.out, args.single_file)
+    from loramix.mixer import check_bake_target
+
+    check_bake_target(args.out, args.single_file, args.replace)  # before the model loads
+    out = _mixer_with(args).bake(args.out, args.single_file, replace=args.replace)
     print(f"Saved {out}" + (f" and {args.single_file}" if args.single_file else ""))
     return 0
 

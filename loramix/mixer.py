@@ -33,6 +33,7 @@ from loramix.lora_io import LoraAdapter, LoraLayer, guess_architecture, module_t
 log = logging.getLogger(__name__)
 
 WEIGHT_RANGE = (-2.0, 2.0)
+BAKED_MARKER = ".loramix-baked"
 
 
 @dataclass
@@ -73,7 +74,6 @@ class PreviewRequest:
         return self
 
 
-
 def _samplers() -> dict:
     from diffusers import (
         DDIMScheduler,
@@ -89,6 +89,20 @@ def _samplers() -> dict:
 
 
 SAMPLERS = ["ddim", "euler", "euler_a", "dpm++_2m", "unipc", "pndm"]
+
+
+def check_bake_target(out_dir: str | Path, single_file: str | Path | None = None, replace: bool = False) -> Path:
+    """Refuse, before any work, a bake target that exists (unless `replace`) or that loramix did not bake."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() or out_dir.is_symlink():
+        if not replace:
+            raise LoramixError(f"Bake: {out_dir} already exists; pick another name or tick replace.")
+        if out_dir.is_symlink() or not (out_dir / BAKED_MARKER).is_file():
+            raise LoramixError(f"Bake: {out_dir} was not baked by loramix (no {BAKED_MARKER} in it), so it is "
+                               "never replaced; pick another name.")
+    if single_file and Path(single_file).exists() and not replace:
+        raise LoramixError(f"Bake: {single_file} already exists; pick another name or tick replace.")
+    return out_dir
 
 
 @dataclass
@@ -421,22 +435,37 @@ class Mixer:
         return [Source(s.name, s.adapter, s.weight, s.te_weight, s.blocks, int(per_block))
                 for s in self.slots.values() if s.enabled]
 
-    def bake(self, out_dir: str | Path, single_file: str | Path | None = None) -> Path:
-        """Write the base model with the current blend fused in, as a diffusers folder (atomically),
-        and optionally also as one checkpoint in the original layout that A1111 and ComfyUI load."""
-        import shutil
+    def bake(self, out_dir: str | Path, single_file: str | Path | None = None, replace: bool = False) -> Path:
+        """Write the base model with the current blend fused in, as a diffusers folder, and optionally also
+        as one checkpoint in the original layout that A1111 and ComfyUI load.
 
+        The folder is written beside its target under a new temporary name and renamed into place, so a
+        crash leaves no half model. An existing target is refused unless `replace` is set, and even then
+        only a folder that loramix baked itself (it carries `BAKED_MARKER`) is replaced.
+        """
+        import shutil
+        import tempfile
+
+        out_dir = check_bake_target(out_dir, single_file, replace)
         if single_file:
             from loramix.single_file import save_single_file
 
             with self.applied("fused"):
                 save_single_file(self.components, single_file, self.family)
-        out_dir = Path(out_dir)
-        tmp = out_dir.with_name(f".{out_dir.name}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        with self.applied("fused"):
-            self._pipeline().save_pretrained(tmp, safe_serialization=True)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+        try:
+            with self.applied("fused"):
+                self._pipeline().save_pretrained(tmp, safe_serialization=True)
+            (tmp / BAKED_MARKER).write_text("baked by loramix\n", encoding="utf-8")
+            old = None
+            if out_dir.exists():
+                old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", suffix=".tmp", dir=out_dir.parent))
+                out_dir.rename(old / out_dir.name)
+            tmp.rename(out_dir)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
         return out_dir

@@ -29,6 +29,7 @@ from loramix.errors import ConfigError, TrainingError
 from loramix.events import CancelToken, EventSink, TrainEvent, no_events
 from loramix.families import Components, load_base_model
 from loramix.lora_io import LoraAdapter, from_peft, save_lora
+from loramix.runs import RunLock, check_run_folder, remove_stale_temps
 from trainers import dataset as ds
 from trainers.checkpoint import adapter_metadata, load_state, save_state
 from trainers.optim import make_optimizer, make_scheduler
@@ -363,6 +364,15 @@ class LoraTrainer:
 
     # ---- the whole run -----------------------------------------------------------------------
     def run(self) -> TrainResult:
+        # one run folder per job: refuse another run's folder, lock it, clear a killed run's temp files
+        check_run_folder(self.cfg)
+        if int(os.environ.get("RANK", "0")) != 0:  # only the main process writes files
+            return self._run()
+        with RunLock(self.out_dir):
+            remove_stale_temps(self.out_dir)
+            return self._run()
+
+    def _run(self) -> TrainResult:
         self.scan_data()
         self.setup_accelerator()
         self.events(TrainEvent("log", message=f"{len(self.items)} images; loading {self.cfg.model.base_model or 'the embedded model'}"))

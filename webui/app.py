@@ -1,35 +1,61 @@
-"""The loramix web app: Train and Mix tabs over the headless engine; `loramix ui` / `python -m webui`."""
+"""The loramix web app: Train and Mix tabs over the headless engine; `loramix ui` / `python -m webui`.
+
+Security (docs/security.md): 127.0.0.1 by default; every request's Host and Origin must name this
+machine (DNS rebinding); `--listen` needs `--auth` (or the explicit `--insecure-no-auth`) and then reads
+only the app's folders and `--data-root`s; every path or name a handler takes goes through
+`loramix.paths`.
+"""
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import sys
 import tempfile
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import gradio as gr
+from starlette.middleware import Middleware
+from starlette.responses import PlainTextResponse
 
 from loramix.config import load_config
 from loramix.errors import LoramixError
+from loramix.lora_spec import parse_lora_spec
 from loramix.mixer import PreviewRequest
+from loramix.runs import confine_config, new_run_folder
 from webui import mix_tab, train_tab
 from webui.state import AppState
 
 CSS = """
 #train-progress progress { height: 14px; }
 #train-error p, #mix-status p { margin: 0.2em 0; }
-#mix-image img { min-width: 256px; min-height: 256px; object-fit: contain; image-rendering: pixelated; }
+#train-queue table { font-size: 0.85em; }
+#mix-image img { image-rendering: pixelated; }
+.mix-card p { font-size: 0.85em; margin: 0 0 0.4em 0; color: var(--body-text-color-subdued); }
+#train-samples .caption-label, #train-thumbs .caption-label { white-space: normal; overflow: visible; }
 """
+LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 
+# ---- the named API endpoints ----------------------------------------------------------------------
 def api_train(preset: str, data_dir: str, output_name: str, overrides: list[str], state: AppState) -> str:
-    """Train and wait; returns the LoRA file path. Same engine and job queue as the Start button."""
-    presets = state.presets()
-    path = presets.get(preset, preset)
+    """Train and wait; returns the LoRA file path. Same engine, job queue and confinement as the Start button."""
     try:
-        config = load_config(path, overrides=[f"dataset.data_dir={data_dir}", f"output.output_name={output_name}",
-                                              f"output.output_dir={state.outputs / output_name}", *overrides])
-        job = state.jobs.wait(state.jobs.submit(config), timeout=3600)
+        if any(o.strip().startswith("output.") for o in overrides):
+            raise LoramixError("overrides: output.* is chosen by the app (a new run folder under outputs/); give "
+                               "the name as output_name.")
+        config = load_config(state.preset_path(preset), overrides=[
+            f"dataset.data_dir={data_dir}", f"output.output_name={output_name}",
+            f"output.output_dir={state.outputs / 'pending'}", *overrides])
+        config = confine_config(config, state.confinement)
+        config.output.output_dir = str(new_run_folder(state.outputs, config.output.output_name))
+        try:
+            job = state.jobs.submit(config)
+        except LoramixError:
+            Path(config.output.output_dir).rmdir()
+            raise
+        job = state.jobs.wait(job, timeout=3600)
     except LoramixError as e:
         raise gr.Error(str(e)) from e
     if job.status != "done":
@@ -38,21 +64,73 @@ def api_train(preset: str, data_dir: str, output_name: str, overrides: list[str]
 
 
 def api_generate(base: str, loras: list[str], prompt: str, negative_prompt: str, seed: int, steps: int,
-                 cfg_scale: float, size: int, state: AppState) -> str:
-    """One preview; `loras` are PATH:WEIGHT strings. Returns a PNG path."""
-    from loramix.lora_spec import parse_lora_spec
-
+                 cfg_scale: float, size: int, state: AppState):
+    """One preview; `loras` are PATH:WEIGHT strings. Returns the image (never a file path of ours)."""
     try:
+        request = PreviewRequest(prompt, negative_prompt, int(seed), int(steps), float(cfg_scale), "ddim",
+                                 int(size), int(size))
+        if hasattr(request, "validate"):
+            request.validate()
+        rows = [(state.adapter_path("loras", p), w, True) for p, w, _ in map(parse_lora_spec, loras)]
         with state.mixer_lock:
             mixer = state.mixer(base)
-            mixer.set_blend([(p, w, True) for p, w, _ in map(parse_lora_spec, loras)])
-            image = mixer.generate(PreviewRequest(prompt, negative_prompt, int(seed), int(steps), float(cfg_scale),
-                                                  "ddim", int(size), int(size)))
+            mixer.set_blend(rows)
+            return mixer.generate(request)
     except LoramixError as e:
         raise gr.Error(str(e)) from e
-    out = Path(tempfile.mkdtemp(prefix="loramix-")) / "preview.png"
-    image.save(out)
-    return str(out)
+
+
+# ---- Host / Origin check (DNS rebinding) -------------------------------------------------------------
+def _host_name(netloc: str) -> str:
+    """`127.0.0.1:7860` -> `127.0.0.1`, `[::1]:7860` -> `::1`, `Example.com` -> `example.com`."""
+    netloc = netloc.strip().lower()
+    if netloc.startswith("["):
+        return netloc[1:].split("]", 1)[0]
+    return netloc.rsplit(":", 1)[0] if netloc.count(":") == 1 else netloc
+
+
+def host_allowed(host: str, listen: bool, allowed: set[str]) -> bool:
+    """Local names always; with --listen also IP literals (a rebinding page needs a DNS name) and --allow-host."""
+    name = _host_name(host)
+    if name in LOCAL_HOSTS or name in allowed:
+        return True
+    if listen:
+        try:
+            ipaddress.ip_address(name)
+            return True
+        except ValueError:
+            return False
+    return False
+
+
+class HostCheck:
+    """ASGI middleware: refuse a request whose Host, or Origin when sent, is not this machine."""
+
+    def __init__(self, app, listen: bool = False, allowed_hosts: tuple[str, ...] = ()):
+        self.app, self.listen, self.allowed = app, listen, {h.lower() for h in allowed_hosts}
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] in ("http", "websocket"):
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+            origin = headers.get("origin", "")
+            bad = not host_allowed(headers.get("host", ""), self.listen, self.allowed)
+            if origin and origin != "null":
+                bad = bad or not host_allowed(urlsplit(origin).netloc, self.listen, self.allowed)
+            if bad:
+                if scope["type"] == "http":
+                    response = PlainTextResponse("loramix: this Host or Origin is not allowed (see docs/security.md).",
+                                                 status_code=403)
+                    await response(scope, receive, send)
+                else:
+                    await send({"type": "websocket.close", "code": 1008})
+                return
+        await self.app(scope, receive, send)
+
+
+def launch_kwargs(state: AppState, listen: bool = False, allowed_hosts: tuple[str, ...] = ()) -> dict:
+    """What `launch()` needs besides host and port: the Host check, our CSS, the one folder files come from."""
+    return dict(css=CSS, allowed_paths=[str(state.outputs)], footer_links=["api"],
+                app_kwargs={"middleware": [Middleware(HostCheck, listen=listen, allowed_hosts=allowed_hosts)]})
 
 
 def build_app(state: AppState) -> gr.Blocks:
@@ -66,14 +144,18 @@ def build_app(state: AppState) -> gr.Blocks:
         train.send_to_mix.click(mix_tab.send_to_mix(mix, state), {mix.count, *mix.files},
                                 [mix.count, *mix.files, *mix.rows], api_visibility="private").then(
             lambda: gr.Tabs(selected="mix"), None, tabs, api_visibility="private")
-        demo.load(train.follow, None, train.live, show_progress="hidden", api_visibility="private")
+        show, inputs, outputs = train.first_view
+        demo.load(show, inputs, outputs, api_visibility="private")  # the pre-filled folder's images at once
 
         def train_endpoint(preset: str, data_dir: str, output_name: str, overrides: list[str]) -> str:
             return api_train(preset, data_dir, output_name, overrides, state)
 
         def generate_endpoint(base: str, loras: list[str], prompt: str, negative_prompt: str, seed: int,
                               steps: int, cfg_scale: float, size: int) -> str:
-            return api_generate(base, loras, prompt, negative_prompt, seed, steps, cfg_scale, size, state)
+            image = api_generate(base, loras, prompt, negative_prompt, seed, steps, cfg_scale, size, state)
+            with tempfile.NamedTemporaryFile(prefix="loramix-", suffix=".png", delete=False) as f:
+                image.save(f, format="PNG")  # one file in gradio's own temp area; no folder is left behind
+            return f.name
 
         gr.api(train_endpoint, api_name="train")
         gr.api(generate_endpoint, api_name="generate")
@@ -83,10 +165,18 @@ def build_app(state: AppState) -> gr.Blocks:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="loramix ui", description="Start the loramix web app.")
     p.add_argument("--port", type=int, default=7860)
-    p.add_argument("--listen", action="store_true", help="listen on all network interfaces (default: 127.0.0.1 only)")
+    p.add_argument("--listen", action="store_true",
+                   help="serve on all network interfaces (default: 127.0.0.1 only); needs --auth")
     p.add_argument("--auth", help="require a login, as user:password")
+    p.add_argument("--insecure-no-auth", action="store_true",
+                   help="allow --listen without --auth: anyone on your network can train, write and delete")
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="with --listen, a DNS name this machine is reached by (IP addresses always work); repeatable")
     p.add_argument("--outputs", default="outputs", help="folder for trained LoRAs, uploads and presets")
     p.add_argument("--lora-dir", default="", help="your own folder of LoRA files (default: OUTPUTS/loras)")
+    p.add_argument("--data-root", action="append", default=[], metavar="DIR",
+                   help="with --listen, a folder the app may read images, models and LoRAs from (besides its own "
+                        "folders); repeatable")
     return p.parse_args(argv)
 
 
@@ -94,19 +184,24 @@ def main(argv=None) -> int:
     from loramix.quiet import quiet_libraries
 
     args = parse_args(argv)
-    quiet_libraries()
     auth = None
     if args.auth:
         if ":" not in args.auth:
             print("error: --auth is written user:password", file=sys.stderr)
             return 2
         auth = tuple(args.auth.split(":", 1))
+    if args.listen and not auth and not args.insecure_no_auth:
+        print("error: --listen serves loramix to your whole network, so it needs a login: add "
+              "--auth user:password (or --insecure-no-auth if you really want none).", file=sys.stderr)
+        return 2
+    if args.listen and not auth:
+        print("WARNING: --insecure-no-auth: anyone on your network can use this app.", file=sys.stderr)
+    quiet_libraries()
     host = "0.0.0.0" if args.listen else "127.0.0.1"
-    if args.listen:
-        print("WARNING: --listen makes loramix reachable from other machines on your network"
-              + ("" if auth else " without a password (add --auth user:password)") + ".", file=sys.stderr)
-    state = AppState.create(args.outputs, args.lora_dir)
-    build_app(state).queue(default_concurrency_limit=2).launch(
-        server_name=host, server_port=args.port, auth=auth, css=CSS, allowed_paths=[str(state.outputs)],
-        footer_links=["api"])
+    state = AppState.create(args.outputs, args.lora_dir, listen=args.listen, data_roots=args.data_root)
+    demo = build_app(state).queue(default_concurrency_limit=2)
+    print(f"loramix is running on http://{'<this machine>' if args.listen else '127.0.0.1'}:{args.port} "
+          f"(outputs in {state.outputs}; Ctrl-C stops it)", flush=True)
+    demo.launch(server_name=host, server_port=args.port, auth=auth, quiet=True,
+                **launch_kwargs(state, args.listen, tuple(args.allow_host)))
     return 0

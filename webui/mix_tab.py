@@ -1,41 +1,81 @@
-"""The Mix tab: base model, adapter rows with weight sliders, preview, X/Y grid, merge and bake."""
+"""The Mix tab: base model, adapter rows (file, weight slider, on/off, card), live before/after preview,
+X/Y grid, export and bake.
+
+Each part of the tab is a small builder; handlers are plain functions of the app state and a dict of
+named values (`MixValues`), so tests call them without a browser. A slider release draws a preview at
+once (at the draft step count); a preview made stale by a newer move is dropped before it draws.
+"""
 
 from __future__ import annotations
 
+import itertools
 import random
 import shutil
-from dataclasses import dataclass
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import gradio as gr
 
+from loramix.adapter_info import adapter_info
 from loramix.errors import LoramixError
 from loramix.lora_io import save_lora
 from loramix.merge import merge_concat, merge_svd
-from loramix.mixer import SAMPLERS, PreviewRequest
+from loramix.mixer import SAMPLERS, PreviewRequest, check_bake_target
+from loramix.paths import plain_name
 from loramix.xy_grid import Axis, xy_grid
 from webui.state import AppState
 
 MAX_ROWS = 6
+DRAFT_STEPS = 8
+
+
+# ---- named values ----------------------------------------------------------------------------------
+@dataclass
+class MixValues:
+    """What the Mix form holds, by name (built from `{component: value}` by `MixTab.values`)."""
+
+    base: str = ""
+    rows: list[tuple[str, float, bool]] = field(default_factory=list)  # (file, weight, on) of filled rows
+    prompt: str = ""
+    negative: str = ""
+    seed: int = 0
+    steps: int = 20
+    cfg: float = 6.0
+    size: int = 0
+    sampler: str = "ddim"
+
+    def request(self, steps: int | None = None) -> PreviewRequest:
+        return PreviewRequest(self.prompt, self.negative, int(self.seed or 0), int(steps or self.steps),
+                              float(self.cfg), self.sampler, int(self.size or 0), int(self.size or 0))
 
 
 @dataclass
 class MixTab:
+    base: gr.Textbox
     files: list[gr.Dropdown]
     weights: list[gr.Slider]
     enabled: list[gr.Checkbox]
+    cards: list[gr.Markdown]
     count: gr.State
     rows: list[gr.Row]
+    request: dict  # name -> component: prompt, negative, seed, steps, cfg, size, sampler
+
+    def inputs(self) -> set:
+        return {self.base, self.count, *self.files, *self.weights, *self.enabled, *self.request.values()}
+
+    def values(self, raw: dict) -> MixValues:
+        n = raw[self.count]
+        rows = [(raw[f], float(raw[w]), bool(raw[e]))
+                for f, w, e in list(zip(self.files, self.weights, self.enabled))[:n] if raw[f]]
+        req = {name: raw[c] for name, c in self.request.items()}
+        return MixValues((raw[self.base] or "").strip(), rows, **req)
 
 
-def _rows(tab: MixTab, values: dict) -> list[tuple[str, float, bool]]:
-    count = values[tab.count]
-    return [(values[f], float(values[w]), bool(values[e]))
-            for f, w, e in list(zip(tab.files, tab.weights, tab.enabled))[:count] if values[f]]
-
-
+# ---- handlers (plain functions) ------------------------------------------------------------------------
 def adapter_choices(state: AppState) -> list[tuple[str, str]]:
-    """(label, path) pairs: the folder and file name is enough to tell adapters apart."""
+    """(label, path) pairs, labelled by run folder and file name, so `-step` files sit under their run."""
     return [(f"{Path(p).parent.name}/{Path(p).name}", p) for p in state.adapters()]
 
 
@@ -45,189 +85,323 @@ def _busy_note(state: AppState) -> str:
         if job and job.status == "running" else ""
 
 
+def blended(state: AppState, v: MixValues):
+    """The mixer for the base, holding exactly the rows' adapters (paths confined), and their names."""
+    rows = [(state.adapter_path(f"Adapter {i + 1}", f), w, on) for i, (f, w, on) in enumerate(v.rows)]
+    mixer = state.mixer(v.base)
+    return mixer, mixer.set_blend(rows)
+
+
+def describe(mixer, names) -> str:
+    return ", ".join(f"{n} {mixer.slots[n].weight:+.2f}" for n in names if mixer.slots[n].enabled) or "base only"
+
+
+@contextmanager
+def all_off(mixer):
+    """Inside this block every adapter of `mixer` is off (the base model draws)."""
+    saved = {name: slot.enabled for name, slot in mixer.slots.items()}
+    for slot in mixer.slots.values():
+        slot.enabled = False
+    try:
+        yield
+    finally:
+        for name, on in saved.items():
+            mixer.slots[name].enabled = on
+
+
+class Previewer:
+    """Draws previews for one app: caches the base image per request, drops previews made stale."""
+
+    def __init__(self, state: AppState):
+        self.state = state
+        self._tickets = itertools.count(1)
+        self._latest = 0
+        self._lock = threading.Lock()
+        self._base_cache: dict[tuple, object] = {}
+
+    def ticket(self) -> int:
+        with self._lock:
+            self._latest = next(self._tickets)
+            return self._latest
+
+    def base_image(self, mixer, v: MixValues, req: PreviewRequest):
+        key = (self.state._mixer_base, req.prompt, req.negative_prompt, req.seed, req.steps, req.cfg_scale,
+               req.sampler, req.width, req.height)
+        if key not in self._base_cache:
+            if len(self._base_cache) > 32:
+                self._base_cache.clear()
+            with all_off(mixer):
+                self._base_cache[key] = mixer.generate(req)
+        return self._base_cache[key]
+
+    def preview(self, v: MixValues, steps: int | None = None, ticket: int | None = None):
+        """((base, blend), status); (None, None) if a newer request superseded this one before it drew."""
+        with self.state.mixer_lock:
+            if ticket is not None and ticket != self._latest:
+                return None, None
+            mixer, names = blended(self.state, v)
+            req = v.request(steps)
+            picture = mixer.generate(req)
+            before = self.base_image(mixer, v, req)
+        return (before, picture), f"Seed {req.seed} · {req.steps} steps · {describe(mixer, names)}." \
+                                  f"{_busy_note(self.state)}"
+
+
+def make_grid(state: AppState, v: MixValues, row_label: str, weights_text: str, seeds_text: str):
+    try:
+        row = int(row_label.split()[-1]) - 1
+        xs = [float(x) for x in weights_text.split(",")]
+        ys = [int(y) for y in seeds_text.split(",")]
+    except ValueError:
+        raise LoramixError("X/Y grid: weights and seeds are comma-separated numbers.") from None
+    if row >= len(v.rows):
+        raise LoramixError(f"X/Y grid: {row_label} has no adapter selected.")
+    with state.mixer_lock:
+        mixer, names = blended(state, v)
+        image = xy_grid(mixer, v.request(), Axis("weight", xs, names[row]), Axis("seed", ys))
+    return image, f"Grid done: {len(xs)} × {len(ys)} images."
+
+
+def export_blend(state: AppState, v: MixValues, name: str, rank: int, precision: str, replace: bool):
+    """Write the enabled adapters as one LoRA file in the LoRA folder; an existing file needs `replace`."""
+    name = plain_name("Export name", (name or "").strip())
+    target = state.confinement.writable("Export name", state.lora_dir / f"{name}.safetensors")
+    if target.exists() and not replace:
+        raise LoramixError(f"Export: {target.name} already exists in {state.lora_dir}; pick another name or tick "
+                           "replace.")
+    with state.mixer_lock:
+        mixer, _ = blended(state, v)
+        sources = mixer.sources()
+    if not sources:
+        raise LoramixError("Export: enable at least one adapter.")
+    rank = int(rank or 0)
+    adapter, report = merge_svd(sources, rank) if rank else merge_concat(sources)
+    path = save_lora(target, adapter, precision)
+    note = f" Relative error {report.relative_error:.4f}." if rank else " Exact."
+    return str(path), f"Saved {path.name}: {len(adapter.layers)} layers.{note}"
+
+
+def bake_blend(state: AppState, v: MixValues, name: str, replace: bool):
+    """Fuse the blend into the base model as a folder under outputs/baked (replace only a loramix bake)."""
+    name = plain_name("Bake name", (name or "").strip())
+    folder = state.confinement.writable("Bake name", state.outputs / "baked" / name)
+    check_bake_target(folder, replace=bool(replace))
+    with state.mixer_lock:
+        mixer, _ = blended(state, v)
+        folder = mixer.bake(folder, replace=bool(replace))
+    archive = Path(shutil.make_archive(str(folder), "zip", folder))
+    return str(archive), f"Baked into {folder} (download the zip, or load the folder as a base model)."
+
+
+def card_text(state: AppState, path: str | None) -> str:
+    if not path:
+        return ""
+    try:
+        return adapter_info(state.adapter_path("Adapter", path)).markdown()
+    except LoramixError as e:
+        return f"⚠ {e}"
+
+
+def place_in_rows(files: list[str | None], count: int, path: str) -> tuple[int, list[str | None]]:
+    """Put `path` into the first empty shown row (or a new row, or the last one); returns (count, files)."""
+    files = list(files)
+    slot = next((i for i, f in enumerate(files[:count]) if not f), count if count < MAX_ROWS else MAX_ROWS - 1)
+    files[slot] = path
+    return max(count, slot + 1), files
+
+
+def remove_row(rows: list[tuple], count: int, i: int) -> tuple[int, list[tuple]]:
+    """Drop row i, shift the rows below up, and append an empty row."""
+    rows = list(rows)
+    del rows[i]
+    rows.append((None, 1.0, True))
+    return max(count - 1, 1), rows
+
+
+# ---- layout ------------------------------------------------------------------------------------------
+def _adapter_rows(state: AppState):
+    choices = adapter_choices(state)
+    files, weights, enabled, cards, rows, removes = [], [], [], [], [], []
+    for i in range(MAX_ROWS):
+        with gr.Column(visible=i == 0) as row:
+            with gr.Row(equal_height=True):
+                files.append(gr.Dropdown(choices, value=None, label=f"Adapter {i + 1}", interactive=True,
+                                         allow_custom_value=True, scale=4, elem_id=f"mix-file-{i}"))
+                weights.append(gr.Slider(-2, 2, value=1.0, step=0.05, label="Weight", scale=3,
+                                         elem_id=f"mix-weight-{i}"))
+                enabled.append(gr.Checkbox(value=True, label="On", scale=1, min_width=60, elem_id=f"mix-on-{i}"))
+                removes.append(gr.Button("✕", scale=0, min_width=40))
+            cards.append(gr.Markdown(elem_id=f"mix-card-{i}", elem_classes=["mix-card"]))
+        rows.append(row)
+    return files, weights, enabled, cards, rows, removes
+
+
+def _request_panel():
+    prompt = gr.Textbox(label="Prompt", value="a large red circle in the center, blue background", lines=2,
+                        elem_id="mix-prompt")
+    negative = gr.Textbox(label="Negative prompt")
+    with gr.Row(equal_height=True):
+        seed = gr.Number(value=1, precision=0, label="Seed", elem_id="mix-seed", scale=3)
+        dice = gr.Button("Random seed", scale=1, size="sm")
+        sampler = gr.Dropdown(SAMPLERS, value="ddim", label="Sampler", scale=3)
+    with gr.Row():
+        steps = gr.Slider(1, 100, value=20, step=1, label="Steps (Generate)")
+        draft = gr.Slider(1, 50, value=DRAFT_STEPS, step=1, label="Preview steps (sliders)", elem_id="mix-draft")
+        cfg = gr.Slider(0, 20, value=6.0, step=0.5, label="CFG")
+        size = gr.Slider(0, 2048, value=0, step=64, label="Size (0 = the model's own)")
+    dice.click(lambda: random.randint(0, 2**31 - 1), None, seed, api_visibility="private")
+    return dict(prompt=prompt, negative=negative, seed=seed, steps=steps, cfg=cfg, size=size, sampler=sampler), draft
+
+
+def _grid_panel():
+    with gr.Accordion("X/Y grid", open=False):
+        with gr.Row():
+            row = gr.Dropdown([f"Adapter {i + 1}" for i in range(MAX_ROWS)], value="Adapter 1", label="X: weight of")
+            weights = gr.Textbox("-1, 0, 0.5, 1", label="X: weights")
+            seeds = gr.Textbox("1, 2", label="Y: seeds")
+            button = gr.Button("Make grid")
+        image = gr.Image(label="Grid", type="pil", format="png")
+    return row, weights, seeds, button, image
+
+
+def _export_panel():
+    with gr.Accordion("Export", open=False):
+        with gr.Row():
+            name = gr.Textbox("blend", label="Name", info="A plain name: the file goes into your LoRA folder, a "
+                                                          "bake into outputs/baked/.", elem_id="mix-export-name")
+            rank = gr.Number(0, precision=0, label="Rank (0 = exact merge)",
+                             info="Exact concatenates ranks; a rank compresses with SVD.")
+            precision = gr.Dropdown(["fp16", "bf16", "fp32"], value="fp16", label="Precision")
+            replace = gr.Checkbox(False, label="Replace an existing file / bake", elem_id="mix-replace")
+        with gr.Row():
+            export = gr.Button("Export merged LoRA", elem_id="mix-export")
+            bake = gr.Button("Bake into model", elem_id="mix-bake")
+        download = gr.File(label="Download")
+    return name, rank, precision, replace, export, bake, download
+
+
 def build(state: AppState) -> MixTab:
     with gr.Row():
         base = gr.Textbox(value="", label="Base model", placeholder="empty = the embedded tiny model",
-                          info="A diffusers folder or hub id.", scale=3, elem_id="mix-base")
+                          info="A diffusers folder, a single .safetensors checkpoint (SD 1.x, 2.x, SDXL) or a hub id.",
+                          scale=3, elem_id="mix-base")
         refresh = gr.Button("Refresh adapter list", scale=1)
         upload = gr.File(label="Add LoRA files", file_count="multiple", file_types=[".safetensors"], scale=2)
-    choices = adapter_choices(state)
-    files, weights, enabled, rows, removes = [], [], [], [], []
+    files, weights, enabled, cards, rows, removes = _adapter_rows(state)
     count = gr.State(1)
-    for i in range(MAX_ROWS):
-        with gr.Row(visible=i == 0, equal_height=True) as row:
-            files.append(gr.Dropdown(choices, value=None, label=f"Adapter {i + 1}", interactive=True,
-                                     allow_custom_value=True, scale=4, elem_id=f"mix-file-{i}"))
-            weights.append(gr.Slider(-2, 2, value=1.0, step=0.05, label="Weight", scale=3,
-                                     elem_id=f"mix-weight-{i}"))
-            enabled.append(gr.Checkbox(value=True, label="On", scale=1, min_width=60))
-            removes.append(gr.Button("✕", scale=0, min_width=40))
-        rows.append(row)
     add = gr.Button("+ Add adapter", elem_id="mix-add")
-    tab = MixTab(files, weights, enabled, count, rows)
     with gr.Row():
         with gr.Column(scale=2):
-            prompt = gr.Textbox(label="Prompt", value="a large red circle in the center, blue background",
-                                lines=2, elem_id="mix-prompt")
-            negative = gr.Textbox(label="Negative prompt")
-            with gr.Row(equal_height=True):
-                seed = gr.Number(value=1, precision=0, label="Seed", elem_id="mix-seed", scale=3)
-                dice = gr.Button("Random seed", scale=1, size="sm")
-                sampler = gr.Dropdown(SAMPLERS, value="ddim", label="Sampler", scale=3)
-            with gr.Row():
-                steps = gr.Slider(1, 100, value=20, step=1, label="Steps")
-                cfg = gr.Slider(0, 20, value=6.0, step=0.5, label="CFG")
-                size = gr.Slider(0, 2048, value=0, step=64, label="Size (0 = the model's own)")
+            request, draft = _request_panel()
             generate = gr.Button("Generate", variant="primary", elem_id="mix-generate")
             status = gr.Markdown(elem_id="mix-status")
         with gr.Column(scale=2):
-            image = gr.Image(label="Preview", type="pil", format="png", elem_id="mix-image", height=320)
-    with gr.Accordion("X/Y grid", open=False):
-        with gr.Row():
-            grid_row = gr.Dropdown([f"Adapter {i + 1}" for i in range(MAX_ROWS)], value="Adapter 1",
-                                   label="X: weight of")
-            grid_values = gr.Textbox("-1, 0, 0.5, 1", label="X: weights")
-            grid_seeds = gr.Textbox("1, 2", label="Y: seeds")
-            grid_button = gr.Button("Make grid")
-        grid_image = gr.Image(label="Grid", type="pil", format="png")
-    with gr.Accordion("Export", open=False):
-        with gr.Row():
-            export_name = gr.Textbox("blend", label="Name")
-            export_rank = gr.Number(0, precision=0, label="Rank (0 = exact merge)",
-                                    info="Exact concatenates ranks; a rank compresses with SVD.")
-            export_precision = gr.Dropdown(["fp16", "bf16", "fp32"], value="fp16", label="Precision")
-        with gr.Row():
-            export_button = gr.Button("Export merged LoRA")
-            bake_button = gr.Button("Bake into model")
-        export_file = gr.File(label="Download")
+            image = gr.ImageSlider(label="Before (all adapters off) / after", type="pil", format="png",
+                                   elem_id="mix-image", height=340)
+    grid_row, grid_weights, grid_seeds, grid_button, grid_image = _grid_panel()
+    export_name, export_rank, export_precision, replace, export_button, bake_button, download = _export_panel()
+    tab = MixTab(base, files, weights, enabled, cards, count, rows, request)
+    _wire(state, tab, locals())
+    return tab
 
-    blend_inputs = {base, count, *files, *weights, *enabled}
-    preview_inputs = blend_inputs | {prompt, negative, seed, steps, cfg, size, sampler}
 
-    def blended(values):
-        mixer = state.mixer(values[base].strip())
-        names = mixer.set_blend(_rows(tab, values))
-        return mixer, names
+def _wire(state: AppState, tab: MixTab, w: dict) -> None:
+    """Connect the widgets to the handlers above."""
+    private = dict(api_visibility="private")
+    previewer = Previewer(state)
 
-    def request(values) -> PreviewRequest:
-        side = int(values[size] or 0)
-        return PreviewRequest(values[prompt], values[negative], int(values[seed] or 0), int(values[steps]),
-                              float(values[cfg]), values[sampler], side, side)
+    def guarded(fn, failed):
+        def run(*args):
+            try:
+                return fn(*args)
+            except LoramixError as e:
+                return (*failed, f"⚠ {e}")
+        return run
 
-    def on_generate(values):
-        try:
-            with state.mixer_lock:
-                mixer, names = blended(values)
-                picture = mixer.generate(request(values))
-        except LoramixError as e:
-            return gr.skip(), f"⚠ {e}"
-        what = ", ".join(f"{n} {mixer.slots[n].weight:+.2f}" for n in names if mixer.slots[n].enabled) or "base only"
-        return picture, f"Seed {int(values[seed] or 0)} · {what}.{_busy_note(state)}"
+    def on_generate(raw):
+        picture, text = previewer.preview(tab.values(raw), ticket=previewer.ticket())
+        return (picture, text) if picture else (gr.skip(), gr.skip())
 
-    def on_grid(values):
-        try:
-            row = int(values[grid_row].split()[-1]) - 1
-            rows = _rows(tab, values)
-            with state.mixer_lock:
-                mixer, names = blended(values)
-                if not values[files[row]] or row >= values[count]:
-                    raise LoramixError(f"X/Y grid: {values[grid_row]} has no adapter selected.")
-                index = [f for f, _, _ in rows].index(values[files[row]])
-                x = Axis("weight", [float(v) for v in values[grid_values].split(",")], names[index])
-                y = Axis("seed", [int(v) for v in values[grid_seeds].split(",")])
-                return xy_grid(mixer, request(values), x, y), ""
-        except ValueError:
-            return gr.skip(), "⚠ X/Y grid: weights and seeds are comma-separated numbers."
-        except LoramixError as e:
-            return gr.skip(), f"⚠ {e}"
+    def on_live(raw):
+        ticket = previewer.ticket()
+        picture, text = previewer.preview(tab.values(raw), steps=int(raw[w["draft"]]), ticket=ticket)
+        return (picture, text) if picture else (gr.skip(), gr.skip())
 
-    def on_export(values):
-        try:
-            with state.mixer_lock:
-                mixer, _ = blended(values)
-                sources = mixer.sources()
-            if not sources:
-                raise LoramixError("Export: enable at least one adapter.")
-            rank = int(values[export_rank] or 0)
-            adapter, report = merge_svd(sources, rank) if rank else merge_concat(sources)
-            path = save_lora(state.lora_dir / f"{values[export_name] or 'blend'}.safetensors", adapter,
-                             values[export_precision])
-        except LoramixError as e:
-            return gr.skip(), f"⚠ {e}"
-        note = f" Relative error {report.relative_error:.4f}." if rank else " Exact."
-        return str(path), f"Saved {path.name}: {len(adapter.layers)} layers.{note}"
-
-    def on_bake(values):
-        try:
-            with state.mixer_lock:
-                mixer, _ = blended(values)
-                folder = mixer.bake(state.outputs / "baked" / (values[export_name] or "blend"))
-        except LoramixError as e:
-            return gr.skip(), f"⚠ {e}"
-        archive = shutil.make_archive(str(folder), "zip", folder)
-        return archive, f"Baked into {folder} (download the zip, or load the folder as a base model)."
+    out = [w["image"], w["status"]]
+    inputs = tab.inputs()
+    w["generate"].click(guarded(on_generate, (gr.skip(),)), inputs, out, concurrency_limit=1,
+                        concurrency_id="preview", **private)
+    live_inputs = inputs | {w["draft"]}
+    for slider, box in zip(tab.weights, tab.enabled):
+        slider.release(guarded(on_live, (gr.skip(),)), live_inputs, out, concurrency_limit=1,
+                       concurrency_id="preview", trigger_mode="always_last", **private)
+        box.input(guarded(on_live, (gr.skip(),)), live_inputs, out, concurrency_limit=1,
+                  concurrency_id="preview", trigger_mode="always_last", **private)
+    w["grid_button"].click(
+        guarded(lambda raw: make_grid(state, tab.values(raw), raw[w["grid_row"]], raw[w["grid_weights"]],
+                                      raw[w["grid_seeds"]]), (gr.skip(),)),
+        inputs | {w["grid_row"], w["grid_weights"], w["grid_seeds"]}, [w["grid_image"], w["status"]],
+        concurrency_limit=1, concurrency_id="preview", **private)
+    w["export_button"].click(
+        guarded(lambda raw: export_blend(state, tab.values(raw), raw[w["export_name"]], raw[w["export_rank"]],
+                                         raw[w["export_precision"]], raw[w["replace"]]), (gr.skip(),)),
+        inputs | {w["export_name"], w["export_rank"], w["export_precision"], w["replace"]},
+        [w["download"], w["status"]], concurrency_limit=1, concurrency_id="preview", **private)
+    w["bake_button"].click(
+        guarded(lambda raw: bake_blend(state, tab.values(raw), raw[w["export_name"]], raw[w["replace"]]),
+                (gr.skip(),)),
+        inputs | {w["export_name"], w["replace"]}, [w["download"], w["status"]], concurrency_limit=1,
+        concurrency_id="preview", **private)
 
     def on_add(n):
         n = min(n + 1, MAX_ROWS)
         return [n] + [gr.update(visible=i < n) for i in range(MAX_ROWS)]
 
     def on_remove(i):
-        def handler(values):
-            # shift the rows below up by one, then hide the last
-            n = values[count]
-            vals = [(values[files[j]], values[weights[j]], values[enabled[j]]) for j in range(MAX_ROWS)]
-            del vals[i]
-            vals.append((None, 1.0, True))
-            n = max(n - 1, 1)
-            out = {count: n}
+        def handler(raw):
+            old = [(raw[f], raw[wt], raw[e]) for f, wt, e in zip(tab.files, tab.weights, tab.enabled)]
+            n, new = remove_row(old, raw[tab.count], i)
+            result = {tab.count: n}
             for j in range(MAX_ROWS):
-                out[files[j]], out[weights[j]], out[enabled[j]] = vals[j]
-                out[rows[j]] = gr.update(visible=j < n)
-            return out
+                result[tab.files[j]], result[tab.weights[j]], result[tab.enabled[j]] = new[j]
+                result[tab.rows[j]] = gr.update(visible=j < n)
+                result[tab.cards[j]] = card_text(state, new[j][0])
+            return result
         return handler
 
     def on_refresh():
-        listed = adapter_choices(state)
-        return [gr.update(choices=listed) for _ in files]
+        return [gr.update(choices=adapter_choices(state)) for _ in tab.files]
 
     def on_upload(uploaded):
-        state.import_files([getattr(f, "name", f) for f in uploaded or []], state.lora_dir)
-        return on_refresh()
+        try:
+            state.import_files([getattr(f, "name", f) for f in uploaded or []], state.lora_dir, (".safetensors",))
+        except LoramixError as e:
+            return [*on_refresh(), f"⚠ {e}"]
+        return [*on_refresh(), ""]
 
-    private = dict(api_visibility="private")
-    generate.click(on_generate, preview_inputs, [image, status], concurrency_limit=1, **private)
-    grid_button.click(on_grid, preview_inputs | {grid_row, grid_values, grid_seeds}, [grid_image, status],
-                      concurrency_limit=1, **private)
-    export_button.click(on_export, blend_inputs | {export_name, export_rank, export_precision},
-                        [export_file, status], concurrency_limit=1, **private)
-    bake_button.click(on_bake, blend_inputs | {export_name}, [export_file, status], concurrency_limit=1, **private)
-    add.click(on_add, count, [count, *rows], **private)
-    for i, button in enumerate(removes):
-        button.click(on_remove(i), {count, *files, *weights, *enabled},
-                     [count, *files, *weights, *enabled, *rows], **private)
-    dice.click(lambda: random.randint(0, 2**31 - 1), None, seed, **private)
-    refresh.click(on_refresh, None, files, **private)
-    upload.upload(on_upload, upload, files, **private)
-    return tab
+    w["add"].click(on_add, tab.count, [tab.count, *tab.rows], **private)
+    for i, button in enumerate(w["removes"]):
+        button.click(on_remove(i), {tab.count, *tab.files, *tab.weights, *tab.enabled},
+                     [tab.count, *tab.files, *tab.weights, *tab.enabled, *tab.rows, *tab.cards], **private)
+    for f, card in zip(tab.files, tab.cards):
+        f.change(lambda path: card_text(state, path), f, card, **private)
+    w["refresh"].click(on_refresh, None, tab.files, **private)
+    w["upload"].upload(on_upload, w["upload"], [*tab.files, w["status"]], **private)
 
 
 def send_to_mix(tab: MixTab, state: AppState):
-    """Put a freshly trained file into the first empty adapter row (handler for the Train tab's button)."""
-    def handler(values):
+    """Handler for the Train tab's button: the newest finished LoRA goes into the first empty row."""
+    def handler(raw):
         job = state.jobs.current()
         path = job.lora_path if job and job.status in ("done", "cancelled") else None
         if not path:
-            return {tab.count: values[tab.count]}
-        path = str(Path(path).resolve())
-        n = values[tab.count]
-        current = [values[f] for f in tab.files]
-        slot = next((i for i, v in enumerate(current[:n]) if not v), n if n < MAX_ROWS else MAX_ROWS - 1)
-        n = max(n, slot + 1)
+            return {tab.count: raw[tab.count]}
+        count, files = place_in_rows([raw[f] for f in tab.files], raw[tab.count], str(Path(path).resolve()))
         listed = adapter_choices(state)
-        out = {tab.count: n}
-        for i, f in enumerate(tab.files):
-            out[f] = gr.update(choices=listed, value=path if i == slot else current[i])
+        out = {tab.count: count}
+        for f, value in zip(tab.files, files):
+            out[f] = gr.update(choices=listed, value=value)
         for i, row in enumerate(tab.rows):
-            out[row] = gr.update(visible=i < n)
+            out[row] = gr.update(visible=i < count)
         return out
     return handler

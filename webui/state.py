@@ -1,4 +1,4 @@
-"""The app's one state object: folders, the job manager and the mixer, owned by the app (no globals)."""
+"""The app's one state object: folders, the confinement rule, the job manager and the mixer (no globals)."""
 
 from __future__ import annotations
 
@@ -8,16 +8,20 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from loramix.errors import LoramixError
 from loramix.mixer import Mixer
+from loramix.paths import Confinement, is_within
 from webui.jobs import JobManager
 
 REPO = Path(__file__).resolve().parents[1]
+EMBEDDED = REPO / "loramix" / "embedded"
 
 
 @dataclass
 class AppState:
     outputs: Path
     lora_dir: Path
+    confinement: Confinement
     jobs: JobManager = field(default_factory=JobManager)
     preset_dirs: list[Path] = field(default_factory=list)
     _mixer: Mixer | None = None
@@ -25,12 +29,18 @@ class AppState:
     mixer_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
-    def create(cls, outputs: str | Path = "outputs", lora_dir: str | Path = "") -> AppState:
+    def create(cls, outputs: str | Path = "outputs", lora_dir: str | Path = "", *, listen: bool = False,
+               data_roots: list[str | Path] = (), jobs: JobManager | None = None) -> AppState:
+        """Folders are made if missing. With `listen`, reading is limited to the app's folders and `data_roots`."""
         outputs = Path(outputs).expanduser().resolve()
         lora_dir = Path(lora_dir).expanduser().resolve() if lora_dir else outputs / "loras"
         for folder in (outputs, lora_dir, outputs / "presets"):
             folder.mkdir(parents=True, exist_ok=True)
-        return cls(outputs, lora_dir, preset_dirs=[REPO / "presets", outputs / "presets"])
+        confinement = Confinement([outputs, lora_dir],
+                                  read_roots=[Path(r) for r in data_roots] if listen else None,
+                                  extra_read=[EMBEDDED, REPO / "presets"])
+        return cls(outputs, lora_dir, confinement, jobs=jobs or JobManager(),
+                   preset_dirs=[REPO / "presets", outputs / "presets"])
 
     # ---- presets -----------------------------------------------------------------------------
     def presets(self) -> dict[str, Path]:
@@ -40,23 +50,54 @@ class AppState:
                 found.setdefault(path.stem, path)
         return found
 
+    def preset_path(self, name: str) -> Path:
+        """A preset by its name (never a path: a client cannot make the app parse any file as TOML)."""
+        presets = self.presets()
+        if name not in presets:
+            raise LoramixError(f"preset: {name!r} is not one of the presets ({', '.join(presets) or 'none'}).")
+        return presets[name]
+
     # ---- adapters ----------------------------------------------------------------------------
     def adapters(self) -> list[str]:
-        """LoRA files in the outputs folder (trained here) and the user's LoRA folder; newest first."""
+        """LoRA files in the outputs folder (trained here) and the user's LoRA folder, newest first.
+
+        Intermediate `-step` files are listed too (under their run's folder); training states,
+        uploads and baked models are not adapters.
+        """
         skip = (self.outputs / "baked", self.outputs / "uploads")
         files = {p.resolve() for folder in (self.outputs, self.lora_dir) for p in folder.rglob("*.safetensors")
-                 if not p.name.endswith("-state.safetensors") and "-step" not in p.stem
+                 if not p.name.endswith("-state.safetensors") and not p.name.startswith(".")
                  and not any(p.is_relative_to(s) for s in skip)}
         return [str(p) for p in sorted(files, key=lambda p: p.stat().st_mtime, reverse=True)]
 
-    def import_files(self, paths: list[str], folder: Path) -> list[Path]:
+    def adapter_path(self, field_name: str, path: str) -> Path:
+        """A LoRA file a client named: readable under the confinement rule, a .safetensors file."""
+        resolved = self.confinement.readable(field_name, path)
+        if resolved.suffix.lower() != ".safetensors":
+            raise LoramixError(f"{field_name}: {Path(path).name!r} is not a .safetensors file.")
+        return resolved
+
+    def import_files(self, paths: list[str], folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
+        """Copy uploaded files (gradio's own temp files) into one of the app's folders, by plain name only."""
+        from loramix.paths import plain_name
+
+        self.confinement.writable("upload", folder)
         folder.mkdir(parents=True, exist_ok=True)
         out = []
         for path in paths:
-            target = folder / Path(path).name
-            shutil.copyfile(path, target)
+            source = Path(path)
+            name = plain_name("upload", source.name)
+            if source.suffix.lower() not in suffixes:
+                raise LoramixError(f"upload: {name} is not one of {', '.join(suffixes)}.")
+            target = folder / name
+            if target.exists():
+                raise LoramixError(f"upload: {target} already exists; rename the file or delete the old one.")
+            shutil.copyfile(source, target)
             out.append(target)
         return out
+
+    def is_upload(self, path: str) -> bool:
+        return is_within(path, [self.outputs / "uploads"])
 
     def upload_folder(self) -> Path:
         return self.outputs / "uploads" / time.strftime("%Y%m%d-%H%M%S")
@@ -64,6 +105,7 @@ class AppState:
     # ---- mixer -------------------------------------------------------------------------------
     def mixer(self, base: str) -> Mixer:
         """The mixer for `base`, loaded once and kept until another base is asked for."""
+        base = self.confinement.readable_base("base model", base)
         if self._mixer is None or self._mixer_base != base:
             self._mixer = None
             self._mixer = Mixer.from_base(base)

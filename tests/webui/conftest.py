@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from webui.app import CSS, build_app
+from webui.app import build_app, launch_kwargs
 from webui.state import AppState
 
 
@@ -16,12 +16,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def serve(state: AppState, listen: bool = False):
+    demo = build_app(state).queue(default_concurrency_limit=2)
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                **launch_kwargs(state, listen))
+    return demo, f"http://127.0.0.1:{port}/"
+
+
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
     state = AppState.create(tmp_path_factory.mktemp("outputs"))
-    demo = build_app(state).queue(default_concurrency_limit=2)
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, css=CSS,
-                allowed_paths=[str(state.outputs)])
-    yield f"http://127.0.0.1:{port}/", state
+    demo, url = serve(state)
+    yield url, state
     demo.close()

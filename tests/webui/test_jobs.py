@@ -1,12 +1,15 @@
 """The job queue without a browser: one job at a time, a visible queue, cancel, and the error boundary."""
 
 import threading
+import time
+
+import pytest
 
 from loramix.config import LoramixConfig
-from loramix.errors import DatasetError
+from loramix.errors import DatasetError, LoramixError
 from loramix.events import TrainEvent
 from trainers.lora_trainer import TrainResult
-from webui.jobs import JobManager
+from webui.jobs import KEEP_FINISHED, JobManager
 
 
 class FakeTrainer:
@@ -42,28 +45,37 @@ class FakeTrainer:
         return self._done
 
 
-def cfg(name):
+def cfg(name, **changes):
     c = LoramixConfig()
     c.output.output_name = name
+    c.output.output_dir = f"/tmp/loramix-test-jobs/{name}"
+    for key, value in changes.items():
+        section, field = key.split("__")
+        setattr(getattr(c, section), field, value)
     return c
+
+
+def until(condition, timeout=10.0):
+    """Wait for `condition()` with a deadline (a stuck worker fails the test instead of hanging it)."""
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, "timed out waiting"
+        time.sleep(0.005)
 
 
 def test_one_job_at_a_time_with_a_queue_and_cancel():
     fake = FakeTrainer()
     jobs = JobManager(fake)
     first, second, third = jobs.submit(cfg("one")), jobs.submit(cfg("two")), jobs.submit(cfg("three"))
-    while first.status != "running":
-        pass
+    until(lambda: first.status == "running")
     assert jobs.current() is first and [j.id for j in jobs.queued()] == [second.id, third.id]
     jobs.cancel(third.id)
     assert third.status == "cancelled"
-    while not first.events:
-        pass
+    until(lambda: first.events)
     jobs.cancel()  # the running one
     jobs.wait(first, timeout=5)
     assert first.status == "cancelled" and first.losses()
-    while second.status != "running":
-        pass
+    until(lambda: second.status == "running")
     fake.release.set()
     jobs.wait(second, timeout=5)
     assert second.status == "done" and fake.running == ["one", "two"]
@@ -79,3 +91,39 @@ def test_errors_are_kept_as_messages_and_the_worker_survives():
     assert crash.status == "failed" and crash.error.startswith("Training crashed: RuntimeError: boom")
     ok = jobs.wait(jobs.submit(cfg("fine")), timeout=5)
     assert ok.status == "done"
+
+
+def test_a_duplicate_job_or_a_busy_folder_is_refused_and_remove_drops_a_queued_job(tmp_path):
+    fake = FakeTrainer()
+    jobs = JobManager(fake)
+    first = jobs.submit(cfg("one"))
+    until(lambda: first.status == "running")
+    same = cfg("one")
+    same.output.output_dir = str(tmp_path / "elsewhere")  # another folder, but the same training
+    with pytest.raises(LoramixError, match="already running as job"):
+        jobs.submit(same)
+    with pytest.raises(LoramixError, match="already writes into"):
+        jobs.submit(cfg("one", train__seed=7))  # other work into the running job's folder
+    folder = tmp_path / "queued"
+    folder.mkdir()
+    queued = cfg("two")
+    queued.output.output_dir = str(folder)
+    second = jobs.submit(queued)
+    assert [j.id for j in jobs.listing()[:2]] == [first.id, second.id]
+    with pytest.raises(LoramixError, match="only a queued job can be removed"):
+        jobs.remove(first.id)
+    jobs.remove(second.id)
+    assert second.status == "removed" and not folder.exists() and jobs.queued() == []
+    fake.release.set()
+    jobs.wait(first, timeout=5)
+    assert fake.running == ["one"]  # the removed job never ran
+
+
+def test_the_job_list_keeps_a_bounded_history():
+    fake = FakeTrainer()
+    fake.release.set()
+    jobs = JobManager(fake)
+    for i in range(KEEP_FINISHED + 5):
+        jobs.wait(jobs.submit(cfg(f"run{i}")), timeout=5)
+    jobs.submit(cfg("last"))
+    assert len(jobs.jobs) <= KEEP_FINISHED + 1

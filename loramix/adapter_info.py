@@ -1,0 +1,74 @@
+"""What a LoRA file says about itself, read from its safetensors header only (no tensor is loaded).
+
+The Mix tab shows this as a card per adapter row: base model version, rank and alpha, trigger word,
+top training tags, steps and resolution, as kohya's `ss_*` metadata (and loramix's config) record them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from safetensors import safe_open
+
+from loramix.errors import AdapterFormatError
+
+
+@dataclass
+class AdapterInfo:
+    name: str
+    base: str = "unknown"
+    network: str = "LoRA"
+    rank: str = "?"
+    alpha: str = "?"
+    trigger: str = ""
+    tags: list[str] = field(default_factory=list)
+    steps: str = "?"
+    resolution: str = "?"
+
+    def markdown(self) -> str:
+        tags = ", ".join(self.tags) or "none recorded"
+        trigger = f" · trigger **{self.trigger}**" if self.trigger else ""
+        return (f"**{self.name}** · {self.network} for {self.base} · rank {self.rank}, alpha {self.alpha}"
+                f"{trigger} · {self.steps} steps at {self.resolution} · tags: {tags}")
+
+
+def _rank_from_keys(f) -> str:
+    for key in f.keys():
+        if key.endswith(("lora_down.weight", "lora_A.weight")):
+            return str(f.get_slice(key).get_shape()[0])
+    return "?"
+
+
+def adapter_info(path: str | Path, top_tags: int = 5) -> AdapterInfo:
+    """Read the card of a LoRA file; a file that is not safetensors is refused with a sentence."""
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            rank = meta.get("ss_network_dim") or _rank_from_keys(f)
+    except Exception as e:
+        raise AdapterFormatError(f"{path.name}: not a readable safetensors file ({e}).") from e
+    info = AdapterInfo(path.stem, rank=rank)
+    info.base = meta.get("ss_base_model_version", "unknown")
+    module = meta.get("ss_network_module", "")
+    info.network = {"networks.lora": "LoRA", "lycoris.kohya": "LyCORIS"}.get(module, module or "LoRA")
+    info.alpha = meta.get("ss_network_alpha", "?")
+    info.steps = meta.get("ss_steps", "?")
+    res = meta.get("ss_resolution", "")
+    info.resolution = res.strip("()").split(",")[0].strip() + " px" if res else "?"
+    try:
+        config = json.loads(meta.get("loramix_config", "{}"))
+        info.trigger = config.get("dataset", {}).get("trigger_word", "")
+    except (json.JSONDecodeError, AttributeError):
+        pass
+    try:
+        counts: Counter = Counter()
+        for folder in json.loads(meta.get("ss_tag_frequency", "{}")).values():
+            counts.update({tag: int(n) for tag, n in folder.items()})
+        info.tags = [tag for tag, _ in counts.most_common(top_tags)]
+    except (json.JSONDecodeError, AttributeError, TypeError, ValueError):
+        pass
+    return info

@@ -1,0 +1,184 @@
+"""The web handlers without a browser: run folders per start, duplicates, resume, send to Mix, captions."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from loramix.events import TrainEvent
+from tests.conftest import make_folder
+from trainers.lora_trainer import TrainResult
+from webui import mix_tab, train_tab
+from webui.jobs import JobManager
+from webui.state import AppState
+
+
+class Recorder:
+    """A stand-in trainer: records configs, waits for `release`, cancels on request."""
+
+    def __init__(self, release_at_once=True):
+        self.configs = []
+        self.release = threading.Event()
+        if release_at_once:
+            self.release.set()
+
+    def __call__(self, config, events, cancel):
+        self.configs.append(config)
+        events(TrainEvent("start", 3 if config.train.resume_from else 0, 10))
+        while not self.release.wait(0.01):
+            if cancel.cancelled:
+                folder = Path(config.output.output_dir)
+                state = folder / f"{config.output.output_name}-state.safetensors"
+                state.write_bytes(b"state")
+                return TrainResult(None, state, 3, cancelled=True)
+        lora = Path(config.output.output_dir) / f"{config.output.output_name}.safetensors"
+        lora.write_bytes(b"lora")
+        return TrainResult(lora, None, 10)
+
+
+class FakeForm(dict):
+    """`{field name: component}` where each component is its own key into the values dict."""
+
+
+def form_and_values(config_values: dict):
+    from loramix.config import LoramixConfig, field_specs
+
+    base = LoramixConfig()
+    form = FakeForm({spec.name: spec.name for spec in field_specs()})
+    values = {spec.name: base.get(spec.name) for spec in field_specs()}
+    values.update({k: v for k, v in config_values.items()})
+    values["sample.prompts"] = "\n".join(values["sample.prompts"])
+    values["network.target_modules"] = ",".join(values["network.target_modules"])
+    return form, values
+
+
+@pytest.fixture
+def state(tmp_path):
+    return AppState.create(tmp_path / "outputs", jobs=JobManager(Recorder()))
+
+
+def test_each_start_gets_its_own_run_folder_named_after_the_data(state, tmp_path):
+    data = make_folder(tmp_path / "mystyle", n=2)
+    form, values = form_and_values({"dataset.data_dir": str(data), "output.output_name": "",
+                                    "output.output_dir": "", "train.max_steps": 2})
+    first = train_tab.start_job(state, form, values)
+    assert "started in" in first and str(state.outputs / "mystyle") in first
+    state.jobs.wait(state.jobs.current(), timeout=5)
+    values["train.seed"] = 7  # other work with the same name: a new folder, the first run's files untouched
+    second = train_tab.start_job(state, form, values)
+    assert str(state.outputs / "mystyle-2") in second, second
+    state.jobs.wait(state.jobs.current(), timeout=5)
+    assert (state.outputs / "mystyle" / "mystyle.safetensors").read_bytes() == b"lora"
+    assert (state.outputs / "mystyle-2" / "mystyle.safetensors").is_file()
+
+
+def test_a_chosen_folder_holding_another_run_is_refused(state, tmp_path):
+    data = make_folder(tmp_path / "d", n=2)
+    used = state.outputs / "used"
+    used.mkdir()
+    (used / "old.safetensors").write_bytes(b"old")
+    form, values = form_and_values({"dataset.data_dir": str(data), "output.output_name": "x",
+                                    "output.output_dir": str(used)})
+    assert "already holds another run" in train_tab.start_job(state, form, values)
+    values["output.output_dir"] = str(tmp_path / "outside")
+    assert "loramix writes only inside" in train_tab.start_job(state, form, values)
+    assert (used / "old.safetensors").read_bytes() == b"old" and not (tmp_path / "outside").exists()
+
+
+def test_duplicate_start_is_refused_and_leaves_no_empty_folder(tmp_path):
+    recorder = Recorder(release_at_once=False)
+    state = AppState.create(tmp_path / "outputs", jobs=JobManager(recorder))
+    data = make_folder(tmp_path / "dup", n=2)
+    form, values = form_and_values({"dataset.data_dir": str(data), "output.output_name": "",
+                                    "output.output_dir": ""})
+    assert "started" in train_tab.start_job(state, form, values)
+    refused = train_tab.start_job(state, form, values)
+    assert "already" in refused and "⚠" in refused
+    assert sorted(p.name for p in state.outputs.iterdir() if p.name.startswith("dup")) == ["dup"]
+    recorder.release.set()
+
+
+def test_cancel_then_resume_continues_in_the_same_folder(tmp_path):
+    recorder = Recorder(release_at_once=False)
+    state = AppState.create(tmp_path / "outputs", jobs=JobManager(recorder))
+    data = make_folder(tmp_path / "res", n=2)
+    form, values = form_and_values({"dataset.data_dir": str(data), "output.output_name": "",
+                                    "output.output_dir": ""})
+    train_tab.start_job(state, form, values)
+    job = state.jobs.current()
+    while job.status != "running" and job.active:
+        threading.Event().wait(0.01)
+    assert "Resume: there is no" in train_tab.resume_job(state)
+    assert train_tab.cancel_job(state, None).startswith(f"Cancelled job {job.id}")
+    state.jobs.wait(job, timeout=5)
+    progress, *_, resume, _ = train_tab.poll(state, None)
+    assert "Cancelled" in progress and resume["visible"] is True
+    message = train_tab.resume_job(state)
+    assert "resumes job" in message
+    recorder.release.set()
+    state.jobs.wait(state.jobs.current(), timeout=5)
+    resumed = recorder.configs[-1]
+    assert resumed.train.resume_from == str(job.folder / "res-state.safetensors")
+    assert resumed.output.output_dir == str(job.folder)
+    assert "resumed from step 3" in train_tab.log_text(state.jobs.current())
+
+
+def test_poll_sends_only_cheap_parts_when_nothing_changed(state):
+    import gradio as gr
+
+    first = train_tab.poll(state, None)
+    again = train_tab.poll(state, first[-1])
+    assert first[0] == again[0] and "No training yet" in again[0]
+    assert all(part == gr.skip() for part in again[2:6])  # plot, samples, log and file are not re-sent
+
+
+def test_place_in_rows_fills_the_first_empty_shown_row():
+    assert mix_tab.place_in_rows([None] * 6, 1, "a") == (1, ["a", None, None, None, None, None])
+    assert mix_tab.place_in_rows(["x", None, None, None, None, None], 1, "a") == (2, ["x", "a", None, None, None,
+                                                                                       None])
+    assert mix_tab.place_in_rows(["x", None, "y", None, None, None], 3, "a")[1][:3] == ["x", "a", "y"]
+    full = [str(i) for i in range(6)]
+    assert mix_tab.place_in_rows(full, 6, "a") == (6, ["0", "1", "2", "3", "4", "a"])
+
+
+def test_send_to_mix_handler_puts_the_finished_lora_into_a_row(state, tmp_path):
+    data = make_folder(tmp_path / "sent", n=2)
+    form, values = form_and_values({"dataset.data_dir": str(data), "output.output_name": "",
+                                    "output.output_dir": ""})
+    train_tab.start_job(state, form, values)
+    state.jobs.wait(state.jobs.current(), timeout=5)
+
+    class Tab:  # the handler reads and writes components by identity only
+        files = [f"file{i}" for i in range(mix_tab.MAX_ROWS)]
+        rows = [f"row{i}" for i in range(mix_tab.MAX_ROWS)]
+        count = "count"
+
+    raw = {"count": 1, **{f: None for f in Tab.files}}
+    out = mix_tab.send_to_mix(Tab, state)(raw)
+    assert out["count"] == 1
+    assert out["file0"]["value"] == str((state.outputs / "sent" / "sent.safetensors").resolve())
+    assert out["row0"]["visible"] is True and out["row1"]["visible"] is False
+
+
+def test_caption_table_saves_only_next_to_scanned_images(state, tmp_path):
+    data = make_folder(tmp_path / "caps", n=2)
+    thumbs, table, note = train_tab.show_images(state, str(data), ".txt")
+    assert len(thumbs) == 2 and thumbs[0][0].size[0] <= train_tab.THUMB and "2 images" in note
+    table.iloc[0, 1] = "new caption"
+    assert train_tab.write_captions(state, table, str(data), ".txt") == "Saved 2 captions."
+    assert (data / "img0.txt").read_text() == "new caption\n"
+    table.iloc[0, 0] = "../escape.png"
+    assert "is not an image of" in train_tab.write_captions(state, table, str(data), ".txt")
+    assert not (tmp_path / "escape.txt").exists()
+    assert "not a caption extension" in train_tab.write_captions(state, table, str(data), ".py")
+
+
+def test_adapter_list_shows_step_files_under_their_run(state):
+    run = state.outputs / "mystyle"
+    run.mkdir()
+    for name in ("mystyle.safetensors", "mystyle-step000050.safetensors", "mystyle-state.safetensors"):
+        (run / name).write_bytes(b"x")
+    labels = [label for label, _ in mix_tab.adapter_choices(state)]
+    assert sorted(labels) == ["mystyle/mystyle-step000050.safetensors", "mystyle/mystyle.safetensors"]
