@@ -30,6 +30,12 @@ class Components:
     text_encoder_2: Any = None  # SDXL's second (OpenCLIP bigG) encoder
     tokenizer_2: Any = None
 
+    def __post_init__(self):
+        # Each load makes its own family instance; it records the loaded model's prediction type, which
+        # kohya's `ss_base_model_version` includes (`sd_v2_v`). A class passed by mistake is left alone.
+        if isinstance(self.family, ModelFamily) and self.noise_scheduler is not None:
+            self.family.prediction_type = self.prediction_type
+
     @property
     def prediction_type(self) -> str:
         return self.noise_scheduler.config.prediction_type
@@ -46,6 +52,8 @@ class ModelFamily:
     ldm_layout = "sd1"  # how loramix.single_file writes this family as one checkpoint
     label = "SD 1.x"
     ss_base_model_version = "sd_v1"
+    v_suffix = True  # kohya writes sd_v1_v / sd_v2_v for a v-prediction model of this family
+    prediction_type = "epsilon"  # of the loaded model; set by `Components`
     unet_prefix = "lora_unet"
     text_encoder_prefix = "lora_te"
     text_encoder_targets = ["q_proj", "k_proj", "v_proj", "out_proj"]
@@ -53,6 +61,12 @@ class ModelFamily:
     @classmethod
     def matches(cls, unet_config: dict) -> bool:
         return unet_config.get("cross_attention_dim") == 768 and not unet_config.get("addition_embed_type")
+
+    @property
+    def base_model_version(self) -> str:
+        """kohya's `ss_base_model_version` (its `get_model_version_str_for_sd1_sd2`): `sd_v2_v` for v-prediction."""
+        v = self.v_suffix and self.prediction_type == "v_prediction"
+        return self.ss_base_model_version + ("_v" if v else "")
 
     # ---- loading ------------------------------------------------------------------------------
     def load(self, source: str, revision: str = "") -> Components:
@@ -126,6 +140,7 @@ class TinyFamily(ModelFamily):
     ldm_layout = "sd1"  # SD 1.x layout at toy sizes
     label = "the loramix tiny model"
     ss_base_model_version = "loramix_tiny"
+    v_suffix = False
 
     @classmethod
     def matches(cls, unet_config: dict) -> bool:
@@ -141,6 +156,7 @@ class SDXLFamily(ModelFamily):
     ldm_layout = "sdxl"
     label = "SDXL"
     ss_base_model_version = "sdxl_base_v1-0"
+    v_suffix = False
 
     @classmethod
     def matches(cls, unet_config: dict) -> bool:

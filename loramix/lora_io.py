@@ -11,6 +11,7 @@ and never written.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import hashlib
 import json
 import logging
@@ -22,6 +23,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from loramix import __version__
 from loramix.adapter_layers import AdapterLayer, FullLayer, LohaLayer, LokrLayer, LoraLayer
 from loramix.atomic import atomic_path
 from loramix.errors import AdapterFormatError
@@ -309,7 +311,49 @@ def _checked(name: str, layer: str, made: AdapterLayer) -> AdapterLayer:
 
 # ---- what an adapter was made for --------------------------------------------------------------
 _CONTEXT_WIDTH = {768: "SD 1.x", 1024: "SD 2.x", 2048: "SDXL"}
-_BASE_VERSIONS = {"sd_v1": "SD 1.x", "sd_v2": "SD 2.x", "sdxl_base_v1-0": "SDXL", "loramix_tiny": "the loramix tiny model"}
+_BASE_VERSIONS = {"sd_v1": "SD 1.x", "sd_v1_v": "SD 1.x (v-prediction)", "sd_v2": "SD 2.x",
+                  "sd_v2_v": "SD 2.x (v-prediction)", "sdxl_base_v1-0": "SDXL", "loramix_tiny": "the loramix tiny model"}
+# ss_base_model_version -> SAI model spec architecture, implementation and default resolution, as kohya's
+# `library/sai_model_spec.py` chooses them for a LoRA (SDXL LoRAs name the Stability implementation).
+_MODELSPEC = {
+    "sd_v1": ("stable-diffusion-v1", "diffusers", 512),
+    "sd_v1_v": ("stable-diffusion-v1", "diffusers", 512),
+    "sd_v2": ("stable-diffusion-v2-512", "diffusers", 512),
+    "sd_v2_v": ("stable-diffusion-v2-768-v", "diffusers", 768),
+    "sdxl_base_v1-0": ("stable-diffusion-xl-v1-base", "https://github.com/Stability-AI/generative-models", 1024),
+    "loramix_tiny": ("loramix-tiny", "diffusers", 64),
+}
+
+
+def modelspec(base_model_version: str, title: str, timestamp: float, resolution: int | str | None = None,
+              prediction_type: str | None = None, merged_from: str | None = None) -> dict[str, str]:
+    """The `modelspec.*` keys (SAI model spec 1.0.1) that kohya writes into a LoRA, or {} for an unknown base.
+
+    As kohya's `build_metadata(..., lora=True)`: architecture `<arch>/lora`, the date as
+    `datetime.fromtimestamp(int(timestamp)).isoformat()`, resolution `WxH` (the base's default when not
+    given), prediction type `v` or `epsilon`; `implementation_version` names loramix where kohya names
+    its commit.
+    """
+    if base_model_version not in _MODELSPEC:
+        return {}
+    arch, implementation, side = _MODELSPEC[base_model_version]
+    if prediction_type is None:
+        prediction_type = "v_prediction" if base_model_version.endswith("_v") else "epsilon"
+    if resolution is None or isinstance(resolution, int):
+        resolution = f"{resolution or side}x{resolution or side}"
+    spec = {
+        "modelspec.sai_model_spec": "1.0.1",
+        "modelspec.architecture": f"{arch}/lora",
+        "modelspec.implementation": implementation,
+        "modelspec.title": title,
+        "modelspec.resolution": resolution,
+        "modelspec.date": datetime.datetime.fromtimestamp(int(timestamp)).isoformat(),
+        "modelspec.prediction_type": "v" if prediction_type == "v_prediction" else "epsilon",
+        "modelspec.implementation_version": f"loramix/{__version__}",
+    }
+    if merged_from is not None:
+        spec["modelspec.merged_from"] = merged_from
+    return spec
 
 
 def guess_architecture(adapter: LoraAdapter) -> str:

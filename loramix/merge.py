@@ -2,12 +2,23 @@
 
 Both follow PEFT's `add_weighted_adapter` semantics ("cat" and "svd"): the merged layer's
 dW equals sum_i w_i * (alpha_i / r_i) * up_i @ down_i, exactly for cat and best-rank-k for svd.
+
+LyCORIS LoHa, LoKr and full (`diff`) layers are not low-rank products, so they have no ranks to
+concatenate: the exact merge refuses them with a sentence, and the SVD merge takes them through
+their full dW (`layer.delta()`), like every other layer, reporting the true error. The output is
+always a plain kohya LoRA / LoCon file, which every reader loads. A LoHa / LoKr conv stored without
+Tucker does not record its kernel size; when no other source (or the mixer's binding) tells it, the
+merged layer stays 2-D (out, in·k·k), which loramix reads but other tools may not.
+
+The output carries the first source's `ss_base_model_version`, `ss_v2` and `modelspec.*` keys for that
+base (title "merged: …", `merged_from` naming the sources), and `save_lora` adds the `sshs_*` hashes.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import dataclass
 
 import torch
@@ -15,7 +26,7 @@ import torch
 from loramix import __version__
 from loramix.block_weights import BlockWeights, block_of
 from loramix.errors import LoramixError
-from loramix.lora_io import LoraAdapter, LoraLayer
+from loramix.lora_io import LoraAdapter, LoraLayer, modelspec
 
 
 @dataclass
@@ -45,24 +56,33 @@ class MergeReport:
     worst_layer_error: float
 
 
-def _layer_names(sources: list[Source]) -> list[str]:
-    names: dict[str, tuple] = {}
+def _layer_shapes(sources: list[Source]) -> dict[str, tuple]:
+    """Layer name -> the base weight's shape, as far as the files tell it, sorted by name.
+
+    Layers are compared by (out, flattened in); a conv kernel is taken from whichever source knows it
+    (LoHa / LoKr store plain convs flattened, see `loramix.adapter_layers`).
+    """
+    shapes: dict[str, tuple] = {}
     for src in sources:
         for name, layer in src.adapter.layers.items():
-            shape = (layer.up.shape[0], *layer.down.shape[1:])
-            if names.setdefault(name, shape) != shape:
+            shape = tuple(layer.shape or (layer.out_features, layer.in_features))
+            known = shapes.setdefault(name, shape)
+            if (known[0], math.prod(known[1:])) != (shape[0], math.prod(shape[1:])) or \
+                    (len(known) == len(shape) == 4 and known != shape):
                 raise LoramixError(f"{src.name}: layer {name} has shape {shape}, another adapter has "
-                                   f"{names[name]}; these adapters were made for different base models.")
-    return sorted(names)
+                                   f"{known}; these adapters were made for different base models.")
+            if len(shape) > len(known):
+                shapes[name] = shape
+    return dict(sorted(shapes.items()))
 
 
-def blend_delta(sources: list[Source], name: str) -> torch.Tensor:
-    """sum_i w_i * dW_i for one layer, in float32."""
+def blend_delta(sources: list[Source], name: str, shape: tuple | None = None) -> torch.Tensor:
+    """sum_i w_i * dW_i for one layer, in float32 (shaped `shape` when given)."""
     total = None
     for src in sources:
         layer = src.adapter.layers.get(name)
         if layer is not None and src.coef(name) != 0:
-            d = layer.delta() * src.coef(name)
+            d = layer.delta(shape) * src.coef(name)
             total = d if total is None else total + d
     return total
 
@@ -70,12 +90,15 @@ def blend_delta(sources: list[Source], name: str) -> torch.Tensor:
 def merge_concat(sources: list[Source]) -> tuple[LoraAdapter, MergeReport]:
     """Exact merge: ranks side by side, each source's weight and alpha/r folded into its up matrix."""
     layers = {}
-    for name in _layer_names(sources):
+    for name in _layer_shapes(sources):
         downs, ups = [], []
         for src in sources:
             layer = src.adapter.layers.get(name)
             if layer is None or src.coef(name) == 0:
                 continue
+            if not isinstance(layer, LoraLayer):
+                raise LoramixError(f"{src.name}: layer {name} is a {layer.kind} layer, not a low-rank product, so an "
+                                   "exact merge cannot place it beside the others; choose a rank (SVD merge).")
             downs.append(layer.down.float())
             ups.append(layer.up.float() * (src.coef(name) * layer.scale))
         if downs:
@@ -90,8 +113,8 @@ def merge_svd(sources: list[Source], rank: int) -> tuple[LoraAdapter, MergeRepor
     if rank < 1:
         raise LoramixError(f"rank: {rank} must be at least 1.")
     layers, err2, norm2, worst = {}, 0.0, 0.0, 0.0
-    for name in _layer_names(sources):
-        delta = blend_delta(sources, name)
+    for name, shape in _layer_shapes(sources).items():
+        delta = blend_delta(sources, name, shape)
         if delta is None:
             continue
         out_shape = delta.shape
@@ -115,11 +138,16 @@ def merge_svd(sources: list[Source], rank: int) -> tuple[LoraAdapter, MergeRepor
 def _metadata(sources: list[Source], method: str, layers: dict[str, LoraLayer], error: float = 0.0) -> dict:
     first = sources[0].adapter.metadata if sources else {}
     merged_rank = max((layer.rank for layer in layers.values()), default=0)
+    version = first.get("ss_base_model_version", "")
     return {
         "ss_network_module": "networks.lora",
         "ss_network_dim": str(merged_rank),
         "ss_network_alpha": str(merged_rank),
-        "ss_base_model_version": first.get("ss_base_model_version", ""),
+        "ss_base_model_version": version,
+        "ss_v2": str(version.startswith("sd_v2")) if version else first.get("ss_v2", "False"),
+        **modelspec(version, "merged: " + ", ".join(s.name for s in sources), time.time(),
+                    first.get("modelspec.resolution"),
+                    merged_from=", ".join(s.adapter.metadata.get("modelspec.title", s.name) for s in sources)),
         "ss_training_comment": f"merged by loramix {__version__} ({method})",
         "loramix_merge_method": method,
         "loramix_merge_relative_error": f"{error:.6g}",

@@ -21,21 +21,29 @@ from loramix import __version__
 from loramix.atomic import atomic_path
 from loramix.config import LoramixConfig
 from loramix.errors import TrainingError
+from loramix.lora_io import modelspec
 
 STATE_FORMAT = "loramix-train-state/1"
 
 
 def adapter_metadata(cfg: LoramixConfig, family, *, step: int, epoch: int, num_images: int,
                      tag_frequency: dict, started_at: float) -> dict[str, str]:
-    """kohya's `ss_*` keys (the ones A1111 / ComfyUI / civitai read) plus our full config as JSON."""
+    """kohya's `ss_*` and `modelspec.*` keys (the ones A1111 / ComfyUI / civitai read) plus our full config as JSON.
+
+    Written as kohya's train_network.py writes them: `ss_base_model_version` is `sd_v2_v` for a
+    v-prediction SD 2.x; an option that is off is the string "None" (kohya's default for noise offset
+    and min-SNR gamma is None, stringified). `save_lora` adds the `sshs_*` hashes.
+    """
     res = cfg.dataset.resolution
     te_lr = cfg.network.text_encoder_lr or cfg.optim.learning_rate
+    version = getattr(family, "base_model_version", family.ss_base_model_version)
+    finished_at = time.time()
     return {
         "ss_network_module": "networks.lora",
         "ss_network_dim": str(cfg.network.rank),
         "ss_network_alpha": str(cfg.network.alpha),
         "ss_network_args": json.dumps({"target_modules": cfg.network.target_modules}),
-        "ss_base_model_version": family.ss_base_model_version,
+        "ss_base_model_version": version,
         "ss_v2": str(family.name == "sd2"),
         "ss_sd_model_name": Path(cfg.model.base_model).name or "loramix-embedded-tiny",
         "ss_resolution": f"({res}, {res})",
@@ -54,8 +62,8 @@ def adapter_metadata(cfg: LoramixConfig, family, *, step: int, epoch: int, num_i
         "ss_lr_warmup_steps": str(cfg.optim.lr_warmup_steps),
         "ss_mixed_precision": cfg.train.mixed_precision,
         "ss_seed": str(cfg.train.seed),
-        "ss_noise_offset": str(cfg.train.noise_offset),
-        "ss_min_snr_gamma": str(cfg.train.min_snr_gamma),
+        "ss_noise_offset": str(cfg.train.noise_offset or None),
+        "ss_min_snr_gamma": str(cfg.train.min_snr_gamma or None),
         "ss_caption_dropout_rate": str(cfg.dataset.caption_dropout_rate),
         "ss_shuffle_caption": str(cfg.dataset.shuffle_captions),
         "ss_keep_tokens": str(cfg.dataset.keep_tokens),
@@ -63,11 +71,12 @@ def adapter_metadata(cfg: LoramixConfig, family, *, step: int, epoch: int, num_i
         "ss_cache_latents": str(cfg.dataset.cache_latents),
         "ss_output_name": cfg.output.output_name,
         "ss_training_started_at": str(started_at),
-        "ss_training_finished_at": str(time.time()),
+        "ss_training_finished_at": str(finished_at),
         "ss_tag_frequency": json.dumps(tag_frequency),
         "ss_training_comment": f"trained with loramix {__version__}",
         "loramix_version": __version__,
         "loramix_config": cfg.to_json(),
+        **modelspec(version, cfg.output.output_name, finished_at, res, getattr(family, "prediction_type", None)),
     }
 
 
