@@ -31,7 +31,7 @@ from loramix.families import Components, load_base_model
 from loramix.lora_io import LoraAdapter, from_peft, save_lora
 from loramix.runs import RunLock, check_run_folder, remove_stale_temps
 from trainers import dataset as ds
-from trainers.checkpoint import adapter_metadata, load_state, save_state
+from trainers.checkpoint import adapter_metadata, check_state_file, load_state, save_state
 from trainers.optim import make_optimizer, make_scheduler
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,63 @@ def _seed_for(*parts) -> int:
     return random.Random(":".join(map(str, parts))).getrandbits(63)
 
 
+def _to_host(value):
+    """A deep copy of a (nested) optimizer/scheduler state with every tensor copied to the CPU."""
+    if torch.is_tensor(value):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {k: _to_host(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_host(v) for v in value)
+    return value
+
+
+class LastGood:
+    """The LoRA weights, optimizer state and scheduler state before the latest optimizer step, on the host.
+
+    The trainer copies them in just before each optimizer step; if that step leaves a NaN or inf
+    weight, `restore` puts back the last state whose loss and weights were finite, so a NaN stop never
+    writes a broken state. Cost: one host copy of the LoRA parameters and the optimizer's tensors
+    (AdamW: 3x the LoRA size: 36 MB for SD 1.5 UNet attention at rank 16, 266 MB for SDXL, counted from
+    the shipped configs), refreshed once per step.
+    """
+
+    def __init__(self) -> None:
+        self.params: list[torch.Tensor] | None = None
+        self.optimizer: dict | None = None
+        self.scheduler: dict | None = None
+
+    def keep(self, params: list[torch.Tensor], optimizer, scheduler) -> None:
+        with torch.no_grad():
+            if self.params is None:
+                self.params = [p.detach().to("cpu", copy=True) for p in params]
+            else:
+                for buf, p in zip(self.params, params):
+                    buf.copy_(p.detach())
+        self.optimizer = _to_host(optimizer.state_dict())
+        self.scheduler = _to_host(scheduler.state_dict())
+
+    def restore(self, params: list[torch.Tensor], optimizer, scheduler) -> None:
+        with torch.no_grad():
+            for p, buf in zip(params, self.params):
+                p.copy_(buf)
+        optimizer.load_state_dict(self.optimizer)
+        scheduler.load_state_dict(self.scheduler)
+
+    @property
+    def nbytes(self) -> int:
+        def size(value) -> int:
+            if torch.is_tensor(value):
+                return value.numel() * value.element_size()
+            if isinstance(value, dict):
+                return sum(size(v) for v in value.values())
+            if isinstance(value, (list, tuple)):
+                return sum(size(v) for v in value)
+            return 0
+
+        return size(self.params or []) + size(self.optimizer or {})
+
+
 class LoraTrainer:
     def __init__(self, config: LoramixConfig, events: EventSink = no_events, cancel: CancelToken | None = None):
         self.cfg = config.validate()
@@ -61,9 +118,19 @@ class LoraTrainer:
 
     # ---- 1. data (before any model is loaded, so dataset errors come fast) ------------------
     def scan_data(self) -> None:
-        self.items = ds.assign_buckets(ds.scan_folder(self.cfg.dataset), self.cfg.dataset)
+        report = ds.scan_report(self.cfg.dataset)  # the scan logs its warnings; publish them too
+        for message in report.warnings:
+            self.events(TrainEvent("warning", message=message))
+        self.items = report.items
         self.tag_frequency = ds.tag_frequency(self.items)
         log.info("%d images, %d samples per epoch", len(self.items), sum(i.repeats for i in self.items))
+        if self.cfg.train.resume_from:
+            check_state_file(self.cfg.train.resume_from)  # a LoRA or junk file is refused before the model loads
+
+    def warn(self, message: str) -> None:
+        """A warning for the person training: logged and published as a "warning" event."""
+        log.warning("%s", message)
+        self.events(TrainEvent("warning", message=message))
 
     # ---- 2. accelerator ----------------------------------------------------------------------
     def setup_accelerator(self) -> None:
@@ -116,6 +183,26 @@ class LoraTrainer:
             for prefix, module in self.trained.items():
                 if prefix != self.family.unet_prefix:
                     module.gradient_checkpointing_enable()
+
+    def check_caption_lengths(self) -> None:
+        """Warn, naming the file, for each caption the text encoder's tokenizer cuts at its length limit."""
+        tokenizer, d = self.m.tokenizer, self.cfg.dataset
+        limit = tokenizer.model_max_length  # with the start and end tokens, e.g. 77 for CLIP
+        warned = set()
+        for item in self.items:
+            caption = ds.with_trigger(item.caption, d.trigger_word)
+            ids = tokenizer(caption, truncation=False, add_special_tokens=True, verbose=False).input_ids
+            if len(ids) <= limit:
+                continue
+            caption_file = item.path.with_suffix(d.caption_extension)
+            source = caption_file if caption_file.is_file() else item.path.parent
+            if source in warned:
+                continue
+            warned.add(source)
+            lost = tokenizer.decode(ids[limit - 1:-1]).strip()
+            lost = lost if len(lost) <= 70 else f"{lost[:40]} … {lost[-25:]}"
+            self.warn(f"{source}: the caption is {len(ids) - 2} tokens but the text encoder reads only the first "
+                      f"{limit - 2}; \"{lost}\" is cut off. Shorten the caption or put the important words first.")
 
     # ---- 5. caches ---------------------------------------------------------------------------
     @torch.no_grad()
@@ -175,10 +262,22 @@ class LoraTrainer:
             if getattr(result, "unexpected_keys", None):
                 raise TrainingError(f"train.resume_from: the state's LoRA does not fit this model/network "
                                     f"(unexpected {result.unexpected_keys[:3]}).")
+        wanted = [group["initial_lr"] for group in self.optimizer.param_groups]  # this config's base rates
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if wanted != list(self.scheduler.base_lrs):  # e.g. resuming a NaN stop with a lower learning rate
+            self.set_base_lrs(wanted)
         log.info("Resumed from %s at step %d", self.cfg.train.resume_from, state["step"])
         return state["step"]
+
+    def set_base_lrs(self, base_lrs: list[float]) -> None:
+        """Use this config's learning rates from here on, at the schedule's current position."""
+        sched = self.scheduler
+        sched.base_lrs = list(base_lrs)
+        for group, base, factor in zip(self.optimizer.param_groups, base_lrs, sched.lr_lambdas):
+            group["initial_lr"] = base
+            group["lr"] = base * factor(sched.last_epoch)
+        log.info("Learning rates changed on resume: %s", base_lrs)
 
     # ---- 8. the loop -------------------------------------------------------------------------
     def micro_batch(self, micro: int) -> tuple[list[ds.Sample], list[int]]:
@@ -231,12 +330,23 @@ class LoraTrainer:
             loss = loss * weight
         return loss.mean()
 
+    def weights_finite(self) -> bool:
+        with torch.no_grad():
+            return bool(torch.stack([p.isfinite().all() for p in self.params]).all())
+
+    def stop_non_finite(self, step: int, losses: list[float], what: str) -> None:
+        """Save the last good state (step `step`: its loss and weights were finite), publish the error, raise."""
+        self.stop(step, losses, "error")
+        raise TrainingError(f"{what}; training stopped. The last good state (step {step}) is saved in "
+                            f"{self.out_dir}. Lower optim.learning_rate, or use bf16 instead of fp16.")
+
     def train_steps(self, start: int) -> TrainResult:
         cfg, acc = self.cfg, self.acc
         ga = cfg.train.gradient_accumulation_steps
         for module in self.models.values():
             module.train()
         losses, t0 = [], time.time()
+        self.last_good = LastGood()
         for step in range(start, self.total_steps):
             if self.cancel.cancelled:
                 return self.stop(step, losses, "cancelled")
@@ -245,17 +355,21 @@ class LoraTrainer:
                 with acc.accumulate(*self.models.values()):
                     loss = self.compute_loss(micro)
                     losses_now = acc.gather(loss.detach()[None])  # every process's loss, once
-                    if not bool(losses_now.isfinite().all()):
-                        self.stop(step, losses, "error")
-                        raise TrainingError(f"The loss became {loss.item()} at step {step + 1}; training stopped. "
-                                            f"The last good state (step {step}) is saved in {self.out_dir}. "
-                                            "Lower optim.learning_rate, or use bf16 instead of fp16.")
+                    if not bool(losses_now.isfinite().all()):  # the weights are still those of step `step`
+                        self.stop_non_finite(step, losses, f"The loss became {loss.item()} at step {step + 1}")
                     acc.backward(loss)
                     if acc.sync_gradients and cfg.optim.max_grad_norm > 0:
                         acc.clip_grad_norm_(self.params, cfg.optim.max_grad_norm)
+                    if micro == (step + 1) * ga - 1:  # the micro-batch whose optimizer step updates the weights
+                        self.last_good.keep(self.params, self.optimizer, self.scheduler)
                     self.optimizer.step()
                     self.optimizer.zero_grad(set_to_none=True)
                 step_loss += losses_now.mean().item() / ga
+            if step == start:
+                log.info("Last good state kept on the host: %.1f MB", self.last_good.nbytes / 2**20)
+            if not self.weights_finite():
+                self.last_good.restore(self.params, self.optimizer, self.scheduler)
+                self.stop_non_finite(step, losses, f"The LoRA weights became NaN or infinite at step {step + 1}")
             lr = self.scheduler.get_last_lr()[0]
             self.scheduler.step()
             done = step + 1
@@ -294,8 +408,11 @@ class LoraTrainer:
             self.acc.wait_for_everyone()
             return None, None
         suffix = "" if final else f"-step{step:06d}"
+        warnings: list[str] = []  # e.g. a layer too large for fp16, saved in fp32 instead
         lora_path = save_lora(self.out_dir / f"{self.name}{suffix}.safetensors", self.adapter(step),
-                              self.cfg.output.save_precision)
+                              self.cfg.output.save_precision, warnings=warnings)
+        for message in warnings:
+            self.events(TrainEvent("warning", step, self.total_steps, message=message))
         state_path = save_state(self.out_dir / f"{self.name}-state.safetensors", step=step, lora=self.lora_state(),
                                 optimizer=self.optimizer, scheduler=self.scheduler, config=self.cfg)
         self.events(TrainEvent("checkpoint", step, self.total_steps, paths=(str(lora_path), str(state_path))))
@@ -377,6 +494,7 @@ class LoraTrainer:
         self.setup_accelerator()
         self.events(TrainEvent("log", message=f"{len(self.items)} images; loading {self.cfg.model.base_model or 'the embedded model'}"))
         self.load_model()
+        self.check_caption_lengths()
         self.inject_lora()
         self.build_caches()
         self.build_optimizer()

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+from safetensors.torch import save_file
 
 from loramix.errors import TrainingError
 from loramix.events import CancelToken
@@ -251,3 +253,185 @@ def test_samples_at_the_end_only_when_every_is_zero(tiny_model, image_folder, tm
                       "sample.steps=2", "sample.sample_every_n_steps=0"), events.append)
     assert [e.step for e in events if e.kind == "sample"] == [2]
     assert [p.name for p in (tmp_path / "out" / "samples").iterdir()] == ["my-lora-step000002-0.png"]
+
+
+# ---- issue 12: non-finite stops, resume checks, warnings, options that must do what they say ------------
+def _all_finite(path) -> bool:
+    from safetensors.torch import load_file
+
+    return all(bool(torch.isfinite(t).all()) for t in load_file(str(path)).values() if t.is_floating_point())
+
+
+def test_non_finite_weights_roll_back_to_the_last_good_step(tiny_model, image_folder, tmp_path, monkeypatch):
+    calls = []
+    real_step = torch.optim.AdamW.step
+
+    def poisoning_step(self, *a, **k):  # the 4th optimizer step leaves a NaN weight (loss was finite)
+        out = real_step(self, *a, **k)
+        calls.append(1)
+        if len(calls) == 4:
+            with torch.no_grad():
+                self.param_groups[0]["params"][0].view(-1)[0] = float("nan")
+        return out
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", poisoning_step)
+    events = []
+    with pytest.raises(TrainingError, match=r"LoRA weights became NaN or infinite at step 4.*last good state "
+                                            r"\(step 3\) is saved"):
+        train(tiny_config(tiny_model, image_folder, tmp_path / "out"), events.append)
+    monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
+    assert events[-1].kind == "error"
+    state_file = tmp_path / "out" / "my-lora-state.safetensors"
+    assert _all_finite(state_file) and _all_finite(tmp_path / "out" / "my-lora-step000003.safetensors")
+    saved = load_state(state_file)
+    assert saved["step"] == 3
+    # "last good" is exactly what an uninterrupted 3-step run ends with: weights and optimizer state
+    clean = load_state(train(tiny_config(tiny_model, image_folder, tmp_path / "clean", "train.max_steps=3")).state_path)
+    assert saved["lora"].keys() == clean["lora"].keys()
+    for k in clean["lora"]:
+        assert torch.equal(saved["lora"][k], clean["lora"][k]), k
+    for idx, entries in clean["optimizer"]["state"].items():
+        for name, value in entries.items():
+            assert torch.equal(torch.as_tensor(saved["optimizer"]["state"][idx][name]), torch.as_tensor(value))
+    resumed = train(tiny_config(tiny_model, image_folder, tmp_path / "out", f"train.resume_from={state_file}"))
+    assert resumed.steps == 8 and _all_finite(resumed.lora_path)
+
+
+def test_a_huge_learning_rate_never_writes_a_non_finite_file(tiny_model, image_folder, tmp_path):
+    """The largest learning rate the config allows, no clipping: whatever happens, every file is finite."""
+    out = tmp_path / "out"
+    cfg = tiny_config(tiny_model, image_folder, out, "optim.learning_rate=10", "optim.max_grad_norm=0",
+                      "output.save_precision=fp16", "train.max_steps=12", "output.save_every_n_steps=4")
+    try:
+        result = train(cfg)
+        state = result.state_path
+    except TrainingError as e:
+        assert "last good state" in str(e)
+        state = out / "my-lora-state.safetensors"
+    files = sorted(out.glob("*.safetensors"))
+    assert files and all(_all_finite(f) for f in files), files
+    step = load_state(state)["step"]
+    # Resumable: the state loads and the run goes on from its step with the lower rate the message advises.
+    # (Weights a rate of 10 left behind may be past saving; then it stops again, again writing only finite files.)
+    events = []
+    try:
+        train(tiny_config(tiny_model, image_folder, out, f"train.resume_from={state}", "optim.learning_rate=1e-4",
+                          f"train.max_steps={step + 2}"), events.append)
+    except TrainingError as e:
+        assert "last good state" in str(e)
+    assert [e.step for e in events if e.kind == "start"] == [step]
+    assert all(e.lr == 1e-4 for e in events if e.kind == "step")
+    assert all(_all_finite(f) for f in out.glob("*.safetensors"))
+
+
+@pytest.mark.parametrize("make_bad, words", [
+    (lambda p: p.write_bytes(b"\x00" * 7 + b"\xff" * 100), "is not a loramix training state (it is not a readable"),
+    (lambda p: save_file({"lora_unet_a.lora_down.weight": torch.zeros(2, 2)}, str(p), metadata={"ss_network_dim": "2"}),
+     "is a LoRA file, not a loramix training state"),
+    (lambda p: p.mkdir(), "is a folder"),
+    (lambda p: None, "does not exist"),
+])
+def test_resume_from_a_non_state_file_is_refused_before_the_model_loads(make_bad, words, tiny_model, image_folder,
+                                                                        tmp_path, monkeypatch):
+    bad = tmp_path / "not-a-state.safetensors"
+    make_bad(bad)
+
+    def must_not_load(self):
+        raise AssertionError("the model was loaded before train.resume_from was checked")
+
+    monkeypatch.setattr(LoraTrainer, "load_model", must_not_load)
+    with pytest.raises(TrainingError, match=f"train.resume_from: .*{re.escape(words)}.*<name>-state.safetensors"):
+        train(tiny_config(tiny_model, image_folder, tmp_path / "out", f"train.resume_from={bad}"))
+
+
+def test_scan_and_caption_warnings_are_events_naming_the_file(tiny_model, tmp_path):
+    from PIL import Image
+
+    data = make_folder(tmp_path / "data", n=2)
+    Image.new("RGB", (8, 8), (0, 0, 0)).save(data / "speck.png")
+    long_caption = ", ".join(["red stripes", "blue circle"] * 30) + ", the very last words"
+    (data / "img1.txt").write_text(long_caption)
+    events = []
+    train(tiny_config(tiny_model, data, tmp_path / "out", "train.max_steps=1"), events.append)
+    warnings = [e.message for e in events if e.kind == "warning"]
+    assert any(str(data / "speck.png") in w and "8x8 pixels" in w for w in warnings), warnings
+    cut = [w for w in warnings if str(data / "img1.txt") in w]
+    assert len(cut) == 1 and "the text encoder reads only the first 75" in cut[0] and "last words" in cut[0]
+    assert not any("img0" in w for w in warnings)
+
+
+def _ready_trainer(model, data, out, *overrides) -> LoraTrainer:
+    trainer = LoraTrainer(tiny_config(model, data, out, *overrides))
+    trainer.scan_data()
+    trainer.setup_accelerator()
+    trainer.load_model()
+    trainer.inject_lora()
+    trainer.build_caches()
+    trainer.build_optimizer()
+    return trainer
+
+
+def test_min_snr_weight_is_applied(tiny_model, image_folder, tmp_path):
+    from diffusers.training_utils import compute_snr
+
+    from trainers.lora_trainer import _seed_for
+
+    trainer = _ready_trainer(tiny_model, image_folder, tmp_path / "out", "train.batch_size=1",
+                             "train.min_snr_gamma=2")
+    sched = trainer.m.noise_scheduler
+    with torch.no_grad():
+        for micro in range(3):
+            loss = trainer.compute_loss(micro).item()
+            sample = trainer.micro_batch(micro)[0][0]
+            latents = trainer.latent_cache[(sample.index, False)][None]
+            cond = trainer.text_cache[trainer.items[sample.index].caption]["encoder_hidden_states"][None]
+            g = torch.Generator().manual_seed(_seed_for(42, micro, 0))
+            noise = torch.randn(latents.shape[1:], generator=g)[None]
+            t = torch.randint(0, 1000, (1,), generator=g)
+            mse = torch.nn.functional.mse_loss(trainer.m.unet(sched.add_noise(latents, noise, t), t, cond).sample,
+                                               noise).item()
+            snr = compute_snr(sched, t).item()
+            weight = min(snr, 2.0) / snr  # epsilon prediction: min(SNR, gamma) / SNR
+            assert weight < 0.999 or snr <= 2.0
+            assert loss == pytest.approx(mse * weight, rel=1e-5), (micro, snr)
+
+
+def test_text_encoder_lr_is_used(tiny_model, image_folder, tmp_path):
+    trainer = _ready_trainer(tiny_model, image_folder, tmp_path / "out", "network.train_text_encoder=true",
+                             "dataset.cache_text_embeddings=false", "optim.learning_rate=1e-4",
+                             "network.text_encoder_lr=3e-3", "optim.weight_decay=0", "optim.max_grad_norm=0")
+    unet_prefix = trainer.family.unet_prefix
+    lrs = {prefix: group["lr"] for prefix, group in zip(trainer.trained, trainer.optimizer.param_groups)}
+    assert lrs == {unet_prefix: 1e-4, "lora_te": 3e-3}
+    ups = {prefix: {n: p.detach().clone() for n, p in m.named_parameters() if ".lora_B." in n}
+           for prefix, m in trainer.trained.items()}
+    trainer.total_steps = 1
+    trainer.start_log(0)
+    trainer.train_steps(0)
+    for prefix, before in ups.items():
+        module = trainer.trained[prefix]
+        moved = max((p.detach() - before[n]).abs().max().item() for n, p in module.named_parameters() if n in before)
+        # AdamW's first step moves each weight by about lr (B starts at zero, so only B moves)
+        assert moved == pytest.approx(lrs[prefix], rel=0.02), prefix
+
+
+def test_gradient_accumulation_steps_the_optimizer_once_per_n_micro_batches(tiny_model, image_folder, tmp_path,
+                                                                              monkeypatch):
+    real_step, real_loss = torch.optim.AdamW.step, LoraTrainer.compute_loss
+    counts = {"optimizer": 0, "micro": []}
+
+    def counting_step(self, *a, **k):
+        counts["optimizer"] += 1
+        return real_step(self, *a, **k)
+
+    def counting_loss(self, micro):
+        counts["micro"].append(micro)
+        return real_loss(self, micro)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", counting_step)
+    monkeypatch.setattr(LoraTrainer, "compute_loss", counting_loss)
+    result = train(tiny_config(tiny_model, image_folder, tmp_path / "out", "train.gradient_accumulation_steps=3",
+                               "train.max_steps=2"))
+    assert result.steps == 2
+    assert counts["micro"] == [0, 1, 2, 3, 4, 5]
+    assert counts["optimizer"] == 2
