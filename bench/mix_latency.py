@@ -2,9 +2,15 @@
 
     python bench/mix_latency.py                     # a random SD-shaped model built offline
     python bench/mix_latency.py --base PATH         # any diffusers SD 1.x/2.x folder
+    python bench/mix_latency.py --arch sd15 --size 256 --steps 2 --threads 1
+    python bench/mix_latency.py --arch sdxl --dtype bf16 --memory-only
 
 Prints a markdown table of median seconds per preview (and the ratio to the base model alone),
 plus the time from a weight change to the next preview and how many files that change read.
+`--arch sd15|sdxl` builds a random-weight model from loramix/configs and five random full-layer
+kohya LoRAs (kohya's default layer set) and compares the mixer with diffusers' load_lora_weights +
+set_adapters, unfused and fused: peak RSS, time to the first preview, after a weight change, x base
+(bench/mix_real_shapes.py).
 """
 
 from __future__ import annotations
@@ -21,9 +27,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from loramix import lora_io  # noqa: E402
-from loramix.quiet import quiet_libraries  # noqa: E402
 from loramix.lora_io import LoraAdapter, LoraLayer, module_table, save_lora  # noqa: E402
 from loramix.mixer import Mixer, PreviewRequest  # noqa: E402
+from loramix.quiet import quiet_libraries  # noqa: E402
 from loramix.tiny import build_tiny_model  # noqa: E402
 
 TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -61,7 +67,16 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--rank", type=int, default=16)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--arch", choices=["tiny", "sd15", "sdxl"], default="tiny",
+                   help="tiny: the table above; sd15 / sdxl: real shapes, random weights (bench/mix_real_shapes.py)")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="real shapes: model dtype")
+    p.add_argument("--memory-only", action="store_true", help="real shapes: fuse / load only, no denoising")
+    p.add_argument("--threads", type=int, default=1, help="real shapes: torch CPU threads")
     args = p.parse_args(argv)
+    if args.arch != "tiny":
+        from bench.mix_real_shapes import run_real_shapes
+
+        return run_real_shapes(args)
     quiet_libraries()
     work = Path(tempfile.mkdtemp(prefix="mixbench-"))
     base = args.base or str(build_tiny_model(

@@ -10,8 +10,9 @@ Changing a weight touches no file. Two ways to apply a blend, with identical res
   base, on the host, in the model's dtype, for adapted weights only), so turning every adapter off
   gives the base back bit for bit.
 
-`mode="auto"` fuses whenever an adapter is active: an unchanged blend then costs nothing per
-preview, the hooks cost the LoRA branches in every UNet call (steps x 2 with guidance).
+`mode="auto"` fuses while the originals it must keep stay within `fuse_budget` (10% of the model's
+parameter memory): an unchanged blend then costs nothing per preview. Beyond that it uses the hooks,
+which keep no copy and cost the LoRA branches in every UNet call (steps x 2 with guidance).
 """
 
 from __future__ import annotations
@@ -182,6 +183,9 @@ class Mixer:
     # module ever fused, once, on the host, in the model's dtype.
     _fused_blend: dict = field(default_factory=dict, init=False, repr=False)
     _originals: dict = field(default_factory=dict, init=False, repr=False)
+    # `auto` fuses while the originals it keeps on the host stay within this fraction of the model's
+    # parameter memory, and uses hooks beyond it (a full-layer kohya LoRA adapts ~33% of SD 1.5).
+    fuse_budget: float = 0.10
 
     @classmethod
     def from_base(cls, base: str = "", revision: str = "", device: str | None = None, **kw) -> Mixer:
@@ -313,8 +317,8 @@ class Mixer:
     def applied(self, mode: str | None = None):
         """Inside this block the base model computes with the current blend.
 
-        Fused weights stay in the model after the block, so the next preview with the same blend
-        costs nothing. A block with no active adapter, an unfused block and `restore()` first put the
+        Yields the mode used: "base", "fused" or "unfused" (`auto` picks by `fuse_budget`). Fused
+        weights stay in the model after the block, so the next preview with the same blend costs nothing. A block with no active adapter, an unfused block and `restore()` first put the
         base weights back, bit for bit.
         """
         mode = mode or self.mode
@@ -324,13 +328,25 @@ class Mixer:
         if not active:
             self.restore()
             yield "base"
-        elif mode in ("auto", "fused"):
+        elif mode == "fused" or mode == "auto" and self._originals_fit(active):
             with self._fused(active):
                 yield "fused"
         else:
             self.restore()
+            if mode == "auto":  # over budget: hand the host copies back while hooks do the work
+                self._originals.clear()
             with self._hooked(active):
                 yield "unfused"
+
+    def _originals_fit(self, active) -> bool:
+        """Would fusing `active` keep at most `fuse_budget` of the model's parameter bytes as originals?"""
+        def nbytes(t):
+            return t.numel() * t.element_size()
+
+        model = sum(nbytes(p) for m in self.components.models() for p in m.parameters())
+        kept = sum(nbytes(t) for t in self._originals.values())
+        new = sum(nbytes(m.weight) for m in {layer.module for layer, _ in active} if m not in self._originals)
+        return kept + new <= self.fuse_budget * model
 
     def restore(self) -> None:
         """Put back the base weights of every module a preview fused, bit for bit."""

@@ -187,3 +187,20 @@ def test_layers_without_down_up_fuse_through_their_delta(mixer):
     with mixer.applied("fused"):
         full = unet_out(mixer.components.unet)
     assert (full - low_rank).abs().max().item() < 1e-5 * max(1.0, low_rank.abs().max().item())
+
+
+def test_auto_uses_hooks_when_the_originals_would_exceed_the_budget(mixer):
+    before = snapshot(mixer)
+    adapted = modules_of(mixer, "a") | modules_of(mixer, "b")
+    needed = sum(m.weight.numel() * m.weight.element_size() for m in adapted)
+    model = sum(p.numel() * p.element_size() for m in mixer.components.models() for p in m.parameters())
+    mixer.fuse_budget = needed / model  # just enough
+    with mixer.applied() as how:
+        assert how == "fused"
+    mixer.fuse_budget = 0.99 * needed / model  # one byte short of a copy of every adapted weight
+    with mixer.applied() as how:
+        assert how == "unfused"
+        assert_bit_identical(mixer, before)  # hooks on the base weights
+        assert not mixer._originals  # the host copies are handed back
+    with mixer.applied("fused") as how:  # an explicit mode is obeyed (bake)
+        assert how == "fused"
