@@ -6,7 +6,8 @@ then diffusers (unfused, and fused with fuse_lora). For 1 and 5 full-layer kohya
 it reports the time to load, to the first preview, of a steady preview, of a preview after one
 weight change, and the peak RSS each case added over the RSS at the start of its phase (freed heap
 is handed back with malloc_trim between phases). Timings are CPU seconds of this process (wall
-clock in parentheses): on a shared machine CPU time is the steadier of the two.
+clock in parentheses): on a shared machine CPU time is the steadier of the two. A preview here stops
+at the latents (no VAE decode, the same in every case), so the ratios show the adapters' own cost.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ def run_real_shapes(args) -> int:
     w0, _ = clock()
     components = build_components(args.arch, dtype, work)
     model_bytes = sum(p.numel() * p.element_size() for m in components.models() for p in m.parameters())
-    targets = kohya_targets(components)
+    targets = kohya_targets(components, attention_only=args.layers == "attn")
     adapted = list(dict.fromkeys(targets.values()))
     adapted_bytes = sum(m.weight.numel() * m.weight.element_size() for m in adapted)
     files = [random_kohya_lora(targets, work / f"lora{i}.safetensors", i, args.rank) for i in range(5)]
@@ -86,7 +87,7 @@ def run_real_shapes(args) -> int:
     start = trim()
     print(f"\n{args.arch}, {args.dtype}: model {model_bytes / GiB:.2f} GiB of parameters, {len(adapted)} adapted "
           f"layers = {adapted_bytes / GiB:.2f} GiB ({100 * adapted_bytes / model_bytes:.0f}% of the model), "
-          f"rank {args.rank}; built in {build_s:.0f} s; RSS after build {start / GiB:.2f} GiB; "
+          f"rank {args.rank}, {args.layers} layers; built in {build_s:.0f} s; RSS after build {start / GiB:.2f} GiB; "
           f"{size} px, {args.steps} steps, CFG, {args.threads} thread(s)\n", flush=True)
 
     mixer = Mixer(components)
@@ -95,8 +96,8 @@ def run_real_shapes(args) -> int:
         preview = None
         base_cpu = 0.0
     else:
-        def preview(mode=None):
-            return lambda: mixer.generate(req, mode)
+        def preview(mode="fused"):
+            return lambda: mixer_preview(mixer, pipe, req, mode)
         measure(preview())  # warm-up
         base = [measure(preview()) for _ in range(args.repeats)]
         base_cpu = statistics.median(b[0] for b in base)
@@ -107,7 +108,7 @@ def run_real_shapes(args) -> int:
         table.add("base model", 0, "preview", base_cpu, statistics.median(b[1] for b in base),
                   max(b[2] for b in base), start, model_bytes)
 
-    def applied_only(mode=None):
+    def applied_only(mode="fused"):
         def run():
             with mixer.applied(mode):
                 pass
@@ -120,33 +121,36 @@ def run_real_shapes(args) -> int:
         table.add("loramix", n, "load files", cpu, wall, peak, phase, model_bytes)
         first = preview() if preview else applied_only()
         cpu, wall, peak = measure(first)
-        table.add("loramix fused (auto)", n, "first preview" if preview else "fuse", cpu, wall, peak, phase,
+        table.add("loramix fused", n, "first preview" if preview else "fuse", cpu, wall, peak, phase,
                   model_bytes)
         if preview:
             steady = [measure(preview()) for _ in range(args.repeats)]
-            table.add("loramix fused (auto)", n, "same blend again", statistics.median(s[0] for s in steady),
+            table.add("loramix fused", n, "same blend again", statistics.median(s[0] for s in steady),
                       statistics.median(s[1] for s in steady), max(s[2] for s in steady), phase, model_bytes)
         slot = next(iter(mixer.slots))
         changes = []
         for i in range(args.repeats):
             mixer.set_weight(slot, 0.3 if i % 2 == 0 else 0.7)
             changes.append(measure(applied_only()))
-        table.add("loramix fused (auto)", n, "weight change: re-fuse only", statistics.median(c[0] for c in changes),
+        table.add("loramix fused", n, "weight change: re-fuse only", statistics.median(c[0] for c in changes),
                   statistics.median(c[1] for c in changes), max(c[2] for c in changes), phase, model_bytes)
         if preview:
             changes = []
             for i in range(args.repeats):
                 mixer.set_weight(slot, 0.4 if i % 2 == 0 else 0.6)
                 changes.append(measure(preview()))
-            table.add("loramix fused (auto)", n, "weight change + preview", statistics.median(c[0] for c in changes),
+            table.add("loramix fused", n, "weight change + preview", statistics.median(c[0] for c in changes),
                       statistics.median(c[1] for c in changes), max(c[2] for c in changes), phase, model_bytes)
             measure(preview("unfused"))  # puts the base back, then hooks
             hooked = [measure(preview("unfused")) for _ in range(args.repeats)]
             table.add("loramix unfused", n, "preview", statistics.median(h[0] for h in hooked),
                       statistics.median(h[1] for h in hooked), max(h[2] for h in hooked), phase, model_bytes)
         originals = sum(t.numel() * t.element_size() for t in mixer._originals.values())
+        with mixer.applied() as how:
+            pass
         print(f"loramix, {n} adapter(s): originals kept on the host {originals / GiB:.2f} GiB "
-              f"({100 * originals / model_bytes:.0f}% of the model)", flush=True)
+              f"({100 * originals / model_bytes:.0f}% of the model); auto (fuse_budget {mixer.fuse_budget}) "
+              f"picks {how}", flush=True)
     for slot in mixer.slots.values():
         slot.enabled = False
     with mixer.applied() as how:
@@ -204,8 +208,15 @@ def run_real_shapes(args) -> int:
     return 0
 
 
-def pipe_preview(pipe, req, mixer):
-    """The same call `Mixer.generate` makes, on the pipeline diffusers' adapters were loaded into."""
+def pipe_preview(pipe, req, mixer=None):
+    """The call `Mixer.generate` makes, up to the latents: the VAE decode costs the same in every case and
+    is left out, so the ratios show what the adapters cost in the text encoder and the UNet."""
     with torch.no_grad():
         return pipe(req.prompt, num_inference_steps=req.steps, guidance_scale=req.cfg_scale, width=req.width,
-                    height=req.height, generator=torch.Generator("cpu").manual_seed(req.seed)).images[0]
+                    height=req.height, generator=torch.Generator("cpu").manual_seed(req.seed),
+                    output_type="latent").images[0]
+
+
+def mixer_preview(mixer, pipe, req, mode):
+    with mixer.applied(mode):
+        return pipe_preview(pipe, req)

@@ -23,6 +23,7 @@ from loramix.lora_io import LoraAdapter, LoraLayer, module_table, save_lora
 
 CONFIGS = Path(__file__).resolve().parents[1] / "loramix" / "configs"
 FAMILY_DIRS = {"sd15": "sd1", "sdxl": "sdxl"}
+ATTENTION = (".to_q", ".to_k", ".to_v", ".to_out.0")
 WORDS = ["a", "red", "blue", "green", "circle", "square", "on", "the", "left", "right", "picture"]
 
 
@@ -52,7 +53,8 @@ def _on_meta(cls, cfg: dict, dtype, seed: int):
     return fill_random(model.to(dtype).to_empty(device="cpu"), seed)
 
 
-def build_components(arch: str, dtype=torch.float32, work: Path | None = None, seed: int = 0) -> Components:
+def build_components(arch: str, dtype=torch.float32, work: Path | None = None, seed: int = 0,
+                     words: list[str] | None = None) -> Components:
     """The base model of `arch` ("sd15" or "sdxl") with random weights, eval mode, no gradients."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
@@ -60,7 +62,7 @@ def build_components(arch: str, dtype=torch.float32, work: Path | None = None, s
     from loramix.tiny import write_clip_tokenizer
 
     work = Path(work or "/tmp/loramix-real-shapes")
-    tokenizer = CLIPTokenizer.from_pretrained(write_clip_tokenizer(work / "tokenizer", WORDS))
+    tokenizer = CLIPTokenizer.from_pretrained(write_clip_tokenizer(work / "tokenizer", words or WORDS))
     unet = _on_meta(UNet2DConditionModel, config(arch, "unet"), dtype, seed)
     vae = _on_meta(AutoencoderKL, config(arch, "vae"), dtype, seed + 1)
     default = torch.get_default_dtype()
@@ -82,10 +84,10 @@ def build_components(arch: str, dtype=torch.float32, work: Path | None = None, s
     return components
 
 
-def kohya_targets(components: Components) -> dict[str, torch.nn.Module]:
+def kohya_targets(components: Components, attention_only: bool = False) -> dict[str, torch.nn.Module]:
     """kohya name -> module for kohya's default LoRA set: every Linear (and 1x1 Conv2d) in the UNet's
     transformer blocks, proj_in / proj_out included, and the text encoders' attention and MLP layers.
-    SD 1.5: 264 layers; SDXL: 986."""
+    SD 1.5: 264 layers; SDXL: 986. `attention_only`: the UNet's to_q / to_k / to_v / to_out.0 (SD 1.5: 128)."""
     family, targets = components.family, {}
     models = {family.unet_prefix: components.unet, **family.text_encoders(components)}
     for prefix, model in models.items():
@@ -96,6 +98,8 @@ def kohya_targets(components: Components) -> dict[str, torch.nn.Module]:
                 isinstance(m, torch.nn.Linear) or isinstance(m, torch.nn.Conv2d) and m.kernel_size == (1, 1))
             text_layer = prefix != family.unet_prefix and isinstance(m, torch.nn.Linear) and (
                 ".self_attn." in path or ".mlp." in path)
+            if attention_only:
+                unet_layer, text_layer = unet_layer and path.endswith(ATTENTION), False
             if unet_layer or text_layer:
                 targets[name] = m
     return targets
@@ -148,3 +152,13 @@ class PeakRSS:
 def clock():
     """(wall, CPU) seconds since an arbitrary start."""
     return time.perf_counter(), time.process_time()
+
+
+def save_model(arch: str, folder: Path, words: list[str] | None = None, dtype=torch.float32) -> Path:
+    """Build `arch` with random weights and write it as a diffusers folder (SD 1.5 fp32: ~4 GB, ~2 min)."""
+    folder = Path(folder)
+    if (folder / "model_index.json").is_file():
+        return folder
+    components = build_components(arch, dtype, folder.parent / f"{folder.name}-tok", words=words)
+    components.family.pipeline(components).save_pretrained(folder, safe_serialization=True)
+    return folder

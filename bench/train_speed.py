@@ -2,6 +2,7 @@
 
     python bench/train_speed.py                                  # loramix only
     python bench/train_speed.py --reference /tmp/ref/train_text_to_image_lora.py
+    python bench/train_speed.py --arch sd15 --resolution 256 --batch 1 --rank 16   # real SD 1.5 shapes
 
 Builds a random-weight tiny SD model and a folder of generated captioned images, then trains each
 trainer in its own subprocess (with `sys.executable`, so run this with the venv both should use).
@@ -40,6 +41,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "examples/text_to_image/train_text_to_image_lora.py; also benchmark it.")
     p.add_argument("--skip-loramix", action="store_true", help="Only run the reference.")
     p.add_argument("--model", default="", help="A diffusers SD model folder to use instead of a generated one.")
+    p.add_argument("--arch", choices=["tiny", "sd15", "sdxl"], default="tiny", help="Generated model: the tiny "
+                   "one (--unet-channels, --vae-channels) or random weights with the real SD 1.5 / SDXL configs "
+                   "from loramix/configs, built offline and saved in the work dir (bench/real_shapes.py).")
     p.add_argument("--unet-channels", default="64,128", help="UNet block_out_channels of the generated model.")
     p.add_argument("--vae-channels", default="32,64,64", help="VAE block_out_channels of the generated model "
                    "(latent side = resolution / 2**(n-1)).")
@@ -115,6 +119,11 @@ def make_model(root: Path, args: argparse.Namespace) -> Path:
     from loramix.tiny import build_tiny_model
 
     words = [STYLE_WORD, "on", *COLOURS, *SHAPES]
+    if args.arch != "tiny":
+        sys.path.insert(0, str(REPO_ROOT))
+        from bench.real_shapes import save_model
+
+        return save_model(args.arch, root / f"model-{args.arch}", words)
     return build_tiny_model(root / "model", seed=args.seed, words=words, image_size=args.resolution,
                             unet_channels=_ints(args.unet_channels), vae_channels=_ints(args.vae_channels))
 
@@ -253,7 +262,8 @@ def markdown_table(rows: list[dict]) -> str:
 def describe(args: argparse.Namespace) -> str:
     import torch
 
-    model = args.model or (f"generated tiny SD, UNet {_ints(args.unet_channels)}, "
+    model = args.model or (f"random-weight {args.arch} from loramix/configs" if args.arch != "tiny" else
+                           f"generated tiny SD, UNet {_ints(args.unet_channels)}, "
                            f"VAE {_ints(args.vae_channels)}, text dim 32")
     return (f"model: {model}; {args.images} images at {args.image_size or args.resolution}px, resolution "
             f"{args.resolution}, rank {args.rank}, batch {args.batch}, {args.steps} steps ({args.warmup} warm-up), "
