@@ -52,20 +52,48 @@ def kohya_name(prefix: str, module_path: str) -> str:
 
 
 def from_peft(peft_state: dict[str, torch.Tensor], prefix: str, alpha: float,
-              rename: Callable[[str], str] | None = None) -> dict[str, LoraLayer]:
-    """Layers from a PEFT state dict (`<module>.lora_A.weight` / `<module>.lora_B.weight`).
+              rename: Callable[[str], str] | None = None, rank: int | None = None) -> dict[str, AdapterLayer]:
+    """Layers from a PEFT state dict: LoRA (`<module>.lora_A.weight` / `.lora_B.weight`), LoHa
+    (`<module>.hada_w1_a` …, `LoHaConfig`) or LoKr (`<module>.lokr_w1` …, `LoKrConfig`).
 
+    PEFT names LoHa / LoKr factors as LyCORIS does and scales by alpha / r, with one exception that
+    is folded in here: a LoKr layer whose halves are both full matrices is scaled by alpha / r in PEFT
+    but by 1 in LyCORIS, A1111 and ComfyUI, so alpha / `rank` is multiplied into its w1.
     `rename` maps a module path to the one kohya names it by (SDXL: the LDM UNet layout).
     """
     rename = rename or (lambda path: path)
-    layers = {}
-    for key, down in peft_state.items():
-        if not key.endswith(".lora_A.weight"):
-            continue
-        module = key[: -len(".lora_A.weight")]
-        up = peft_state[f"{module}.lora_B.weight"]
-        layers[kohya_name(prefix, rename(module))] = LoraLayer(down.detach(), up.detach(), float(alpha))
+    layers: dict[str, AdapterLayer] = {}
+    lycoris: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in peft_state.items():
+        module, _, suffix = key.rpartition(".")
+        if suffix in _LOHA_KEYS | _LOKR_KEYS:
+            lycoris.setdefault(module, {})[suffix] = value.detach()
+        elif key.endswith(".lora_A.weight"):
+            module = key[: -len(".lora_A.weight")]
+            up = peft_state[f"{module}.lora_B.weight"]
+            layers[kohya_name(prefix, rename(module))] = LoraLayer(value.detach(), up.detach(), float(alpha))
+    for module, parts in lycoris.items():
+        if "hada_w1_a" in parts:
+            layer = LohaLayer(parts["hada_w1_a"], parts["hada_w1_b"], parts["hada_w2_a"], parts["hada_w2_b"],
+                              float(alpha), parts.get("hada_t1"), parts.get("hada_t2"))
+        else:
+            layer = LokrLayer(float(alpha), **{k.removeprefix("lokr_"): v for k, v in parts.items()})
+            if layer.rank is None:
+                if not rank:
+                    raise AdapterFormatError(f"{module}: a LoKr layer with two full halves needs the PEFT rank "
+                                             "to carry PEFT's alpha / r scale into the file.")
+                layer.w1 = layer.w1 * (float(alpha) / rank)
+        layers[kohya_name(prefix, rename(module))] = layer
     return layers
+
+
+def lycoris_metadata(algo: str, dim: int, alpha: float, **network_args) -> dict[str, str]:
+    """`ss_network_module`, `ss_network_dim`, `ss_network_alpha` and `ss_network_args` as a kohya run of
+    LyCORIS writes them (`--network_module lycoris.kohya --network_args algo=loha conv_dim=4 …`): kohya
+    keeps each network arg as the string after `=`, and stores the dict as JSON."""
+    args = {"algo": algo, **{k: str(v) for k, v in network_args.items()}}
+    return {"ss_network_module": "lycoris.kohya", "ss_network_dim": str(dim), "ss_network_alpha": str(alpha),
+            "ss_network_args": json.dumps(args)}
 
 
 def module_table(model: torch.nn.Module, prefix: str, rename: Callable[[str], str] | None = None) -> dict[str, str]:
