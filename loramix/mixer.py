@@ -133,9 +133,9 @@ class BoundLayer:
             if self._branch_weight is None:
                 self._branch_weight = self.delta().to(m.weight)
             if isinstance(m, torch.nn.Conv2d):
-                return F.conv2d(x, self._branch_weight.to(x.dtype), stride=m.stride, padding=m.padding,
+                return F.conv2d(x, self._branch_weight.to(x), stride=m.stride, padding=m.padding,
                                 dilation=m.dilation, groups=m.groups)
-            return F.linear(x, self._branch_weight.to(x.dtype))
+            return F.linear(x, self._branch_weight.to(x))
         if isinstance(m, torch.nn.Conv2d):
             h = F.conv2d(x, self.down, stride=m.stride, padding=m.padding, dilation=m.dilation)
             return F.conv2d(h, self.up) * self.scale
