@@ -283,8 +283,10 @@ def _layer_from_parts(name: str, layer: str, parts: dict[str, torch.Tensor]) -> 
         if keys <= known:
             break
     else:
-        raise AdapterFormatError(f"{name}: {layer} is stored as {', '.join(sorted(keys))}, a layer type loramix "
-                                 "does not read (it reads LoRA / LoCon, LoHa, LoKr and full diff layers).")
+        what = "a LoCon layer with a Tucker middle (lora_mid)" if "lora_mid.weight" in keys else \
+            f"stored as {', '.join(sorted(keys))}, a layer type"
+        raise AdapterFormatError(f"{name}: {layer} is {what} loramix does not read (it reads LoRA / LoCon, LoHa, "
+                                 "LoKr and full diff layers).")
     if "lora_down.weight" in keys or "lora_up.weight" in keys:
         down, up = parts.get("lora_down.weight"), parts.get("lora_up.weight")
         if up is None or down is None:

@@ -162,6 +162,10 @@ def test_refuses_types_it_cannot_apply(tmp_path):
         read_lora(_file(tmp_path, {"lora_unet_a.oft_blocks": torch.ones(2, 4, 4), "lora_unet_a.alpha": torch.tensor(1.),
                                    "lora_unet_b.lora_down.weight": torch.ones(2, 4),
                                    "lora_unet_b.lora_up.weight": torch.ones(4, 2)}))
+    with pytest.raises(AdapterFormatError, match=r"lora_unet_b is a LoCon layer with a Tucker middle \(lora_mid\)"):
+        read_lora(_file(tmp_path, {"lora_unet_b.lora_down.weight": torch.ones(2, 4, 1, 1),
+                                   "lora_unet_b.lora_mid.weight": torch.ones(2, 2, 3, 3),
+                                   "lora_unet_b.lora_up.weight": torch.ones(4, 2, 1, 1)}))
     with pytest.raises(AdapterFormatError, match=r"lora_unet_a also changes the layer's bias \(diff_b\)"):
         read_lora(_file(tmp_path, {"lora_unet_a.diff": torch.ones(4, 4), "lora_unet_a.diff_b": torch.ones(4)}))
     with pytest.raises(AdapterFormatError, match="DoRA"):
