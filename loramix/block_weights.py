@@ -40,8 +40,9 @@ LAYOUTS = {
     12: ["BASE", "IN04", "IN05", "IN07", "IN08", "MID"] + [f"OUT{i:02d}" for i in range(6)],
     20: ["BASE"] + [f"IN{i:02d}" for i in range(9)] + ["MID"] + [f"OUT{i:02d}" for i in range(9)],
 }
-# The layouts each family accepts; the first is the one a UI shows as a row of sliders.
-FAMILY_LAYOUTS = {"sd1": (17, 26), "sd2": (17, 26), "sdxl": (12, 20), "tiny": (17, 26, 12, 20)}
+# The layouts each family accepts; the first is the one a UI shows as a row of sliders (tiny models: all
+# 26, since their deepest level (IN10, OUT00) may hold attention, which the 17-value layout cannot reach).
+FAMILY_LAYOUTS = {"sd1": (17, 26), "sd2": (17, 26), "sdxl": (12, 20), "tiny": (26, 17, 12, 20)}
 UNIFORM_PRESETS = {"NONE": 0.0, "ALL": 1.0, "ALL0.5": 0.5}
 DEPTH_PRESETS = {  # the extension's DEF_WEIGHT_PRESET, 17 values each
     "INS": "1,1,1,1,0,0,0,0,0,0,0,0,0,0,0,0,0",
@@ -136,7 +137,8 @@ def preset_names(family) -> list[str]:
 
 
 def block_labels(family) -> list[str]:
-    """The block names of the family's usual layout, for a row of sliders (17 for SD 1.x, 12 for SDXL)."""
+    """The block names of the family's usual layout, for a row of sliders (17 for SD 1.x, 12 for SDXL, 26
+    for a tiny model)."""
     return list(LAYOUTS[FAMILY_LAYOUTS.get(getattr(family, "name", family), (17,))[0]])
 
 
@@ -188,6 +190,16 @@ def module_blocks(components) -> dict:
         if encoder is not None:
             table.update({module: 0 for module in encoder.modules()})
     return table
+
+
+def present_blocks(components) -> list[str]:
+    """The blocks that hold at least one Linear or Conv2d layer of this model, in `BLOCK_IDS` order
+    (a UI can show sliders for these only)."""
+    import torch
+
+    table = module_blocks(components)
+    found = {table[m] for m in table if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)) and table[m] is not None}
+    return [b for i, b in enumerate(BLOCK_IDS) if i in found]
 
 
 def _layers_per_block(config) -> int:

@@ -58,8 +58,8 @@ AXIS_FORMS = "weight:NAME:-1,0,1, lbw:NAME:ALL,OUTD, seed:1,2,3, cfg:5,7 or samp
 
 def parse_axis(text: str):
     """An X/Y grid axis: `weight:NAME:v1,v2,…`, `lbw:NAME:PRESET,…`, `seed:…`, `cfg:…` or `sampler:…`.
-    NAME is an adapter's name (its file stem) or its path; block vectors with commas go in the mix
-    preset or the UI, an axis takes preset names."""
+    NAME is an adapter's name (its file stem) or its path; an lbw axis takes preset names separated by
+    commas, or presets and comma lists separated by semicolons (`lbw:ink:ALL;1,0,0,…`)."""
     from loramix.xy_grid import Axis
 
     kind, _, rest = text.partition(":")
@@ -69,7 +69,8 @@ def parse_axis(text: str):
         if not name or not values:
             raise LoramixError(f"--grid axis {text!r}: write {kind}:NAME:{'-1,0,1' if kind == 'weight' else 'ALL,OUTD'}.")
         if kind == "lbw":
-            return Axis("lbw", [parse_block_weights(v).text for v in values.split(",")], name)
+            parts = values.split(";") if ";" in values else values.split(",")  # ; between vectors
+            return Axis("lbw", [parse_block_weights(v).text for v in parts], name)
         return Axis("weight", [_number(text, v, float) for v in values.split(",")], name)
     if kind in ("seed", "cfg"):
         return Axis(kind, [_number(text, v, int if kind == "seed" else float) for v in rest.split(",")])
