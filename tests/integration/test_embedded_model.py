@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import torch
 
@@ -34,13 +32,16 @@ def test_every_caption_word_is_one_token(pipe):
         assert pipe.tokenizer.tokenize(word) == [word + "</w>"], word
 
 
-def test_generates_a_64px_image_in_seconds(pipe):
-    began = time.perf_counter()
-    image = pipe("a large red circle on the left, white background", num_inference_steps=20,
-                 guidance_scale=6.0, generator=torch.Generator().manual_seed(0), height=64, width=64).images[0]
-    elapsed = time.perf_counter() - began
+def test_generates_a_64px_image(pipe):
+    """Generation works and is deterministic; how long it takes is measured in bench/, not asserted here."""
+    def draw():
+        return pipe("a large red circle on the left, white background", num_inference_steps=4, guidance_scale=6.0,
+                    generator=torch.Generator().manual_seed(0), height=64, width=64).images[0]
+
+    image = draw()
     assert image.size == (64, 64)
-    assert elapsed < 10, f"one 64px image took {elapsed:.1f}s"
+    assert image.tobytes() == draw().tobytes()
+    assert len(set(image.getdata())) > 10  # a picture, not a flat colour
 
 
 def test_metric_accepts_ground_truth_and_rejects_wrong_colours():

@@ -85,3 +85,31 @@ def test_save_state_on_a_full_disk_keeps_the_previous_state(tmp_path, monkeypatc
                                             "my-lora-state.safetensors is unchanged"):
         checkpoint.save_state(path, step=2, lora=lora, optimizer=Opt(), scheduler=Sched(), config=LoramixConfig())
     assert path.read_bytes() == before
+
+
+def test_kill_9_mid_write_leaves_the_previous_file(tmp_path):
+    """A process killed with SIGKILL while it writes leaves the old file whole (and at most a .tmp beside it)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    target = tmp_path / "my-lora-state.safetensors"
+    target.write_bytes(b"previous state")
+    started = tmp_path / "started"
+    code = (f"from loramix.atomic import atomic_path\nimport pathlib, time\n"
+            f"with atomic_path({str(target)!r}) as tmp:\n"
+            f"    with open(tmp, 'wb') as f:\n"
+            f"        f.write(b'half' * 100000); f.flush()\n"
+            f"        pathlib.Path({str(started)!r}).touch()\n"
+            f"        time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    deadline = time.monotonic() + 30
+    while not started.exists():
+        assert time.monotonic() < deadline and proc.poll() is None, "the writer did not start"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert target.read_bytes() == b"previous state"
+    assert [p.name.startswith(".my-lora-state.safetensors.") for p in tmp_path.glob(".*.tmp")] == [True]

@@ -36,6 +36,7 @@ def test_save_read_round_trip_keeps_values_and_metadata(tmp_path):
     back = read_lora(path)
     assert back.metadata["ss_network_dim"] == "4"
     assert torch.equal(back.layers["lora_unet_a_to_q"].down, layers["lora_unet_a_to_q"].down)
+    assert torch.equal(back.layers["lora_unet_a_to_q"].up, layers["lora_unet_a_to_q"].up)
     assert back.layers["lora_unet_a_to_q"].alpha == 2.0
     assert not list(tmp_path.glob(".*tmp"))  # no temporary file left behind
 
