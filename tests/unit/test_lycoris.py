@@ -250,3 +250,19 @@ def test_mixer_applies_it_as_lycoris_does(tmp_path, tiny_model, case):
             ours = _unet_out(mixer.components.unet)
         assert (ours - theirs).abs().max().item() < 1e-4, mode
     assert torch.equal(_unet_out(mixer.components.unet), base)  # the base is back after the preview
+
+
+@pytest.mark.slow
+def test_bake_writes_the_lycoris_delta_into_the_model(tmp_path, tiny_model):
+    from diffusers import UNet2DConditionModel
+
+    from loramix.mixer import Mixer
+
+    theirs_unet = UNet2DConditionModel.from_pretrained(tiny_model, subfolder="unet").eval()
+    _, net, path = lycoris_file(tmp_path, "loha", model=theirs_unet, targets=UNET_TARGETS, use_tucker=True)
+    theirs = _unet_out(theirs_unet)
+    mixer = Mixer.from_base(str(tiny_model), device="cpu")
+    mixer.load(path, weight=1.0)
+    baked = mixer.bake(tmp_path / "baked")
+    ours = _unet_out(UNet2DConditionModel.from_pretrained(baked, subfolder="unet").eval())
+    assert (ours - theirs).abs().max().item() < 1e-4
