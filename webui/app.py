@@ -80,6 +80,21 @@ def api_generate(base: str, loras: list[str], prompt: str, negative_prompt: str,
         raise gr.Error(str(e)) from e
 
 
+PREVIEW_DIR = Path(tempfile.gettempdir()) / "loramix-previews"
+KEEP_PREVIEWS = 16
+
+
+def save_preview(image) -> str:
+    """Save an API preview as a PNG in one temp folder that keeps only the newest KEEP_PREVIEWS files."""
+    PREVIEW_DIR.mkdir(exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=PREVIEW_DIR, prefix="preview-", suffix=".png", delete=False) as f:
+        image.save(f, format="PNG")
+    old = sorted(PREVIEW_DIR.glob("preview-*.png"), key=lambda p: p.stat().st_mtime)[:-KEEP_PREVIEWS]
+    for path in old:
+        path.unlink(missing_ok=True)
+    return f.name
+
+
 # ---- Host / Origin check (DNS rebinding) -------------------------------------------------------------
 def _host_name(netloc: str) -> str:
     """`127.0.0.1:7860` -> `127.0.0.1`, `[::1]:7860` -> `::1`, `Example.com` -> `example.com`."""
@@ -153,9 +168,7 @@ def build_app(state: AppState) -> gr.Blocks:
         def generate_endpoint(base: str, loras: list[str], prompt: str, negative_prompt: str, seed: int,
                               steps: int, cfg_scale: float, size: int) -> str:
             image = api_generate(base, loras, prompt, negative_prompt, seed, steps, cfg_scale, size, state)
-            with tempfile.NamedTemporaryFile(prefix="loramix-", suffix=".png", delete=False) as f:
-                image.save(f, format="PNG")  # one file in gradio's own temp area; no folder is left behind
-            return f.name
+            return save_preview(image)
 
         gr.api(train_endpoint, api_name="train")
         gr.api(generate_endpoint, api_name="generate")

@@ -15,6 +15,8 @@ COMMON = ["model.base_model", "dataset.data_dir", "output.output_dir", "output.o
           "dataset.resolution", "network.rank", "network.alpha", "optim.learning_rate", "train.max_steps",
           "train.batch_size", "dataset.trigger_word", "sample.prompts", "sample.sample_every_n_steps"]
 LIST_SEPARATORS = {"sample.prompts": "\n"}
+PLACEHOLDERS = {"output.output_name": "empty = the data folder's name",
+                "output.output_dir": "empty = a new folder in outputs/ for each run"}
 
 
 def _label(spec: FieldSpec) -> str:
@@ -36,7 +38,7 @@ def make_widget(spec: FieldSpec, value) -> gr.components.Component:
         lines = 3 if sep == "\n" else 1
         hint = "one per line" if sep == "\n" else "comma-separated"
         return gr.Textbox(value=sep.join(value), lines=lines, **{**kw, "info": f"{spec.help} ({hint})"})
-    return gr.Textbox(value=value, **kw)
+    return gr.Textbox(value=value, placeholder=PLACEHOLDERS.get(spec.name), **kw)
 
 
 def _grid(specs: list[FieldSpec], config: LoramixConfig, form: dict, per_row: int = 3) -> None:

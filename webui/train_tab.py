@@ -20,7 +20,7 @@ from loramix.config import LoramixConfig, load_config, to_toml
 from loramix.errors import LoramixError
 from loramix.paths import plain_name
 from loramix.runs import check_run_folder, confine_config, new_run_folder
-from trainers.captions import captions_table, collected_warnings, save_captions
+from trainers.captions import captions_table, save_captions
 from trainers.dataset import load_image
 from webui import bindings
 from webui.jobs import Job
@@ -79,6 +79,8 @@ def log_text(job: Job | None) -> str:
     for e in list(job.events):
         if e.kind == "log":
             lines.append(e.message)
+        elif e.kind == "warning":
+            lines.append("⚠ " + e.message)
         elif e.kind == "start":
             lines.append(f"resumed from step {e.step}" if e.step else "started")
         elif e.kind in ("checkpoint", "sample"):
@@ -145,21 +147,28 @@ def thumbnail(path: Path) -> Image.Image:
     return im
 
 
-def show_images(state: AppState, folder: str, ext: str):
-    """(thumbnails, caption table, message) for a data folder; warnings name the file."""
+def show_images(state: AppState, folder: str, ext: str, resolution: int | float | None = 512):
+    """(thumbnails, caption table, notes) for a data folder; each warning names its file."""
     empty = pd.DataFrame(columns=["image", "caption"])
     if not (folder or "").strip():
         return [], empty, ""
     try:
         folder = str(state.confinement.readable("dataset.data_dir", folder))
-        with collected_warnings() as warnings:
-            table = captions_table(folder, ext)
-    except LoramixError as e:
+        table, warnings = captions_table(folder, ext, int(resolution or 512))
+    except (LoramixError, ValueError) as e:
         return [], empty, f"⚠ {e}"
     thumbs = [(thumbnail(p), rel) for rel, p, _ in table[:MAX_THUMBS]]
     frame = pd.DataFrame([(rel, c) for rel, _, c in table], columns=["image", "caption"])
     note = f"{len(table)} images." + (f" Showing the first {MAX_THUMBS}." if len(table) > MAX_THUMBS else "")
-    return thumbs, frame, "\n".join([note, *(f"⚠ {w}" for w in warnings)])
+    return thumbs, frame, "\n".join([note, *warning_lines(warnings)])
+
+
+def warning_lines(warnings: list[str], shown: int = 5) -> list[str]:
+    """The first few warnings as list items, and how many more there are."""
+    lines = [f"- ⚠ {w}" for w in warnings[:shown]]
+    if len(warnings) > shown:
+        lines.append(f"- … and {len(warnings) - shown} more warnings (the server log has them all).")
+    return lines
 
 
 def write_captions(state: AppState, table, folder: str, ext: str) -> str:
@@ -323,7 +332,7 @@ def build(state: AppState) -> TrainTab:
     timer = gr.Timer(POLL_S)
     seen = gr.State(None)
 
-    data_dir, ext = form["dataset.data_dir"], form["dataset.caption_extension"]
+    data_dir, ext, res = form["dataset.data_dir"], form["dataset.caption_extension"], form["dataset.resolution"]
     private = dict(api_visibility="private")
     live = [progress, queue, plot, samples, log, output_file, resume, seen]
     timer.tick(lambda last: poll(state, last), seen, live, show_progress="hidden", concurrency_limit=None,
@@ -339,13 +348,13 @@ def build(state: AppState) -> TrainTab:
             return gr.skip(), f"⚠ {e}"
         return str(paths[0].parent), ""
 
-    def show(folder, e):
-        return show_images(state, folder, e)
+    def show(folder, e, resolution):
+        return show_images(state, folder, e, resolution)
 
     for event in (data_dir.blur, data_dir.submit):
-        event(show, [data_dir, ext], [thumbs, captions, notes], **private)
+        event(show, [data_dir, ext, res], [thumbs, captions, notes], **private)
     upload.upload(take_upload, upload, [data_dir, error], **private).then(
-        show, [data_dir, ext], [thumbs, captions, notes], **private)
+        show, [data_dir, ext, res], [thumbs, captions, notes], **private)
     preset.change(lambda name: bindings.to_widgets(form, preset_config(state, name)) if name else {},
                   preset, list(form.values()), **private)
     save_captions_button.click(lambda table, folder, e: write_captions(state, table, folder, e),
@@ -358,5 +367,5 @@ def build(state: AppState) -> TrainTab:
     cancel_one.click(lambda i: cancel_job(state, i), job_id, error, **private)
     remove_one.click(lambda i: remove_job(state, i), job_id, error, **private)
     tab = TrainTab(form, output_file, send, timer)
-    tab.first_view = (show, [data_dir, ext], [thumbs, captions, notes])
+    tab.first_view = (show, [data_dir, ext, res], [thumbs, captions, notes])
     return tab

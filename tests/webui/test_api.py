@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from gradio_client import Client
+from gradio_client.exceptions import AppError
 from PIL import Image
 
 from tests.conftest import make_folder
@@ -32,6 +33,16 @@ def test_train_then_generate_through_the_api(app, tiny_model, tmp_path):
 def test_api_errors_carry_the_engine_message(app, tmp_path):
     url, _ = app
     client = Client(url, verbose=False)
-    with pytest.raises(Exception, match="has no image files"):
+    with pytest.raises(AppError, match="has no image files"):
         (tmp_path / "empty").mkdir()
         client.predict("demo-cpu", str(tmp_path / "empty"), "x", [], api_name="/train")
+
+
+def test_generate_keeps_a_bounded_number_of_preview_files():
+    from PIL import Image as PILImage
+
+    from webui.app import KEEP_PREVIEWS, PREVIEW_DIR, save_preview
+
+    for _ in range(KEEP_PREVIEWS + 4):
+        save_preview(PILImage.new("RGB", (8, 8)))
+    assert len(list(PREVIEW_DIR.glob("preview-*.png"))) == KEEP_PREVIEWS

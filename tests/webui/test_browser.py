@@ -1,10 +1,19 @@
-"""End to end in a real browser: train, send to Mix, blend two adapters, generate. Saves screenshots."""
+"""Journeys in a real chromium, on and off the demo path. Screenshots go to test-artifacts/ (look at them).
+
+- your own folder (outside the working directory) shows its thumbnails, and the first screen is full;
+- five open pages all show the running job; a duplicate start is refused; the queue lists a second
+  job and Remove drops it; Cancel says so; Resume continues from the saved step;
+- train, Send to Mix, blend two adapters; the adapter card shows the file's rank; a slider release
+  redraws the preview without pressing Generate.
+"""
 
 from __future__ import annotations
 
 import io
 import os
 import shutil
+import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -21,67 +30,162 @@ ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
 
 @pytest.fixture(scope="module")
-def page():
+def browser():
     if not shutil.which(CHROMIUM) and not os.environ.get("CI"):
         pytest.skip("Debian's chromium is not installed (apt-get install chromium); CI installs it")
     from playwright.sync_api import sync_playwright
 
+    ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(60_000)
-        yield page
+        yield browser
         browser.close()
 
 
+def new_page(browser, url):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(60_000)
+    page.console = []
+    page.on("console", lambda m: page.console.append(f"{m.type}: {m.text}"))
+    page.goto(url)
+    return page
+
+
+def fill(page, field: str, value) -> None:
+    box = page.locator(f"#cfg-{field} textarea, #cfg-{field} input").first
+    box.fill(str(value))
+    box.blur()
+
+
 def image_bytes(page, selector: str) -> np.ndarray:
-    src = page.locator(f"{selector} img").first.get_attribute("src")
+    src = page.locator(f"{selector} img").last.get_attribute("src")
     return np.asarray(Image.open(io.BytesIO(page.request.get(src).body())).convert("RGB"), dtype=np.int16)
 
 
-def test_train_send_to_mix_blend_generate(app, page, tiny_model, tmp_path):
+@pytest.fixture
+def home_folder():
+    """An image folder in the user's home: outside the working directory, the temp dir and outputs/."""
+    folder = Path.home() / f".loramix-browser-{uuid.uuid4().hex[:8]}" / "mystyle"
+    make_folder(folder, n=3, prefix="mine")
+    yield folder
+    shutil.rmtree(folder.parent, ignore_errors=True)
+
+
+def test_first_screen_is_full_and_your_own_folder_shows_its_thumbnails(app, browser, home_folder):
+    url, _ = app
+    page = new_page(browser, url)
+    page.locator("#train-thumbs img").first.wait_for()  # the pre-filled sample set, without touching the box
+    assert page.locator("#train-captions").get_by_text("pastel_00.png").count() >= 1
+    fill(page, "dataset-data_dir", home_folder)
+    page.locator("#train-dataset-notes", has_text="3 images").wait_for()
+    assert "mine0.png" in page.locator("#train-captions").inner_text()
+    assert page.locator("#train-thumbs img").count() == 3
+    assert page.get_by_text("Error", exact=True).count() == 0
+    page.screenshot(path=str(ARTIFACTS / "own-folder.png"), full_page=True)
+    assert not [m for m in page.console if "vega" in m.lower() and "warn" in m.lower()], page.console
+    page.close()
+
+
+def test_five_pages_see_the_job_queue_remove_cancel_and_resume(app, browser, tiny_model, tmp_path):
     url, state = app
-    ARTIFACTS.mkdir(exist_ok=True)
+    data = make_folder(tmp_path / "queued-style", n=4)
+    first = new_page(browser, url)
+    fill(first, "model-base_model", tiny_model)
+    fill(first, "dataset-data_dir", data)
+    fill(first, "train-max_steps", 400)
+    fill(first, "dataset-resolution", 64)
+    fill(first, "sample-sample_every_n_steps", 0)
+    first.locator("#train-start").click()
+    first.locator("#train-error", has_text="started in").wait_for()
+    job_id = state.jobs.current().id
+    first.locator("#train-progress", has_text="Training").wait_for()
+
+    others = [new_page(browser, url) for _ in range(4)]
+    for page in others:  # every open page shows the running job; none of them holds a worker
+        page.locator("#train-progress", has_text=f"Training job {job_id}").wait_for(timeout=30_000)
+
+    first.locator("#train-start").click()  # the very same job again
+    first.locator("#train-error", has_text="already running").wait_for()
+    fill(first, "optim-learning_rate", 0.002)  # a different job: queued behind the first, in its own folder
+    first.locator("#train-start").click()
+    first.locator("#train-error", has_text="is queued").wait_for()
+    second_id = state.jobs.queued()[0].id
+    others[0].locator("#train-queue", has_text="queued-style-2").wait_for()
+    assert "\tQueued\t" in others[0].locator("#train-queue").inner_text()
+    others[0].screenshot(path=str(ARTIFACTS / "queue.png"), full_page=True)
+    others[0].locator("#train-job-id input").fill(str(second_id))
+    others[0].locator("#train-remove-job").click()
+    others[0].locator("#train-error", has_text=f"Removed job {second_id}").wait_for()
+    assert state.jobs.queued() == []
+
+    deadline = time.time() + 120
+    while state.jobs.get(job_id).step() < 2:  # a few steps done, so there is something to resume
+        assert time.time() < deadline, "training did not progress"
+        time.sleep(0.1)
+    first.locator("#train-cancel").click()
+    first.locator("#train-error", has_text=f"Cancelled job {job_id}").wait_for()
+    first.locator("#train-progress", has_text="Cancelled").wait_for(timeout=120_000)
+    cancelled = state.jobs.get(job_id)
+    saved_step = cancelled.step()
+    first.locator("#train-resume").wait_for(state="visible", timeout=30_000)
+    first.locator("#train-resume").click()
+    first.locator("#train-error", has_text="resumes job").wait_for()
+    first.locator("#train-log textarea").wait_for()
+    first.wait_for_function("() => document.querySelector('#train-log textarea').value.includes('resumed from step')",
+                            timeout=120_000)
+    log = first.locator("#train-log textarea").input_value()
+    assert f"resumed from step {saved_step}" in log, log
+    resumed = state.jobs.current()
+    assert resumed.config.output.output_dir == cancelled.config.output.output_dir
+    first.screenshot(path=str(ARTIFACTS / "resume.png"), full_page=True)
+    state.jobs.cancel(resumed.id)
+    state.jobs.wait(resumed, timeout=120)
+    for page in [first, *others]:
+        page.close()
+
+
+def test_train_send_to_mix_card_and_live_slider(app, browser, tiny_model, tmp_path):
+    url, state = app
     data = make_folder(tmp_path / "data", n=4)
     random_lora(tiny_model, state.lora_dir / "second.safetensors", 7)
-
-    page.goto(url)
-    page.locator("#cfg-model-base_model textarea").fill(str(tiny_model))
-    page.locator("#cfg-dataset-data_dir textarea").fill(str(data))
-    page.locator("#cfg-dataset-data_dir textarea").blur()
-    page.locator("#train-thumbs img").first.wait_for()  # the folder's thumbnails appear
-    page.locator("#cfg-train-max_steps input").fill("6")
-    page.locator("#cfg-sample-sample_every_n_steps input").fill("3")
-    page.locator("#cfg-optim-learning_rate input").fill("0.005")
+    page = new_page(browser, url)
+    fill(page, "model-base_model", tiny_model)
+    fill(page, "dataset-data_dir", data)
+    page.locator("#train-dataset-notes", has_text="4 images").wait_for()
+    fill(page, "train-max_steps", 6)
+    fill(page, "dataset-resolution", 64)
+    fill(page, "sample-sample_every_n_steps", 3)
+    fill(page, "optim-learning_rate", 0.005)
     page.locator("#train-start").click()
     page.locator("#train-progress", has_text="Done").wait_for(timeout=180_000)
     assert "step 6/6" in page.locator("#train-progress").inner_text()
-    assert page.locator("#train-samples img").count() >= 2
-    page.locator("#train-loss canvas, #train-loss svg").first.wait_for()
+    page.locator("#train-samples img").nth(1).wait_for()
+    labels = page.locator("#train-samples").inner_text()
+    assert "step 3 ·" in labels and "step 6 ·" in labels, labels
     page.screenshot(path=str(ARTIFACTS / "train-tab.png"), full_page=True)
 
     page.locator("#send-to-mix").click()
     page.locator("#mix-generate").wait_for(state="visible")
-    assert "demo-style" in page.locator("#mix-file-0 input").input_value()
+    assert "data.safetensors" in page.locator("#mix-file-0 input").input_value()
+    page.locator("#mix-card-0", has_text="rank").wait_for()
     page.locator("#mix-base textarea").fill(str(tiny_model))
     page.locator("#mix-add").click()
     second = page.locator("#mix-file-1 input")
     second.wait_for(state="visible")
     second.click()
     page.get_by_role("option", name="loras/second.safetensors").click()
-    page.locator("#mix-weight-0 input[type=range]").fill("1.5")
-    page.locator("#mix-weight-1 input[type=range]").fill("-0.8")
-    page.locator("#mix-generate").click()
-    page.locator("#mix-status", has_text="+1.50").wait_for()
-    status = page.locator("#mix-status").inner_text()
-    assert "second -0.80" in status, status
-    blended = image_bytes(page, "#mix-image")
-    page.screenshot(path=str(ARTIFACTS / "mix-tab.png"), full_page=True)
+    page.locator("#mix-card-1", has_text="rank 4").wait_for()  # read from the file itself
 
-    page.locator("#mix-weight-0 input[type=range]").fill("0")
-    page.locator("#mix-weight-1 input[type=range]").fill("0")
-    page.locator("#mix-generate").click()
-    page.locator("#mix-status", has_text="+0.00").wait_for()
-    base = image_bytes(page, "#mix-image")
-    assert blended.shape == base.shape
-    assert np.abs(blended - base).mean() > 1.0, "the blend should change the picture"
+    slider = page.locator("#mix-weight-1 input[type=range]")
+    box = slider.bounding_box()
+    slider.click(position={"x": box["width"] * 0.95, "y": box["height"] / 2})  # a release: no Generate pressed
+    page.locator("#mix-status", has_text="second +1.").wait_for(timeout=120_000)
+    page.locator("#mix-image img").last.wait_for()
+    strong = image_bytes(page, "#mix-image")
+    slider.click(position={"x": box["width"] * 0.05, "y": box["height"] / 2})
+    page.locator("#mix-status", has_text="second -1.").wait_for(timeout=120_000)
+    page.wait_for_timeout(500)
+    weak = image_bytes(page, "#mix-image")
+    assert strong.shape == weak.shape and np.abs(strong - weak).mean() > 1.0, "the slider should redraw"
+    page.screenshot(path=str(ARTIFACTS / "mix-tab.png"), full_page=True)
+    page.close()

@@ -199,6 +199,7 @@ def test_export_and_bake_names_stay_inside_and_never_replace_unasked(hostile):
 
 def test_named_endpoints_confine_overrides_presets_and_paths(hostile):
     from gradio_client import Client
+    from gradio_client.exceptions import AppError
 
     url, state, sentinel = hostile
     client = Client(url, verbose=False)
@@ -210,9 +211,9 @@ def test_named_endpoints_confine_overrides_presets_and_paths(hostile):
         ("demo-cpu", str(sentinel / "images"), "a/b", [], "plain file name"),
     ]
     for preset, data_dir, name, overrides, expected in refused:
-        with pytest.raises(Exception, match=expected):  # gradio_client raises AppError (an Exception)
+        with pytest.raises(AppError, match=expected):
             client.predict(preset, data_dir, name, overrides, api_name="/train")
-    with pytest.raises(Exception, match="not a .safetensors file"):
+    with pytest.raises(AppError, match="not a .safetensors file"):
         client.predict(base="", loras=[f"{sentinel / 'secret.toml'}:1"], prompt="x", negative_prompt="", seed=1,
                        steps=2, cfg_scale=1.0, size=0, api_name="/generate")
     assert tree_digest(sentinel) == before
