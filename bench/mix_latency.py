@@ -72,6 +72,8 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="real shapes: model dtype")
     p.add_argument("--memory-only", action="store_true", help="real shapes: fuse / load only, no denoising")
     p.add_argument("--threads", type=int, default=1, help="real shapes: torch CPU threads")
+    p.add_argument("--layers", choices=["full", "attn"], default="full",
+                   help="real shapes: kohya's default LoRA layers, or the UNet attention projections only")
     args = p.parse_args(argv)
     if args.arch != "tiny":
         from bench.mix_real_shapes import run_real_shapes

@@ -127,6 +127,10 @@ def run_real_shapes(args) -> int:
             steady = [measure(preview()) for _ in range(args.repeats)]
             table.add("loramix fused", n, "same blend again", statistics.median(s[0] for s in steady),
                       statistics.median(s[1] for s in steady), max(s[2] for s in steady), phase, model_bytes)
+        same = [measure(applied_only()) for _ in range(max(args.repeats, 5))]
+        table.add("loramix fused", n, "same blend: applied() alone (the cache check)",
+                  statistics.median(c[0] for c in same), statistics.median(c[1] for c in same),
+                  max(c[2] for c in same), phase, model_bytes)
         slot = next(iter(mixer.slots))
         changes = []
         for i in range(args.repeats):
