@@ -55,6 +55,12 @@ def adapter_info(path: str | Path, top_tags: int = 5) -> AdapterInfo:
     info.base = meta.get("ss_base_model_version", "unknown")
     module = meta.get("ss_network_module", "")
     info.network = {"networks.lora": "LoRA", "lycoris.kohya": "LyCORIS"}.get(module, module or "LoRA")
+    if module == "lycoris.kohya":
+        try:
+            algo = json.loads(meta.get("ss_network_args", "{}")).get("algo", "")
+        except (json.JSONDecodeError, AttributeError):
+            algo = ""
+        info.network = {"loha": "LoHa", "lokr": "LoKr", "locon": "LoCon", "full": "full"}.get(algo, "LyCORIS")
     info.alpha = meta.get("ss_network_alpha", "?")
     info.steps = meta.get("ss_steps", "?")
     res = meta.get("ss_resolution", "")

@@ -21,7 +21,7 @@ from starlette.responses import PlainTextResponse
 
 from loramix.config import load_config
 from loramix.errors import LoramixError
-from loramix.lora_spec import parse_lora_spec
+from loramix.lora_spec import parse_adapter_spec
 from loramix.mixer import PreviewRequest
 from loramix.runs import confine_config, new_run_folder
 from webui import mix_tab, train_tab
@@ -65,13 +65,14 @@ def api_train(preset: str, data_dir: str, output_name: str, overrides: list[str]
 
 def api_generate(base: str, loras: list[str], prompt: str, negative_prompt: str, seed: int, steps: int,
                  cfg_scale: float, size: int, state: AppState):
-    """One preview; `loras` are PATH:WEIGHT strings. Returns the image (never a file path of ours)."""
+    """One preview; `loras` are PATH:WEIGHT[:lbw=…] strings. Returns the image (never a file path of ours)."""
     try:
         request = PreviewRequest(prompt, negative_prompt, int(seed), int(steps), float(cfg_scale), "ddim",
                                  int(size), int(size))
         if hasattr(request, "validate"):
             request.validate()
-        rows = [(state.adapter_path("loras", p), w, True) for p, w, _ in map(parse_lora_spec, loras)]
+        specs = [parse_adapter_spec(text) for text in loras]
+        rows = [(state.adapter_path("loras", s.path), s.weight, True, s.blocks) for s in specs]
         with state.mixer_lock:
             mixer = state.mixer(base)
             mixer.set_blend(rows)

@@ -19,9 +19,11 @@ from pathlib import Path
 import gradio as gr
 
 from loramix.adapter_info import adapter_info
+from loramix.block_weights import PRESET_NAMES
 from loramix.errors import LoramixError
 from loramix.lora_io import save_lora
 from loramix.merge import merge_concat, merge_svd
+from loramix.mix_preset import load_mix_preset, mix_preset_metadata, preset_from_mixer, save_mix_preset
 from loramix.mixer import SAMPLERS, PreviewRequest, check_bake_target
 from loramix.paths import plain_name
 from loramix.xy_grid import Axis, xy_grid
@@ -37,7 +39,7 @@ class MixValues:
     """What the Mix form holds, by name (built from `{component: value}` by `MixTab.values`)."""
 
     base: str = ""
-    rows: list[tuple[str, float, bool]] = field(default_factory=list)  # (file, weight, on) of filled rows
+    rows: list[tuple[str, float, bool, str | None]] = field(default_factory=list)  # (file, weight, on, blocks)
     prompt: str = ""
     negative: str = ""
     seed: int = 0
@@ -57,18 +59,20 @@ class MixTab:
     files: list[gr.Dropdown]
     weights: list[gr.Slider]
     enabled: list[gr.Checkbox]
+    blocks: list[gr.Dropdown]
     cards: list[gr.Markdown]
     count: gr.State
     rows: list[gr.Row]
     request: dict  # name -> component: prompt, negative, seed, steps, cfg, size, sampler
 
     def inputs(self) -> set:
-        return {self.base, self.count, *self.files, *self.weights, *self.enabled, *self.request.values()}
+        return {self.base, self.count, *self.files, *self.weights, *self.enabled, *self.blocks,
+                *self.request.values()}
 
     def values(self, raw: dict) -> MixValues:
         n = raw[self.count]
-        rows = [(raw[f], float(raw[w]), bool(raw[e]))
-                for f, w, e in list(zip(self.files, self.weights, self.enabled))[:n] if raw[f]]
+        rows = [(raw[f], float(raw[w]), bool(raw[e]), (raw[b] or "").strip() or None)
+                for f, w, e, b in list(zip(self.files, self.weights, self.enabled, self.blocks))[:n] if raw[f]]
         req = {name: raw[c] for name, c in self.request.items()}
         return MixValues((raw[self.base] or "").strip(), rows, **req)
 
@@ -87,7 +91,7 @@ def _busy_note(state: AppState) -> str:
 
 def blended(state: AppState, v: MixValues):
     """The mixer for the base, holding exactly the rows' adapters (paths confined), and their names."""
-    rows = [(state.adapter_path(f"Adapter {i + 1}", f), w, on) for i, (f, w, on) in enumerate(v.rows)]
+    rows = [(state.adapter_path(f"Adapter {i + 1}", f), w, on, blocks) for i, (f, w, on, blocks) in enumerate(v.rows)]
     mixer = state.mixer(v.base)
     return mixer, mixer.set_blend(rows)
 
@@ -147,19 +151,63 @@ class Previewer:
                                   f"{_busy_note(self.state)}"
 
 
-def make_grid(state: AppState, v: MixValues, row_label: str, weights_text: str, seeds_text: str):
+def axis_choices() -> list[str]:
+    return [*(f"weight of Adapter {i + 1}" for i in range(MAX_ROWS)),
+            *(f"blocks of Adapter {i + 1}" for i in range(MAX_ROWS)), "seed", "cfg", "sampler"]
+
+
+def grid_axis(v: MixValues, names: list[str], choice: str, text: str) -> Axis:
+    """An X/Y axis from the grid form: an adapter's weight or block preset, the seed, the CFG or the sampler."""
+    separator = ";" if choice.startswith("blocks") else ","
+    values = [t.strip() for t in (text or "").split(separator) if t.strip()]
     try:
-        row = int(row_label.split()[-1]) - 1
-        xs = [float(x) for x in weights_text.split(",")]
-        ys = [int(y) for y in seeds_text.split(",")]
+        if choice.startswith(("weight of", "blocks of")):
+            row = int(choice.split()[-1]) - 1
+            if row >= len(names):
+                raise LoramixError(f"X/Y grid: {choice.split(' of ')[1]} has no adapter selected.")
+            kind = "weight" if choice.startswith("weight") else "lbw"
+            return Axis(kind, [float(x) for x in values] if kind == "weight" else values, names[row])
+        if choice == "seed":
+            return Axis("seed", [int(x) for x in values])
+        if choice == "cfg":
+            return Axis("cfg", [float(x) for x in values])
+        return Axis("sampler", values)
     except ValueError:
-        raise LoramixError("X/Y grid: weights and seeds are comma-separated numbers.") from None
-    if row >= len(v.rows):
-        raise LoramixError(f"X/Y grid: {row_label} has no adapter selected.")
+        raise LoramixError(f"X/Y grid: {choice} takes comma-separated numbers; got {text!r}.") from None
+
+
+def make_grid(state: AppState, v: MixValues, x_choice: str, x_text: str, y_choice: str, y_text: str):
+    """A compare grid over two axes; block presets are separated by `;` (a preset can be a comma list)."""
     with state.mixer_lock:
         mixer, names = blended(state, v)
-        image = xy_grid(mixer, v.request(), Axis("weight", xs, names[row]), Axis("seed", ys))
-    return image, f"Grid done: {len(xs)} × {len(ys)} images."
+        x, y = grid_axis(v, names, x_choice, x_text), grid_axis(v, names, y_choice, y_text)
+        image = xy_grid(mixer, v.request(), x, y)
+    return image, f"Grid done: {len(x.values)} × {len(y.values)} images."
+
+
+def save_mix(state: AppState, v: MixValues, name: str) -> str:
+    """Save the blend (files, weights, block weights, on/off) as a small TOML mix preset in outputs/mixes."""
+    name = plain_name("Mix name", (name or "").strip())
+    target = state.confinement.writable("Mix name", state.outputs / "mixes" / f"{name}.toml")
+    with state.mixer_lock:
+        mixer, _ = blended(state, v)
+        save_mix_preset(target, preset_from_mixer(mixer))
+    return f"Saved mix {name} ({len(v.rows)} adapters) to {target}."
+
+
+def mix_names(state: AppState) -> list[str]:
+    return sorted(p.stem for p in (state.outputs / "mixes").glob("*.toml"))
+
+
+def load_mix(state: AppState, name: str) -> tuple[int, list[tuple[str | None, float, bool, str]]]:
+    """A saved mix by name as (count, rows of (file, weight, on, blocks)) for the adapter rows."""
+    name = plain_name("Mix", (name or "").strip())
+    preset = load_mix_preset(state.confinement.readable("Mix", state.outputs / "mixes" / f"{name}.toml"))
+    if len(preset.adapters) > MAX_ROWS:
+        raise LoramixError(f"Mix {name}: {len(preset.adapters)} adapters; the Mix tab shows at most {MAX_ROWS}.")
+    rows = [(e.path, e.weight, e.enabled, e.blocks.text if e.blocks else "") for e in preset.adapters]
+    rows += [(None, 1.0, True, "")] * (MAX_ROWS - len(rows))
+    return max(len(preset.adapters), 1), rows
 
 
 def export_blend(state: AppState, v: MixValues, name: str, rank: int, precision: str, replace: bool):
@@ -172,10 +220,12 @@ def export_blend(state: AppState, v: MixValues, name: str, rank: int, precision:
     with state.mixer_lock:
         mixer, _ = blended(state, v)
         sources = mixer.sources()
+        recorded = mix_preset_metadata(preset_from_mixer(mixer))
     if not sources:
         raise LoramixError("Export: enable at least one adapter.")
     rank = int(rank or 0)
     adapter, report = merge_svd(sources, rank) if rank else merge_concat(sources)
+    adapter.metadata.update(recorded)
     path = save_lora(target, adapter, precision)
     note = f" Relative error {report.relative_error:.4f}." if rank else " Exact."
     return str(path), f"Saved {path.name}: {len(adapter.layers)} layers.{note}"
@@ -214,14 +264,14 @@ def remove_row(rows: list[tuple], count: int, i: int) -> tuple[int, list[tuple]]
     """Drop row i, shift the rows below up, and append an empty row."""
     rows = list(rows)
     del rows[i]
-    rows.append((None, 1.0, True))
+    rows.append((None, 1.0, True, ""))
     return max(count - 1, 1), rows
 
 
 # ---- layout ------------------------------------------------------------------------------------------
 def _adapter_rows(state: AppState):
     choices = adapter_choices(state)
-    files, weights, enabled, cards, rows, removes = [], [], [], [], [], []
+    files, weights, enabled, blocks, cards, rows, removes = [], [], [], [], [], [], []
     for i in range(MAX_ROWS):
         with gr.Column(visible=i == 0) as row:
             with gr.Row(equal_height=True):
@@ -230,10 +280,13 @@ def _adapter_rows(state: AppState):
                 weights.append(gr.Slider(-2, 2, value=1.0, step=0.05, label="Weight", scale=3,
                                          elem_id=f"mix-weight-{i}"))
                 enabled.append(gr.Checkbox(value=True, label="On", scale=1, min_width=60, elem_id=f"mix-on-{i}"))
+                blocks.append(gr.Dropdown(["", *PRESET_NAMES], value="", label="Blocks", allow_custom_value=True,
+                                          interactive=True, scale=2, min_width=120, elem_id=f"mix-blocks-{i}",
+                                          info="A preset (OUTD, INS, MIDD…) or 17/12 comma-separated weights"))
                 removes.append(gr.Button("✕", scale=0, min_width=40))
             cards.append(gr.Markdown(elem_id=f"mix-card-{i}", elem_classes=["mix-card"]))
         rows.append(row)
-    return files, weights, enabled, cards, rows, removes
+    return files, weights, enabled, blocks, cards, rows, removes
 
 
 def _request_panel():
@@ -256,12 +309,24 @@ def _request_panel():
 def _grid_panel():
     with gr.Accordion("X/Y grid", open=False):
         with gr.Row():
-            row = gr.Dropdown([f"Adapter {i + 1}" for i in range(MAX_ROWS)], value="Adapter 1", label="X: weight of")
-            weights = gr.Textbox("-1, 0, 0.5, 1", label="X: weights")
-            seeds = gr.Textbox("1, 2", label="Y: seeds")
-            button = gr.Button("Make grid")
-        image = gr.Image(label="Grid", type="pil", format="png")
-    return row, weights, seeds, button, image
+            x_axis = gr.Dropdown(axis_choices(), value="weight of Adapter 1", label="X axis", elem_id="mix-grid-x")
+            x_values = gr.Textbox("-1, 0, 0.5, 1", label="X values",
+                                  info="Comma-separated; block presets are separated by ; (e.g. ALL; OUTD; INS)")
+            y_axis = gr.Dropdown(axis_choices(), value="seed", label="Y axis", elem_id="mix-grid-y")
+            y_values = gr.Textbox("1, 2", label="Y values")
+            button = gr.Button("Make grid", elem_id="mix-grid-make")
+        image = gr.Image(label="Grid", type="pil", format="png", elem_id="mix-grid-image")
+    return x_axis, x_values, y_axis, y_values, button, image
+
+
+def _mix_preset_panel(state: AppState):
+    with gr.Accordion("Mix presets", open=False):
+        with gr.Row(equal_height=True):
+            name = gr.Textbox(label="Save blend as", placeholder="my-mix", elem_id="mix-preset-name")
+            save = gr.Button("Save mix", elem_id="mix-preset-save")
+            saved = gr.Dropdown(mix_names(state), label="Saved mixes", interactive=True, elem_id="mix-preset-list")
+            load = gr.Button("Load mix", elem_id="mix-preset-load")
+    return name, save, saved, load
 
 
 def _export_panel():
@@ -287,7 +352,7 @@ def build(state: AppState) -> MixTab:
                           scale=3, elem_id="mix-base")
         refresh = gr.Button("Refresh adapter list", scale=1)
         upload = gr.File(label="Add LoRA files", file_count="multiple", file_types=[".safetensors"], scale=2)
-    files, weights, enabled, cards, rows, removes = _adapter_rows(state)
+    files, weights, enabled, blocks, cards, rows, removes = _adapter_rows(state)
     count = gr.State(1)
     add = gr.Button("+ Add adapter", elem_id="mix-add")
     with gr.Row():
@@ -298,9 +363,10 @@ def build(state: AppState) -> MixTab:
         with gr.Column(scale=2):
             image = gr.ImageSlider(label="Before (all adapters off) / after", type="pil", format="png",
                                    elem_id="mix-image", height=340)
-    grid_row, grid_weights, grid_seeds, grid_button, grid_image = _grid_panel()
+    mix_name, mix_save, mix_saved, mix_load = _mix_preset_panel(state)
+    grid_x, grid_x_values, grid_y, grid_y_values, grid_button, grid_image = _grid_panel()
     export_name, export_rank, export_precision, replace, export_button, bake_button, download = _export_panel()
-    tab = MixTab(base, files, weights, enabled, cards, count, rows, request)
+    tab = MixTab(base, files, weights, enabled, blocks, cards, count, rows, request)
     _wire(state, tab, locals())
     return tab
 
@@ -332,16 +398,44 @@ def _wire(state: AppState, tab: MixTab, w: dict) -> None:
     w["generate"].click(guarded(on_generate, (gr.skip(),)), inputs, out, concurrency_limit=1,
                         concurrency_id="preview", **private)
     live_inputs = inputs | {w["draft"]}
+    for block in tab.blocks:
+        block.input(guarded(on_live, (gr.skip(),)), live_inputs, out, concurrency_limit=1,
+                    concurrency_id="preview", trigger_mode="always_last", **private)
     for slider, box in zip(tab.weights, tab.enabled):
         slider.release(guarded(on_live, (gr.skip(),)), live_inputs, out, concurrency_limit=1,
                        concurrency_id="preview", trigger_mode="always_last", **private)
         box.input(guarded(on_live, (gr.skip(),)), live_inputs, out, concurrency_limit=1,
                   concurrency_id="preview", trigger_mode="always_last", **private)
     w["grid_button"].click(
-        guarded(lambda raw: make_grid(state, tab.values(raw), raw[w["grid_row"]], raw[w["grid_weights"]],
-                                      raw[w["grid_seeds"]]), (gr.skip(),)),
-        inputs | {w["grid_row"], w["grid_weights"], w["grid_seeds"]}, [w["grid_image"], w["status"]],
+        guarded(lambda raw: make_grid(state, tab.values(raw), raw[w["grid_x"]], raw[w["grid_x_values"]],
+                                      raw[w["grid_y"]], raw[w["grid_y_values"]]), (gr.skip(),)),
+        inputs | {w["grid_x"], w["grid_x_values"], w["grid_y"], w["grid_y_values"]}, [w["grid_image"], w["status"]],
         concurrency_limit=1, concurrency_id="preview", **private)
+
+    def on_save_mix(raw):
+        message = save_mix(state, tab.values(raw), raw[w["mix_name"]])
+        return gr.update(choices=mix_names(state), value=raw[w["mix_name"]]), message
+
+    def on_load_mix(name):
+        count, rows = load_mix(state, name)
+        out = {tab.count: count, w["status"]: f"Loaded mix {name}."}
+        for j, (f, wt, on, b) in enumerate(rows):
+            out[tab.files[j]] = gr.update(choices=adapter_choices(state), value=f)
+            out[tab.weights[j]], out[tab.enabled[j]], out[tab.blocks[j]] = wt, on, b
+            out[tab.rows[j]] = gr.update(visible=j < count)
+        return out
+
+    def load_or_say(name):
+        try:
+            return on_load_mix(name)
+        except LoramixError as e:
+            return {w["status"]: f"⚠ {e}"}
+
+    w["mix_save"].click(guarded(on_save_mix, (gr.skip(),)), inputs | {w["mix_name"]}, [w["mix_saved"], w["status"]],
+                        concurrency_limit=1, concurrency_id="preview", **private)
+    w["mix_load"].click(load_or_say, w["mix_saved"],
+                        [tab.count, w["status"], *tab.files, *tab.weights, *tab.enabled, *tab.blocks, *tab.rows],
+                        **private)
     w["export_button"].click(
         guarded(lambda raw: export_blend(state, tab.values(raw), raw[w["export_name"]], raw[w["export_rank"]],
                                          raw[w["export_precision"]], raw[w["replace"]]), (gr.skip(),)),
@@ -359,11 +453,12 @@ def _wire(state: AppState, tab: MixTab, w: dict) -> None:
 
     def on_remove(i):
         def handler(raw):
-            old = [(raw[f], raw[wt], raw[e]) for f, wt, e in zip(tab.files, tab.weights, tab.enabled)]
+            old = [(raw[f], raw[wt], raw[e], raw[b]) for f, wt, e, b in zip(tab.files, tab.weights, tab.enabled,
+                                                                               tab.blocks)]
             n, new = remove_row(old, raw[tab.count], i)
             result = {tab.count: n}
             for j in range(MAX_ROWS):
-                result[tab.files[j]], result[tab.weights[j]], result[tab.enabled[j]] = new[j]
+                result[tab.files[j]], result[tab.weights[j]], result[tab.enabled[j]], result[tab.blocks[j]] = new[j]
                 result[tab.rows[j]] = gr.update(visible=j < n)
                 result[tab.cards[j]] = card_text(state, new[j][0])
             return result
@@ -381,8 +476,9 @@ def _wire(state: AppState, tab: MixTab, w: dict) -> None:
 
     w["add"].click(on_add, tab.count, [tab.count, *tab.rows], **private)
     for i, button in enumerate(w["removes"]):
-        button.click(on_remove(i), {tab.count, *tab.files, *tab.weights, *tab.enabled},
-                     [tab.count, *tab.files, *tab.weights, *tab.enabled, *tab.rows, *tab.cards], **private)
+        button.click(on_remove(i), {tab.count, *tab.files, *tab.weights, *tab.enabled, *tab.blocks},
+                     [tab.count, *tab.files, *tab.weights, *tab.enabled, *tab.blocks, *tab.rows, *tab.cards],
+                     **private)
     for f, card in zip(tab.files, tab.cards):
         f.change(lambda path: card_text(state, path), f, card, **private)
     w["refresh"].click(on_refresh, None, tab.files, **private)

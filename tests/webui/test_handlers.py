@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from loramix.errors import LoramixError
 from loramix.events import TrainEvent
 from tests.conftest import make_folder
 from trainers.lora_trainer import TrainResult
@@ -182,3 +183,30 @@ def test_adapter_list_shows_step_files_under_their_run(state):
         (run / name).write_bytes(b"x")
     labels = [label for label, _ in mix_tab.adapter_choices(state)]
     assert sorted(labels) == ["mystyle/mystyle-step000050.safetensors", "mystyle/mystyle.safetensors"]
+
+
+def test_mix_grid_block_weights_presets_and_export_metadata(tmp_path, tiny_model):
+    import json
+
+    from loramix.lora_io import read_lora
+    from loramix.mix_preset import METADATA_KEY
+    from tests.conftest import random_lora
+
+    state = AppState.create(tmp_path / "outputs", jobs=JobManager(Recorder()))
+    a = random_lora(tiny_model, state.lora_dir / "a.safetensors", 1)
+    random_lora(tiny_model, state.lora_dir / "b.safetensors", 2)
+    v = mix_tab.MixValues(str(tiny_model), [(str(a), 0.8, True, "OUTD"), (str(state.lora_dir / "b.safetensors"),
+                                                                          -0.5, True, None)],
+                          "red stripes", "", 1, 2, 3.0, 0, "ddim")
+    assert "Saved mix duo" in mix_tab.save_mix(state, v, "duo")
+    count, rows = mix_tab.load_mix(state, "duo")
+    assert count == 2 and rows[0][1:] == (0.8, True, "OUTD") and rows[1][1:] == (-0.5, True, "")
+    with pytest.raises(LoramixError, match="plain file name"):
+        mix_tab.save_mix(state, v, "../out")
+    image, message = mix_tab.make_grid(state, v, "blocks of Adapter 1", "ALL; OUTD", "cfg", "1, 4")
+    assert message == "Grid done: 2 × 2 images." and image.size[0] > 2 * 64
+    with pytest.raises(LoramixError, match="Adapter 3 has no adapter"):
+        mix_tab.make_grid(state, v, "weight of Adapter 3", "0, 1", "seed", "1")
+    path, note = mix_tab.export_blend(state, v, "duo-merged", 0, "fp32", False)
+    recorded = json.loads(read_lora(path).metadata[METADATA_KEY])
+    assert [r["weight"] for r in recorded["adapter"]] == [0.8, -0.5] and recorded["adapter"][0]["blocks"] == "OUTD"

@@ -90,7 +90,9 @@ def component_value(comp: dict, text: str):
         return {"headers": ["image", "caption"], "data": [[text, "pwned"]], "metadata": None}
     if kind == "checkbox":
         return True
-    if kind in ("number", "slider"):
+    if kind == "slider":  # the minimum: 1 step, no guidance, the model's own size (keeps any preview cheap)
+        return props.get("minimum", 0)
+    if kind == "number":
         return props.get("value", 0) or 0
     if kind == "state":
         return props.get("value")
