@@ -19,7 +19,7 @@ from pathlib import Path
 import gradio as gr
 
 from loramix.adapter_info import adapter_info
-from loramix.block_weights import PRESET_NAMES
+from loramix.block_weights import BLOCK_IDS, LAYOUTS, PRESET_NAMES, format_block_weights, parse_block_weights
 from loramix.errors import LoramixError
 from loramix.lora_io import save_lora
 from loramix.merge import merge_concat, merge_svd
@@ -149,6 +149,22 @@ class Previewer:
             before = self.base_image(mixer, v, req)
         return (before, picture), f"Seed {req.seed} · {req.steps} steps · {describe(mixer, names)}." \
                                   f"{_busy_note(self.state)}"
+
+
+LAYOUT_CHOICES = {"SD 1.x / 2.x (17)": 17, "SDXL (12)": 12, "all 26 blocks (tiny models)": 26}
+
+
+def blocks_to_sliders(text: str, layout: int) -> list[float]:
+    """A row's block text as one value per block of `BLOCK_IDS` (empty text: all 1)."""
+    if not (text or "").strip():
+        return [1.0] * len(BLOCK_IDS)
+    return list(parse_block_weights(text).values)
+
+
+def sliders_to_blocks(values: list[float], layout: int) -> str:
+    """The sliders of the blocks in `layout`, as the comma list a row's Blocks box takes."""
+    by_id = dict(zip(BLOCK_IDS, values))
+    return format_block_weights([by_id[b] for b in LAYOUTS[layout]])
 
 
 def axis_choices() -> list[str]:
@@ -319,6 +335,23 @@ def _grid_panel():
     return x_axis, x_values, y_axis, y_values, button, image
 
 
+def _block_editor_panel():
+    with gr.Accordion("Block weights, one slider per block", open=False):
+        with gr.Row(equal_height=True):
+            row = gr.Dropdown([f"Adapter {i + 1}" for i in range(MAX_ROWS)], value="Adapter 1", label="Edit the row",
+                              elem_id="mix-lbw-row")
+            layout = gr.Dropdown(list(LAYOUT_CHOICES), value="SD 1.x / 2.x (17)", label="Layout",
+                                 elem_id="mix-lbw-layout")
+            read = gr.Button("Read the row", elem_id="mix-lbw-read")
+            write = gr.Button("Apply to the row", variant="primary", elem_id="mix-lbw-apply")
+        sliders = []
+        with gr.Row():
+            for block in BLOCK_IDS:
+                sliders.append(gr.Slider(-1, 2, value=1.0, step=0.05, label=block, min_width=90,
+                                         visible=block in LAYOUTS[17], elem_id=f"mix-lbw-{block}"))
+    return row, layout, read, write, sliders
+
+
 def _mix_preset_panel(state: AppState):
     with gr.Accordion("Mix presets", open=False):
         with gr.Row(equal_height=True):
@@ -363,6 +396,7 @@ def build(state: AppState) -> MixTab:
         with gr.Column(scale=2):
             image = gr.ImageSlider(label="Before (all adapters off) / after", type="pil", format="png",
                                    elem_id="mix-image", height=340)
+    lbw_row, lbw_layout, lbw_read, lbw_write, lbw_sliders = _block_editor_panel()
     mix_name, mix_save, mix_saved, mix_load = _mix_preset_panel(state)
     grid_x, grid_x_values, grid_y, grid_y_values, grid_button, grid_image = _grid_panel()
     export_name, export_rank, export_precision, replace, export_button, bake_button, download = _export_panel()
@@ -431,6 +465,28 @@ def _wire(state: AppState, tab: MixTab, w: dict) -> None:
         except LoramixError as e:
             return {w["status"]: f"⚠ {e}"}
 
+    def on_layout(choice):
+        keep = set(LAYOUTS[LAYOUT_CHOICES[choice]])
+        return [gr.update(visible=b in keep) for b in BLOCK_IDS]
+
+    def on_read(raw):
+        i = int(raw[w["lbw_row"]].split()[-1]) - 1
+        try:
+            values = blocks_to_sliders(raw[tab.blocks[i]], LAYOUT_CHOICES[raw[w["lbw_layout"]]])
+        except LoramixError as e:
+            return {w["status"]: f"⚠ {e}"}
+        return {**dict(zip(w["lbw_sliders"], values)), w["status"]: f"Block weights of Adapter {i + 1} loaded."}
+
+    def on_write(raw):
+        i = int(raw[w["lbw_row"]].split()[-1]) - 1
+        text = sliders_to_blocks([raw[c] for c in w["lbw_sliders"]], LAYOUT_CHOICES[raw[w["lbw_layout"]]])
+        return {tab.blocks[i]: text, w["status"]: f"Adapter {i + 1} blocks: {text}. Generate to see it."}
+
+    w["lbw_layout"].change(on_layout, w["lbw_layout"], w["lbw_sliders"], **private)
+    w["lbw_read"].click(on_read, {w["lbw_row"], w["lbw_layout"], *tab.blocks}, [*w["lbw_sliders"], w["status"]],
+                        **private)
+    w["lbw_write"].click(on_write, {w["lbw_row"], w["lbw_layout"], *w["lbw_sliders"]}, [*tab.blocks, w["status"]],
+                         **private)
     w["mix_save"].click(guarded(on_save_mix, (gr.skip(),)), inputs | {w["mix_name"]}, [w["mix_saved"], w["status"]],
                         concurrency_limit=1, concurrency_id="preview", **private)
     w["mix_load"].click(load_or_say, w["mix_saved"],

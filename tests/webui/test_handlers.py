@@ -210,3 +210,11 @@ def test_mix_grid_block_weights_presets_and_export_metadata(tmp_path, tiny_model
     path, note = mix_tab.export_blend(state, v, "duo-merged", 0, "fp32", False)
     recorded = json.loads(read_lora(path).metadata[METADATA_KEY])
     assert [r["weight"] for r in recorded["adapter"]] == [0.8, -0.5] and recorded["adapter"][0]["blocks"] == "OUTD"
+
+
+def test_block_sliders_round_trip_a_rows_text():
+    values = mix_tab.blocks_to_sliders("OUTD", 17)
+    assert mix_tab.sliders_to_blocks(values, 17) == "1,0,0,0,0,0,0,0,1,1,1,1,0,0,0,0,0"
+    assert mix_tab.blocks_to_sliders("", 17) == [1.0] * 26
+    sdxl = mix_tab.sliders_to_blocks(mix_tab.blocks_to_sliders("1,0,0,0,0,0.5,1,1,1,1,1,1", 12), 12)
+    assert sdxl == "1,0,0,0,0,0.5,1,1,1,1,1,1"
