@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +24,8 @@ from loramix.ldm_layout import (
     TEXT_ENCODERS,
     UNET_PREFIX,
     VAE_PREFIX,
-    text_encoder_state_from_ldm,
     text_encoder_state_to_ldm,
-    unet_state_from_ldm,
     unet_state_to_ldm,
-    vae_state_from_ldm,
     vae_state_to_ldm,
 )
 
@@ -225,37 +223,50 @@ def _model_class(name: str):
     raise CheckpointFormatError(f"config class {name!r} is not one a single-file checkpoint can hold")
 
 
-def _build(name: str, config: dict, state: dict, path: Path, family: str):
-    """Instantiate `config` without allocating weights, then take the tensors of `state` as parameters."""
-    from accelerate import init_empty_weights
+def _write_config_folder(configs: dict, folder: Path, names: list[str]) -> None:
+    """The resolved configs as a diffusers model folder (`unet/config.json`, ...): the only form of an
+    architecture that diffusers' `from_single_file(config=...)` takes besides a hub id."""
+    for name in names:
+        (folder / name).mkdir()
+        (folder / name / "config.json").write_text(json.dumps(configs[name]), encoding="utf-8")
 
-    config = dict(config)
-    cls = _model_class(config.pop("_class_name"))
-    with init_empty_weights():
-        if cls.__module__.startswith("transformers"):
-            model = cls(cls.config_class.from_dict(config))
+
+def _file_dtype(checkpoint: dict, prefix: str) -> torch.dtype | None:
+    """The floating dtype the file stores a component in (diffusers would cast it to float32)."""
+    return next((v.dtype for k, v in checkpoint.items() if k.startswith(prefix) and v.is_floating_point()), None)
+
+
+def _read_component(name: str, configs: dict, checkpoint: dict, folder: Path, path: Path, family: str,
+                    torch_dtype: torch.dtype | None):
+    """One component through diffusers' own single-file code: `from_single_file` for the UNet and VAE,
+    `create_diffusers_clip_model_from_ldm` (what `from_single_file` of a pipeline uses) for text encoders."""
+    from diffusers.loaders.single_file_utils import (
+        SingleFileComponentError,
+        create_diffusers_clip_model_from_ldm,
+    )
+
+    cls = _model_class(configs[name]["_class_name"])
+    prefix = {"unet": UNET_PREFIX, "vae": VAE_PREFIX, **{n: p for n, _, p in TEXT_ENCODERS[family]}}[name]
+    dtype = torch_dtype or _file_dtype(checkpoint, prefix)
+    try:
+        if hasattr(cls, "from_single_file"):
+            model = cls.from_single_file(checkpoint, config=str(folder), subfolder=name, local_files_only=True,
+                                         torch_dtype=dtype)
         else:
-            model = cls.from_config(config)
-    expected = model.state_dict()
-    if any(k.startswith("text_model.") for k in expected):  # transformers keeps `text_model.` on some classes
-        state = {k if k == "text_projection.weight" else "text_model." + k: v for k, v in state.items()}
-    missing = [k for k in expected if k not in state]
+            model = create_diffusers_clip_model_from_ldm(cls, checkpoint, subfolder=name, config=str(folder),
+                                                         local_files_only=True, torch_dtype=dtype)
+    except (ValueError, KeyError, IndexError, RuntimeError, SingleFileComponentError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointFormatError(f"{path}: the {name} weights do not fit the {family} architecture ({first}). "
+                                    f"Pass family=... if the detection was wrong, or config_overrides="
+                                    f"{{'{name}': ...}} for a non-standard architecture.") from e
+    # diffusers leaves a weight the file lacks on the `meta` device instead of failing
+    missing = [k for k, v in [*model.named_parameters(), *model.named_buffers()] if v.is_meta]
     if missing:
         raise CheckpointFormatError(
             f"{path}: the {name} weights do not fit the {family} architecture: {len(missing)} missing, e.g. "
             f"'{missing[0]}'. Pass family=... if the detection was wrong, or config_overrides={{'{name}': ...}} "
             "for a non-standard architecture.")
-    extra = sorted(set(state) - set(expected))
-    if extra:
-        log.info("%s: %d %s tensors the model does not use, e.g. %s", path, len(extra), name, extra[0])
-    try:
-        # tensors read from the file can sit at odd addresses inside its buffer: copy those, since a
-        # misaligned weight is slower and gives (slightly) different results than an aligned one
-        model.load_state_dict({k: state[k] if state[k].data_ptr() % 64 == 0 else state[k].clone()
-                               for k in expected}, strict=True, assign=True)
-    except RuntimeError as e:
-        raise CheckpointFormatError(f"{path}: the {name} weights do not fit the {family} architecture ({e}). "
-                                    f"Pass config_overrides={{'{name}': ...}} for a non-standard architecture.") from e
     return model.eval()
 
 
@@ -299,21 +310,11 @@ def load_single_file(path: str | Path, *, family: str | None = None, prediction_
     for (name, _, _), cached in zip(TEXT_ENCODERS[family], _CACHED_TOKENIZERS[family]):
         tok = name.replace("text_encoder", "tokenizer")
         out[tok] = _tokenizer(given[tok], path.parent / tok, cached, family, path)
-    states = {"unet": lambda: unet_state_from_ldm(checkpoint, configs["unet"]),
-              "vae": lambda: vae_state_from_ldm(checkpoint, configs["vae"])}
-    for name, kind, prefix in TEXT_ENCODERS[family]:
-        states[name] = lambda kind=kind, prefix=prefix: text_encoder_state_from_ldm(checkpoint, kind, prefix)
-    for name, convert in states.items():
-        try:
-            state = convert()
-        except (ValueError, IndexError, KeyError) as e:
-            raise CheckpointFormatError(f"{path}: the {name} weights do not fit the {family} architecture ({e}). "
-                                        f"Pass family=... or config_overrides={{'{name}': ...}}.") from e
-        out[name] = _build(name, configs[name], state, path, family)
+    names = ["unet", "vae"] + [name for name, _, _ in TEXT_ENCODERS[family]]
+    with tempfile.TemporaryDirectory(prefix="loramix-configs-") as folder:
+        _write_config_folder(configs, Path(folder), names)
+        for name in names:
+            out[name] = _read_component(name, configs, checkpoint, Path(folder), path, family, torch_dtype)
     scheduler = dict(configs["scheduler"])
     out["scheduler"] = _model_class(scheduler.pop("_class_name")).from_config(scheduler)
-    if torch_dtype is not None:
-        for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
-            if name in out:
-                out[name].to(torch_dtype)
     return out
