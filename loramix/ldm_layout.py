@@ -1,6 +1,10 @@
-"""Key maps between diffusers and the original LDM ("single-file checkpoint") layout, SD 1.x/2.x/SDXL.
+"""Key maps from diffusers to the original LDM ("single-file checkpoint") layout, SD 1.x/2.x/SDXL: the writer.
 
-Pure functions on names and state dicts; files, configs and models live in `single_file.py`.
+Pure functions on names and state dicts; files, configs and models live in `single_file.py`. Only this
+direction is hand-written: diffusers reads the LDM layout (`diffusers.loaders.single_file_utils`, used by
+`single_file.load_single_file`) but has no writer. The tests check every name written here against
+diffusers' reader, so the two directions cannot drift apart. kohya names SDXL LoRA layers after the LDM
+UNet paths, so `unet_module_to_ldm` also serves `families.SDXLFamily.kohya_path`.
 
 UNet (L = layers_per_block; kohya names SDXL LoRA layers after these LDM paths):
     conv_in                               <-> input_blocks.0.0
@@ -60,11 +64,9 @@ def _join(*parts: str) -> str:
     return ".".join(p for p in parts if p)
 
 
-def _unet_top(path: str, config: dict, inverse: bool) -> str | None:
+def _unet_top(path: str, config: dict) -> str | None:
     embed = "class_embedding" if config.get("class_embed_type") else "add_embedding"
     table = {k: v for k, v in _UNET_TOP.items() if not k.startswith(("add_", "class_")) or k.startswith(embed)}
-    if inverse:
-        table = {v: k for k, v in table.items()}
     for name, other in table.items():
         if path == name or path.startswith(name + "."):
             return other + path[len(name):]
@@ -76,7 +78,7 @@ def unet_module_to_ldm(diffusers_module_path: str, unet_config: dict) -> str:
     `down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q` -> `input_blocks.4.1.transformer_blocks.0.attn1.to_q`
     for SD 1.x. Works for parameter paths too (`….conv1.weight` -> `….in_layers.2.weight`)."""
     path, config = diffusers_module_path, unet_config
-    top = _unet_top(path, config, inverse=False)
+    top = _unet_top(path, config)
     if top is not None:
         return top
     parts, L = path.split("."), _layers(config)
@@ -107,51 +109,9 @@ def unet_module_to_ldm(diffusers_module_path: str, unet_config: dict) -> str:
     raise ValueError(f"{path}: not a UNet2DConditionModel module path the LDM layout knows")
 
 
-def unet_module_from_ldm(ldm_module_path: str, unet_config: dict) -> str:
-    """The diffusers path of an LDM UNet module (or parameter) path: the inverse of `unet_module_to_ldm`."""
-    path, config = ldm_module_path, unet_config
-    top = _unet_top(path, config, inverse=True)
-    if top is not None:
-        return top
-    parts, L = path.split("."), _layers(config)
-    try:
-        block, n = parts[0], int(parts[1])
-        sub, rest = (int(parts[2]), parts[3:]) if block != "middle_block" else (n, parts[2:])
-    except (ValueError, IndexError):
-        raise ValueError(f"{path}: not an LDM UNet module path (input_blocks/middle_block/output_blocks)") from None
-    resnet_inverse = {v: k for k, v in _RESNET.items()}
-    if block == "input_blocks" and 1 <= n <= (L + 1) * len(config["down_block_types"]):
-        i, j = divmod(n - 1, L + 1)
-        if j == L and sub == 0 and rest[:1] == ["op"]:
-            return _join(f"down_blocks.{i}.downsamplers.0.conv", ".".join(rest[1:]))
-        if j < L and sub in (0, 1):
-            return _join(f"down_blocks.{i}.{('resnets', 'attentions')[sub]}.{j}",
-                         _rename(resnet_inverse, rest) if sub == 0 else ".".join(rest))
-    elif block == "middle_block" and sub in (0, 1, 2):
-        if sub == 1:
-            return _join("mid_block.attentions.0", ".".join(rest))
-        return _join(f"mid_block.resnets.{sub // 2}", _rename(resnet_inverse, rest))
-    elif block == "output_blocks" and n < (L + 1) * len(config["up_block_types"]):
-        i, j = divmod(n, L + 1)
-        attention = "CrossAttn" in config["up_block_types"][i]
-        if sub == 0:
-            return _join(f"up_blocks.{i}.resnets.{j}", _rename(resnet_inverse, rest))
-        if sub == 1 and attention:
-            return _join(f"up_blocks.{i}.attentions.{j}", ".".join(rest))
-        if j == L and sub == (2 if attention else 1):
-            return _join(f"up_blocks.{i}.upsamplers.0", ".".join(rest))
-    raise ValueError(f"{path}: not an LDM UNet module path this UNet config has")
-
-
 def unet_state_to_ldm(state_dict: dict, unet_config: dict) -> dict:
     """diffusers UNet state dict -> LDM keys under `model.diffusion_model.`."""
     return {UNET_PREFIX + unet_module_to_ldm(k, unet_config): v for k, v in state_dict.items()}
-
-
-def unet_state_from_ldm(checkpoint: dict, unet_config: dict) -> dict:
-    """The `model.diffusion_model.` part of an LDM checkpoint -> a diffusers UNet state dict."""
-    n = len(UNET_PREFIX)
-    return {unet_module_from_ldm(k[n:], unet_config): v for k, v in checkpoint.items() if k.startswith(UNET_PREFIX)}
 
 
 # ---- VAE ------------------------------------------------------------------------------------------
@@ -179,27 +139,6 @@ def _vae_key_to_ldm(key: str, n_blocks: int) -> str:
     return key  # conv_in, conv_out
 
 
-def _vae_key_from_ldm(key: str, n_blocks: int) -> str:
-    side, parts = key.split(".", 1)[0], key.split(".")
-    if side not in ("encoder", "decoder"):
-        return key
-    body = parts[1:]
-    if body[0] == "norm_out":
-        return _join(side, "conv_norm_out", *body[1:])
-    if body[0] in ("down", "up"):
-        i = int(body[1]) if body[0] == "down" else n_blocks - 1 - int(body[1])
-        where = f"{body[0]}_blocks.{i}"
-        if body[2] == "block":
-            return _join(side, where, "resnets", body[3], _rename({"nin_shortcut": "conv_shortcut"}, body[4:]))
-        return _join(side, where, "downsamplers.0" if body[2] == "downsample" else "upsamplers.0", *body[3:])
-    if body[0] == "mid":
-        if body[1].startswith("block_"):
-            return _join(side, f"mid_block.resnets.{int(body[1][6:]) - 1}",
-                         _rename({"nin_shortcut": "conv_shortcut"}, body[2:]))
-        return _join(side, "mid_block.attentions.0", _rename({v: k for k, v in _VAE_ATTN.items()}, body[2:]))
-    return key
-
-
 def vae_state_to_ldm(state_dict: dict, vae_config: dict) -> dict:
     """diffusers AutoencoderKL state dict -> LDM keys under `first_stage_model.` (attention as 1x1 convs)."""
     n, out = len(vae_config["up_block_types"]), {}
@@ -207,19 +146,6 @@ def vae_state_to_ldm(state_dict: dict, vae_config: dict) -> dict:
         if ".attentions." in key and key.endswith(".weight") and "group_norm" not in key:  # linear -> 1x1 conv
             value = value.reshape(*value.shape, 1, 1)
         out[VAE_PREFIX + _vae_key_to_ldm(key, n)] = value
-    return out
-
-
-def vae_state_from_ldm(checkpoint: dict, vae_config: dict) -> dict:
-    """The `first_stage_model.` part of an LDM checkpoint -> a diffusers AutoencoderKL state dict."""
-    n, out = len(vae_config["up_block_types"]), {}
-    for key, value in checkpoint.items():
-        if not key.startswith(VAE_PREFIX):
-            continue
-        name = _vae_key_from_ldm(key[len(VAE_PREFIX):], n)
-        if ".attentions." in name and name.endswith(".weight") and value.ndim == 4:
-            value = value.reshape(value.shape[0], value.shape[1])
-        out[name] = value
     return out
 
 
@@ -267,34 +193,4 @@ def text_encoder_state_to_ldm(state_dict: dict, kind: str, prefix: str) -> dict:
             continue
         else:
             out[prefix + _openclip_key(key)] = value
-    return out
-
-
-def text_encoder_state_from_ldm(checkpoint: dict, kind: str, prefix: str) -> dict:
-    """The `prefix` part of an LDM checkpoint -> transformers CLIP text model keys in the short form
-    (no `text_model.`; `text_projection.weight` only when the checkpoint has a projection)."""
-    part = {k[len(prefix):]: v for k, v in checkpoint.items() if k.startswith(prefix)}
-    if kind == "clip":
-        return _strip_text_model(part)
-    if kind != "openclip":
-        raise ValueError(f"text encoder layout {kind!r}: expected 'clip' or 'openclip'")
-    inverse_top = {v: k for k, v in _OPENCLIP.items()}
-    inverse_layer = {v: k for k, v in _OPENCLIP_LAYER.items()}
-    out = {}
-    for key, value in part.items():
-        if key.endswith(_TEXT_IGNORED):
-            continue
-        if key == "text_projection":
-            out["text_projection.weight"] = value.T.contiguous()
-        elif key.startswith("transformer.resblocks."):
-            _, _, layer, rest = key.split(".", 3)
-            head = f"encoder.layers.{layer}."
-            if rest.startswith("attn.in_proj_"):
-                param = rest.rsplit("_", 1)[1]  # in_proj_weight / in_proj_bias
-                for name, chunk in zip("qkv", value.chunk(3, dim=0)):
-                    out[head + f"self_attn.{name}_proj.{param}"] = chunk.contiguous()
-            else:
-                out[head + _rename(inverse_layer, rest.split("."))] = value
-        else:
-            out[_rename(inverse_top, key.split("."))] = value
     return out
