@@ -91,6 +91,18 @@ class NetworkConfig:
     train_text_encoder: bool = _f(False, "Also train LoRA on the text encoder attention.")
     text_encoder_lr: float = _f(0.0, "Learning rate of the text encoder LoRA (0 = learning_rate).", min=0.0,
                                 max=10.0)
+    algo: str = _f("lora", "Adapter type. lora: low-rank update, the common choice, read everywhere. loha: LyCORIS "
+                           "LoHa (Hadamard product of two low-rank pairs): more expressive at the same rank, good "
+                           "for styles. lokr: LyCORIS LoKr (Kronecker product): the smallest files, good for "
+                           "characters and concepts. LoHa/LoKr files need A1111 1.5+ or ComfyUI.",
+                   choices=["lora", "loha", "lokr"])
+    conv_rank: int = _f(0, "LoCon: rank of the adapter on the UNet's 3x3 ResNet / down- and up-sampling convs, as "
+                           "kohya's conv_dim (0 = no conv layers).", min=0, max=1024)
+    conv_alpha: float = _f(1.0, "LoCon: alpha of the conv layers, as kohya's conv_alpha (scale = conv_alpha / "
+                                "conv_rank).", min=0.0, max=1024.0)
+    use_dora: bool = _f(False, "DoRA (weight-decomposed LoRA): also trains each layer's weight magnitude; often "
+                               "closer to full fine-tuning at the same rank, a little slower. LoRA only; the "
+                               "file stores dora_scale as LyCORIS does.")
 
 
 @dataclass
@@ -184,6 +196,9 @@ class LoramixConfig:
             raise ConfigError("dataset.resolution", f"{ds.resolution} is not a multiple of 64.")
         if not net.target_modules:
             raise ConfigError("network.target_modules", "is empty; name at least one UNet layer, e.g. to_q.")
+        if net.use_dora and net.algo != "lora":
+            raise ConfigError("network.use_dora", f"DoRA trains on LoRA layers only; set network.algo=lora or "
+                                                  f"use_dora=false (algo is {net.algo}).")
         if ds.crop == "random" and ds.cache_latents:
             raise ConfigError("dataset.crop", "random crops cannot be cached; set dataset.cache_latents=false "
                                               "or dataset.crop=center.")

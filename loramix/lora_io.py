@@ -52,7 +52,8 @@ def kohya_name(prefix: str, module_path: str) -> str:
 
 
 def from_peft(peft_state: dict[str, torch.Tensor], prefix: str, alpha: float,
-              rename: Callable[[str], str] | None = None, rank: int | None = None) -> dict[str, AdapterLayer]:
+              rename: Callable[[str], str] | None = None, rank: int | None = None,
+              rank_alpha: dict[str, tuple[int, float]] | None = None) -> dict[str, AdapterLayer]:
     """Layers from a PEFT state dict: LoRA (`<module>.lora_A.weight` / `.lora_B.weight`), LoHa
     (`<module>.hada_w1_a` …, `LoHaConfig`) or LoKr (`<module>.lokr_w1` …, `LoKrConfig`).
 
@@ -60,8 +61,11 @@ def from_peft(peft_state: dict[str, torch.Tensor], prefix: str, alpha: float,
     is folded in here: a LoKr layer whose halves are both full matrices is scaled by alpha / r in PEFT
     but by 1 in LyCORIS, A1111 and ComfyUI, so alpha / `rank` is multiplied into its w1.
     `rename` maps a module path to the one kohya names it by (SDXL: the LDM UNet layout).
+    `rank_alpha` gives the (rank, alpha) of modules trained with their own (PEFT rank_pattern /
+    alpha_pattern, e.g. LoCon's conv_rank / conv_alpha), by PEFT module path; the rest use rank / alpha.
     """
     rename = rename or (lambda path: path)
+    rank_alpha = rank_alpha or {}
     layers: dict[str, AdapterLayer] = {}
     lycoris: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in peft_state.items():
@@ -71,18 +75,20 @@ def from_peft(peft_state: dict[str, torch.Tensor], prefix: str, alpha: float,
         elif key.endswith(".lora_A.weight"):
             module = key[: -len(".lora_A.weight")]
             up = peft_state[f"{module}.lora_B.weight"]
-            layers[kohya_name(prefix, rename(module))] = LoraLayer(value.detach(), up.detach(), float(alpha))
+            layer_alpha = rank_alpha.get(module, (rank, alpha))[1]
+            layers[kohya_name(prefix, rename(module))] = LoraLayer(value.detach(), up.detach(), float(layer_alpha))
     for module, parts in lycoris.items():
+        layer_rank, layer_alpha = rank_alpha.get(module, (rank, alpha))
         if "hada_w1_a" in parts:
             layer = LohaLayer(parts["hada_w1_a"], parts["hada_w1_b"], parts["hada_w2_a"], parts["hada_w2_b"],
-                              float(alpha), parts.get("hada_t1"), parts.get("hada_t2"))
+                              float(layer_alpha), parts.get("hada_t1"), parts.get("hada_t2"))
         else:
-            layer = LokrLayer(float(alpha), **{k.removeprefix("lokr_"): v for k, v in parts.items()})
+            layer = LokrLayer(float(layer_alpha), **{k.removeprefix("lokr_"): v for k, v in parts.items()})
             if layer.rank is None:
-                if not rank:
+                if not layer_rank:
                     raise AdapterFormatError(f"{module}: a LoKr layer with two full halves needs the PEFT rank "
                                              "to carry PEFT's alpha / r scale into the file.")
-                layer.w1 = layer.w1 * (float(alpha) / rank)
+                layer.w1 = layer.w1 * (float(layer_alpha) / layer_rank)
         layers[kohya_name(prefix, rename(module))] = layer
     return layers
 

@@ -37,12 +37,22 @@ def adapter_metadata(cfg: LoramixConfig, family, *, step: int, epoch: int, num_i
     res = cfg.dataset.resolution
     te_lr = cfg.network.text_encoder_lr or cfg.optim.learning_rate
     version = getattr(family, "base_model_version", family.ss_base_model_version)
+    from loramix.lora_io import lycoris_metadata
+
     finished_at = time.time()
+    net = cfg.network
+    # kohya's networks.lora for LoRA / LoCon; a LyCORIS run's keys (lycoris.kohya, algo=…) for LoHa, LoKr, DoRA
+    conv = {"conv_dim": net.conv_rank, "conv_alpha": net.conv_alpha} if net.conv_rank else {}
+    if net.algo != "lora" or net.use_dora:
+        network = lycoris_metadata("locon" if net.algo == "lora" else net.algo, net.rank, net.alpha, **conv,
+                                   **({"dora_wd": True} if net.use_dora else {}))
+    else:
+        network = {"ss_network_module": "networks.lora", "ss_network_dim": str(net.rank),
+                   "ss_network_alpha": str(net.alpha),
+                   "ss_network_args": json.dumps({"target_modules": net.target_modules,
+                                                  **{k: str(v) for k, v in conv.items()}})}
     return {
-        "ss_network_module": "networks.lora",
-        "ss_network_dim": str(cfg.network.rank),
-        "ss_network_alpha": str(cfg.network.alpha),
-        "ss_network_args": json.dumps({"target_modules": cfg.network.target_modules}),
+        **network,
         "ss_base_model_version": version,
         "ss_v2": str(family.name == "sd2"),
         "ss_sd_model_name": Path(cfg.model.base_model).name or "loramix-embedded-tiny",

@@ -162,20 +162,43 @@ class LoraTrainer:
         self.m.vae.to(dtype=torch.float32)  # the VAE runs once per image when caching; fp32 avoids NaNs
 
     def inject_lora(self) -> None:
+        """Put the adapter `network.algo` names (PEFT LoRA / DoRA, LoHa or LoKr) on the UNet and, if asked, the
+        text encoders. LoCon (`conv_rank` > 0) adds every layer inside the UNet's ResNet and down/up-sampling
+        blocks, as kohya's `conv_dim`: the 3x3 convs at conv_rank / conv_alpha (PEFT rank_pattern /
+        alpha_pattern), the 1x1 shortcut convs and time-embedding projections at rank / alpha."""
+        import re
+
         from diffusers.training_utils import cast_training_params
-        from peft import LoraConfig
+        from peft import LoHaConfig, LoKrConfig, LoraConfig
 
         net = self.cfg.network
         torch.manual_seed(self.cfg.train.seed)
-        lora = dict(r=net.rank, lora_alpha=net.alpha, init_lora_weights="gaussian")
+        if net.algo == "lora":
+            make, kw = LoraConfig, dict(r=net.rank, lora_alpha=net.alpha, init_lora_weights="gaussian",
+                                        use_dora=net.use_dora)
+        else:
+            make, kw = {"loha": LoHaConfig, "lokr": LoKrConfig}[net.algo], dict(r=net.rank, alpha=net.alpha)
+        targets, self.layer_rank_alpha = list(net.target_modules), {}  # PEFT module path -> (rank, alpha)
+        if net.conv_rank:
+            for path, module in self.m.unet.named_modules():
+                if type(module).__name__ not in ("ResnetBlock2D", "Downsample2D", "Upsample2D"):
+                    continue
+                for child, layer in module.named_children():
+                    if isinstance(layer, (torch.nn.Linear, torch.nn.Conv2d)):
+                        targets.append(f"{path}.{child}")
+                        if isinstance(layer, torch.nn.Conv2d) and layer.kernel_size != (1, 1):
+                            self.layer_rank_alpha[f"{path}.{child}"] = (net.conv_rank, net.conv_alpha)
+        patterns = {re.escape(path): ra for path, ra in self.layer_rank_alpha.items()}
+        unet_config = make(target_modules=targets, rank_pattern={k: r for k, (r, _) in patterns.items()},
+                           alpha_pattern={k: a for k, (_, a) in patterns.items()}, **kw)
         try:
-            self.m.unet.add_adapter(LoraConfig(target_modules=net.target_modules, **lora))
+            self.m.unet.add_adapter(unet_config)
         except ValueError as e:
             raise ConfigError("network.target_modules", f"{net.target_modules} matched no UNet layer ({e}).") from e
         self.trained = {self.family.unet_prefix: self.m.unet}
         if net.train_text_encoder:
             for prefix, encoder in self.family.text_encoders(self.m).items():
-                encoder.add_adapter(LoraConfig(target_modules=self.family.text_encoder_targets, **lora))
+                encoder.add_adapter(make(target_modules=self.family.text_encoder_targets, **kw))
                 self.trained[prefix] = encoder
         cast_training_params(list(self.trained.values()), dtype=torch.float32)
         if self.cfg.train.gradient_checkpointing:
@@ -397,7 +420,9 @@ class LoraTrainer:
         layers = {}
         for prefix, module in self.trained.items():
             rename = partial(self.family.kohya_path, prefix, model=self.acc.unwrap_model(module))
-            layers.update(from_peft(get_peft_model_state_dict(module), prefix, self.cfg.network.alpha, rename))
+            layers.update(from_peft(get_peft_model_state_dict(module), prefix, self.cfg.network.alpha, rename,
+                                    rank=self.cfg.network.rank,
+                                    rank_alpha=self.layer_rank_alpha if prefix == self.family.unet_prefix else None))
         epoch = (step * self.cfg.train.gradient_accumulation_steps) // self.micro_per_epoch
         meta = adapter_metadata(self.cfg, self.family, step=step, epoch=epoch, num_images=len(self.items),
                                 tag_frequency=self.tag_frequency, started_at=self.started_at)
