@@ -1,4 +1,4 @@
-"""The SD CLIP tokenizer built offline from open-clip-torch's BPE file equals OpenAI's CLIP tokenizer."""
+"""The SD CLIP tokenizer built offline from the vendored BPE file equals OpenAI's CLIP tokenizer."""
 
 from __future__ import annotations
 
@@ -6,15 +6,19 @@ import importlib.util
 
 import pytest
 
+from loramix import clip_vocab
 from loramix.errors import LoramixError
-
-if importlib.util.find_spec("open_clip") is None:
-    pytest.skip("open-clip-torch (pip install --no-deps open-clip-torch) ships the vocabulary", allow_module_level=True)
-
-from loramix import clip_vocab  # noqa: E402
 
 PROMPTS = ["a photo of a cat", "A Red Circle, on the LEFT!", "masterpiece, best quality, 1girl, (blue hair:1.2)",
            "naïve café — ünïcödé 東京 🙂", "don't   stop\tbelieving", "", "<lora:style:0.8> sks dog, 8k uhd, dslr"]
+
+
+def open_clip_folder():
+    """open-clip-torch's package folder, found without importing it (its __init__ imports torchvision)."""
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None:
+        pytest.skip("the oracle is open-clip-torch (pip install --no-deps open-clip-torch)")
+    return clip_vocab.Path(spec.submodule_search_locations[0])
 
 
 @pytest.fixture(scope="module")
@@ -26,10 +30,16 @@ def tokenizer():
 def openai_clip():
     """OpenAI's own CLIP tokenizer, as copied into open_clip (loaded from its file: the package imports torchvision)."""
     pytest.importorskip("ftfy")
-    spec = importlib.util.spec_from_file_location("open_clip_tokenizer", clip_vocab.clip_bpe_path().parent / "tokenizer.py")
+    spec = importlib.util.spec_from_file_location("open_clip_tokenizer", open_clip_folder() / "tokenizer.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.SimpleTokenizer()
+
+
+def test_the_vendored_file_is_open_clips_own():
+    shipped = open_clip_folder() / clip_vocab.VOCAB_FILE
+    assert clip_vocab.clip_bpe_path().read_bytes() == shipped.read_bytes()
+    assert (clip_vocab.BPE_PATH.parent / "LICENSE").read_text().count("MIT") >= 2
 
 
 @pytest.mark.parametrize("prompt", PROMPTS)
@@ -49,7 +59,7 @@ def test_sd2_pads_with_exclamation_mark():
     assert ids == [49406, 343, 49407, 0, 0, 0]
 
 
-def test_missing_open_clip_is_one_sentence(monkeypatch):
-    monkeypatch.setattr(clip_vocab.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(LoramixError, match="comes with open-clip-torch, which is not installed"):
+def test_a_missing_vocabulary_is_one_sentence(monkeypatch, tmp_path):
+    monkeypatch.setattr(clip_vocab, "BPE_PATH", tmp_path / clip_vocab.VOCAB_FILE)
+    with pytest.raises(LoramixError, match="missing from this loramix install.*tokenizer/ folder"):
         clip_vocab.clip_bpe_path()
