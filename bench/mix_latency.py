@@ -72,6 +72,9 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="real shapes: model dtype")
     p.add_argument("--memory-only", action="store_true", help="real shapes: fuse / load only, no denoising")
     p.add_argument("--threads", type=int, default=1, help="real shapes: torch CPU threads")
+    p.add_argument("--probe", type=int, default=0, help="real shapes, --memory-only: also one 1-step preview "
+                   "at this size (px, no CFG) for the base and the hooks, to measure what a UNet call adds")
+    p.add_argument("--skip-diffusers", action="store_true", help="real shapes: loramix only")
     p.add_argument("--layers", choices=["full", "attn"], default="full",
                    help="real shapes: kohya's default LoRA layers, or the UNet attention projections only")
     args = p.parse_args(argv)

@@ -107,6 +107,11 @@ def run_real_shapes(args) -> int:
     if not args.memory_only:
         table.add("base model", 0, "preview", base_cpu, statistics.median(b[1] for b in base),
                   max(b[2] for b in base), start, model_bytes)
+    probe = PreviewRequest(req.prompt, seed=1, steps=1, cfg_scale=1.0, width=args.probe, height=args.probe)
+    if args.memory_only and args.probe:  # one small UNet call: the memory a preview adds beyond the weights
+        phase = trim()
+        cpu, wall, peak = measure(lambda: mixer_preview(mixer, pipe, probe, None))
+        table.add("base model", 0, f"probe: 1 step, {args.probe} px, no CFG", cpu, wall, peak, phase, model_bytes)
 
     def applied_only(mode="fused"):
         def run():
@@ -119,6 +124,10 @@ def run_real_shapes(args) -> int:
         phase = trim()
         cpu, wall, peak = measure(lambda n=n: mixer.set_blend([(f, 0.5, True) for f in files[:n]]))
         table.add("loramix", n, "load files", cpu, wall, peak, phase, model_bytes)
+        if args.memory_only and args.probe:  # before anything fused: the hooks' own memory
+            cpu, wall, peak = measure(lambda: mixer_preview(mixer, pipe, probe, "unfused"))
+            table.add("loramix unfused (hooks)", n, f"probe: 1 step, {args.probe} px, no CFG", cpu, wall, peak,
+                      phase, model_bytes)
         first = preview() if preview else applied_only()
         cpu, wall, peak = measure(first)
         table.add("loramix fused", n, "first preview" if preview else "fuse", cpu, wall, peak, phase,
@@ -165,7 +174,7 @@ def run_real_shapes(args) -> int:
     mixer._originals.clear()
 
     # ---- diffusers ----
-    for n in (1, 5):
+    for n in () if args.skip_diffusers else (1, 5):
         phase = trim()
         names = [f"a{i}" for i in range(n)]
 
@@ -175,6 +184,10 @@ def run_real_shapes(args) -> int:
             pipe.set_adapters(names, adapter_weights=[0.5] * n)
         cpu, wall, peak = measure(load)
         table.add("diffusers", n, "load_lora_weights + set_adapters", cpu, wall, peak, phase, model_bytes)
+        if args.memory_only and args.probe:
+            cpu, wall, peak = measure(lambda: pipe_preview(pipe, probe))
+            table.add("diffusers unfused", n, f"probe: 1 step, {args.probe} px, no CFG", cpu, wall, peak, phase,
+                      model_bytes)
         if preview:
             runs = [measure(lambda: pipe_preview(pipe, req, mixer)) for _ in range(args.repeats + 1)]
             table.add("diffusers unfused", n, "first preview", *runs[0], phase, model_bytes)
