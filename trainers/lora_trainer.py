@@ -300,6 +300,7 @@ class LoraTrainer:
         for group, base, factor in zip(self.optimizer.param_groups, base_lrs, sched.lr_lambdas):
             group["initial_lr"] = base
             group["lr"] = base * factor(sched.last_epoch)
+        sched._last_lr = [group["lr"] for group in self.optimizer.param_groups]  # what get_last_lr() reports
         log.info("Learning rates changed on resume: %s", base_lrs)
 
     # ---- 8. the loop -------------------------------------------------------------------------

@@ -435,3 +435,12 @@ def test_gradient_accumulation_steps_the_optimizer_once_per_n_micro_batches(tiny
     assert result.steps == 2
     assert counts["micro"] == [0, 1, 2, 3, 4, 5]
     assert counts["optimizer"] == 2
+
+
+def test_a_resume_uses_the_configs_learning_rate(tiny_model, image_folder, tmp_path):
+    """The stop message says "lower optim.learning_rate": a resume must then train at the lower rate."""
+    first = train(tiny_config(tiny_model, image_folder, tmp_path / "out", "train.max_steps=2"))
+    events = []
+    train(tiny_config(tiny_model, image_folder, tmp_path / "out", "train.max_steps=4", "optim.learning_rate=2e-4",
+                      f"train.resume_from={first.state_path}"), events.append)
+    assert [(e.step, e.lr) for e in events if e.kind == "step"] == [(3, 2e-4), (4, 2e-4)]
