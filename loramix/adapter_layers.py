@@ -13,6 +13,9 @@ Every type answers the same questions, which is all the mixer, merge and bake ne
 * `rank` (None where a layer is not a low-rank product) and `scale` (what `delta` multiplies by);
 * `tensors()` -> {key suffix: tensor} in kohya / LyCORIS naming, without `alpha`, for writing.
 
+DoRA (`DoraLayer`) is the one type whose ΔW depends on the base weight: see its docstring for how a
+slider weight and a blend of several DoRA adapters are computed.
+
 The LoHa / LoKr / full maths is hand-written from LyCORIS 4.1 (`lycoris/functional/loha.py`,
 `lokr.py`, `modules/full.py`) rather than imported, so that reading a file needs no runtime
 dependency on lycoris-lora; tests compare every type with lycoris' own modules. The scale rules are
@@ -250,4 +253,67 @@ class FullLayer:
         return {"diff": self.diff}
 
 
-AdapterLayer = LoraLayer | LohaLayer | LokrLayer | FullLayer
+@dataclass
+class DoraLayer:
+    """DoRA (weight-decomposed LoRA, PEFT `use_dora=True`): a LoRA direction update plus a trained magnitude.
+
+    In a file (LyCORIS' naming, as A1111 and ComfyUI read it) it is a LoRA layer with a `dora_scale`:
+    the magnitude m, the norm of the merged weight per output channel, shaped (out, 1[, 1, 1]) (LyCORIS
+    `wd_on_out=True`, PEFT's convention: PEFT's `lora_magnitude_vector` is (out,) for a linear layer,
+    (1, out, 1, 1) for a conv). Files with m per input channel, (1, in[, 1, 1]) (LyCORIS `wd_on_out=False`),
+    are read too. The merged weight at slider weight 1 is
+
+        W1 = m · (W + ΔW) / ‖W + ΔW‖,  ΔW = (alpha / r) · up · down,  ‖·‖ per row (or column),
+
+    which is PEFT's DoRA forward. So ΔW_DoRA = W1 − W depends on the base weight W: `delta` needs it
+    (`base=`) and refuses without it, so no caller can silently drop the magnitude. A slider weight w
+    scales ΔW_DoRA (W + w·(W1 − W)), as A1111's and ComfyUI's LoRA loaders do: w = 0 is the base, w = 1
+    PEFT's model, and the picture at a weight matches those apps'. Several adapters add their
+    w_i·ΔW_DoRA,i, each computed against the same unmodified base W (A1111 and ComfyUI again).
+    """
+
+    down: torch.Tensor
+    up: torch.Tensor
+    alpha: float
+    dora_scale: torch.Tensor
+    kind: ClassVar[str] = "DoRA"
+
+    @property
+    def lora(self) -> LoraLayer:
+        return LoraLayer(self.down, self.up, self.alpha)
+
+    rank = property(lambda self: self.lora.rank)
+    scale = property(lambda self: self.lora.scale)
+    out_features = property(lambda self: self.lora.out_features)
+    in_features = property(lambda self: self.lora.in_features)
+    shape = property(lambda self: self.lora.shape)
+
+    def fits(self, weight_shape) -> bool:
+        m = self.dora_scale.numel()
+        return _fits(self, weight_shape) and m in (weight_shape[0], weight_shape[1])
+
+    def delta(self, shape=None, base: torch.Tensor | None = None) -> torch.Tensor:
+        """ΔW_DoRA = m · (W + ΔW) / ‖W + ΔW‖ − W for base weight `base` (float32, shaped like it)."""
+        if base is None:
+            from loramix.errors import AdapterFormatError
+
+            raise AdapterFormatError("A DoRA layer's weight change depends on the base model's weight; apply it "
+                                     "in the mixer (or bake), not in a merge of adapter files.")
+        w = base.float()
+        merged = w + self.lora.delta(w.shape)
+        m = self.dora_scale.float().to(w.device)
+        flat = merged.reshape(merged.shape[0], -1)
+        if m.numel() == w.shape[0] and (m.dim() < 2 or m.shape[0] == w.shape[0]):  # per output channel
+            norm = flat.norm(dim=1).reshape(-1, *[1] * (w.dim() - 1))
+            m = m.reshape(-1, *[1] * (w.dim() - 1))
+        else:  # per input channel (LyCORIS wd_on_out=False)
+            norm = merged.transpose(0, 1).reshape(w.shape[1], -1).norm(dim=1)
+            norm = norm.reshape(1, -1, *[1] * (w.dim() - 2))
+            m = m.reshape(1, -1, *[1] * (w.dim() - 2))
+        return merged * (m / norm) - w
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {**self.lora.tensors(), "dora_scale": self.dora_scale}
+
+
+AdapterLayer = LoraLayer | LohaLayer | LokrLayer | FullLayer | DoraLayer

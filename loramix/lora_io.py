@@ -24,7 +24,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from loramix import __version__
-from loramix.adapter_layers import AdapterLayer, FullLayer, LohaLayer, LokrLayer, LoraLayer
+from loramix.adapter_layers import AdapterLayer, DoraLayer, FullLayer, LohaLayer, LokrLayer, LoraLayer
 from loramix.atomic import atomic_path
 from loramix.errors import AdapterFormatError
 
@@ -54,7 +54,8 @@ def kohya_name(prefix: str, module_path: str) -> str:
 def from_peft(peft_state: dict[str, torch.Tensor], prefix: str, alpha: float,
               rename: Callable[[str], str] | None = None, rank: int | None = None,
               rank_alpha: dict[str, tuple[int, float]] | None = None) -> dict[str, AdapterLayer]:
-    """Layers from a PEFT state dict: LoRA (`<module>.lora_A.weight` / `.lora_B.weight`), LoHa
+    """Layers from a PEFT state dict: LoRA (`<module>.lora_A.weight` / `.lora_B.weight`, with
+    `.lora_magnitude_vector` a DoRA layer whose magnitude is written as LyCORIS' `dora_scale`), LoHa
     (`<module>.hada_w1_a` …, `LoHaConfig`) or LoKr (`<module>.lokr_w1` …, `LoKrConfig`).
 
     PEFT names LoHa / LoKr factors as LyCORIS does and scales by alpha / r, with one exception that
@@ -76,7 +77,12 @@ def from_peft(peft_state: dict[str, torch.Tensor], prefix: str, alpha: float,
             module = key[: -len(".lora_A.weight")]
             up = peft_state[f"{module}.lora_B.weight"]
             layer_alpha = rank_alpha.get(module, (rank, alpha))[1]
-            layers[kohya_name(prefix, rename(module))] = LoraLayer(value.detach(), up.detach(), float(layer_alpha))
+            layer = LoraLayer(value.detach(), up.detach(), float(layer_alpha))
+            magnitude = peft_state.get(f"{module}.lora_magnitude_vector")
+            if magnitude is not None:  # PEFT: (out,) or (1, out, 1, 1); LyCORIS wd_on_out: (out, 1[, 1, 1])
+                scale = magnitude.detach().reshape(-1, *[1] * (value.dim() - 1))
+                layer = DoraLayer(layer.down, layer.up, layer.alpha, scale)
+            layers[kohya_name(prefix, rename(module))] = layer
     for module, parts in lycoris.items():
         layer_rank, layer_alpha = rank_alpha.get(module, (rank, alpha))
         if "hada_w1_a" in parts:
@@ -224,8 +230,6 @@ _FULL_KEYS = {"diff", "diff_b"}
 
 def _to_kohya_keys(name: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Rename diffusers / PEFT keys to kohya ones; kohya and LyCORIS files pass through unchanged."""
-    if any("lora_magnitude_vector" in k or k.endswith("dora_scale") for k in tensors):
-        raise AdapterFormatError(f"{name}: DoRA adapters are not supported; use a plain LoRA.")
     if any(k.startswith("lora_") for k in tensors):  # kohya / LyCORIS layer names; PEFT / diffusers keys never are
         return tensors
     out = {}
@@ -239,6 +243,9 @@ def _to_kohya_keys(name: str, tensors: dict[str, torch.Tensor]) -> dict[str, tor
                 out[kohya_name(prefix, rest[: -len(suffix)]) + kohya_suffix] = value
                 break
         else:
+            if rest.endswith(".lora_magnitude_vector"):  # PEFT DoRA: per output channel, (out,) or (1, out, 1, 1)
+                out[kohya_name(prefix, rest[: -len(".lora_magnitude_vector")]) + ".dora_scale"] = value.reshape(-1, 1)
+                continue
             for old, new in (_OLD_DIFFUSERS if prefix == "lora_unet" else _OLD_TEXT).items():
                 marker = f".{old}."
                 if marker in rest and rest.endswith((".down.weight", ".up.weight")):
@@ -285,7 +292,7 @@ def _layer_from_parts(name: str, layer: str, parts: dict[str, torch.Tensor]) -> 
     keys = set(parts) - {"alpha"}
     if not keys:
         return None
-    for known in (_LORA_KEYS, _LOHA_KEYS, _LOKR_KEYS, _FULL_KEYS):
+    for known in (_LORA_KEYS | {"dora_scale"}, _LOHA_KEYS, _LOKR_KEYS, _FULL_KEYS):
         if keys <= known:
             break
     else:
@@ -301,7 +308,13 @@ def _layer_from_parts(name: str, layer: str, parts: dict[str, torch.Tensor]) -> 
         if up.shape[1] != down.shape[0]:
             raise AdapterFormatError(f"{name}: {layer} has lora_up {tuple(up.shape)} and lora_down "
                                      f"{tuple(down.shape)}, whose ranks differ.")
-        return LoraLayer(down, up, float(alpha_t) if alpha_t is not None else float(down.shape[0]))
+        made = LoraLayer(down, up, float(alpha_t) if alpha_t is not None else float(down.shape[0]))
+        if "dora_scale" in parts:
+            made = DoraLayer(down, up, made.alpha, parts["dora_scale"])
+            if parts["dora_scale"].numel() not in (made.out_features, down.shape[1]):
+                raise AdapterFormatError(f"{name}: {layer} has a dora_scale of {parts['dora_scale'].numel()} values "
+                                         f"for a layer of {made.out_features} outputs.")
+        return made
     missing = _missing(keys)
     if missing:
         raise AdapterFormatError(f"{name}: {layer} lacks {missing}, so its weight change cannot be computed.")

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from loramix.adapter_layers import DoraLayer, FullLayer
 from loramix.block_weights import BlockWeights, module_blocks, parse_block_weights
 from loramix.errors import AdapterFormatError, LoramixError
 from loramix.families import Components, load_base_model
@@ -116,7 +117,10 @@ class BoundLayer:
     `scale`, already shaped and cast for the module, so callers may use them directly; a LoHa, LoKr
     or full layer has `down = up = None` and keeps its `adapter_layer` (see `loramix.adapter_layers`):
     its branch applies the full ΔW (F.linear / F.conv2d with the module's stride, padding, dilation
-    and groups), computed once in the module's dtype and cached on first use.
+    and groups), computed once in the module's dtype and cached on first use. A DoRA layer is bound
+    as a full layer holding ΔW_DoRA = m·(W + ΔW)/‖W + ΔW‖ − W, computed at `bind` against the
+    unmodified base weight W; so the slider weight w gives W + w·ΔW_DoRA, and a blend adds each
+    adapter's w_i·ΔW_DoRA,i (as A1111 and ComfyUI apply DoRA; see `adapter_layers.DoraLayer`).
     """
 
     module: torch.nn.Module
@@ -290,6 +294,12 @@ class Mixer:
                 shape = tuple(weight.shape) if weight is not None else "none"
                 ours = layer.shape or (layer.out_features, layer.in_features)
                 problems.append(f"{name} ({layer.kind} {tuple(ours)} vs layer {shape})")
+                continue
+            if isinstance(layer, DoraLayer):  # ΔW_DoRA against the unmodified base weight (see DoraLayer)
+                base = self._originals.get(module, weight).to(weight.device)
+                with torch.no_grad():
+                    full = FullLayer(layer.delta(weight.shape, base=base.detach()).to(weight.dtype))
+                bound.append(BoundLayer(module, targets[prefix][0], None, None, 1.0, adapter_layer=full))
                 continue
             if not isinstance(layer, LoraLayer):
                 if layer.shape is None:  # LoHa / LoKr store a plain conv flattened: the base tells its kernel

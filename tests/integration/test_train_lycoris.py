@@ -16,6 +16,8 @@ from loramix.lora_io import module_table, read_lora
 from tests.conftest import tiny_config
 from trainers.lora_trainer import LoraTrainer, train
 
+pytestmark = pytest.mark.slow  # each test trains or builds the tiny model: 10-60 s on a shared 2-core CPU
+
 KINDS = {"loha": LohaLayer, "lokr": LokrLayer, "lora": LoraLayer}
 
 
@@ -108,3 +110,66 @@ def test_lycoris_resume_reproduces_the_uninterrupted_run(tiny_model, image_folde
     a, b = read_lora(full.lora_path), read_lora(resumed.lora_path)
     for name, layer in a.layers.items():
         torch.testing.assert_close(b.layers[name].delta(), layer.delta(), rtol=1e-4, atol=1e-7, msg=name)
+
+
+def test_dora_training_writes_dora_scale_and_the_weight_peft_merges(tiny_model, image_folder, tmp_path):
+    from loramix.adapter_layers import DoraLayer
+
+    trainer, result = _train(tiny_model, image_folder, tmp_path / "out", "network.use_dora=true")
+    adapter = read_lora(result.lora_path)
+    assert json.loads(adapter.metadata["ss_network_args"]) == {"algo": "locon", "dora_wd": "True"}
+    peft_layers = _peft_layers(trainer)
+    assert set(adapter.layers) == set(peft_layers)
+    for name, peft_layer in peft_layers.items():
+        layer = adapter.layers[name]
+        assert isinstance(layer, DoraLayer) and layer.dora_scale.shape[0] == layer.out_features
+        with torch.no_grad():
+            base = peft_layer.get_base_layer().weight.detach().clone()
+            peft_layer.merge()
+            merged = peft_layer.get_base_layer().weight.detach().clone()
+            peft_layer.unmerge()
+        torch.testing.assert_close(base + layer.delta(base.shape, base=base), merged, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_mixer_applies_a_dora_file_as_peft_forward(tiny_model, tmp_path):
+    from diffusers import UNet2DConditionModel
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    from loramix.lora_io import LoraAdapter, from_peft, save_lora
+    from loramix.mixer import Mixer
+
+    torch.manual_seed(0)
+    peft_unet = UNet2DConditionModel.from_pretrained(tiny_model, subfolder="unet")
+    peft_unet.add_adapter(LoraConfig(r=2, lora_alpha=3.0, use_dora=True, init_lora_weights=False,
+                                     target_modules=["to_q", "to_v", "conv1"]))
+    with torch.no_grad():
+        for name, p in peft_unet.named_parameters():
+            if "lora_magnitude_vector" in name:
+                p.mul_(1 + 0.3 * torch.rand_like(p))
+    path = save_lora(tmp_path / "dora.safetensors",
+                     LoraAdapter(from_peft(get_peft_model_state_dict(peft_unet), "lora_unet", 3.0), {}), "fp32")
+    mixer = Mixer.from_base(str(tiny_model), device="cpu")
+    unet = mixer.components.unet
+    g = torch.Generator().manual_seed(1)
+    sample = torch.randn(1, unet.config.in_channels, 8, 8, generator=g)
+    text = torch.randn(1, 5, unet.config.cross_attention_dim, generator=g)
+    with torch.no_grad():
+        expected = peft_unet(sample, 10, text).sample
+        base = unet(sample, 10, text).sample
+        mixer.load(path, name="dora", weight=1.0)
+        for mode in ("fused", "unfused"):
+            with mixer.applied(mode):
+                torch.testing.assert_close(unet(sample, 10, text).sample, expected, rtol=1e-4, atol=1e-5, msg=mode)
+        mixer.set_weight("dora", 0.5)  # W + 0.5·ΔW_DoRA: half-way between base and PEFT weights, layer by layer
+        with mixer.applied("fused"):
+            module = unet.down_blocks[0].resnets[0].conv1
+            peft_conv = peft_unet.down_blocks[0].resnets[0].conv1
+            peft_conv.merge()
+            half = (peft_conv.get_base_layer().weight + mixer._originals[module]) / 2
+            peft_conv.unmerge()
+            torch.testing.assert_close(module.weight, half, rtol=1e-5, atol=1e-6)
+            fused = unet(sample, 10, text).sample
+        with mixer.applied("unfused"):
+            torch.testing.assert_close(unet(sample, 10, text).sample, fused, rtol=1e-4, atol=1e-5)
+        assert not torch.allclose(fused, base) and not torch.allclose(fused, expected)

@@ -168,10 +168,10 @@ def test_refuses_types_it_cannot_apply(tmp_path):
                                    "lora_unet_b.lora_up.weight": torch.ones(4, 2, 1, 1)}))
     with pytest.raises(AdapterFormatError, match=r"lora_unet_a also changes the layer's bias \(diff_b\)"):
         read_lora(_file(tmp_path, {"lora_unet_a.diff": torch.ones(4, 4), "lora_unet_a.diff_b": torch.ones(4)}))
-    with pytest.raises(AdapterFormatError, match="DoRA"):
+    with pytest.raises(AdapterFormatError, match="lora_unet_a has a dora_scale of 3 values"):  # DoRA is read (test_dora.py)
         read_lora(_file(tmp_path, {"lora_unet_a.lora_down.weight": torch.ones(2, 4),
                                    "lora_unet_a.lora_up.weight": torch.ones(4, 2),
-                                   "lora_unet_a.dora_scale": torch.ones(4, 1)}))
+                                   "lora_unet_a.dora_scale": torch.ones(3, 1)}))
 
 
 # ---- merge -------------------------------------------------------------------------------------------
