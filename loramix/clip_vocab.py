@@ -29,6 +29,7 @@ from loramix.errors import LoramixError
 
 VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
 BPE_PATH = Path(__file__).parent / "embedded" / "clip_bpe" / VOCAB_FILE
+CLIP_VOCAB_SIZE = 49408
 N_MERGES = 49152 - 256 - 2  # as OpenAI's SimpleTokenizer: merges[1 : 49152 - 256 - 2 + 1]
 
 
@@ -52,7 +53,7 @@ def clip_vocab_and_merges(path: Path | None = None) -> tuple[dict[str, int], lis
     tokens = list(bytes_to_unicode().values())
     tokens += [t + "</w>" for t in tokens]
     tokens += ["".join(merge) for merge in merges]
-    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    tokens += ["<|startoftext|>", "<|endoftext|>"]  # CLIP_VOCAB_SIZE tokens in all
     return {token: i for i, token in enumerate(tokens)}, merges
 
 

@@ -261,8 +261,9 @@ def load_base_model(source: str = "", revision: str = "") -> Components:
 
 
 def load_checkpoint_file(path: Path, allow_unsafe: bool = False) -> Components:
-    """A single-file checkpoint in the original (LDM) layout, as model sites distribute them; offline,
-    with the family configs shipped in loramix/configs (tokenizers from folders next to the file)."""
+    """A single-file checkpoint in the original (LDM) layout, as model sites distribute them, read offline
+    by diffusers with the family configs shipped in loramix/configs. The tokenizers come from folders next
+    to the file, or are built from the vendored CLIP vocabulary (see `loramix.single_file`)."""
     from diffusers import DDPMScheduler
 
     from loramix.single_file import load_single_file

@@ -1,10 +1,42 @@
 """Read and write single-file Stable Diffusion checkpoints (the original LDM layout) for SD 1.x/2.x/SDXL.
 
-Loading is fully offline: architectures come from the small JSON configs in `loramix/configs/<family>/`
-(the real SD 1.5, SD 2.x and SDXL base configs), or from the configs that `save_single_file` records in
-the file's metadata, or from `config_overrides`. A checkpoint holds no tokenizer: pass `tokenizer=` (and
-`tokenizer_2=` for SDXL), or put `tokenizer/` (`tokenizer_2/`) folders next to the checkpoint; a tokenizer
-already in the local Hugging Face cache is used as a last resort, never downloaded.
+Reading is diffusers' own code, offline. The UNet and VAE come from `from_single_file(checkpoint,
+config=<folder>, subfolder=..., local_files_only=True)`, the text encoders from diffusers'
+`create_diffusers_clip_model_from_ldm`, which is what `StableDiffusionPipeline.from_single_file` calls
+for them. This works offline for SD 1.x, SD 2.x (v-prediction), SDXL and tiny models of each layout
+(the loramix tiny model is written in the SD 1.x layout). Writing (`save_single_file`,
+`ldm_layout`) stays hand-written: diffusers has no writer.
+
+What diffusers is given, and why (measured with diffusers 0.42, transformers 5.23):
+- `config=` is a temporary diffusers config folder (`unet/config.json`, ...). It is written from the
+  shipped `loramix/configs/<family>/*.json` (the real SD 1.5, SD 2.x and SDXL base configs), replaced
+  by the configs `save_single_file` records in the file's metadata, then updated by
+  `config_overrides` and the prediction type. `config=` takes only a hub id or a folder, never a
+  dict. Without it, diffusers looks up a hub repo (`stable-diffusion-v1-5/stable-diffusion-v1-5`),
+  which fails offline with "does not appear to have a file named config.json".
+- The checkpoint is passed as tensors that `read_checkpoint` has already read. That function refuses
+  pickles unless asked and names a LoRA or a diffusers component file (`check_is_checkpoint`).
+  A pipeline's `from_single_file` takes only a path and would read the file itself.
+- `torch_dtype` is the file's own dtype unless one is given. Otherwise diffusers casts every weight
+  to float32, and a half-precision file would double in memory.
+- Weights the file lacks are refused here. diffusers leaves them on the `meta` device without an error.
+
+Still hand-written on the reading side, about 60 lines:
+- `detect_family`. diffusers' `infer_diffusers_model_type` answers "v1" for tiny SD 2.x and SDXL
+  files, for an SD 2.x UNet known only by its 1024-wide cross-attention, and for an SDXL UNet known
+  only by `label_emb`. It keys on `input_blocks.2.1`'s width and on OpenCLIP layer 9, and it answers
+  with a hub repo, which cannot be reached offline.
+- `_prediction_type`: the `v_pred` marker, the recorded metadata, or the SD 2.x 768 file name.
+  diffusers reads none of these. It takes the prediction type from the config of the hub repo it
+  infers, or, on its legacy path, from the checkpoint's `global_step` (875000 means epsilon), which a
+  `.safetensors` file does not have.
+- `_tokenizer`. A checkpoint holds no tokenizer, so one is looked for in this order:
+  `tokenizer=` (and `tokenizer_2=` for SDXL); a `tokenizer/` (`tokenizer_2/`) folder beside the
+  checkpoint; the local Hugging Face cache, which is never downloaded into; and, when the text
+  encoder has CLIP's 49,408-token vocabulary, the CLIP tokenizer built from the vendored BPE file
+  (`clip_vocab`), padding with "!" for the OpenCLIP encoders of SD 2.x and SDXL. So a model file
+  from a model site loads with nothing beside it. The tiny model has its own 631-token vocabulary,
+  so it needs its `tokenizer/` folder beside the file.
 """
 
 from __future__ import annotations
@@ -40,6 +72,8 @@ _CACHED_TOKENIZERS = {
     "sdxl": [("stabilityai/stable-diffusion-xl-base-1.0", "tokenizer"),
              ("stabilityai/stable-diffusion-xl-base-1.0", "tokenizer_2")],
 }
+# the CLIP tokenizers of SD 1.x / SDXL's first encoder pad with <|endoftext|>, OpenCLIP's (SD 2.x, SDXL's second) with "!"
+_PAD_TOKEN = {"clip": "<|endoftext|>", "openclip": "!"}
 _ARCHITECTURE = {"sd1": "stable-diffusion-v1", "sd2": "stable-diffusion-v2", "sdxl": "stable-diffusion-xl-v1-base"}
 
 
@@ -270,24 +304,35 @@ def _read_component(name: str, configs: dict, checkpoint: dict, folder: Path, pa
     return model.eval()
 
 
-def _tokenizer(given: Any, folder: Path, cached: tuple[str, str] | None, family: str, path: Path):
+def _tokenizer(given: Any, folder: Path, cached: tuple[str, str] | None, family: str, path: Path,
+               pad_token: str, vocab_size: int | None):
+    """The tokenizer passed, else one in `folder` beside the checkpoint, else one in the local Hugging Face
+    cache (never downloaded), else the CLIP tokenizer built from the vendored BPE file (`clip_vocab`)
+    when the text encoder has CLIP's 49,408-token vocabulary."""
     from huggingface_hub import try_to_load_from_cache
     from transformers import CLIPTokenizer
+
+    from loramix.clip_vocab import CLIP_VOCAB_SIZE, sd_clip_tokenizer
 
     if given is not None and not isinstance(given, (str, Path)):
         return given
     source = Path(given) if given is not None else folder
-    if given is None and not folder.is_dir() and cached:  # the local Hugging Face cache; never downloads
+    if given is None and not folder.is_dir() and cached:
         vocab = try_to_load_from_cache(cached[0], f"{cached[1]}/vocab.json" if cached[1] else "vocab.json")
         source = Path(vocab).parent if isinstance(vocab, str) else folder
     if (source / "vocab.json").is_file() or (source / "tokenizer.json").is_file():
         # transformers 5 quietly returns a 2-token tokenizer for a folder without vocabulary: checked above
         return CLIPTokenizer.from_pretrained(str(source))
+    if given is None and vocab_size == CLIP_VOCAB_SIZE:
+        log.info("%s: no %s/ beside it; using the CLIP tokenizer built from the vendored vocabulary (pad %r)",
+                 path, folder.name, pad_token)
+        return sd_clip_tokenizer(pad_token=pad_token)
     raise CheckpointFormatError(
-        f"{path}: a single-file checkpoint holds no tokenizer, and {source} has none. Put the {family} CLIP "
-        f"tokenizer files (vocab.json, merges.txt, tokenizer_config.json) in {folder}/, or pass "
-        f"{folder.name}=<folder or CLIPTokenizer>; take them from the '{folder.name}' folder of the matching "
-        f"diffusers model{f' ({cached[0]})' if cached else ''}.")
+        f"{path}: a single-file checkpoint holds no tokenizer, and {source} has none"
+        + (f" (its text encoder has {vocab_size} tokens, not CLIP's {CLIP_VOCAB_SIZE})" if given is None else "")
+        + f". Put the {family} CLIP tokenizer files (vocab.json, merges.txt, tokenizer_config.json) in "
+        f"{folder}/, or pass {folder.name}=<folder or CLIPTokenizer>; take them from the '{folder.name}' folder "
+        f"of the matching diffusers model{f' ({cached[0]})' if cached else ''}.")
 
 
 def load_single_file(path: str | Path, *, family: str | None = None, prediction_type: str | None = None,
@@ -307,9 +352,10 @@ def load_single_file(path: str | Path, *, family: str | None = None, prediction_
                                     "checkpoint (UNet, VAE and text encoders)")
     given = {"tokenizer": tokenizer, "tokenizer_2": tokenizer_2}
     out = {}  # tokenizers first: a missing one fails before minutes of weight loading
-    for (name, _, _), cached in zip(TEXT_ENCODERS[family], _CACHED_TOKENIZERS[family]):
+    for (name, kind, _), cached in zip(TEXT_ENCODERS[family], _CACHED_TOKENIZERS[family]):
         tok = name.replace("text_encoder", "tokenizer")
-        out[tok] = _tokenizer(given[tok], path.parent / tok, cached, family, path)
+        out[tok] = _tokenizer(given[tok], path.parent / tok, cached, family, path, _PAD_TOKEN[kind],
+                              configs[name].get("vocab_size"))
     names = ["unet", "vae"] + [name for name, _, _ in TEXT_ENCODERS[family]]
     with tempfile.TemporaryDirectory(prefix="loramix-configs-") as folder:
         _write_config_folder(configs, Path(folder), names)

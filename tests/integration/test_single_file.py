@@ -66,10 +66,10 @@ def tokenizer_dir(tmp_path_factory):
     return write_clip_tokenizer(tmp_path_factory.mktemp("tok") / "tokenizer", ["red", "circle"])
 
 
-def build(family, tokenizer_dir, seed=0):
+def build(family, tokenizer_dir, seed=0, vocab=None):
     """Random-init components of a tiny model shaped like `family`, and the overrides that describe it."""
     torch.manual_seed(seed)
-    vocab = len(CLIPTokenizer.from_pretrained(tokenizer_dir))
+    vocab = vocab or len(CLIPTokenizer.from_pretrained(tokenizer_dir))
     unet = {"sd1": SD1_UNET, "sd2": SD2_UNET, "sdxl": SDXL_UNET}[family]
     te = text_config(vocab, hidden_act="gelu" if family == "sd2" else "quick_gelu")
     parts = {"unet": UNet2DConditionModel(**unet), "vae": AutoencoderKL(**VAE),
@@ -285,6 +285,28 @@ def test_missing_tokenizer_and_wrong_architecture_say_what_to_do(tokenizer_dir, 
         save_single_file(parts, tmp_path / "model.ckpt", "sd1")
     with pytest.raises(CheckpointFormatError, match="without text_encoder_2"):
         save_single_file(parts, tmp_path / "xl.safetensors", "sdxl")
+
+
+@pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl"])
+def test_a_file_with_nothing_beside_it_gets_the_clip_tokenizer(family, tmp_path, monkeypatch):
+    """A model-site file (CLIP's 49,408-token text encoders, half precision, no loramix metadata, no tokenizer
+    folder, an empty Hugging Face cache) loads with the tokenizer built from the vendored CLIP vocabulary."""
+    monkeypatch.setattr(single_file, "_CACHED_TOKENIZERS", {f: [None, None] for f in ("sd1", "sd2", "sdxl")})
+    parts, overrides = build(family, None, vocab=49408)
+    half = save_single_file(parts, tmp_path / "model.safetensors", family, dtype=torch.float16)
+    foreign = strip_metadata(half)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["foreign.safetensors", "model.safetensors"]
+    loaded = load_single_file(foreign, config_overrides=overrides)
+    assert {loaded[n].dtype for n in parts if n != "scheduler"} == {torch.float16}  # as stored, not float32
+    pads = {"sd1": ["<|endoftext|>"], "sd2": ["!"], "sdxl": ["<|endoftext|>", "!"]}[family]
+    for name, pad in zip(("tokenizer", "tokenizer_2"), pads):
+        tokenizer = loaded[name]
+        assert len(tokenizer) == 49408 and tokenizer.pad_token == pad, (name, tokenizer.pad_token)
+        ids = tokenizer(["a photo of a cat"], padding="max_length", max_length=77, return_tensors="pt").input_ids
+        assert ids[0, :7].tolist() == [49406, 320, 1125, 539, 320, 2368, 49407]
+        assert ids[0, 7].item() == {"<|endoftext|>": 49407, "!": 0}[pad]
+        loaded[name.replace("tokenizer", "text_encoder")](ids)  # every id fits the encoder's embedding
+    assert ("tokenizer_2" in loaded) == (family == "sdxl")
 
 
 @pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl"])
