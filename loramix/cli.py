@@ -185,6 +185,9 @@ def _train(args: argparse.Namespace) -> int:
             (bar.write if bar else print)(f"{event.kind} at step {event.step}: {', '.join(event.paths)}")
         elif event.kind == "log":
             print(event.message, file=sys.stderr)
+        elif event.kind == "warning":
+            message = f"warning: {event.message}"
+            bar.write(message, file=sys.stderr) if bar else print(message, file=sys.stderr)
 
     result = train(config, on_event, cancel)
     if bar is not None:
