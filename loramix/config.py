@@ -49,6 +49,12 @@ class ModelConfig:
     base_model: str = _f("", "Base model: a diffusers folder, a hub id or a single .safetensors checkpoint. "
                              "Empty = the embedded tiny demo model.")
     revision: str = _f("", "Hub revision (branch, tag or commit) when base_model is a hub id.")
+    quantize: str = _f("none", "Store the frozen UNet in fewer bits while the adapter trains in full precision "
+                               "(QLoRA), for GPUs with little memory. int8: torchao int8 weight-only on the UNet's "
+                               "linear layers, CPU or GPU (pip install 'loramix[quant]'). nf4: bitsandbytes 4-bit "
+                               "NF4 on the linear layers, the original QLoRA, CUDA only (pip install "
+                               "'loramix[bnb]'). The saved file is an ordinary LoRA for the unquantized base.",
+                       choices=["none", "int8", "nf4"])
 
 
 @dataclass
@@ -196,6 +202,9 @@ class LoramixConfig:
             raise ConfigError("dataset.resolution", f"{ds.resolution} is not a multiple of 64.")
         if not net.target_modules:
             raise ConfigError("network.target_modules", "is empty; name at least one UNet layer, e.g. to_q.")
+        if net.use_dora and self.model.quantize != "none":
+            raise ConfigError("network.use_dora", "DoRA needs the base weights' norms at full precision; set "
+                                                  "model.quantize=none or network.use_dora=false.")
         if net.use_dora and net.algo != "lora":
             raise ConfigError("network.use_dora", f"DoRA trains on LoRA layers only; set network.algo=lora or "
                                                   f"use_dora=false (algo is {net.algo}).")
