@@ -19,7 +19,9 @@ What diffusers is given, and why (measured with diffusers 0.42, transformers 5.2
   A pipeline's `from_single_file` takes only a path and would read the file itself.
 - `torch_dtype` is the file's own dtype unless one is given. Otherwise diffusers casts every weight
   to float32, and a half-precision file would double in memory.
-- Weights the file lacks are refused here. diffusers leaves them on the `meta` device without an error.
+- Weights the file lacks are refused with a sentence. diffusers' text encoder reader leaves them on
+  the `meta` device without an error, and its UNet/VAE reader fails on them with "Cannot copy out of
+  meta tensor".
 
 Still hand-written on the reading side, about 60 lines:
 - `detect_family`. diffusers' `infer_diffusers_model_type` answers "v1" for tiny SD 2.x and SDXL
@@ -282,6 +284,7 @@ def _read_component(name: str, configs: dict, checkpoint: dict, folder: Path, pa
     cls = _model_class(configs[name]["_class_name"])
     prefix = {"unet": UNET_PREFIX, "vae": VAE_PREFIX, **{n: p for n, _, p in TEXT_ENCODERS[family]}}[name]
     dtype = torch_dtype or _file_dtype(checkpoint, prefix)
+
     try:
         if hasattr(cls, "from_single_file"):
             model = cls.from_single_file(checkpoint, config=str(folder), subfolder=name, local_files_only=True,
@@ -291,10 +294,12 @@ def _read_component(name: str, configs: dict, checkpoint: dict, folder: Path, pa
                                                          local_files_only=True, torch_dtype=dtype)
     except (ValueError, KeyError, IndexError, RuntimeError, SingleFileComponentError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "meta" in first:  # diffusers left weights the file lacks on `meta`, then failed to move them
+            first = "some of the weights it needs are missing from the file"
         raise CheckpointFormatError(f"{path}: the {name} weights do not fit the {family} architecture ({first}). "
                                     f"Pass family=... if the detection was wrong, or config_overrides="
                                     f"{{'{name}': ...}} for a non-standard architecture.") from e
-    # diffusers leaves a weight the file lacks on the `meta` device instead of failing
+    # diffusers' text encoder reader leaves a weight the file lacks on the `meta` device without failing
     missing = [k for k, v in [*model.named_parameters(), *model.named_buffers()] if v.is_meta]
     if missing:
         raise CheckpointFormatError(

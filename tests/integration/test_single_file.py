@@ -287,6 +287,18 @@ def test_missing_tokenizer_and_wrong_architecture_say_what_to_do(tokenizer_dir, 
         save_single_file(parts, tmp_path / "xl.safetensors", "sdxl")
 
 
+def test_a_file_missing_weights_is_refused_not_left_on_meta(tokenizer_dir, tmp_path):
+    parts, overrides = build("sd1", tokenizer_dir)
+    tensors = load_file(save_single_file(parts, tmp_path / "model.safetensors", "sd1"))
+    for key, says in [("model.diffusion_model.out.2.bias", r"unet .* \(some of the weights it needs are missing"),
+                      ("first_stage_model.decoder.conv_out.bias", r"vae .* \(some of the weights it needs are missing"),
+                      ("cond_stage_model.transformer.text_model.final_layer_norm.bias",
+                       r"text_encoder .*: 1 missing, e\.g\. '(text_model\.)?final_layer_norm\.bias'")]:
+        save_file({k: v for k, v in tensors.items() if k != key}, tmp_path / "cut.safetensors")
+        with pytest.raises(CheckpointFormatError, match=says.replace(" .*", " weights do not fit the sd1 architecture.*")):
+            load_single_file(tmp_path / "cut.safetensors", config_overrides=overrides, tokenizer=tokenizer_dir)
+
+
 @pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl"])
 def test_a_file_with_nothing_beside_it_gets_the_clip_tokenizer(family, tmp_path, monkeypatch):
     """A model-site file (CLIP's 49,408-token text encoders, half precision, no loramix metadata, no tokenizer
