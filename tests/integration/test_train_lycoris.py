@@ -36,8 +36,8 @@ def _peft_layers(trainer):
 
 @pytest.mark.parametrize("algo", ["loha", "lokr"])
 def test_lycoris_training_writes_the_delta_peft_trained(tiny_model, image_folder, tmp_path, algo):
-    trainer, result = _train(tiny_model, image_folder, tmp_path / "out", f"network.algo={algo}",
-                             "network.conv_rank=2", "network.conv_alpha=1")
+    trainer, result = _train(tiny_model, image_folder, tmp_path / "out", f"network.algo={algo}", "network.alpha=2",
+                             "network.conv_rank=2", "network.conv_alpha=1")  # alpha != rank: scales must be right
     adapter = read_lora(result.lora_path)
     meta = adapter.metadata
     assert meta["ss_network_module"] == "lycoris.kohya"
