@@ -347,17 +347,24 @@ def test_real_vae_and_text_encoder_names_are_the_ones_diffusers_reads(family):
 
 
 @pytest.mark.slow
-def test_a_real_size_sd15_file_loads_with_the_shipped_configs(tokenizer_dir, tmp_path):
-    """Random weights in the real SD 1.5 shapes, written in half precision without loramix metadata."""
+@pytest.mark.parametrize("family", ["sd1", "sd2"])
+def test_a_real_size_file_loads_with_the_shipped_configs(family, tmp_path):
+    """Random weights in the real SD 1.5 / SD 2.1-v shapes, written in half precision without loramix metadata
+    (SD 2.x with the `v_pred` marker), read by diffusers with the shipped configs and the built CLIP tokenizer."""
     torch.manual_seed(0)
-    parts = {"unet": UNet2DConditionModel.from_config(real_config("sd1", "unet")),
-             "vae": AutoencoderKL.from_config(real_config("sd1", "vae")),
-             "text_encoder": CLIPTextModel(CLIPTextConfig.from_dict(real_config("sd1", "text_encoder")))}
-    foreign = strip_metadata(save_single_file(parts, tmp_path / "sd15.safetensors", "sd1", dtype=torch.float16))
-    loaded = load_single_file(foreign, tokenizer=tokenizer_dir)
+    parts = {"unet": UNet2DConditionModel.from_config(real_config(family, "unet")),
+             "vae": AutoencoderKL.from_config(real_config(family, "vae")),
+             "text_encoder": CLIPTextModel(CLIPTextConfig.from_dict(real_config(family, "text_encoder")))}
+    prediction = "v_prediction" if family == "sd2" else "epsilon"
+    foreign = strip_metadata(save_single_file(parts, tmp_path / "model.safetensors", family, dtype=torch.float16,
+                                              prediction_type=prediction))
+    loaded = load_single_file(foreign)  # no tokenizer beside it: CLIP's, built from the vendored vocabulary
     for name, model in parts.items():
         want = model.state_dict()
         for key, value in loaded[name].state_dict().items():
             if key in want:
                 assert torch.equal(value, want[key].half()), (name, key)
-    assert loaded["unet"].dtype == torch.float16 and isinstance(loaded["scheduler"], PNDMScheduler)
+    assert loaded["unet"].dtype == torch.float16
+    assert loaded["scheduler"].config.prediction_type == prediction
+    assert isinstance(loaded["scheduler"], PNDMScheduler if family == "sd1" else DDIMScheduler)
+    assert loaded["tokenizer"].pad_token == ("!" if family == "sd2" else "<|endoftext|>")
