@@ -69,8 +69,7 @@ def api_generate(base: str, loras: list[str], prompt: str, negative_prompt: str,
     try:
         request = PreviewRequest(prompt, negative_prompt, int(seed), int(steps), float(cfg_scale), "ddim",
                                  int(size), int(size))
-        if hasattr(request, "validate"):
-            request.validate()
+        request.validate()  # before any model loads
         specs = [parse_adapter_spec(text) for text in loras]
         rows = [(state.adapter_path("loras", s.path), s.weight, True, s.blocks) for s in specs]
         with state.mixer_lock:
