@@ -2,6 +2,7 @@
 
     python bench/slider_latency.py                       # the embedded model, 2 random adapters
     python bench/slider_latency.py --draft 8 --repeats 7 --threads 2
+    python bench/slider_latency.py --arch sd15 --size 256 --repeats 3   # random SD 1.5 built offline
 
 Runs the Mix tab's own preview handler (`webui.mix_tab.Previewer`) without a browser: each "release"
 sets one adapter's weight and draws the blend at the draft step count; the base image (all adapters
@@ -36,19 +37,28 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=20, help="steps of Generate")
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    p.add_argument("--arch", choices=["embedded", "sd15"], default="embedded",
+                   help="sd15: a random-weight SD 1.5 from loramix/configs, built once into /tmp (about 4 GB)")
+    p.add_argument("--size", type=int, default=0, help="image side (0 = the model's own)")
     args = p.parse_args(argv)
     quiet_libraries()
     if args.threads:
         torch.set_num_threads(args.threads)
     root = Path(tempfile.mkdtemp(prefix="loramix-slider-"))
     state = AppState.create(root / "outputs", jobs=JobManager(lambda *a: None))
-    mixer = state.mixer("")
+    base = ""
+    if args.arch == "sd15":
+        from bench.real_shapes import save_model
+
+        base = str(save_model("sd15", Path(tempfile.gettempdir()) / "loramix-real-shapes" / "sd15-model"))
+    mixer = state.mixer(base)
     files = [random_adapter(mixer, state.lora_dir / f"a{i}.safetensors", i, 16) for i in range(2)]
     previewer = Previewer(state)
 
     def values(weight: float, seed: int) -> MixValues:
-        return MixValues("", [(str(files[0]), weight, True, None), (str(files[1]), 0.5, True, None)],
-                         "a large red circle on the left, white background", "", seed, args.steps, 6.0, 0, "ddim")
+        return MixValues(base, [(str(files[0]), weight, True, None), (str(files[1]), 0.5, True, None)],
+                         "a large red circle on the left, white background", "", seed, args.steps, 6.0, args.size,
+                         "ddim")
 
     first, release, generate = [], [], []
     for r in range(args.repeats):
@@ -62,7 +72,8 @@ def main(argv=None) -> int:
         previewer.preview(values(1.5, 100 + r), ticket=previewer.ticket())
         generate.append(time.perf_counter() - t0)
     med = statistics.median
-    print(f"embedded model, 2 adapters, {torch.get_num_threads()} threads, median of {args.repeats}")
+    print(f"{args.arch} model, 2 adapters, {args.size or 'native'} px, {torch.get_num_threads()} threads, "
+          f"median of {args.repeats}")
     print("| case | seconds |\n| --- | --- |")
     print(f"| first preview of a prompt/seed ({args.draft} steps, base + blend) | {med(first):.3f} |")
     print(f"| slider release ({args.draft} steps, blend only, base cached) | {med(release):.3f} |")
