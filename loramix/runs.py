@@ -43,6 +43,13 @@ def new_run_folder(outputs: str | os.PathLike, name: str) -> Path:
     raise LoramixError(f"{outputs} already holds 9999 runs named {name}; pick another output name.")
 
 
+def drop_if_empty(folder: str | os.PathLike) -> None:
+    """Give back a run folder that `new_run_folder` claimed but no job used (never one holding a file)."""
+    folder = Path(folder)
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+
+
 def run_files(folder: Path) -> list[Path]:
     """Files in `folder` that belong to a training run (LoRA files, states, logs)."""
     if not folder.is_dir():

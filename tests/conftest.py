@@ -85,3 +85,15 @@ def random_lora(model_dir, path, seed, rank=4, alpha=2.0, text=False, conv=False
                                   init_lora_weights=False))
         layers.update(from_peft(get_peft_model_state_dict(te), "lora_te", alpha))
     return save_lora(path, LoraAdapter(layers, {"ss_base_model_version": "loramix_tiny"}), "fp32")
+
+
+def unet_out(unet, seed=0, timesteps=(50, 700)):
+    """The UNet's output on fixed random latents and text embeddings, one sample per timestep."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    n, batch = unet.config.sample_size, len(timesteps)
+    x = torch.randn(batch, 4, n, n, generator=g)
+    ctx = torch.randn(batch, 77, unet.config.cross_attention_dim, generator=g)
+    with torch.no_grad():
+        return unet(x, torch.tensor(list(timesteps)), ctx).sample

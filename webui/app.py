@@ -23,7 +23,7 @@ from loramix.config import load_config
 from loramix.errors import LoramixError
 from loramix.lora_spec import parse_adapter_spec
 from loramix.mixer import PreviewRequest
-from loramix.runs import confine_config, new_run_folder
+from loramix.runs import confine_config, drop_if_empty, new_run_folder
 from webui import mix_tab, train_tab
 from webui.state import AppState
 
@@ -53,7 +53,7 @@ def api_train(preset: str, data_dir: str, output_name: str, overrides: list[str]
         try:
             job = state.jobs.submit(config)
         except LoramixError:
-            Path(config.output.output_dir).rmdir()
+            drop_if_empty(config.output.output_dir)
             raise
         job = state.jobs.wait(job, timeout=3600)
     except LoramixError as e:

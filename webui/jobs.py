@@ -17,6 +17,7 @@ from pathlib import Path
 from loramix.config import LoramixConfig
 from loramix.errors import LoramixError
 from loramix.events import CancelToken, TrainEvent
+from loramix.runs import drop_if_empty
 
 KEEP_FINISHED = 20  # finished jobs kept in the list (the files stay on disk)
 
@@ -161,9 +162,7 @@ class JobManager:
                                    "running one).")
             job.status = "removed"
             job.finished = time.time()
-        folder = job.folder
-        if folder.is_dir() and not any(folder.iterdir()):
-            folder.rmdir()
+        drop_if_empty(job.folder)
         return job
 
     def get(self, job_id: int | None) -> Job | None:

@@ -19,7 +19,7 @@ from loramix.atomic import write_text
 from loramix.config import LoramixConfig, load_config, to_toml
 from loramix.errors import LoramixError
 from loramix.paths import plain_name
-from loramix.runs import check_run_folder, confine_config, new_run_folder
+from loramix.runs import check_run_folder, confine_config, drop_if_empty, new_run_folder
 from trainers.captions import captions_table, save_captions
 from trainers.dataset import load_image
 from webui import bindings
@@ -220,16 +220,11 @@ def start_job(state: AppState, form: dict, values: dict) -> str:
         job = state.jobs.submit(config)
     except LoramixError as e:
         if config is not None and not str(values[form["output.output_dir"]] or "").strip():
-            _drop_if_empty(Path(config.output.output_dir))
+            drop_if_empty(config.output.output_dir)
         return f"⚠ {e}"
     if ahead is not None and ahead.active:
         return f"Job {job.id} is queued in {job.folder}: it starts when job {ahead.id} ends."
     return f"Job {job.id} started in {job.folder}."
-
-
-def _drop_if_empty(folder: Path) -> None:
-    if folder.is_dir() and not any(folder.iterdir()):
-        folder.rmdir()
 
 
 def resume_job(state: AppState) -> str:

@@ -88,7 +88,7 @@ def test_each_preset_changes_exactly_its_blocks(mixer, files, preset):
 
 
 def test_matches_diffusers_per_block_scales(mixer, files, tiny_model):
-    from tests.integration.test_mixer import unet_out
+    from tests.conftest import unet_out
 
     values = dict.fromkeys(BLOCK_IDS, 3.0)  # blocks without layers here: any value must change nothing
     values.update(BASE=0.4, IN01=0.3, MID=-0.5, OUT03=0.7, OUT04=1.2)
@@ -118,7 +118,7 @@ def test_matches_diffusers_per_block_scales(mixer, files, tiny_model):
 
 
 def test_a_merge_with_block_weights_equals_the_blend(mixer, files, tmp_path, tiny_model):
-    from tests.integration.test_mixer import unet_out
+    from tests.conftest import unet_out
 
     mixer.load(files["a"], weight=0.7, blocks="MIDD")
     mixer.load(files["b"], weight=-0.6, te_weight=0.5, blocks="0.5,1,0,1,1,1,1,-1,2,1,1,1,1,1,1,1,1")

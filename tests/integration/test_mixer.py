@@ -16,7 +16,7 @@ from loramix.merge import blend_delta, merge_concat, merge_svd
 from loramix.mixer import Mixer, PreviewRequest
 from loramix.tiny import build_tiny_model
 from loramix.xy_grid import Axis, xy_grid
-from tests.conftest import WORDS, random_lora
+from tests.conftest import WORDS, random_lora, unet_out
 
 
 @pytest.fixture(scope="module")
@@ -30,15 +30,6 @@ def files(tiny_model, tmp_path_factory):
 @pytest.fixture
 def mixer(tiny_model):
     return Mixer.from_base(str(tiny_model))
-
-
-def unet_out(unet, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    n = unet.config.sample_size
-    x = torch.randn(2, 4, n, n, generator=g)
-    ctx = torch.randn(2, 77, unet.config.cross_attention_dim, generator=g)
-    with torch.no_grad():
-        return unet(x, torch.tensor([50, 700]), ctx).sample
 
 
 REQ = PreviewRequest("red stripes", seed=3, steps=4, cfg_scale=5.0)

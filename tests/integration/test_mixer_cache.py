@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from loramix.mixer import Mixer
-from tests.conftest import random_lora
+from tests.conftest import random_lora, unet_out
 
 
 @pytest.fixture(scope="module")
@@ -22,15 +22,6 @@ def mixer(tiny_model, files):
     mixer.load(files["a"], weight=0.5)
     mixer.load(files["b"], weight=-0.7)
     return mixer
-
-
-def unet_out(unet, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    n = unet.config.sample_size
-    x = torch.randn(2, 4, n, n, generator=g)
-    ctx = torch.randn(2, 77, unet.config.cross_attention_dim, generator=g)
-    with torch.no_grad():
-        return unet(x, torch.tensor([50, 700]), ctx).sample
 
 
 def snapshot(mixer):

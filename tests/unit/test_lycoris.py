@@ -16,6 +16,7 @@ from lycoris import LycorisNetwork, create_lycoris  # noqa: E402
 from loramix.errors import AdapterFormatError, LoramixError  # noqa: E402
 from loramix.lora_io import FullLayer, LohaLayer, LokrLayer, LoraAdapter, LoraLayer, read_lora, save_lora  # noqa: E402
 from loramix.merge import Source, merge_concat, merge_svd  # noqa: E402
+from tests.conftest import unet_out  # noqa: E402
 
 _PRESET_ATTRS = ("ENABLE_CONV", "TARGET_REPLACE_MODULE", "TARGET_REPLACE_NAME", "LORA_PREFIX", "MODULE_ALGO_MAP",
                  "NAME_ALGO_MAP", "USE_FNMATCH", "TARGET_EXCLUDE_NAME")
@@ -214,12 +215,7 @@ def test_save_and_read_back_keeps_the_layer(tmp_path, case):
 
 # ---- the mixer applies them ---------------------------------------------------------------------------
 def _unet_out(unet, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    n = unet.config.sample_size
-    x = torch.randn(1, 4, n, n, generator=g)
-    ctx = torch.randn(1, 77, unet.config.cross_attention_dim, generator=g)
-    with torch.no_grad():
-        return unet(x, torch.tensor([500]), ctx).sample
+    return unet_out(unet, seed, timesteps=(500,))
 
 
 UNET_TARGETS = (r".*attn1\.to_q", r".*attn2\.to_k", r"down_blocks\.0\.resnets\.0\.conv1",
