@@ -162,20 +162,37 @@ def _cast_finite(file: str, layer: str, key: str, value: torch.Tensor, dtype: to
     return cast.contiguous()
 
 
-def file_hashes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> dict[str, str]:
+def file_hashes(tensors: dict[str, torch.Tensor], metadata: dict[str, str],
+                spill_to: Path | None = None) -> dict[str, str]:
     """`sshs_model_hash` and `sshs_legacy_hash` as kohya's `precalculate_safetensors_hashes` computes them.
 
     Both hash the safetensors bytes of `tensors` written with only the `ss_*` metadata (so editing
     other metadata later does not change them): the model hash is the SHA-256 of everything after
     the header (the tensor data), the legacy hash the first 8 hex digits of the SHA-256 of the
     64 KiB at offset 1 MiB (sd-webui-additional-networks' `addnet_hash_legacy`).
+    Those bytes are built in memory, as kohya does for a LoRA; with `spill_to` (a baked checkpoint is
+    gigabytes) they are written to that file instead and read back in 1 MiB blocks.
     """
-    from safetensors.torch import save
+    import io
 
-    data = save(tensors, {k: v for k, v in metadata.items() if k.startswith("ss_")})
-    header = int.from_bytes(data[:8], "little")
-    return {"sshs_model_hash": hashlib.sha256(data[8 + header:]).hexdigest(),
-            "sshs_legacy_hash": hashlib.sha256(data[0x100000:0x110000]).hexdigest()[:8]}
+    from safetensors.torch import save, save_file
+
+    hashed = {k: v for k, v in metadata.items() if k.startswith("ss_")}
+    if spill_to is None:
+        return _addnet_hashes(io.BytesIO(save(tensors, hashed)))
+    save_file(tensors, str(spill_to), metadata=hashed)
+    with open(spill_to, "rb") as f:
+        return _addnet_hashes(f)
+
+
+def _addnet_hashes(f) -> dict[str, str]:
+    header = int.from_bytes(f.read(8), "little")
+    f.seek(8 + header)
+    model = hashlib.sha256()
+    for block in iter(lambda: f.read(0x100000), b""):
+        model.update(block)
+    f.seek(0x100000)
+    return {"sshs_model_hash": model.hexdigest(), "sshs_legacy_hash": hashlib.sha256(f.read(0x10000)).hexdigest()[:8]}
 
 
 def read_lora(path: str | Path, allow_unsafe: bool = False) -> LoraAdapter:
@@ -375,10 +392,11 @@ _MODELSPEC = {
 
 
 def modelspec(base_model_version: str, title: str, timestamp: float, resolution: int | str | None = None,
-              prediction_type: str | None = None, merged_from: str | None = None) -> dict[str, str]:
-    """The `modelspec.*` keys (SAI model spec 1.0.1) that kohya writes into a LoRA, or {} for an unknown base.
+              prediction_type: str | None = None, merged_from: str | None = None, lora: bool = True) -> dict[str, str]:
+    """The `modelspec.*` keys (SAI model spec 1.0.1) that kohya writes into a LoRA (or, with `lora=False`,
+    into a whole checkpoint), or {} for an unknown base.
 
-    As kohya's `build_metadata(..., lora=True)`: architecture `<arch>/lora`, the date as
+    As kohya's `build_metadata(..., lora=True)`: architecture `<arch>/lora` (`<arch>` for a checkpoint), the date as
     `datetime.fromtimestamp(int(timestamp)).isoformat()`, resolution `WxH` (the base's default when not
     given), prediction type `v` or `epsilon`; `implementation_version` names loramix where kohya names
     its commit.
@@ -392,7 +410,7 @@ def modelspec(base_model_version: str, title: str, timestamp: float, resolution:
         resolution = f"{resolution or side}x{resolution or side}"
     spec = {
         "modelspec.sai_model_spec": "1.0.1",
-        "modelspec.architecture": f"{arch}/lora",
+        "modelspec.architecture": f"{arch}/lora" if lora else arch,
         "modelspec.implementation": implementation,
         "modelspec.title": title,
         "modelspec.resolution": resolution,

@@ -18,6 +18,7 @@ which keep no copy and cost the LoRA branches in every UNet call (steps x 2 with
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from dataclasses import dataclass, field
 from functools import partial
@@ -466,13 +467,25 @@ class Mixer:
         return [Source(s.name, s.adapter, s.weight, s.te_weight, s.blocks, int(per_block))
                 for s in self.slots.values() if s.enabled]
 
+    def _baked_from(self) -> dict[str, str]:
+        slots = [s for s in self.slots.values() if s.enabled]
+        titles = [s.adapter.metadata.get("modelspec.title", s.name) for s in slots]
+        return {"modelspec.merged_from": ", ".join([Path(str(self.components.source)).name or "embedded tiny model",
+                                                    *titles]),
+                "loramix_baked_from": json.dumps([
+                    {"name": s.name, "file": s.path.name, "weight": s.weight, "te_weight": s.te_weight,
+                     "blocks": s.blocks.text if s.blocks is not None else None} for s in slots])}
+
     def bake(self, out_dir: str | Path, single_file: str | Path | None = None, replace: bool = False) -> Path:
         """Write the base model with the current blend fused in, as a diffusers folder, and optionally also
         as one checkpoint in the original layout that A1111 and ComfyUI load.
 
         The folder is written beside its target under a new temporary name and renamed into place, so a
         crash leaves no half model. An existing target is refused unless `replace` is set, and even then
-        only a folder that loramix baked itself (it carries `BAKED_MARKER`) is replaced.
+        only a folder that loramix baked itself (it carries `BAKED_MARKER`) is replaced. The single file
+        says what was baked in: `loramix_baked_from` (JSON: name, file, weight, te_weight, blocks of each
+        enabled adapter) and `modelspec.merged_from` (the base, then the adapters' titles), beside the
+        identification `save_single_file` writes (`ss_base_model_version`, `ss_v2`, `modelspec.*`, hashes).
         """
         import shutil
         import tempfile
@@ -482,7 +495,7 @@ class Mixer:
             from loramix.single_file import save_single_file
 
             with self.applied("fused"):
-                save_single_file(self.components, single_file, self.family)
+                save_single_file(self.components, single_file, self.family, metadata=self._baked_from())
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
         try:

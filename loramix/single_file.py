@@ -47,6 +47,7 @@ import json
 import logging
 import re
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,7 @@ from loramix.ldm_layout import (
     unet_state_to_ldm,
     vae_state_to_ldm,
 )
+from loramix.lora_io import file_hashes, modelspec
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +78,7 @@ _CACHED_TOKENIZERS = {
 }
 # the CLIP tokenizers of SD 1.x / SDXL's first encoder pad with <|endoftext|>, OpenCLIP's (SD 2.x, SDXL's second) with "!"
 _PAD_TOKEN = {"clip": "<|endoftext|>", "openclip": "!"}
-_ARCHITECTURE = {"sd1": "stable-diffusion-v1", "sd2": "stable-diffusion-v2", "sdxl": "stable-diffusion-xl-v1-base"}
+_SS_BASE_MODEL_VERSION = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}  # for a family named by layout
 
 
 class CheckpointFormatError(LoramixError):
@@ -112,11 +114,14 @@ def _config_of(model) -> dict:
 
 
 def save_single_file(pipe_or_components: Any, path: str | Path, family: Any, *, dtype: torch.dtype | None = None,
-                     prediction_type: str | None = None) -> Path:
+                     prediction_type: str | None = None, metadata: dict[str, str] | None = None) -> Path:
     """Write one `.safetensors` checkpoint in the LDM layout (written to a temp file, then renamed).
 
     `family` is "sd1", "sd2" or "sdxl" (or a family object). The metadata records the family, the
-    prediction type and every component's config, so `load_single_file` rebuilds the same architecture.
+    prediction type and every component's config, so `load_single_file` rebuilds the same architecture;
+    and identifies the file as kohya does a checkpoint: `ss_base_model_version`, `ss_v2`, `modelspec.*`
+    (title: the file name) and the `sshs_*` hashes of the tensors as written (`lora_io.file_hashes`).
+    `metadata` adds keys or replaces those (the mixer's bake names what was baked in).
     """
     path, layout = Path(path), _layout(family)
     if path.suffix != ".safetensors":
@@ -138,12 +143,21 @@ def save_single_file(pipe_or_components: Any, path: str | Path, family: Any, *, 
     prediction_type = prediction_type or (scheduler.config.prediction_type if scheduler is not None else "epsilon")
     if prediction_type == "v_prediction":
         state["v_pred"] = torch.tensor([])  # the marker ComfyUI and others look for
+    version = _base_model_version(family, layout, prediction_type)
     metadata = {"format": "pt", "loramix.family": layout, "loramix.prediction_type": prediction_type,
-                "loramix.configs": json.dumps(configs), "modelspec.sai_model_spec": "1.0.0",
-                "modelspec.architecture": _ARCHITECTURE[layout],
-                "modelspec.prediction_type": "v" if prediction_type == "v_prediction" else "epsilon"}
+                "loramix.configs": json.dumps(configs), "ss_base_model_version": version, "ss_v2": str(layout == "sd2"),
+                **modelspec(version, path.stem, time.time(), prediction_type=prediction_type, lora=False),
+                **(metadata or {})}
     _write(state, path, metadata, dtype)
     return path
+
+
+def _base_model_version(family: Any, layout: str, prediction_type: str) -> str:
+    """kohya's `ss_base_model_version` of the checkpoint: the family's (`loramix_tiny` …) or its layout's, `_v`
+    added for v-prediction as `ModelFamily.base_model_version` does (never for SDXL)."""
+    base = getattr(family, "ss_base_model_version", None) or _SS_BASE_MODEL_VERSION[layout]
+    v_suffix = getattr(family, "v_suffix", layout != "sdxl")
+    return base + ("_v" if v_suffix and prediction_type == "v_prediction" else "")
 
 
 def _write(state: dict, path: Path, metadata: dict, dtype: torch.dtype | None) -> None:
@@ -158,7 +172,8 @@ def _write(state: dict, path: Path, metadata: dict, dtype: torch.dtype | None) -
             value = value.clone()
         seen.add(value.data_ptr())
         tensors[key] = value.contiguous()
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:  # hashed from the temp file, then written over it with the hashes
+        metadata = {**metadata, **file_hashes(tensors, metadata, spill_to=tmp)}
         save_file(tensors, str(tmp), metadata=metadata)
 
 

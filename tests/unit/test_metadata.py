@@ -153,3 +153,36 @@ def test_merge_of_sd1_files_says_not_v2(tmp_path):
     adapter, _ = merge_concat([_source("one", "sd_v1", 0)])
     assert adapter.metadata["ss_v2"] == "False"
     assert adapter.metadata["modelspec.architecture"] == "stable-diffusion-v1/lora"
+
+
+# ---- bakes carry ss_v2, modelspec, the hashes and what was baked in -------------------------------------
+def test_baked_single_file_carries_identification_hashes_and_what_was_baked_in(tmp_path, tiny_model):
+    from loramix.mixer import Mixer
+    from tests.conftest import random_lora
+
+    a = random_lora(tiny_model, tmp_path / "a.safetensors", seed=1)
+    b = random_lora(tiny_model, tmp_path / "b.safetensors", seed=2, text=True)
+    mixer = Mixer.from_base(str(tiny_model), device="cpu")
+    mixer.load(a, weight=0.6)
+    mixer.load(b, weight=-0.8, te_weight=0.3)
+    mixer.load(a, name="off", weight=1.0)
+    mixer.slots["off"].enabled = False  # a disabled adapter is not baked in, so not named
+    path = tmp_path / "baked.safetensors"
+    mixer.bake(tmp_path / "baked", single_file=path)
+
+    meta, tensors = _meta(path)
+    assert meta["ss_base_model_version"] == "loramix_tiny" and meta["ss_v2"] == "False"
+    # the hashes, recomputed here from the file as kohya's precalculate_safetensors_hashes does
+    by_hand = save(tensors, {k: v for k, v in meta.items() if k.startswith("ss_")})
+    assert len(by_hand) > 0x110000  # the legacy hash reads real bytes
+    assert meta["sshs_model_hash"] == _addnet_hash_safetensors(by_hand) == _addnet_hash_safetensors(path.read_bytes())
+    assert meta["sshs_legacy_hash"] == hashlib.sha256(by_hand[0x100000:0x110000]).hexdigest()[:8]
+    assert meta["modelspec.sai_model_spec"] == "1.0.1"
+    assert meta["modelspec.architecture"] == "loramix-tiny"  # a checkpoint, not ".../lora"
+    assert meta["modelspec.title"] == "baked" and meta["modelspec.resolution"] == "64x64"
+    assert meta["modelspec.prediction_type"] == "epsilon"
+    assert abs(datetime.datetime.fromisoformat(meta["modelspec.date"]) - datetime.datetime.now()).total_seconds() < 600
+    assert meta["modelspec.merged_from"] == f"{tiny_model.name}, a, b"
+    assert json.loads(meta["loramix_baked_from"]) == [
+        {"name": "a", "file": "a.safetensors", "weight": 0.6, "te_weight": None, "blocks": None},
+        {"name": "b", "file": "b.safetensors", "weight": -0.8, "te_weight": 0.3, "blocks": None}]
