@@ -121,6 +121,11 @@ class OptimConfig:
     lr_scheduler: str = _f("constant", "Learning-rate schedule.",
                            choices=["constant", "constant_with_warmup", "cosine"])
     lr_warmup_steps: int = _f(0, "Warm-up steps for constant_with_warmup and cosine.", min=0, max=1_000_000)
+    adamw_impl: str = _f("auto", "How torch's AdamW loops over the LoRA tensors (optimizer=adamw only). auto: torch "
+                                 "picks (foreach on CPU and GPU). foreach: one kernel per step over all tensors. "
+                                 "fused: one fused kernel (CPU or GPU). for_loop: one tensor at a time. Same "
+                                 "result; on CPU the AdamW step is ~0.2% of an SD 1.5 step, so no choice is "
+                                 "faster there.", choices=["auto", "foreach", "fused", "for_loop"])
 
 
 @dataclass
@@ -133,6 +138,15 @@ class TrainConfig:
     mixed_precision: str = _f("no", "Compute precision of the frozen model (LoRA weights stay fp32).",
                               choices=["no", "fp16", "bf16"])
     gradient_checkpointing: bool = _f(False, "Trade compute for memory in the UNet.")
+    channels_last: bool = _f(False, "Keep the UNet's conv weights and inputs in channels-last memory layout. "
+                                    "Often faster on GPUs with tensor cores; measured slower on a 2-core CPU.")
+    sdpa_backend: str = _f("auto", "Attention kernel of torch's scaled_dot_product_attention in the UNet. auto: "
+                                   "torch picks. math: the plain reference kernel. flash: FlashAttention (CPU or "
+                                   "GPU). efficient: memory-efficient attention and cudnn: cuDNN attention, "
+                                   "CUDA GPUs only.", choices=["auto", "math", "flash", "efficient", "cudnn"])
+    compile_unet: bool = _f(False, "torch.compile the UNet before training. The first step waits for the "
+                                   "compile (minutes on a CPU at SD 1.5 shapes), so it pays off only in long "
+                                   "runs; see docs/benchmarks.md for the break-even step count.")
     seed: int = _f(42, "Seed of everything random: data order, noise, timesteps, LoRA init.", min=0,
                  max=2**32 - 1)
     noise_offset: float = _f(0.0, "Noise offset (0.05-0.1 helps very dark or bright images).", min=0.0, max=1.0)
@@ -208,6 +222,10 @@ class LoramixConfig:
         if net.use_dora and net.algo != "lora":
             raise ConfigError("network.use_dora", f"DoRA trains on LoRA layers only; set network.algo=lora or "
                                                   f"use_dora=false (algo is {net.algo}).")
+        if self.optim.adamw_impl != "auto" and self.optim.optimizer != "adamw":
+            raise ConfigError("optim.adamw_impl", f"chooses torch AdamW's implementation and applies to "
+                                                  f"optimizer=adamw only (optimizer is {self.optim.optimizer}); "
+                                                  f"set it to auto.")
         if ds.crop == "random" and ds.cache_latents:
             raise ConfigError("dataset.crop", "random crops cannot be cached; set dataset.cache_latents=false "
                                               "or dataset.crop=center.")

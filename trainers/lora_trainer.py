@@ -33,6 +33,7 @@ from loramix.runs import RunLock, check_run_folder, remove_stale_temps
 from trainers import dataset as ds
 from trainers.checkpoint import adapter_metadata, check_state_file, load_state, save_state
 from trainers.optim import make_optimizer, make_scheduler
+from trainers.speed import attention_backend, check_speed_options, prepare_unet, unet_input
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +146,7 @@ class LoraTrainer:
                                    gradient_accumulation_steps=t.gradient_accumulation_steps)
         except ValueError as e:
             raise ConfigError("train.mixed_precision", f"{t.mixed_precision} is not available here: {e}") from e
+        check_speed_options(t, self.acc.device)
         self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.acc.mixed_precision,
                                                                                    torch.float32)
         self.global_batch = t.batch_size * self.acc.num_processes
@@ -296,6 +298,8 @@ class LoraTrainer:
         self.scheduler = make_scheduler(optimizer, self.cfg.optim, self.total_steps)
         prepared = self.acc.prepare(*self.trained.values(), optimizer)
         self.models = dict(zip(self.trained, prepared[:-1]))
+        unet = self.family.unet_prefix
+        self.models[unet] = prepare_unet(self.models[unet], self.cfg.train)  # channels_last, compile_unet
         self.optimizer = prepared[-1]
         for prefix, module in self.models.items():  # text encoding must go through the wrapped modules
             if prefix != self.family.unet_prefix:
@@ -373,7 +377,9 @@ class LoraTrainer:
         target = noise if self.m.prediction_type == "epsilon" else sched.get_velocity(latents, noise, timesteps)
         geometry = [ds.geometry(self.items[s.index], s, d) for s in samples]
         unet_kwargs = self.family.unet_kwargs(cond, geometry)
-        pred = self.models[self.family.unet_prefix](noisy, timesteps, **unet_kwargs, return_dict=False)[0]
+        with attention_backend(t):  # train.sdpa_backend
+            pred = self.models[self.family.unet_prefix](unet_input(noisy, t), timesteps, **unet_kwargs,
+                                                        return_dict=False)[0]
         loss = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
         if t.min_snr_gamma:
             from diffusers.training_utils import compute_snr

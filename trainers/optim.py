@@ -9,9 +9,12 @@ import torch
 from loramix.config import OptimConfig
 from loramix.errors import ConfigError
 
+ADAMW_IMPLS = {"auto": {}, "foreach": {"foreach": True}, "fused": {"fused": True}, "for_loop": {"foreach": False}}
+
 
 def _adamw(groups, cfg: OptimConfig):
-    return torch.optim.AdamW(groups, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+                             **ADAMW_IMPLS[cfg.adamw_impl])
 
 
 def _adamw8bit(groups, cfg: OptimConfig):
