@@ -45,31 +45,39 @@ def _hue(rgb) -> float:
 HUES = {name: _hue(rgb) for name, rgb in SHAPE_COLOURS.items()}
 
 
-def dominant_colour(pixels: np.ndarray) -> str:
-    """Name of the palette hue most of the saturated pixels are nearest to, or "none"."""
+def dominant_colour(pixels: np.ndarray, min_saturation: float = 0.35, min_fraction: float = MIN_COLOURED_FRACTION,
+                    background: str | None = None) -> str:
+    """Name of the palette hue most of the saturated pixels are nearest to, or "none" when fewer than
+    `min_fraction` of the pixels reach `min_saturation` (lower both for washed-out or striped styles).
+    Pixels nearest to a coloured `background`'s hue are not counted: the background is no evidence of the
+    shape, and a region painted over in the background colour finds "none"."""
     rgb = pixels.reshape(-1, 3).astype(np.float32) / 255.0
     high, low = rgb.max(1), rgb.min(1)
     saturation = (high - low) / np.maximum(high, 1e-6)
-    coloured = rgb[(saturation > 0.35) & (high > 0.25)]
-    if len(coloured) < MIN_COLOURED_FRACTION * len(rgb):
-        return "none"
-    hues = np.array([colorsys.rgb_to_hsv(*p)[0] for p in coloured])
+    coloured = rgb[(saturation > min_saturation) & (high > 0.25)]
     names = list(HUES)
-    ref = np.array([HUES[n] for n in names])
-    distance = np.abs(hues[:, None] - ref[None, :])
-    distance = np.minimum(distance, 1 - distance)
-    votes = np.bincount(distance.argmin(1), minlength=len(names))
-    return names[int(votes.argmax())]
+    nearest = np.zeros(0, dtype=np.int64)
+    if len(coloured):
+        hues = np.array([colorsys.rgb_to_hsv(*p)[0] for p in coloured])
+        ref = np.array([HUES[n] for n in names])
+        distance = np.abs(hues[:, None] - ref[None, :])
+        nearest = np.minimum(distance, 1 - distance).argmin(1)
+    if background in HUES:
+        nearest = nearest[nearest != names.index(background)]
+    if len(nearest) < min_fraction * len(rgb):
+        return "none"
+    return names[int(np.bincount(nearest, minlength=len(names)).argmax())]
 
 
-def judge(image, scene: Scene, margin: int = 2) -> Verdict:
-    """Compare the dominant colour of the first shape's box (plus a margin) with the caption."""
+def judge(image, scene: Scene, margin: int = 2, **thresholds) -> Verdict:
+    """Compare the dominant colour of the first shape's box (plus a margin) with the caption.
+    `thresholds` go to `dominant_colour`."""
     spec = scene.shapes[0]
     x0, y0, x1, y1 = spec.box
     arr = np.asarray(image.convert("RGB"))
     h, w = arr.shape[:2]
     region = arr[max(0, y0 - margin):min(h, y1 + margin), max(0, x0 - margin):min(w, x1 + margin)]
-    return Verdict(scene.caption, spec.colour, dominant_colour(region))
+    return Verdict(scene.caption, spec.colour, dominant_colour(region, background=scene.background, **thresholds))
 
 
 def measure(pipe, count: int = 40, steps: int = 25, guidance: float = 6.0, seed: int = 0,
