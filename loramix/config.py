@@ -122,9 +122,9 @@ class OptimConfig:
                            choices=["constant", "constant_with_warmup", "cosine"])
     lr_warmup_steps: int = _f(0, "Warm-up steps for constant_with_warmup and cosine.", min=0, max=1_000_000)
     adamw_impl: str = _f("auto", "How torch's AdamW loops over the LoRA tensors (optimizer=adamw only). auto: torch "
-                                 "picks (foreach on CPU and GPU). foreach: one kernel per step over all tensors. "
-                                 "fused: one fused kernel (CPU or GPU). for_loop: one tensor at a time. Same "
-                                 "result; on CPU the AdamW step is ~0.2% of an SD 1.5 step, so no choice is "
+                                 "picks (foreach on CUDA, for_loop on CPU). foreach: one kernel per step over all "
+                                 "tensors. fused: one fused kernel (CPU or GPU). for_loop: one tensor at a time. "
+                                 "Same result; on CPU the AdamW step is ~0.2% of an SD 1.5 step, so no choice is "
                                  "faster there.", choices=["auto", "foreach", "fused", "for_loop"])
 
 
@@ -144,9 +144,11 @@ class TrainConfig:
                                    "torch picks. math: the plain reference kernel. flash: FlashAttention (CPU or "
                                    "GPU). efficient: memory-efficient attention and cudnn: cuDNN attention, "
                                    "CUDA GPUs only.", choices=["auto", "math", "flash", "efficient", "cudnn"])
-    compile_unet: bool = _f(False, "torch.compile the UNet before training. The first step waits for the "
-                                   "compile (minutes on a CPU at SD 1.5 shapes), so it pays off only in long "
-                                   "runs; see docs/benchmarks.md for the break-even step count.")
+    compile_unet: bool = _f(False, "torch.compile the UNet before training; the first step waits for the "
+                                   "compile. On a 2-core CPU it took 16 min at SD 1.5 shapes and then made each "
+                                   "step slower (0.67x); on the tiny demo model it gave 1.53x, paying off after "
+                                   "~8,000 steps. Meant for long GPU runs (not yet measured on a GPU); see "
+                                   "docs/benchmarks.md.")
     seed: int = _f(42, "Seed of everything random: data order, noise, timesteps, LoRA init.", min=0,
                  max=2**32 - 1)
     noise_offset: float = _f(0.0, "Noise offset (0.05-0.1 helps very dark or bright images).", min=0.0, max=1.0)
