@@ -65,6 +65,7 @@ def test_sdpa_backend_is_the_one_enabled_inside_the_unet(backend, flash, math, t
     assert (torch.backends.cuda.flash_sdp_enabled(), torch.backends.cuda.math_sdp_enabled()) == (True, True)  # restored
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="refused only on a machine without CUDA")
 @pytest.mark.parametrize("backend", ["efficient", "cudnn"])
 def test_cuda_only_sdpa_backends_are_refused_on_cpu_before_the_model_loads(backend, image_folder, tmp_path):
     cfg = tiny_config("/nonexistent/model", image_folder, tmp_path / "out", f"train.sdpa_backend={backend}")
