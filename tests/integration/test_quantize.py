@@ -10,9 +10,12 @@ import pytest
 import torch
 
 from loramix.adapter_layers import LoraLayer
+from loramix.config import load_config
+from loramix.embedded import STYLE_SETS
 from loramix.errors import ConfigError
 from loramix.lora_io import read_lora
 from tests.conftest import tiny_config
+from tests.style_distance import style_distances
 from trainers.lora_trainer import LoraTrainer, train
 
 
@@ -37,6 +40,35 @@ def test_int8_base_trains_an_ordinary_lora(tiny_model, image_folder, tmp_path):
     mixer = Mixer.from_base(str(tiny_model), device="cpu")  # the unquantized base takes the file as usual
     mixer.load(result.lora_path)
     assert len(mixer.slots[result.lora_path.stem].layers) == len(adapter.layers)
+
+
+@pytest.mark.slow
+def test_int8_base_learns_the_pastel_style_as_well_as_the_unquantized_base(tmp_path):
+    """Issue 14: with a quantized base the style-learning test reaches a style ratio within 20% of the
+    unquantized run.
+
+    The style ratio is distance(weight 1) / distance(weight 0): how far held-out pictures are from the
+    pastel set's 90th-percentile saturation with the LoRA at full weight, as a fraction of how far the
+    base alone is (`tests.style_distance`; 0 = the style matched, 1 = nothing learned). It is the
+    quantity the style-learning test bounds (< 0.5), so "within 20%" is |ratio_int8 - ratio_none| <=
+    0.2 x ratio_none. Both LoRAs are trained with presets/demo-cpu.toml as it stands (read, not
+    copied; same seed) but stopped at 200 steps, and both are judged on the unquantized base, where a
+    user applies them. Measured 2026-11-23 (2-core CPU, 1 thread): at 200 steps none 0.344, int8 0.315
+    (8% apart) in 5-10 minutes; at the preset's 400 steps none 0.236, int8 0.190 (19% apart, at the
+    edge of the bound), about 12 minutes.
+    """
+    pytest.importorskip("torchao", reason="model.quantize=int8 needs torchao (pip install 'loramix[quant]')")
+    ratio = {}
+    for quantize in ("none", "int8"):
+        config = load_config("presets/demo-cpu.toml", overrides=[
+            f"dataset.data_dir={STYLE_SETS / 'pastel'}", f"output.output_dir={tmp_path / quantize}",
+            f"model.quantize={quantize}", "train.max_steps=200", "sample.sample_every_n_steps=0",
+            "output.save_every_n_steps=0"])
+        _, distance = style_distances(train(config).lora_path, "pastel", weights=(0.0, 1.0))
+        ratio[quantize] = distance[1.0] / distance[0.0]
+    print(f"style ratio (distance at weight 1 / weight 0): {ratio}")
+    assert ratio["none"] < 0.5 and ratio["int8"] < 0.5, ratio  # both learned: neither passes by failing
+    assert abs(ratio["int8"] - ratio["none"]) <= 0.2 * ratio["none"], ratio
 
 
 def test_nf4_is_refused_without_cuda_or_bitsandbytes(tiny_model, image_folder, tmp_path):
