@@ -27,7 +27,7 @@ from PIL import Image
 
 from loramix.embedded import STYLE_SETS
 from loramix.embedded.quality import Verdict, held_out_scenes, judge
-from loramix.embedded.scenes import SHAPE_COLOURS, Scene
+from loramix.embedded.scenes import Scene
 
 # A style may wash colours out (pastel) or cover half a shape (stripes, ink outlines); the shipped sets'
 # own pictures of the held-out scenes pass `judge` with these thresholds, and fail it half the time with

@@ -12,8 +12,13 @@ from PIL import Image
 
 from loramix.embedded.quality import judge
 from loramix.embedded.scenes import Scene, ShapeSpec, render
-from loramix.embedded.style_metrics import (STYLE_STATISTICS, content_kept, content_scenes, style_statistic,
-                                            style_target)
+from loramix.embedded.style_metrics import (
+    STYLE_STATISTICS,
+    content_kept,
+    content_scenes,
+    style_statistic,
+    style_target,
+)
 
 _spec = importlib.util.spec_from_file_location("make_styles", Path(__file__).parents[2] / "tools" / "make_styles.py")
 make_styles = importlib.util.module_from_spec(_spec)

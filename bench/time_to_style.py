@@ -1,0 +1,148 @@
+"""Minutes to a usable style LoRA: train a preset on each sample style set and time the run until the
+style is learned, with the content still right.
+
+    python bench/time_to_style.py                                   # presets/demo-cpu.toml, all three sets
+    python bench/time_to_style.py --styles pastel --set optim.learning_rate=1e-3 --set train.max_steps=200
+
+Per style set, one training run of the preset (sample images off) saves the LoRA every `--every` steps;
+afterwards, off the clock, each saved LoRA generates the held-out content prompts at weight 1 (fixed seeds,
+DDIM 20 steps, CFG 6, batched) and is scored by `loramix.embedded.style_metrics`:
+- style: the set's statistic, averaged over the prompts; learned when its distance to the set's value is at
+  most half the base model's distance (the style-learning test's measure), the set's value taken from its
+  pictures as the base's VAE draws them back (a UNet LoRA cannot draw more of a style than its decoder);
+- content: the share of prompts whose caption colour is still in the caption's place (`content_kept`).
+
+Two times are reported: to the first saved step that is learned (style alone), and to the first that is
+learned and keeps content. Each is the wall time from calling `train()` (model load and caches included, what a user
+waits for) to the end of that step (content kept: at least `--content` of the prompts, default 0.75; the base
+keeps 10 of 12), minus the time spent writing checkpoints before it (the
+bench saves far more often than a user would). Threads: torch's default unless `--threads`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from loramix.config import load_config  # noqa: E402
+from loramix.embedded import STYLE_SETS  # noqa: E402
+from loramix.embedded.style_metrics import content_kept, content_scenes, style_statistic, style_target  # noqa: E402
+from loramix.events import TrainEvent  # noqa: E402
+from loramix.mixer import Mixer  # noqa: E402
+from loramix.quiet import quiet_libraries  # noqa: E402
+from trainers.lora_trainer import train  # noqa: E402
+
+
+class Clock:
+    """Event sink: when each step ended and how long each checkpoint write took."""
+
+    def __init__(self):
+        self.t0 = time.perf_counter()
+        self.step_end: dict[int, float] = {}
+        self.save_s: dict[int, float] = {}
+        self.paths: dict[int, str] = {}
+
+    def __call__(self, event: TrainEvent) -> None:
+        now = time.perf_counter() - self.t0
+        if event.kind == "step":
+            self.step_end[event.step] = now
+        elif event.kind == "checkpoint":
+            self.save_s[event.step] = now - self.step_end.get(event.step, now)
+            self.paths[event.step] = next(p for p in event.paths if not p.endswith("-state.safetensors"))
+
+    def on_the_clock(self, step: int) -> float:
+        """Seconds from train() to the end of `step`, less the checkpoint writes before it."""
+        return self.step_end[step] - sum(s for k, s in self.save_s.items() if k < step)
+
+
+def score(mixer: Mixer, lora: str | None, style: str, scenes, steps: int) -> tuple[float, float]:
+    """(mean style statistic, share of content kept) of the held-out prompts at weight 1 (None = base)."""
+    for name in list(mixer.slots):
+        mixer.remove(name)
+    if lora:
+        mixer.load(lora, name="style", weight=1.0)
+    pipe = mixer._pipeline()
+    with mixer.applied():
+        images = pipe([s.caption for s in scenes], num_inference_steps=steps, guidance_scale=6.0, height=64,
+                      width=64, generator=[torch.Generator().manual_seed(i) for i in range(len(scenes))]).images
+    stat = float(np.mean([style_statistic(style, im) for im in images]))
+    kept = sum(content_kept(im, s).ok for im, s in zip(images, scenes)) / len(scenes)
+    return stat, kept
+
+
+def run_style(style: str, args) -> dict:
+    out = Path(tempfile.mkdtemp(prefix=f"tts-{style}-"))
+    config = load_config(args.preset, overrides=[
+        f"dataset.data_dir={args.sets / style}", f"output.output_dir={out / 'run'}", "sample.sample_every_n_steps=0",
+        f"output.save_every_n_steps={args.every}", *args.set])
+    clock = Clock()
+    result = train(config, events=clock)
+    wall = time.perf_counter() - clock.t0
+    last = max(clock.step_end)
+    clock.paths.setdefault(last, str(result.lora_path))
+    clock.save_s.setdefault(last, 0.0)
+
+    scenes = content_scenes(args.prompts)
+    mixer = Mixer.from_base(config.model.base_model)
+    target = style_target(style, args.sets / style, vae=mixer.components.vae)  # the set as this base's decoder draws it
+    base_stat, base_kept = score(mixer, None, style, scenes, args.sample_steps)
+    rows, styled, reached = [], None, None
+    for step in sorted(clock.paths):
+        stat, kept = score(mixer, clock.paths[step], style, scenes, args.sample_steps)
+        ratio = abs(stat - target) / max(abs(base_stat - target), 1e-9)
+        rows.append({"step": step, "s": round(clock.on_the_clock(step), 2), "stat": round(stat, 4),
+                     "distance_ratio": round(ratio, 3), "content": round(kept, 3)})
+        if styled is None and ratio <= 0.5:
+            styled = rows[-1]
+        if reached is None and ratio <= 0.5 and kept >= args.content:
+            reached = rows[-1]
+        print(f"  {style} step {step:4d}: {rows[-1]['s']:6.1f} s  stat {stat:.4f}  distance ratio {ratio:.3f}  "
+              f"content {kept:.2f}", flush=True)
+    return {"style": style, "target": round(target, 4), "base_stat": round(base_stat, 4),
+            "base_content": round(base_kept, 3), "train_wall_s": round(wall, 1), "steps": last,
+            "styled": styled, "reached": reached, "curve": rows}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="presets/demo-cpu.toml")
+    parser.add_argument("--styles", default="pastel,ink,stripes")
+    parser.add_argument("--sets", type=Path, default=STYLE_SETS, help="folder holding one folder per style")
+    parser.add_argument("--set", action="append", default=[], help="a config override, as `loramix train --set`")
+    parser.add_argument("--every", type=int, default=25, help="save (and score) every N steps")
+    parser.add_argument("--prompts", type=int, default=12)
+    parser.add_argument("--sample-steps", type=int, default=20)
+    parser.add_argument("--content", type=float, default=0.75, help="share of prompts that must keep content")
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    quiet_libraries()
+    results = []
+    for style in args.styles.split(","):
+        print(f"{style}: training {args.preset} {' '.join(args.set)}", flush=True)
+        results.append(run_style(style, args))
+        r = results[-1]
+        def when(row):
+            return f"{row['s']} s (step {row['step']}, content {row['content']})" if row else "not reached"
+        print(f"{style}: set {r['target']}, base {r['base_stat']} (content {r['base_content']}); "
+              f"style alone {when(r['styled'])}; style with content kept {when(r['reached'])}; "
+              f"whole run {r['train_wall_s']} s", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps({"preset": args.preset, "set": args.set, "threads": torch.get_num_threads(),
+                                         "load": os.getloadavg(), "results": results}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
