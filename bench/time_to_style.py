@@ -83,7 +83,7 @@ def score(mixer: Mixer, lora: str | None, style: str, scenes, steps: int) -> tup
 def run_style(style: str, args) -> dict:
     out = Path(tempfile.mkdtemp(prefix=f"tts-{style}-"))
     config = load_config(args.preset, overrides=[
-        f"dataset.data_dir={args.sets / style}", f"output.output_dir={out / 'run'}", "sample.sample_every_n_steps=0",
+        f"dataset.data_dir={(args.train_sets or args.sets) / style}", f"output.output_dir={out / 'run'}", "sample.sample_every_n_steps=0",
         f"output.save_every_n_steps={args.every}", *args.set])
     clock = Clock()
     result = train(config, events=clock)
@@ -118,6 +118,8 @@ def main(argv=None) -> None:
     parser.add_argument("--preset", default="presets/demo-cpu.toml")
     parser.add_argument("--styles", default="pastel,ink,stripes")
     parser.add_argument("--sets", type=Path, default=STYLE_SETS, help="folder holding one folder per style")
+    parser.add_argument("--train-sets", type=Path, help="train on these folders instead (e.g. a set plus "
+                        "regularisation pictures); the target stays the one from --sets")
     parser.add_argument("--set", action="append", default=[], help="a config override, as `loramix train --set`")
     parser.add_argument("--every", type=int, default=25, help="save (and score) every N steps")
     parser.add_argument("--prompts", type=int, default=12)
