@@ -14,7 +14,8 @@ Each statistic reads what its style changes and what the embedded base model doe
 most half as far from the set's value (the mean over its images) as the base model's pictures are.
 Given the base's VAE, the set's value is taken from its pictures as that VAE draws them back
 (encode, decode): a LoRA on the UNet cannot draw more of a style than the decoder can.
-Content is checked separately with `loramix.embedded.quality.judge` (the colour in the named place).
+Content is checked separately by `content_kept` (`judge`: the colour in the named place, thresholds
+lowered for washed-out or striped colour).
 """
 
 from __future__ import annotations
