@@ -43,6 +43,7 @@ Still hand-written on the reading side, about 60 lines:
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import re
@@ -55,6 +56,7 @@ import torch
 
 from loramix.atomic import atomic_path
 from loramix.errors import LoramixError
+from loramix.families import FAMILIES, ModelFamily
 from loramix.ldm_layout import (
     TEXT_ENCODERS,
     UNET_PREFIX,
@@ -78,7 +80,6 @@ _CACHED_TOKENIZERS = {
 }
 # the CLIP tokenizers of SD 1.x / SDXL's first encoder pad with <|endoftext|>, OpenCLIP's (SD 2.x, SDXL's second) with "!"
 _PAD_TOKEN = {"clip": "<|endoftext|>", "openclip": "!"}
-_SS_BASE_MODEL_VERSION = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}  # for a family named by layout
 
 
 class CheckpointFormatError(LoramixError):
@@ -153,11 +154,11 @@ def save_single_file(pipe_or_components: Any, path: str | Path, family: Any, *, 
 
 
 def _base_model_version(family: Any, layout: str, prediction_type: str) -> str:
-    """kohya's `ss_base_model_version` of the checkpoint: the family's (`loramix_tiny` …) or its layout's, `_v`
-    added for v-prediction as `ModelFamily.base_model_version` does (never for SDXL)."""
-    base = getattr(family, "ss_base_model_version", None) or _SS_BASE_MODEL_VERSION[layout]
-    v_suffix = getattr(family, "v_suffix", layout != "sdxl")
-    return base + ("_v" if v_suffix and prediction_type == "v_prediction" else "")
+    """kohya's `ss_base_model_version` of the checkpoint, by the family's own rule
+    (`ModelFamily.base_model_version`) for `prediction_type`; a family named by its layout is that family."""
+    family = copy.copy(family) if isinstance(family, ModelFamily) else next(f for f in FAMILIES if f.name == layout)()
+    family.prediction_type = prediction_type
+    return family.base_model_version
 
 
 def _write(state: dict, path: Path, metadata: dict, dtype: torch.dtype | None) -> None:
