@@ -33,6 +33,7 @@ from loramix.runs import RunLock, check_run_folder, remove_stale_temps
 from trainers import dataset as ds
 from trainers.checkpoint import adapter_metadata, check_state_file, load_state, save_state
 from trainers.optim import make_optimizer, make_scheduler
+from trainers.quantize import check_quantize_backend, quantize_unet
 from trainers.speed import attention_backend, check_speed_options, prepare_unet, unet_input
 
 log = logging.getLogger(__name__)
@@ -158,39 +159,14 @@ class LoraTrainer:
     def load_model(self) -> None:
         """Load the base model frozen, in the compute dtype; with `model.quantize` the UNet's linear layers are
         stored in int8 (torchao weight-only) or NF4 (bitsandbytes) before the adapter goes on top of them."""
-        quantize = self.cfg.model.quantize
-        if quantize == "int8":  # a missing backend is refused before the model loads
-            try:
-                from torchao.quantization import Int8WeightOnlyConfig, quantize_
-            except ImportError as e:
-                raise ConfigError("model.quantize", "int8 needs torchao: pip install 'loramix[quant]', or set "
-                                                    "model.quantize=none.") from e
-        elif quantize == "nf4":
-            try:
-                import bitsandbytes as bnb
-            except ImportError as e:
-                raise ConfigError("model.quantize", "nf4 needs bitsandbytes and a CUDA GPU: pip install "
-                                                    "'loramix[bnb]', or use model.quantize=int8.") from e
-            if self.acc.device.type != "cuda":
-                raise ConfigError("model.quantize", "nf4 runs on a CUDA GPU only; use model.quantize=int8 here.")
+        check_quantize_backend(self.cfg.model.quantize, self.acc.device)
         self.m: Components = load_base_model(self.cfg.model.base_model, self.cfg.model.revision)
         self.family = self.m.family
         for module in self.m.models():
             module.requires_grad_(False)
             module.to(self.acc.device, dtype=self.weight_dtype)
         self.m.vae.to(dtype=torch.float32)  # the VAE runs once per image when caching; fp32 avoids NaNs
-        if quantize == "int8":
-            quantize_(self.m.unet, Int8WeightOnlyConfig())
-        elif quantize == "nf4":  # QLoRA as PEFT expects it: bnb Linear4bit layers, quantized when moved to the GPU
-            for parent in list(self.m.unet.modules()):
-                for name, child in list(parent.named_children()):
-                    if type(child) is torch.nn.Linear:
-                        q = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=child.bias is not None,
-                                              compute_dtype=self.weight_dtype, quant_type="nf4")
-                        q.weight = bnb.nn.Params4bit(child.weight.data.cpu(), requires_grad=False, quant_type="nf4")
-                        if child.bias is not None:
-                            q.bias = torch.nn.Parameter(child.bias.data, requires_grad=False)
-                        setattr(parent, name, q.to(self.acc.device))
+        quantize_unet(self.m.unet, self.cfg.model.quantize, self.weight_dtype, self.acc.device)
 
     def inject_lora(self) -> None:
         """Put the adapter `network.algo` names (PEFT LoRA / DoRA, LoHa or LoKr) on the UNet and, if asked, the
