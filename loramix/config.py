@@ -61,6 +61,10 @@ class ModelConfig:
 class DatasetConfig:
     data_dir: str = _f("", "Folder of training images (jpg/png/webp) with optional same-name caption files; "
                            "sub-folders named like 10_style repeat their images 10 times.")
+    reg_data_dir: str = _f("", "Optional folder of regularisation images (kohya's reg_data_dir, same layout): "
+                               "the base model's own pictures of what you do not want changed, captioned without "
+                               "the trigger word. Each epoch takes as many of them as training images; their loss "
+                               "is weighted by train.prior_loss_weight.")
     resolution: int = _f(512, "Training resolution: the side of the square pixel budget for buckets.", min=64,
                          max=4096)
     enable_bucket: bool = _f(True, "Aspect-ratio bucketing: images go to the bucket nearest their aspect ratio.")
@@ -151,6 +155,8 @@ class TrainConfig:
                                    "docs/benchmarks.md.")
     seed: int = _f(42, "Seed of everything random: data order, noise, timesteps, LoRA init.", min=0,
                  max=2**32 - 1)
+    prior_loss_weight: float = _f(1.0, "Loss weight of the regularisation images of dataset.reg_data_dir "
+                                       "(kohya's prior_loss_weight).", min=0.0, max=100.0)
     noise_offset: float = _f(0.0, "Noise offset (0.05-0.1 helps very dark or bright images).", min=0.0, max=1.0)
     min_snr_gamma: float = _f(0.0, "Min-SNR loss weighting gamma (5 is usual; 0 = off).", min=0.0, max=100.0)
     resume_from: str = _f("", "A saved training state file (<name>-state.safetensors, written beside the LoRA) "

@@ -140,6 +140,8 @@ def confine_config(config: LoramixConfig, confinement: Confinement) -> LoramixCo
     """Check every path in a training config against the confinement rule (web app and API)."""
     d = config.dataset
     d.data_dir = str(confinement.readable("dataset.data_dir", d.data_dir))
+    if d.reg_data_dir:
+        d.reg_data_dir = str(confinement.readable("dataset.reg_data_dir", d.reg_data_dir))
     config.model.base_model = confinement.readable_base("model.base_model", config.model.base_model)
     if config.train.resume_from:
         config.train.resume_from = str(confinement.readable("train.resume_from", config.train.resume_from))

@@ -27,7 +27,7 @@ STATE_FORMAT = "loramix-train-state/1"
 
 
 def adapter_metadata(cfg: LoramixConfig, family, *, step: int, epoch: int, num_images: int,
-                     tag_frequency: dict, started_at: float) -> dict[str, str]:
+                     tag_frequency: dict, started_at: float, reg_items: list | None = None) -> dict[str, str]:
     """kohya's `ss_*` and `modelspec.*` keys (the ones A1111 / ComfyUI / civitai read) plus our full config as JSON.
 
     Written as kohya's train_network.py writes them: `ss_base_model_version` is `sd_v2_v` for a
@@ -62,6 +62,7 @@ def adapter_metadata(cfg: LoramixConfig, family, *, step: int, epoch: int, num_i
         "ss_max_train_steps": str(step),
         "ss_epoch": str(epoch),
         "ss_num_train_images": str(num_images),
+        **reg_metadata(cfg, reg_items or []),
         "ss_batch_size_per_device": str(cfg.train.batch_size),
         "ss_gradient_accumulation_steps": str(cfg.train.gradient_accumulation_steps),
         "ss_learning_rate": str(cfg.optim.learning_rate),
@@ -88,6 +89,18 @@ def adapter_metadata(cfg: LoramixConfig, family, *, step: int, epoch: int, num_i
         "loramix_config": cfg.to_json(),
         **modelspec(version, cfg.output.output_name, finished_at, res, getattr(family, "prediction_type", None)),
     }
+
+
+def reg_metadata(cfg: LoramixConfig, reg_items: list) -> dict[str, str]:
+    """kohya's keys for regularisation images: how many are used per epoch (with repeats), from which
+    folders, and their loss weight."""
+    dirs: dict[str, dict[str, int]] = {}
+    for item in reg_items:
+        entry = dirs.setdefault(item.folder, {"n_repeats": item.repeats, "img_count": 0})
+        entry["img_count"] += 1
+    return {"ss_num_reg_images": str(sum(i.repeats for i in reg_items)),
+            "ss_reg_dataset_dirs": json.dumps(dirs),
+            "ss_prior_loss_weight": str(cfg.train.prior_loss_weight)}
 
 
 def _first_non_finite(tensors: dict[str, torch.Tensor]) -> str | None:

@@ -2,7 +2,9 @@
 
 Folder layout (kohya style): images directly in the folder repeat `dataset.repeats` times; a
 sub-folder named `N_name` repeats its images N times and `name` is the caption of images without
-a caption file. Everything random (order, flips, crops, caption shuffling and dropout) is a pure
+a caption file. An optional regularisation folder (`dataset.reg_data_dir`, same layout) is balanced
+as kohya's DreamBooth dataset does it: each epoch holds as many regularisation samples as training
+samples; their captions get no trigger word and their loss is weighted by `train.prior_loss_weight`. Everything random (order, flips, crops, caption shuffling and dropout) is a pure
 function of (seed, epoch, item), so a resumed run sees exactly the data an uninterrupted one would.
 
 The scan reads image sizes from file headers only (nothing is decoded); an image is decoded when its
@@ -18,7 +20,7 @@ import math
 import random
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +48,7 @@ class ImageItem:
     folder: str  # the caption group, as kohya's ss_tag_frequency keys it
     size: tuple[int, int]  # (width, height) after EXIF orientation
     bucket: tuple[int, int] = (0, 0)
+    is_reg: bool = False  # a regularisation image (dataset.reg_data_dir)
 
 
 # ---- images ----------------------------------------------------------------------------------
@@ -172,10 +175,48 @@ class ScanReport:
 
 
 def scan_report(cfg: DatasetConfig) -> ScanReport:
-    """Scan `cfg.data_dir` without training: the images (bucketed) and every warning, for the UI to show."""
+    """Scan `cfg.data_dir` (and `cfg.reg_data_dir`) without training: the images (bucketed; training images
+    first, then the balanced regularisation images) and every warning, for the UI to show."""
     warnings: list[str] = []
     items = scan_folder(cfg, warnings)
+    if cfg.reg_data_dir:
+        reg = scan_folder(cfg, warnings, reg=True)
+        train_paths = {i.path.resolve() for i in items}
+        both = next((i.path for i in reg if i.path.resolve() in train_paths), None)
+        if both is not None:
+            raise DatasetError(f"dataset.reg_data_dir: {both} is also a training image of dataset.data_dir; "
+                               "keep the regularisation images in a folder of their own.")
+        items += balance_reg(items, reg, warnings)
     return ScanReport(assign_buckets(items, cfg), warnings)
+
+
+def balance_reg(train: list[ImageItem], reg: list[ImageItem], warnings: list[str] | None = None) -> list[ImageItem]:
+    """The regularisation images with their repeats set so that an epoch holds as many of them as training
+    samples, exactly as kohya's DreamBooth dataset does it: take the images in order with their own repeats
+    until the count is reached; if they fall short, go round again adding one repeat at a time."""
+    needed = sum(i.repeats for i in train)
+    taken: list[ImageItem] = []
+    n = 0
+    for item in reg:
+        if n >= needed:
+            break
+        taken.append(item)
+        n += item.repeats
+    while n < needed:
+        for k in range(len(taken)):
+            taken[k] = replace(taken[k], repeats=taken[k].repeats + 1)
+            n += 1
+            if n >= needed:
+                break
+    if len(taken) < len(reg):
+        _warn(warnings, f"dataset.reg_data_dir: only {len(taken)} of its {len(reg)} images are used, since an epoch "
+                        f"takes as many regularisation samples as training samples ({needed}).")
+    return taken
+
+
+def trigger_of(item: ImageItem, cfg: DatasetConfig) -> str:
+    """The trigger word put in front of this item's caption: none for a regularisation image."""
+    return "" if item.is_reg else cfg.trigger_word
 
 
 def with_trigger(caption: str, trigger: str) -> str:
@@ -192,15 +233,16 @@ def shuffle_tags(caption: str, keep_tokens: int, rng: random.Random) -> str:
 
 
 # ---- scanning --------------------------------------------------------------------------------
-def scan_folder(cfg: DatasetConfig, warnings: list[str] | None = None) -> list[ImageItem]:
-    """Find every usable image under `cfg.data_dir` with its caption and repeat count.
+def scan_folder(cfg: DatasetConfig, warnings: list[str] | None = None, reg: bool = False) -> list[ImageItem]:
+    """Find every usable image under `cfg.data_dir` (or `cfg.reg_data_dir`) with its caption and repeat count.
 
     Sizes come from headers; nothing is decoded. Warnings are logged and appended to `warnings`.
     """
-    root = Path(cfg.data_dir).expanduser()
-    if not cfg.data_dir or not root.is_dir():
-        raise DatasetError(f"dataset.data_dir: {cfg.data_dir!r} is not a folder. Point it at a folder of images.")
-    groups: list[tuple[Path, int, str]] = [(root, cfg.repeats, "")]
+    name, folder_text = ("dataset.reg_data_dir", cfg.reg_data_dir) if reg else ("dataset.data_dir", cfg.data_dir)
+    root = Path(folder_text).expanduser()
+    if not folder_text or not root.is_dir():
+        raise DatasetError(f"{name}: {folder_text!r} is not a folder. Point it at a folder of images.")
+    groups: list[tuple[Path, int, str]] = [(root, 1 if reg else cfg.repeats, "")]  # dataset.repeats: training
     for sub in sorted(p for p in root.iterdir() if p.is_dir()):
         m = _REPEAT_DIR.match(sub.name)
         if m:
@@ -227,18 +269,20 @@ def scan_folder(cfg: DatasetConfig, warnings: list[str] | None = None) -> list[I
                                 f"bucket side); it will be upscaled and look blurry. Use a larger image.")
             caption = read_caption(path, cfg.caption_extension, default_caption, warnings)
             group = folder.name if folder != root else f"{repeats}_{root.name}"
-            items.append(ImageItem(path, caption, repeats, group, size))
+            items.append(ImageItem(path, caption, repeats, group, size, is_reg=reg))
     if not items:
         what = "no image files" if not found_files else f"{found_files} image files but none could be read"
-        raise DatasetError(f"dataset.data_dir: {root} has {what} ({', '.join(sorted(IMAGE_EXTENSIONS))}). "
+        raise DatasetError(f"{name}: {root} has {what} ({', '.join(sorted(IMAGE_EXTENSIONS))}). "
                            "Add images, or put them in a sub-folder named like 10_mystyle.")
     return items
 
 
 def tag_frequency(items: list[ImageItem]) -> dict[str, dict[str, int]]:
-    """kohya's ss_tag_frequency: per folder, how many images carry each comma-separated tag."""
+    """kohya's ss_tag_frequency: per folder, how many training images carry each comma-separated tag."""
     freq: dict[str, Counter] = {}
     for item in items:
+        if item.is_reg:
+            continue
         counter = freq.setdefault(item.folder, Counter())
         counter.update({t.strip() for t in item.caption.split(",") if t.strip()})
     return {folder: dict(c) for folder, c in freq.items()}
@@ -277,7 +321,7 @@ def assign_buckets(items: list[ImageItem], cfg: DatasetConfig) -> list[ImageItem
         buckets = make_buckets(cfg.resolution, cfg.min_bucket_reso, cfg.max_bucket_reso)
     else:
         buckets = [(cfg.resolution, cfg.resolution)]
-    return [ImageItem(i.path, i.caption, i.repeats, i.folder, i.size, bucket_for(i.size, buckets)) for i in items]
+    return [replace(i, bucket=bucket_for(i.size, buckets)) for i in items]
 
 
 def crop_box(size: tuple[int, int], bucket: tuple[int, int], crop: str,
@@ -356,7 +400,7 @@ def caption_for(item: ImageItem, sample: Sample, cfg: DatasetConfig) -> str:
     caption = item.caption
     if cfg.shuffle_captions:
         caption = shuffle_tags(caption, cfg.keep_tokens, random.Random(sample.variant_seed))
-    return with_trigger(caption, cfg.trigger_word)
+    return with_trigger(caption, trigger_of(item, cfg))
 
 
 def pixels_for(item: ImageItem, sample: Sample, cfg: DatasetConfig):

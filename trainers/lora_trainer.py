@@ -125,7 +125,9 @@ class LoraTrainer:
             self.events(TrainEvent("warning", message=message))
         self.items = report.items
         self.tag_frequency = ds.tag_frequency(self.items)
-        log.info("%d images, %d samples per epoch", len(self.items), sum(i.repeats for i in self.items))
+        self.num_train = sum(not i.is_reg for i in self.items)
+        log.info("%d images (%d regularisation), %d samples per epoch", len(self.items),
+                 len(self.items) - self.num_train, sum(i.repeats for i in self.items))
         if self.cfg.train.resume_from:
             check_state_file(self.cfg.train.resume_from)  # a LoRA or junk file is refused before the model loads
 
@@ -220,7 +222,7 @@ class LoraTrainer:
         limit = tokenizer.model_max_length  # with the start and end tokens, e.g. 77 for CLIP
         warned = set()
         for item in self.items:
-            caption = ds.with_trigger(item.caption, d.trigger_word)
+            caption = ds.with_trigger(item.caption, ds.trigger_of(item, d))
             ids = tokenizer(caption, truncation=False, add_special_tokens=True, verbose=False).input_ids
             if len(ids) <= limit:
                 continue
@@ -363,6 +365,9 @@ class LoraTrainer:
             snr = compute_snr(sched, timesteps)
             weight = torch.clamp(snr, max=t.min_snr_gamma) / (snr + 1 if self.m.prediction_type != "epsilon" else snr)
             loss = loss * weight
+        if any(self.items[s.index].is_reg for s in samples):  # kohya's prior_loss_weight
+            prior = [t.prior_loss_weight if self.items[s.index].is_reg else 1.0 for s in samples]
+            loss = loss * torch.tensor(prior, device=loss.device)
         return loss.mean()
 
     def weights_finite(self) -> bool:
@@ -436,7 +441,8 @@ class LoraTrainer:
                                     rank=self.cfg.network.rank,
                                     rank_alpha=self.layer_rank_alpha if prefix == self.family.unet_prefix else None))
         epoch = (step * self.cfg.train.gradient_accumulation_steps) // self.micro_per_epoch
-        meta = adapter_metadata(self.cfg, self.family, step=step, epoch=epoch, num_images=len(self.items),
+        meta = adapter_metadata(self.cfg, self.family, step=step, epoch=epoch, num_images=self.num_train,
+                                reg_items=[i for i in self.items if i.is_reg],
                                 tag_frequency=self.tag_frequency, started_at=self.started_at)
         return LoraAdapter(layers, meta)
 

@@ -444,3 +444,37 @@ def test_a_resume_uses_the_configs_learning_rate(tiny_model, image_folder, tmp_p
     train(tiny_config(tiny_model, image_folder, tmp_path / "out", "train.max_steps=4", "optim.learning_rate=2e-4",
                       f"train.resume_from={first.state_path}"), events.append)
     assert [(e.step, e.lr) for e in events if e.kind == "step"] == [(3, 2e-4), (4, 2e-4)]
+
+
+def test_reg_images_loss_is_weighted_by_prior_loss_weight(tiny_model, tmp_path):
+    make_folder(tmp_path / "train", n=3)
+    make_folder(tmp_path / "reg", n=3, prefix="reg", captions=False)
+    trainer = _ready_trainer(tiny_model, tmp_path / "train", tmp_path / "out", "train.batch_size=1",
+                             f"dataset.reg_data_dir={tmp_path / 'reg'}", "dataset.trigger_word=zzstyle")
+    assert sorted(trainer.text_cache) == ["", *[f"zzstyle, red stripes, blue circle, picture {i}" for i in range(3)]]
+    seen = set()
+    with torch.no_grad():
+        for micro in range(6):
+            is_reg = trainer.items[trainer.micro_batch(micro)[0][0].index].is_reg
+            seen.add(is_reg)
+            losses = []
+            for weight in (0.0, 1.0, 2.5):
+                trainer.cfg.train.prior_loss_weight = weight
+                losses.append(trainer.compute_loss(micro).item())
+            if is_reg:
+                assert losses[0] == 0.0 and losses[2] == pytest.approx(2.5 * losses[1], rel=1e-6) and losses[1] > 0
+            else:
+                assert losses[0] == losses[1] == losses[2]
+    assert seen == {True, False}
+
+
+def test_reg_run_writes_kohyas_reg_metadata(tiny_model, tmp_path):
+    make_folder(tmp_path / "train", n=3)
+    make_folder(tmp_path / "reg" / "1_shape", n=5, prefix="reg", captions=False)
+    result = train(tiny_config(tiny_model, tmp_path / "train", tmp_path / "out", "train.max_steps=2",
+                               f"dataset.reg_data_dir={tmp_path / 'reg'}", "train.prior_loss_weight=0.5"))
+    meta = read_lora(result.lora_path).metadata
+    assert meta["ss_num_train_images"] == "3" and meta["ss_num_reg_images"] == "3"
+    assert json.loads(meta["ss_reg_dataset_dirs"]) == {"1_shape": {"n_repeats": 1, "img_count": 3}}
+    assert meta["ss_prior_loss_weight"] == "0.5"
+    assert list(json.loads(meta["ss_tag_frequency"])) == ["1_train"]

@@ -292,3 +292,51 @@ def test_caption_shuffle_respects_keep_tokens_in_caption_for(tmp_path):
     c.keep_tokens = 0
     firsts = {ds.caption_for(item, ds.Sample(0, False, False, seed), c).split(", ")[0] for seed in range(30)}
     assert len(firsts) > 1  # without keep_tokens the first tag moves too
+
+
+# ---- regularisation images (dataset.reg_data_dir), kohya's DreamBooth balancing -------------------
+def _reg_setup(tmp_path, n_train=3, train_repeats=2, n_reg=4, **kw):
+    make_folder(tmp_path / "train", n=n_train)
+    make_folder(tmp_path / "reg", n=n_reg, prefix="reg")
+    return cfg(tmp_path / "train", repeats=train_repeats, reg_data_dir=str(tmp_path / "reg"), **kw)
+
+
+def test_reg_images_are_balanced_to_the_training_samples_as_kohya_does(tmp_path):
+    c = _reg_setup(tmp_path, n_train=3, train_repeats=2, n_reg=4)  # 6 training samples, 4 reg images
+    items = ds.scan_report(c).items
+    train, reg = [i for i in items if not i.is_reg], [i for i in items if i.is_reg]
+    assert len(train) == 3 and len(reg) == 4
+    # kohya: all 4 once (n = 4), then one more repeat each from the first until n = 6
+    assert [i.repeats for i in reg] == [2, 2, 1, 1]
+    assert sum(i.repeats for i in reg) == sum(i.repeats for i in train)
+    batches = ds.epoch_batches(items, c, global_batch=2, seed=0, epoch=0)
+    drawn = [items[s.index].is_reg for b in batches for s in b]
+    assert drawn.count(True) == drawn.count(False) == 6
+
+
+def test_surplus_reg_images_are_left_out_with_a_warning(tmp_path):
+    c = _reg_setup(tmp_path, n_train=2, train_repeats=1, n_reg=5)
+    report = ds.scan_report(c)
+    reg = [i for i in report.items if i.is_reg]
+    assert [i.path.name for i in reg] == ["reg0.png", "reg1.png"] and [i.repeats for i in reg] == [1, 1]
+    assert any("dataset.reg_data_dir: only 2 of its 5 images are used" in w for w in report.warnings)
+
+
+def test_reg_captions_get_no_trigger_word_and_no_tag_frequency(tmp_path):
+    c = _reg_setup(tmp_path, trigger_word="pstl")
+    items = ds.scan_report(c).items
+    sample = ds.Sample(0, False, False, 0)
+    captions = {i.is_reg: ds.caption_for(i, sample, c) for i in items}
+    assert captions[False].startswith("pstl, ") and not captions[True].startswith("pstl")
+    assert list(ds.tag_frequency(items)) == ["2_train"]
+
+
+def test_reg_folder_errors_name_the_field(tmp_path):
+    make_folder(tmp_path / "train", n=2)
+    with pytest.raises(DatasetError, match=r"^dataset.reg_data_dir: .*missing.* is not a folder"):
+        ds.scan_report(cfg(tmp_path / "train", reg_data_dir=str(tmp_path / "missing")))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match=r"^dataset.reg_data_dir: .*empty has no image files"):
+        ds.scan_report(cfg(tmp_path / "train", reg_data_dir=str(tmp_path / "empty")))
+    with pytest.raises(DatasetError, match=r"^dataset.reg_data_dir: .*img0.png is also a training image"):
+        ds.scan_report(cfg(tmp_path / "train", reg_data_dir=str(tmp_path / "train")))

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import make_folder, random_lora
+from tests.conftest import make_folder, random_lora, tiny_config
 from tests.webui.conftest import serve
 from webui.state import AppState
 
@@ -279,3 +279,15 @@ def test_export_refuses_an_existing_file_unless_replace_is_ticked(hostile):
     assert "already exists" in _message(again) and target.read_bytes() == stamp
     replaced = call(url, export["id"], _data(config, export, **common, **{"Replace an existing file / bake": True}))
     assert "Saved kept.safetensors" in _message(replaced)
+
+
+def test_with_listen_a_reg_folder_outside_the_data_roots_is_refused(tmp_path):
+    from loramix.errors import ConfigError
+    from loramix.runs import confine_config
+
+    data = make_folder(tmp_path / "mine", n=1)
+    make_folder(tmp_path / "elsewhere", n=1)
+    state = AppState.create(tmp_path / "out", listen=True, data_roots=[tmp_path / "mine"])
+    config = tiny_config("", data, state.outputs / "run", f"dataset.reg_data_dir={tmp_path / 'elsewhere'}")
+    with pytest.raises(ConfigError, match="dataset.reg_data_dir.*with --listen loramix reads only inside"):
+        confine_config(config, state.confinement)
