@@ -40,6 +40,7 @@ from loramix.embedded.style_metrics import content_kept, content_scenes, style_s
 from loramix.events import TrainEvent  # noqa: E402
 from loramix.mixer import Mixer  # noqa: E402
 from loramix.quiet import quiet_libraries  # noqa: E402
+from trainers.dataset import with_trigger  # noqa: E402
 from trainers.lora_trainer import train  # noqa: E402
 
 
@@ -65,26 +66,64 @@ class Clock:
         return self.step_end[step] - sum(s for k, s in self.save_s.items() if k < step)
 
 
-def score(mixer: Mixer, lora: str | None, style: str, scenes, steps: int) -> tuple[float, float]:
-    """(mean style statistic, share of content kept) of the held-out prompts at weight 1 (None = base)."""
+def score(mixer: Mixer, lora: str | None, style: str, scenes, steps: int, trigger: str = "",
+          position: str = "start") -> tuple[float, float]:
+    """(mean style statistic, share of content kept) of the held-out prompts at weight 1 (None = base), each
+    prompt led by the trigger word the LoRA was trained with, as a user would write it."""
     for name in list(mixer.slots):
         mixer.remove(name)
     if lora:
         mixer.load(lora, name="style", weight=1.0)
     pipe = mixer._pipeline()
     with mixer.applied():
-        images = pipe([s.caption for s in scenes], num_inference_steps=steps, guidance_scale=6.0, height=64,
+        images = pipe([with_trigger(s.caption, trigger, position) for s in scenes], num_inference_steps=steps, guidance_scale=6.0, height=64,
                       width=64, generator=[torch.Generator().manual_seed(i) for i in range(len(scenes))]).images
     stat = float(np.mean([style_statistic(style, im) for im in images]))
     kept = sum(content_kept(im, s).ok for im, s in zip(images, scenes)) / len(scenes)
     return stat, kept
 
 
+def regularisation_folder(base_model: str, count: int, source: str, seed: int = 7) -> Path:
+    """`count` pictures of random scenes (never a held-out one), captioned in the scene grammar without any
+    trigger: the base model's own drawings ("base", DreamBooth's prior preservation) or the scenes rendered
+    as the base was pretrained on them ("render", like real class photos). Made once per setting, cached."""
+    import random
+
+    from loramix.embedded.scenes import held_out_triples, random_scene, render
+
+    folder = Path(tempfile.gettempdir()) / f"tts-reg-{source}-{count}-{seed}"
+    if (folder / "done").is_file():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    scenes = [random_scene(rng, exclude=held_out_triples()) for _ in range(count)]
+    if source == "render":
+        images = [render(scene) for scene in scenes]
+    else:
+        mixer = Mixer.from_base(base_model)
+        with torch.no_grad():
+            images = mixer._pipeline()([s.caption for s in scenes], num_inference_steps=20, guidance_scale=6.0,
+                                       height=64, width=64,
+                                       generator=[torch.Generator().manual_seed(seed * 1000 + i)
+                                                  for i in range(count)]).images
+    for i, (scene, image) in enumerate(zip(scenes, images)):
+        image.save(folder / f"reg_{i:03d}.png")
+        (folder / f"reg_{i:03d}.txt").write_text(scene.caption + "\n")
+    (folder / "done").write_text("")
+    return folder
+
+
 def run_style(style: str, args) -> dict:
     out = Path(tempfile.mkdtemp(prefix=f"tts-{style}-"))
+    trigger = args.trigger.format(style=style)
+    extra = [f"dataset.trigger_word={trigger}"] if trigger else []
+    if args.reg:
+        base = load_config(args.preset, overrides=args.set).model.base_model
+        extra.append(f"dataset.reg_data_dir={regularisation_folder(base, args.reg, args.reg_source)}")
     config = load_config(args.preset, overrides=[
-        f"dataset.data_dir={(args.train_sets or args.sets) / style}", f"output.output_dir={out / 'run'}", "sample.sample_every_n_steps=0",
-        f"output.save_every_n_steps={args.every}", *args.set])
+        f"dataset.data_dir={(args.train_sets or args.sets) / style}", f"output.output_dir={out / 'run'}",
+        "sample.sample_every_n_steps=0", f"output.save_every_n_steps={args.every}", *extra, *args.set])
+    trigger = config.dataset.trigger_word
     clock = Clock()
     result = train(config, events=clock)
     wall = time.perf_counter() - clock.t0
@@ -95,10 +134,12 @@ def run_style(style: str, args) -> dict:
     scenes = content_scenes(args.prompts)
     mixer = Mixer.from_base(config.model.base_model)
     target = style_target(style, args.sets / style, vae=mixer.components.vae)  # the set as this base's decoder draws it
-    base_stat, base_kept = score(mixer, None, style, scenes, args.sample_steps)
+    base_stat, base_kept = score(mixer, None, style, scenes, args.sample_steps, trigger,
+                                 config.dataset.trigger_position)
     rows, styled, reached = [], None, None
     for step in sorted(clock.paths):
-        stat, kept = score(mixer, clock.paths[step], style, scenes, args.sample_steps)
+        stat, kept = score(mixer, clock.paths[step], style, scenes, args.sample_steps, trigger,
+                           config.dataset.trigger_position)
         ratio = abs(stat - target) / max(abs(base_stat - target), 1e-9)
         rows.append({"step": step, "s": round(clock.on_the_clock(step), 2), "stat": round(stat, 4),
                      "distance_ratio": round(ratio, 3), "content": round(kept, 3)})
@@ -120,6 +161,13 @@ def main(argv=None) -> None:
     parser.add_argument("--sets", type=Path, default=STYLE_SETS, help="folder holding one folder per style")
     parser.add_argument("--train-sets", type=Path, help="train on these folders instead (e.g. a set plus "
                         "regularisation pictures); the target stays the one from --sets")
+    parser.add_argument("--trigger", default="", help="trigger word for the style pictures, also put in front "
+                        "of every held-out prompt; {style} stands for the set's name (e.g. '{style} style'). "
+                        "Default: the preset's dataset.trigger_word")
+    parser.add_argument("--reg", type=int, default=0, help="train with this many regularisation pictures "
+                        "(dataset.reg_data_dir), captioned without the trigger")
+    parser.add_argument("--reg-source", choices=["base", "render"], default="base", help="base: the base "
+                        "model's own drawings; render: the scenes drawn as the base was pretrained on them")
     parser.add_argument("--set", action="append", default=[], help="a config override, as `loramix train --set`")
     parser.add_argument("--every", type=int, default=25, help="save (and score) every N steps")
     parser.add_argument("--prompts", type=int, default=12)

@@ -78,7 +78,12 @@ class DatasetConfig:
                      max=10000)
     caption_extension: str = _f(".txt", "Extension of caption files next to the images: .txt or .caption.",
                                 choices=list(CAPTION_EXTENSIONS))
-    trigger_word: str = _f("", "Word put in front of every caption, e.g. the style's name.")
+    trigger_word: str = _f("", "Word added to every training caption (not to regularisation images), e.g. the "
+                               "style's name; write it in your prompts to call the style.")
+    trigger_position: str = _f("start", "Where the trigger word goes: the caption's first tag (start, as kohya's "
+                                        "folder names put it) or its last (end). end suits a text encoder that reads "
+                                        "words by position, as the embedded demo model's does.",
+                               choices=["start", "end"])
     shuffle_captions: bool = _f(False, "Shuffle comma-separated tags of each caption every epoch.")
     keep_tokens: int = _f(0, "With shuffle_captions, keep the first N comma-separated tags in place.", min=0,
                       max=255)

@@ -219,10 +219,15 @@ def trigger_of(item: ImageItem, cfg: DatasetConfig) -> str:
     return "" if item.is_reg else cfg.trigger_word
 
 
-def with_trigger(caption: str, trigger: str) -> str:
-    if not trigger or caption.split(",")[0].strip() == trigger:
+def with_trigger(caption: str, trigger: str, position: str = "start") -> str:
+    """The caption with the trigger word as its first (or, with position "end", last) comma-separated tag,
+    unless it is there already."""
+    tags = [t.strip() for t in caption.split(",")]
+    if not trigger or trigger == (tags[0] if position == "start" else tags[-1]):
         return caption
-    return f"{trigger}, {caption}" if caption else trigger
+    if not caption:
+        return trigger
+    return f"{trigger}, {caption}" if position == "start" else f"{caption}, {trigger}"
 
 
 def shuffle_tags(caption: str, keep_tokens: int, rng: random.Random) -> str:
@@ -400,7 +405,7 @@ def caption_for(item: ImageItem, sample: Sample, cfg: DatasetConfig) -> str:
     caption = item.caption
     if cfg.shuffle_captions:
         caption = shuffle_tags(caption, cfg.keep_tokens, random.Random(sample.variant_seed))
-    return with_trigger(caption, trigger_of(item, cfg))
+    return with_trigger(caption, trigger_of(item, cfg), cfg.trigger_position)
 
 
 def pixels_for(item: ImageItem, sample: Sample, cfg: DatasetConfig):

@@ -222,7 +222,7 @@ class LoraTrainer:
         limit = tokenizer.model_max_length  # with the start and end tokens, e.g. 77 for CLIP
         warned = set()
         for item in self.items:
-            caption = ds.with_trigger(item.caption, ds.trigger_of(item, d))
+            caption = ds.with_trigger(item.caption, ds.trigger_of(item, d), d.trigger_position)
             ids = tokenizer(caption, truncation=False, add_special_tokens=True, verbose=False).input_ids
             if len(ids) <= limit:
                 continue

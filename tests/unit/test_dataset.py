@@ -70,6 +70,18 @@ def test_caption_for_applies_dropout_and_trigger(tmp_path):
     assert ds.caption_for(item, ds.Sample(0, False, True, 0), c) == ""
 
 
+def test_trigger_position_end_puts_the_trigger_last_once(tmp_path):
+    assert ds.with_trigger("a cat", "sks", "end") == "a cat, sks"
+    assert ds.with_trigger("a cat, sks", "sks", "end") == "a cat, sks"
+    assert ds.with_trigger("", "sks", "end") == "sks"
+    make_folder(tmp_path, n=1)
+    c = cfg(tmp_path, trigger_word="zxstyle", trigger_position="end", shuffle_captions=True)
+    item = ds.scan_folder(c)[0]
+    for seed in range(5):  # shuffled tags, the trigger still last
+        caption = ds.caption_for(item, ds.Sample(0, False, False, seed), c)
+        assert caption.endswith(", zxstyle") and caption.count("zxstyle") == 1
+
+
 def test_corrupt_and_truncated_images_are_skipped_with_one_warning(tmp_path, caplog):
     make_folder(tmp_path, n=2)
     (tmp_path / "broken.jpg").write_bytes(b"not an image at all")
