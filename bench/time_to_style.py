@@ -3,6 +3,7 @@ style is learned, with the content still right.
 
     python bench/time_to_style.py                                   # presets/demo-cpu.toml, all three sets
     python bench/time_to_style.py --styles pastel --set optim.learning_rate=1e-3 --set train.max_steps=200
+    python bench/time_to_style.py --trigger "{style} style" --set dataset.trigger_position=end --reg 12
 
 Per style set, one training run of the preset (sample images off) saves the LoRA every `--every` steps;
 afterwards, off the clock, each saved LoRA generates the held-out content prompts at weight 1 (fixed seeds,
@@ -17,6 +18,11 @@ learned and keeps content. Each is the wall time from calling `train()` (model l
 waits for) to the end of that step (content kept: at least `--content` of the prompts, default 0.75; the base
 keeps 10 of 12), minus the time spent writing checkpoints before it (the
 bench saves far more often than a user would). Threads: torch's default unless `--threads`.
+
+With a trigger word (the preset's `dataset.trigger_word`, or `--trigger`), every held-out prompt carries it,
+where `dataset.trigger_position` puts it, for the base as for each LoRA. `--reg N` trains with N
+regularisation pictures (`dataset.reg_data_dir`) of random scenes, none of them held out: the base model's
+own drawings, or with `--reg-source render` the scenes drawn as the base was pretrained on them.
 """
 
 from __future__ import annotations
@@ -87,16 +93,13 @@ def regularisation_folder(base_model: str, count: int, source: str, seed: int = 
     """`count` pictures of random scenes (never a held-out one), captioned in the scene grammar without any
     trigger: the base model's own drawings ("base", DreamBooth's prior preservation) or the scenes rendered
     as the base was pretrained on them ("render", like real class photos). Made once per setting, cached."""
-    import random
-
-    from loramix.embedded.scenes import held_out_triples, random_scene, render
+    from loramix.embedded.scenes import regularisation_scenes, render
 
     folder = Path(tempfile.gettempdir()) / f"tts-reg-{source}-{count}-{seed}"
     if (folder / "done").is_file():
         return folder
     folder.mkdir(parents=True, exist_ok=True)
-    rng = random.Random(seed)
-    scenes = [random_scene(rng, exclude=held_out_triples()) for _ in range(count)]
+    scenes = regularisation_scenes(count, seed)  # with "render": loramix/embedded/reg/ when count is 12
     if source == "render":
         images = [render(scene) for scene in scenes]
     else:

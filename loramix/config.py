@@ -7,10 +7,12 @@ set of values, `"choices"`; `validate()` checks those and the cross-field rules,
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import json
 import math
+import os
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -380,12 +382,44 @@ def read_toml(path: str | Path) -> dict:
         raise ConfigError("preset", f"{path} is not valid TOML: {e}.") from e
 
 
+# Folders that a TOML file may give relative to itself, so that a preset can name pictures shipped beside it.
+FOLDER_FIELDS = ("dataset.data_dir", "dataset.reg_data_dir")
+
+
+def _anchored(values: dict, folder: Path) -> dict:
+    """`values` read from a TOML file in `folder`, with its relative FOLDER_FIELDS made relative to that folder
+    (an absolute path, or one starting with ~, is kept)."""
+    for dotted in FOLDER_FIELDS:
+        section, name = dotted.split(".")
+        value = values.get(section, {}).get(name) if isinstance(values.get(section), dict) else None
+        if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
+            values[section][name] = os.path.normpath(folder.absolute() / value)
+    return values
+
+
+def with_absolute_folders(config: LoramixConfig) -> LoramixConfig:
+    """A copy whose FOLDER_FIELDS are absolute (relative ones taken from the working folder): what a TOML file
+    written for later use should hold, since a relative folder in a TOML file is read relative to the file."""
+    out = copy.deepcopy(config)
+    for dotted in FOLDER_FIELDS:
+        value = out.get(dotted)
+        if value:
+            section, name = dotted.split(".")
+            setattr(getattr(out, section), name, os.path.abspath(Path(value).expanduser()))
+    return out
+
+
 def load_config(*tomls: str | Path, overrides: list[str] = (), validate: bool = True) -> LoramixConfig:
-    """Defaults, then each TOML file in order, then `section.field=value` overrides."""
+    """Defaults, then each TOML file in order, then `section.field=value` overrides.
+
+    In a TOML file, a relative data or regularisation folder is relative to the file's own folder (as in
+    presets/demo-cpu.toml, which names the embedded regularisation pictures); on the command line and in
+    overrides it is relative to the working folder.
+    """
     config = LoramixConfig()
     for path in tomls:
         if path:
-            apply(config, read_toml(path))
+            apply(config, _anchored(read_toml(path), Path(path).parent))
     for assignment in overrides:
         set_value(config, assignment)
     return config.validate() if validate else config

@@ -1,6 +1,7 @@
 """How far a LoRA moves the embedded model's pictures toward a style set, for the style-learning tests.
 
-Held-out prompts are generated on the unquantized embedded base at each slider weight; the distance at
+Held-out prompts, with the LoRA's trigger word where it was trained (a user writes it in the prompt), are
+generated on the unquantized embedded base at each slider weight; the distance at
 a weight is |mean statistic of the pictures - the set's value| (`loramix.embedded.style_metrics`).
 """
 
@@ -10,9 +11,17 @@ from pathlib import Path
 
 import numpy as np
 
+from loramix.adapter_info import adapter_info
 from loramix.embedded.quality import held_out_scenes
 from loramix.embedded.style_metrics import style_statistic, style_target
 from loramix.mixer import Mixer, PreviewRequest
+from trainers.dataset import with_trigger
+
+
+def trigger_of(lora_path: Path) -> tuple[str, str]:
+    """The trigger word a LoRA was trained with and where it goes, as its card in the Mix tab shows them."""
+    info = adapter_info(lora_path)
+    return info.trigger, "end" if info.trigger_at_end else "start"
 
 
 def style_distances(lora_path: Path, style: str = "pastel", weights=(0.0, 0.5, 1.0),
@@ -21,7 +30,7 @@ def style_distances(lora_path: Path, style: str = "pastel", weights=(0.0, 0.5, 1
     target = style_target(style)
     mixer = Mixer.from_base("")
     mixer.load(lora_path, name=style)
-    captions = [scene.caption for scene in held_out_scenes(prompts)]
+    captions = [with_trigger(scene.caption, *trigger_of(lora_path)) for scene in held_out_scenes(prompts)]
     stats = {}
     for weight in weights:
         mixer.set_weight(style, weight)
@@ -29,3 +38,22 @@ def style_distances(lora_path: Path, style: str = "pastel", weights=(0.0, 0.5, 1
         stats[weight] = float(np.mean([style_statistic(style, im) for im in images]))
     print(f"{style} set statistic {target:.3f}; generated {stats}")
     return stats, {w: abs(s - target) for w, s in stats.items()}
+
+
+
+def scene_scores(lora_path: Path | None, style: str, prompts: int = 12) -> tuple[float, float]:
+    """(mean style statistic, share of content kept) over the held-out content scenes (a third on coloured
+    backgrounds) at weight 1, the prompts carrying the LoRA's trigger word: the time-to-style bench's measure.
+    None: the base alone."""
+    from loramix.embedded.style_metrics import content_kept, content_scenes
+
+    mixer = Mixer.from_base("")
+    word, position = "", "start"
+    if lora_path is not None:
+        mixer.load(lora_path, name="style", weight=1.0)
+        word, position = trigger_of(lora_path)
+    scenes = content_scenes(prompts)
+    images = [mixer.generate(PreviewRequest(with_trigger(s.caption, word, position), seed=i, steps=20, cfg_scale=6.0))
+              for i, s in enumerate(scenes)]
+    stat = float(np.mean([style_statistic(style, im) for im in images]))
+    return stat, sum(content_kept(im, s).ok for im, s in zip(images, scenes)) / len(scenes)

@@ -1,9 +1,13 @@
 """Write the sample style sets shipped in loramix/embedded/styles/<name>/ (12 captioned PNGs each).
 
-    python tools/make_styles.py            # rewrites stripes/, pastel/, ink/
+    python tools/make_styles.py            # rewrites stripes/, pastel/, ink/ and ../reg/
 
 Captions use the corpus grammar unchanged ("a small red circle on the left, blue background"), so a
 LoRA trained on a set learns the look (stripes, washed-out colours, inked outlines), not new content.
+
+`loramix/embedded/reg/` holds 12 regularisation pictures for `dataset.reg_data_dir`: other scenes (none
+held out) drawn plainly, as the base was pretrained on them, captioned without a trigger word.
+presets/demo-cpu.toml trains with them (docs/benchmarks.md, time to a style).
 """
 
 from __future__ import annotations
@@ -16,8 +20,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from loramix.embedded import STYLE_SETS
-from loramix.embedded.scenes import COLOURS, IMAGE_SIZE, SUPERSAMPLE, Scene, draw_shape, random_scene, render
+from loramix.embedded import REG_SET, STYLE_SETS
+from loramix.embedded.scenes import (COLOURS, IMAGE_SIZE, SUPERSAMPLE, Scene, draw_shape, random_scene,
+                                     regularisation_scenes, render)
 
 PAPER = (247, 243, 232)
 
@@ -71,6 +76,14 @@ def write_style(name: str, out: Path, count: int = 12, seed: int = 0) -> Path:
     return folder
 
 
+def write_reg(folder: Path, count: int = 12, seed: int = 7) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, scene in enumerate(regularisation_scenes(count, seed)):
+        render(scene).save(folder / f"reg_{i:02d}.png", optimize=True)
+        (folder / f"reg_{i:02d}.txt").write_text(scene.caption + "\n", encoding="utf-8")
+    return folder
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=STYLE_SETS)
@@ -79,6 +92,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     for name in STYLES:
         print(f"wrote {write_style(name, args.out, args.count, args.seed)}")
+    print(f"wrote {write_reg(args.out.parent / REG_SET.name if args.out != STYLE_SETS else REG_SET, args.count)}")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from loramix.atomic import write_text
-from loramix.config import LoramixConfig, to_toml
+from loramix.config import LoramixConfig, to_toml, with_absolute_folders
 from loramix.errors import ConfigError, TrainingError
 from loramix.events import CancelToken, EventSink, TrainEvent, no_events
 from loramix.families import Components, load_base_model
@@ -490,7 +490,7 @@ class LoraTrainer:
             kept = [line for line in path.read_text(encoding="utf-8").splitlines()
                     if line.strip() and json.loads(line)["step"] <= start]
         write_text(path, "".join(line + "\n" for line in kept))
-        write_text(self.out_dir / f"{self.name}.toml", to_toml(self.cfg))
+        write_text(self.out_dir / f"{self.name}.toml", to_toml(with_absolute_folders(self.cfg)))
 
     @torch.no_grad()
     def make_samples(self, step: int) -> None:

@@ -307,6 +307,7 @@ def _adapter_rows(state: AppState):
 
 def _request_panel():
     prompt = gr.Textbox(label="Prompt", value="a large red circle in the center, blue background", lines=2,
+                        info="Write each adapter's trigger word (on its card) where it was trained.",
                         elem_id="mix-prompt")
     negative = gr.Textbox(label="Negative prompt")
     with gr.Row(equal_height=True):

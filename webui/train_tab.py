@@ -16,7 +16,7 @@ import pandas as pd
 from PIL import Image
 
 from loramix.atomic import write_text
-from loramix.config import LoramixConfig, load_config, to_toml
+from loramix.config import LoramixConfig, load_config, to_toml, with_absolute_folders
 from loramix.errors import LoramixError
 from loramix.paths import plain_name
 from loramix.runs import check_run_folder, confine_config, drop_if_empty, new_run_folder
@@ -268,7 +268,7 @@ def save_as_preset(state: AppState, form: dict, name: str, values: dict):
         return f"⚠ {e}", gr.skip()
     config.output.output_name, config.output.output_dir = LoramixConfig().output.output_name, ""
     target = state.outputs / "presets" / f"{name}.toml"
-    write_text(target, to_toml(config, only_changed=True))
+    write_text(target, to_toml(with_absolute_folders(config), only_changed=True))
     return f"Saved preset {name}.", gr.update(choices=list(state.presets()), value=name)
 
 

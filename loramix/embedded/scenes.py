@@ -159,3 +159,11 @@ def sample_scene(rng: random.Random, exclude=frozenset()) -> tuple[Image.Image, 
     """(image, caption, ground truth) of one random training picture."""
     scene = random_scene(rng, exclude)
     return render(scene), scene.caption, scene
+
+
+def regularisation_scenes(count: int = 12, seed: int = 7) -> list[Scene]:
+    """Random scenes, none of them held out, for regularisation pictures: drawn plainly (`render`) they are the
+    kind of picture the base was pretrained on, captioned in its grammar with no trigger word."""
+    rng = random.Random(seed)
+    held_out = held_out_triples()
+    return [random_scene(rng, exclude=held_out) for _ in range(count)]

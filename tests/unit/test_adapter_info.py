@@ -20,6 +20,10 @@ def test_card_shows_base_rank_alpha_trigger_tags_steps_resolution(tmp_path):
     card = adapter_info(path).markdown()
     for text in ("sd_v1", "rank 32, alpha 16.0", "trigger **pastelz**", "1500 steps at 512 px", "tags: blue, red, star"):
         assert text in card, card
+    assert "last in the prompt" not in card
+    meta["loramix_config"] = json.dumps({"dataset": {"trigger_word": "style", "trigger_position": "end"}})
+    save_file({"lora_unet_x.lora_down.weight": torch.zeros(32, 4)}, str(path), metadata=meta)
+    assert "trigger **style**, last in the prompt" in adapter_info(path).markdown()
 
 
 def test_rank_comes_from_the_weights_when_the_metadata_lacks_it(tmp_path):

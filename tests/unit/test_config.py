@@ -180,3 +180,32 @@ def test_every_int_and_float_field_has_an_upper_bound_or_is_a_ratio():
 def test_resume_from_help_asks_for_the_state_file():
     spec = {s.name: s for s in field_specs()}["train.resume_from"]
     assert "-state.safetensors" in spec.help and "Folder" not in spec.help
+
+
+def test_a_tomls_relative_folders_are_relative_to_the_file(tmp_path, monkeypatch):
+    from loramix.config import with_absolute_folders
+
+    (tmp_path / "presets").mkdir()
+    preset = tmp_path / "presets" / "p.toml"
+    preset.write_text('[dataset]\ndata_dir = "imgs"\nreg_data_dir = "../shared/reg"\n')
+    monkeypatch.chdir(tmp_path.parent)
+    config = load_config(preset, validate=False)
+    assert config.dataset.data_dir == str(tmp_path / "presets" / "imgs")
+    assert config.dataset.reg_data_dir == str(tmp_path / "shared" / "reg")
+    preset.write_text(f'[dataset]\ndata_dir = "{tmp_path / "abs"}"\nreg_data_dir = "~/reg"\n')
+    config = load_config(preset, validate=False)
+    assert config.dataset.data_dir == str(tmp_path / "abs") and config.dataset.reg_data_dir == "~/reg"
+    # on the command line a relative folder stays relative to the working folder ...
+    config = load_config(preset, overrides=["dataset.data_dir=mine"], validate=False)
+    assert config.dataset.data_dir == "mine"
+    # ... and a TOML written for later holds it absolute, so that reading it back finds the same folder
+    assert with_absolute_folders(config).dataset.data_dir == str(tmp_path.parent / "mine")
+    assert config.dataset.data_dir == "mine"  # a copy: the config itself is unchanged
+
+
+def test_the_keep_content_preset_finds_its_regularisation_pictures_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    repo = Path(__file__).resolve().parents[2]
+    config = load_config(repo / "presets" / "demo-cpu-keep-content.toml")
+    reg = Path(config.dataset.reg_data_dir)
+    assert reg == repo / "loramix" / "embedded" / "reg" and len(list(reg.glob("*.png"))) >= 12
