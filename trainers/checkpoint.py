@@ -92,8 +92,8 @@ def adapter_metadata(cfg: LoramixConfig, family, *, step: int, epoch: int, num_i
 
 
 def reg_metadata(cfg: LoramixConfig, reg_items: list) -> dict[str, str]:
-    """kohya's keys for regularisation images: how many are used per epoch (with repeats), from which
-    folders, and their loss weight."""
+    """kohya's keys for regularisation images, from every one found (before balancing, as kohya counts them):
+    how many with their folders' repeats, per folder its repeats and image count, and their loss weight."""
     dirs: dict[str, dict[str, int]] = {}
     for item in reg_items:
         entry = dirs.setdefault(item.folder, {"n_repeats": item.repeats, "img_count": 0})

@@ -4,8 +4,9 @@ Folder layout (kohya style): images directly in the folder repeat `dataset.repea
 sub-folder named `N_name` repeats its images N times and `name` is the caption of images without
 a caption file. An optional regularisation folder (`dataset.reg_data_dir`, same layout) is balanced
 as kohya's DreamBooth dataset does it: each epoch holds as many regularisation samples as training
-samples; their captions get no trigger word and their loss is weighted by `train.prior_loss_weight`. Everything random (order, flips, crops, caption shuffling and dropout) is a pure
-function of (seed, epoch, item), so a resumed run sees exactly the data an uninterrupted one would.
+samples; their captions get no trigger word and their loss is weighted by `train.prior_loss_weight`.
+Everything random (order, flips, crops, caption shuffling and dropout) is a pure function of
+(seed, epoch, item), so a resumed run sees exactly the data an uninterrupted one would.
 
 The scan reads image sizes from file headers only (nothing is decoded); an image is decoded when its
 pixels are needed (once, when latents are cached) and downscaled right away. Everything the scan
@@ -172,6 +173,7 @@ class ScanReport:
 
     items: list[ImageItem]
     warnings: list[str] = field(default_factory=list)
+    reg_found: list[ImageItem] = field(default_factory=list)  # every regularisation image, before balancing
 
 
 def scan_report(cfg: DatasetConfig) -> ScanReport:
@@ -179,6 +181,7 @@ def scan_report(cfg: DatasetConfig) -> ScanReport:
     first, then the balanced regularisation images) and every warning, for the UI to show."""
     warnings: list[str] = []
     items = scan_folder(cfg, warnings)
+    reg: list[ImageItem] = []
     if cfg.reg_data_dir:
         reg = scan_folder(cfg, warnings, reg=True)
         train_paths = {i.path.resolve() for i in items}
@@ -187,7 +190,7 @@ def scan_report(cfg: DatasetConfig) -> ScanReport:
             raise DatasetError(f"dataset.reg_data_dir: {both} is also a training image of dataset.data_dir; "
                                "keep the regularisation images in a folder of their own.")
         items += balance_reg(items, reg, warnings)
-    return ScanReport(assign_buckets(items, cfg), warnings)
+    return ScanReport(assign_buckets(items, cfg), warnings, reg)
 
 
 def balance_reg(train: list[ImageItem], reg: list[ImageItem], warnings: list[str] | None = None) -> list[ImageItem]:
@@ -215,7 +218,7 @@ def balance_reg(train: list[ImageItem], reg: list[ImageItem], warnings: list[str
 
 
 def trigger_of(item: ImageItem, cfg: DatasetConfig) -> str:
-    """The trigger word put in front of this item's caption: none for a regularisation image."""
+    """The trigger word added to this item's caption: none for a regularisation image."""
     return "" if item.is_reg else cfg.trigger_word
 
 

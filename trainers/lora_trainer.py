@@ -126,6 +126,7 @@ class LoraTrainer:
         self.items = report.items
         self.tag_frequency = ds.tag_frequency(self.items)
         self.num_train = sum(not i.is_reg for i in self.items)
+        self.reg_found = report.reg_found
         log.info("%d images (%d regularisation), %d samples per epoch", len(self.items),
                  len(self.items) - self.num_train, sum(i.repeats for i in self.items))
         if self.cfg.train.resume_from:
@@ -442,7 +443,7 @@ class LoraTrainer:
                                     rank_alpha=self.layer_rank_alpha if prefix == self.family.unet_prefix else None))
         epoch = (step * self.cfg.train.gradient_accumulation_steps) // self.micro_per_epoch
         meta = adapter_metadata(self.cfg, self.family, step=step, epoch=epoch, num_images=self.num_train,
-                                reg_items=[i for i in self.items if i.is_reg],
+                                reg_items=self.reg_found,
                                 tag_frequency=self.tag_frequency, started_at=self.started_at)
         return LoraAdapter(layers, meta)
 

@@ -474,7 +474,8 @@ def test_reg_run_writes_kohyas_reg_metadata(tiny_model, tmp_path):
     result = train(tiny_config(tiny_model, tmp_path / "train", tmp_path / "out", "train.max_steps=2",
                                f"dataset.reg_data_dir={tmp_path / 'reg'}", "train.prior_loss_weight=0.5"))
     meta = read_lora(result.lora_path).metadata
-    assert meta["ss_num_train_images"] == "3" and meta["ss_num_reg_images"] == "3"
-    assert json.loads(meta["ss_reg_dataset_dirs"]) == {"1_shape": {"n_repeats": 1, "img_count": 3}}
+    # kohya counts every regularisation image found, though an epoch uses only 3 of the 5 here
+    assert meta["ss_num_train_images"] == "3" and meta["ss_num_reg_images"] == "5"
+    assert json.loads(meta["ss_reg_dataset_dirs"]) == {"1_shape": {"n_repeats": 1, "img_count": 5}}
     assert meta["ss_prior_loss_weight"] == "0.5"
     assert list(json.loads(meta["ss_tag_frequency"])) == ["1_train"]
