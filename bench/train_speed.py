@@ -206,7 +206,10 @@ def loramix_child(spec_path: str) -> None:
 def run_trainer(trainer: str, args: argparse.Namespace, root: Path, model: Path, data: dict[str, Path],
                 index: int) -> Run:
     out = root / f"out-{trainer}-{index}"
-    out.mkdir(parents=True, exist_ok=True)
+    suffix = 1
+    while out.exists():  # a reused --work-dir: a new run folder, since loramix never trains over a run
+        out, suffix = root / f"out-{trainer}-{index}-{suffix}", suffix + 1
+    out.mkdir(parents=True)
     timings = out / "steps.json"
     if trainer == "loramix":
         spec = out / "spec.json"
