@@ -21,8 +21,16 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from loramix.embedded import REG_SET, STYLE_SETS
-from loramix.embedded.scenes import (COLOURS, IMAGE_SIZE, SUPERSAMPLE, Scene, draw_shape, random_scene,
-                                     regularisation_scenes, render)
+from loramix.embedded.scenes import (
+    COLOURS,
+    IMAGE_SIZE,
+    SUPERSAMPLE,
+    Scene,
+    draw_shape,
+    random_scene,
+    regularisation_scenes,
+    render,
+)
 
 PAPER = (247, 243, 232)
 
