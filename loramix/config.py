@@ -64,9 +64,10 @@ class DatasetConfig:
     data_dir: str = _f("", "Folder of training images (jpg/png/webp) with optional same-name caption files; "
                            "sub-folders named like 10_style repeat their images 10 times.")
     reg_data_dir: str = _f("", "Optional folder of regularisation images (kohya's reg_data_dir, same layout): "
-                               "the base model's own pictures of what you do not want changed, captioned without "
-                               "the trigger word. Each epoch takes as many of them as training images; their loss "
-                               "is weighted by train.prior_loss_weight.")
+                               "ordinary pictures of the kind of subject you train on (often the base model's own "
+                               "outputs), captioned without the trigger word, to keep what you do not want "
+                               "changed. Each epoch takes as many of them as training images; their loss is "
+                               "weighted by train.prior_loss_weight.")
     resolution: int = _f(512, "Training resolution: the side of the square pixel budget for buckets.", min=64,
                          max=4096)
     enable_bucket: bool = _f(True, "Aspect-ratio bucketing: images go to the bucket nearest their aspect ratio.")
@@ -413,8 +414,8 @@ def load_config(*tomls: str | Path, overrides: list[str] = (), validate: bool = 
     """Defaults, then each TOML file in order, then `section.field=value` overrides.
 
     In a TOML file, a relative data or regularisation folder is relative to the file's own folder (as in
-    presets/demo-cpu.toml, which names the embedded regularisation pictures); on the command line and in
-    overrides it is relative to the working folder.
+    presets/demo-cpu-keep-content.toml, which names the embedded regularisation pictures); on the command
+    line and in overrides it is relative to the working folder.
     """
     config = LoramixConfig()
     for path in tomls:
