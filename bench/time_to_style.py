@@ -35,14 +35,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from loramix.config import load_config  # noqa: E402
 from loramix.embedded import STYLE_SETS  # noqa: E402
-from loramix.embedded.style_metrics import content_kept, content_scenes, style_statistic, style_target  # noqa: E402
+from loramix.embedded.style_metrics import content_scenes, style_and_content, style_target  # noqa: E402
 from loramix.events import TrainEvent  # noqa: E402
 from loramix.mixer import Mixer  # noqa: E402
 from loramix.quiet import quiet_libraries  # noqa: E402
@@ -75,18 +74,17 @@ class Clock:
 def score(mixer: Mixer, lora: str | None, style: str, scenes, steps: int, trigger: str = "",
           position: str = "start") -> tuple[float, float]:
     """(mean style statistic, share of content kept) of the held-out prompts at weight 1 (None = base), each
-    prompt led by the trigger word the LoRA was trained with, as a user would write it."""
+    prompt carrying the trigger word where the LoRA was trained with it, as a user would write it."""
     for name in list(mixer.slots):
         mixer.remove(name)
     if lora:
         mixer.load(lora, name="style", weight=1.0)
     pipe = mixer._pipeline()
     with mixer.applied():
-        images = pipe([with_trigger(s.caption, trigger, position) for s in scenes], num_inference_steps=steps, guidance_scale=6.0, height=64,
-                      width=64, generator=[torch.Generator().manual_seed(i) for i in range(len(scenes))]).images
-    stat = float(np.mean([style_statistic(style, im) for im in images]))
-    kept = sum(content_kept(im, s).ok for im, s in zip(images, scenes)) / len(scenes)
-    return stat, kept
+        images = pipe([with_trigger(s.caption, trigger, position) for s in scenes], num_inference_steps=steps,
+                      guidance_scale=6.0, height=64, width=64,
+                      generator=[torch.Generator().manual_seed(i) for i in range(len(scenes))]).images
+    return style_and_content(style, images, scenes)
 
 
 def regularisation_folder(base_model: str, count: int, source: str, seed: int = 7) -> Path:

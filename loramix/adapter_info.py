@@ -24,14 +24,14 @@ class AdapterInfo:
     rank: str = "?"
     alpha: str = "?"
     trigger: str = ""
-    trigger_at_end: bool = False  # trained with dataset.trigger_position = "end"
+    trigger_position: str = "start"  # dataset.trigger_position it was trained with: start or end
     tags: list[str] = field(default_factory=list)
     steps: str = "?"
     resolution: str = "?"
 
     def markdown(self) -> str:
         tags = ", ".join(self.tags) or "none recorded"
-        where = ", last in the prompt" if self.trigger_at_end else ""
+        where = ", last in the prompt" if self.trigger_position == "end" else ""
         trigger = f" · trigger **{self.trigger}**{where}" if self.trigger else ""
         return (f"**{self.name}** · {self.network} for {self.base} · rank {self.rank}, alpha {self.alpha}"
                 f"{trigger} · {self.steps} steps at {self.resolution} · tags: {tags}")
@@ -70,7 +70,7 @@ def adapter_info(path: str | Path, top_tags: int = 5) -> AdapterInfo:
     try:
         config = json.loads(meta.get("loramix_config", "{}"))
         info.trigger = config.get("dataset", {}).get("trigger_word", "")
-        info.trigger_at_end = config.get("dataset", {}).get("trigger_position") == "end"
+        info.trigger_position = config.get("dataset", {}).get("trigger_position", "start")
     except (json.JSONDecodeError, AttributeError):
         pass
     try:

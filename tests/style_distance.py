@@ -21,7 +21,7 @@ from trainers.dataset import with_trigger
 def trigger_of(lora_path: Path) -> tuple[str, str]:
     """The trigger word a LoRA was trained with and where it goes, as its card in the Mix tab shows them."""
     info = adapter_info(lora_path)
-    return info.trigger, "end" if info.trigger_at_end else "start"
+    return info.trigger, info.trigger_position
 
 
 def style_distances(lora_path: Path, style: str = "pastel", weights=(0.0, 0.5, 1.0),
@@ -40,12 +40,11 @@ def style_distances(lora_path: Path, style: str = "pastel", weights=(0.0, 0.5, 1
     return stats, {w: abs(s - target) for w, s in stats.items()}
 
 
-
 def scene_scores(lora_path: Path | None, style: str, prompts: int = 12) -> tuple[float, float]:
     """(mean style statistic, share of content kept) over the held-out content scenes (a third on coloured
     backgrounds) at weight 1, the prompts carrying the LoRA's trigger word: the time-to-style bench's measure.
     None: the base alone."""
-    from loramix.embedded.style_metrics import content_kept, content_scenes
+    from loramix.embedded.style_metrics import content_scenes, style_and_content
 
     mixer = Mixer.from_base("")
     word, position = "", "start"
@@ -55,5 +54,4 @@ def scene_scores(lora_path: Path | None, style: str, prompts: int = 12) -> tuple
     scenes = content_scenes(prompts)
     images = [mixer.generate(PreviewRequest(with_trigger(s.caption, word, position), seed=i, steps=20, cfg_scale=6.0))
               for i, s in enumerate(scenes)]
-    stat = float(np.mean([style_statistic(style, im) for im in images]))
-    return stat, sum(content_kept(im, s).ok for im, s in zip(images, scenes)) / len(scenes)
+    return style_and_content(style, images, scenes)

@@ -101,3 +101,10 @@ def content_kept(image: Image.Image, scene: Scene) -> Verdict:
     """Is the caption's colour still in the caption's place, with a style's washed-out or partly covered
     colour allowed (`STYLED_CONTENT`)?"""
     return judge(image, scene, **STYLED_CONTENT)
+
+
+def style_and_content(style: str, images: list[Image.Image], scenes: list[Scene]) -> tuple[float, float]:
+    """(mean style statistic, share of content kept) of pictures drawn for `scenes`: the time-to-style
+    measure (bench/time_to_style.py, the style-learning tests)."""
+    stat = float(np.mean([style_statistic(style, im) for im in images]))
+    return stat, sum(content_kept(im, s).ok for im, s in zip(images, scenes)) / len(scenes)
