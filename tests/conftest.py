@@ -68,7 +68,7 @@ def random_lora(model_dir, path, seed, rank=4, alpha=2.0, text=False, conv=False
     """A LoRA with random A and B (PEFT init_lora_weights=False), saved in kohya layout."""
     import torch
     from diffusers import UNet2DConditionModel
-    from peft import LoraConfig
+    from peft import LoraConfig, inject_adapter_in_model
     from peft.utils import get_peft_model_state_dict
     from transformers import CLIPTextModel
 
@@ -81,8 +81,8 @@ def random_lora(model_dir, path, seed, rank=4, alpha=2.0, text=False, conv=False
     layers = from_peft({k: v * 0.3 for k, v in get_peft_model_state_dict(unet).items()}, "lora_unet", alpha)
     if text:
         te = CLIPTextModel.from_pretrained(model_dir, subfolder="text_encoder")
-        te.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, target_modules=["q_proj", "k_proj", "v_proj", "out_proj"],
-                                  init_lora_weights=False))
+        inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights=False,
+                                           target_modules=["q_proj", "k_proj", "v_proj", "out_proj"]), te)
         layers.update(from_peft(get_peft_model_state_dict(te), "lora_te", alpha))
     return save_lora(path, LoraAdapter(layers, {"ss_base_model_version": "loramix_tiny"}), "fp32")
 

@@ -179,7 +179,7 @@ class LoraTrainer:
         import re
 
         from diffusers.training_utils import cast_training_params
-        from peft import LoHaConfig, LoKrConfig, LoraConfig
+        from peft import LoHaConfig, LoKrConfig, LoraConfig, inject_adapter_in_model
 
         net = self.cfg.network
         torch.manual_seed(self.cfg.train.seed)
@@ -208,14 +208,17 @@ class LoraTrainer:
         self.trained = {self.family.unet_prefix: self.m.unet}
         if net.train_text_encoder:
             for prefix, encoder in self.family.text_encoders(self.m).items():
-                encoder.add_adapter(make(target_modules=self.family.text_encoder_targets, **kw))
+                # PEFT's own injection, as the UNet's add_adapter does inside diffusers: transformers'
+                # add_adapter gates on a PEFT version (5.25 asks for peft>=0.22, which no registry served).
+                inject_adapter_in_model(make(target_modules=self.family.text_encoder_targets, **kw), encoder,
+                                        adapter_name="default")
                 self.trained[prefix] = encoder
         cast_training_params(list(self.trained.values()), dtype=torch.float32)
         if self.cfg.train.gradient_checkpointing:
             self.m.unet.enable_gradient_checkpointing()
             for prefix, module in self.trained.items():
-                if prefix != self.family.unet_prefix:
-                    module.gradient_checkpointing_enable()
+                if prefix != self.family.unet_prefix:  # non-reentrant: the frozen embeddings need no grad
+                    module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     def check_caption_lengths(self) -> None:
         """Warn, naming the file, for each caption the text encoder's tokenizer cuts at its length limit."""
@@ -372,8 +375,13 @@ class LoraTrainer:
         return loss.mean()
 
     def weights_finite(self) -> bool:
+        """The LoRA weights and every tensor of the optimizer's state are finite. The state counts too: a huge
+        gradient can square to inf in AdamW's exp_avg_sq while the step it takes (m / sqrt(v)) stays finite,
+        and a state like that cannot be saved or resumed."""
         with torch.no_grad():
-            return bool(torch.stack([p.isfinite().all() for p in self.params]).all())
+            state = [v for per_param in self.optimizer.state.values() for v in per_param.values()
+                     if torch.is_tensor(v) and v.is_floating_point()]
+            return bool(torch.stack([t.isfinite().all() for t in [*self.params, *state]]).all())
 
     def stop_non_finite(self, step: int, losses: list[float], what: str) -> None:
         """Save the last good state (step `step`: its loss and weights were finite), publish the error, raise."""
@@ -410,7 +418,8 @@ class LoraTrainer:
                 log.info("Last good state kept on the host: %.1f MB", self.last_good.nbytes / 2**20)
             if not self.weights_finite():
                 self.last_good.restore(self.params, self.optimizer, self.scheduler)
-                self.stop_non_finite(step, losses, f"The LoRA weights became NaN or infinite at step {step + 1}")
+                self.stop_non_finite(step, losses, f"The LoRA weights or the optimizer's state became NaN or "
+                                                   f"infinite at step {step + 1}")
             lr = self.scheduler.get_last_lr()[0]
             self.scheduler.step()
             done = step + 1

@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 
 from loramix.errors import TrainingError
 from loramix.events import CancelToken
-from loramix.lora_io import module_table, read_lora
+from loramix.lora_io import module_table, read_lora, save_lora
 from tests.conftest import make_folder, tiny_config
 from trainers.checkpoint import load_state
 from trainers.lora_trainer import LoraTrainer, train
@@ -206,6 +206,30 @@ def test_text_encoder_training_writes_te_keys_diffusers_reads(tiny_model, image_
     assert not torch.equal(before, after)
 
 
+def test_text_encoder_lora_keys_and_values_are_kohyas(tiny_model, image_folder, tmp_path):
+    """The text encoder's LoRA goes on through PEFT itself (not transformers' version-gated add_adapter), and
+    the file holds kohya's lora_te_* names with values that give diffusers' reader the trained encoder."""
+    trainer = _ready_trainer(tiny_model, image_folder, tmp_path / "out", "network.train_text_encoder=true",
+                             "dataset.cache_text_embeddings=false", "network.text_encoder_lr=1e-2")
+    trainer.total_steps = 2
+    trainer.start_log(0)
+    trainer.train_steps(0)
+    path = save_lora(tmp_path / "te.safetensors", trainer.adapter(2), "fp32")
+    layers = read_lora(path).layers
+    te = sorted(k for k in layers if k.startswith("lora_te_"))
+    assert len(te) == 2 * 4 and "lora_te_text_model_encoder_layers_0_self_attn_q_proj" in te, te
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_model)
+    ids = pipe.tokenizer(["red stripes"], return_tensors="pt", padding="max_length").input_ids
+    encoder = trainer.trained["lora_te"]
+    with torch.no_grad():
+        base = pipe.text_encoder(ids)[0]
+        trained = encoder(ids)[0]
+        pipe.load_lora_weights(str(path))
+        read_back = pipe.text_encoder(ids)[0]
+    assert not torch.allclose(base, trained, atol=1e-4)
+    torch.testing.assert_close(read_back, trained, atol=1e-5, rtol=1e-4)
+
+
 def test_uncached_flip_and_accumulation_paths_train(tiny_model, tmp_path):
     data = make_folder(tmp_path / "data", n=4, sizes=[(96, 64), (64, 96)])
     result = train(tiny_config(tiny_model, data, tmp_path / "out", "dataset.cache_latents=false",
@@ -262,22 +286,30 @@ def _all_finite(path) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in load_file(str(path)).values() if t.is_floating_point())
 
 
-def test_non_finite_weights_roll_back_to_the_last_good_step(tiny_model, image_folder, tmp_path, monkeypatch):
+@pytest.mark.parametrize("poisoned", ["weight", "optimizer_state"])
+def test_non_finite_weights_roll_back_to_the_last_good_step(tiny_model, image_folder, tmp_path, monkeypatch,
+                                                            poisoned):
+    """The 4th optimizer step leaves a NaN weight, or (as a huge gradient squared does in AdamW on some CPUs)
+    an inf in exp_avg_sq while the weights stay finite; the loss was finite both times."""
     calls = []
     real_step = torch.optim.AdamW.step
 
-    def poisoning_step(self, *a, **k):  # the 4th optimizer step leaves a NaN weight (loss was finite)
+    def poisoning_step(self, *a, **k):
         out = real_step(self, *a, **k)
         calls.append(1)
         if len(calls) == 4:
+            first = self.param_groups[0]["params"][0]
             with torch.no_grad():
-                self.param_groups[0]["params"][0].view(-1)[0] = float("nan")
+                if poisoned == "weight":
+                    first.view(-1)[0] = float("nan")
+                else:
+                    self.state[first]["exp_avg_sq"].view(-1)[0] = float("inf")
         return out
 
     monkeypatch.setattr(torch.optim.AdamW, "step", poisoning_step)
     events = []
-    with pytest.raises(TrainingError, match=r"LoRA weights became NaN or infinite at step 4.*last good state "
-                                            r"\(step 3\) is saved"):
+    with pytest.raises(TrainingError, match=r"LoRA weights or the optimizer's state became NaN or infinite at "
+                                            r"step 4.*last good state \(step 3\) is saved"):
         train(tiny_config(tiny_model, image_folder, tmp_path / "out"), events.append)
     monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
     assert events[-1].kind == "error"
