@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from loramix.config import field_specs, load_config
+from loramix.environment import check_environment
 from loramix.errors import LoramixError
 from loramix.events import CancelToken, TrainEvent
 from loramix.lora_spec import parse_axis
@@ -203,6 +204,11 @@ def _train(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    try:  # a broken dependency set is one sentence here, not a traceback from inside a library later
+        check_environment()
+    except LoramixError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if argv[:1] == ["ui"]:  # the web app parses its own flags
         from webui.app import main as ui_main
 

@@ -20,6 +20,7 @@ from starlette.middleware import Middleware
 from starlette.responses import PlainTextResponse
 
 from loramix.config import load_config
+from loramix.environment import check_environment
 from loramix.errors import LoramixError
 from loramix.lora_spec import parse_adapter_spec
 from loramix.mixer import PreviewRequest
@@ -197,6 +198,11 @@ def main(argv=None) -> int:
     from loramix.quiet import quiet_libraries
 
     args = parse_args(argv)
+    try:
+        check_environment()  # `python -m webui` comes here without the CLI's check
+    except LoramixError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     auth = None
     if args.auth:
         if ":" not in args.auth:
