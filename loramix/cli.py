@@ -68,12 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
     mix.add_argument("--grid-y", help="second grid axis (default: the given seed)")
     mix.add_argument("--mode", default="auto", choices=["auto", "fused", "unfused"])
     mix.add_argument("--out", required=True, help="PNG file to write")
+    mix.add_argument("--replace", action="store_true", help="replace an existing --out file")
     mix.add_argument("--allow-unsafe", action="store_true", help="also read pickle LoRA files (.ckpt/.pt/.bin)")
 
     merge = sub.add_parser("merge", help="merge a blend into one LoRA file")
     merge.add_argument("--lora", action="append", default=[], required=True, help=lora_help)
     merge.add_argument("--rank", type=int, default=0, help="SVD down to this rank (default: exact concat merge)")
     merge.add_argument("--out", required=True, help=".safetensors file to write")
+    merge.add_argument("--replace", action="store_true", help="replace an existing --out file")
     merge.add_argument("--precision", default="fp16", choices=["fp16", "bf16", "fp32"])
     merge.add_argument("--allow-unsafe", action="store_true", help="also read pickle LoRA files")
 
@@ -100,11 +102,12 @@ def _mixer_with(args, blend=None):
 
 
 def _mix(args) -> int:
-    from loramix.atomic import atomic_path
     from loramix.mix_preset import adapter_names, build_blend
     from loramix.mixer import PreviewRequest
+    from loramix.writer import check_target, save_png
     from loramix.xy_grid import Axis, adapter_name, xy_grid
 
+    check_target(args.out, replace=args.replace, field="--out")  # before the model loads
     blend = build_blend(args.mix, args.lora)
     if args.grid_y and not args.grid_x:
         raise LoramixError("--grid-y needs --grid-x.")
@@ -120,23 +123,23 @@ def _mix(args) -> int:
         image = xy_grid(mixer, req, *axes)
     else:
         image = mixer.generate(req)
-    with atomic_path(args.out) as tmp:
-        image.save(tmp, format="PNG")
+    save_png(image, args.out, replace=args.replace, field="--out")
     print(f"Saved {args.out}")
     return 0
 
 
 def _merge(args) -> int:
-    from loramix.lora_io import read_lora, save_lora
-    from loramix.merge import Source, merge_concat, merge_svd
+    from loramix.lora_io import read_lora
+    from loramix.merge import Source, save_blend
     from loramix.mix_preset import build_blend, mix_preset_metadata
+    from loramix.writer import check_target
 
+    check_target(args.out, replace=args.replace, field="--out")  # before any file is read
     blend = build_blend(None, args.lora)
     sources = [Source(Path(e.path).stem, read_lora(e.path, allow_unsafe=args.allow_unsafe), e.weight, e.te_weight,
                       e.blocks) for e in blend.adapters if e.enabled]
-    adapter, report = merge_svd(sources, args.rank) if args.rank else merge_concat(sources)
-    adapter.metadata.update(mix_preset_metadata(blend))
-    save_lora(args.out, adapter, args.precision)
+    adapter, report = save_blend(sources, args.out, rank=args.rank, precision=args.precision,
+                                 recipe=mix_preset_metadata(blend), replace=args.replace, field="--out")
     extra = f", relative Frobenius error {report.relative_error:.4f} (worst layer " \
             f"{report.worst_layer_error:.4f})" if args.rank else " (exact)"
     print(f"Saved {args.out}: {len(adapter.layers)} layers, {report.method} merge{extra}")

@@ -25,8 +25,8 @@ from safetensors.torch import save_file
 
 from loramix import __version__
 from loramix.adapter_layers import AdapterLayer, DoraLayer, FullLayer, LohaLayer, LokrLayer, LoraLayer
-from loramix.atomic import atomic_path
 from loramix.errors import AdapterFormatError
+from loramix.writer import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +120,9 @@ def module_table(model: torch.nn.Module, prefix: str, rename: Callable[[str], st
 
 
 # ---- files ---------------------------------------------------------------------------------------
-def save_lora(path: str | Path, adapter: LoraAdapter, dtype: str = "fp16", warnings: list[str] | None = None) -> Path:
-    """Write the adapter in kohya / LyCORIS layout, atomically; returns the path.
+def save_lora(path: str | Path, adapter: LoraAdapter, dtype: str = "fp16", warnings: list[str] | None = None,
+              **rules) -> Path:
+    """Write the adapter in kohya / LyCORIS layout through the writer (`rules`: replace, within, field).
 
     Never writes a non-finite number: a NaN or infinite value in memory is refused, naming the layer.
     A value that overflows the save precision (|x| > 65504 for fp16) is written in fp32 for that tensor
@@ -139,7 +140,7 @@ def save_lora(path: str | Path, adapter: LoraAdapter, dtype: str = "fp16", warni
             tensors[key] = _cast_finite(path.name, name, key, value, DTYPES[dtype], warnings)
     metadata = {k: str(v) for k, v in adapter.metadata.items()}
     metadata.update(file_hashes(tensors, metadata))
-    with atomic_path(path) as tmp:
+    with atomic_path(path, **rules) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
     return path
 
@@ -162,27 +163,32 @@ def _cast_finite(file: str, layer: str, key: str, value: torch.Tensor, dtype: to
     return cast.contiguous()
 
 
-def file_hashes(tensors: dict[str, torch.Tensor], metadata: dict[str, str],
-                spill_to: Path | None = None) -> dict[str, str]:
+def hashed_metadata(metadata: dict[str, str]) -> dict[str, str]:
+    """The metadata kohya's hashes are computed over: only the `ss_*` keys."""
+    return {k: v for k, v in metadata.items() if k.startswith("ss_")}
+
+
+def file_hashes_of(path: str | Path) -> dict[str, str]:
+    """`file_hashes` of a file already written with `hashed_metadata` (a baked checkpoint, gigabytes: read back in
+    1 MiB blocks instead of built in memory)."""
+    with open(path, "rb") as f:
+        return _addnet_hashes(f)
+
+
+def file_hashes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> dict[str, str]:
     """`sshs_model_hash` and `sshs_legacy_hash` as kohya's `precalculate_safetensors_hashes` computes them.
 
     Both hash the safetensors bytes of `tensors` written with only the `ss_*` metadata (so editing
     other metadata later does not change them): the model hash is the SHA-256 of everything after
     the header (the tensor data), the legacy hash the first 8 hex digits of the SHA-256 of the
     64 KiB at offset 1 MiB (sd-webui-additional-networks' `addnet_hash_legacy`).
-    Those bytes are built in memory, as kohya does for a LoRA; with `spill_to` (a baked checkpoint is
-    gigabytes) they are written to that file instead and read back in 1 MiB blocks.
+    Those bytes are built in memory, as kohya does for a LoRA (a checkpoint uses `file_hashes_of`).
     """
     import io
 
-    from safetensors.torch import save, save_file
+    from safetensors.torch import save
 
-    hashed = {k: v for k, v in metadata.items() if k.startswith("ss_")}
-    if spill_to is None:
-        return _addnet_hashes(io.BytesIO(save(tensors, hashed)))
-    save_file(tensors, str(spill_to), metadata=hashed)
-    with open(spill_to, "rb") as f:
-        return _addnet_hashes(f)
+    return _addnet_hashes(io.BytesIO(save(tensors, hashed_metadata(metadata))))
 
 
 def _addnet_hashes(f) -> dict[str, str]:

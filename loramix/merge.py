@@ -155,3 +155,18 @@ def _metadata(sources: list[Source], method: str, layers: dict[str, LoraLayer], 
             {"name": s.name, "weight": s.weight, "te_weight": s.te_weight,
              "ss_output_name": s.adapter.metadata.get("ss_output_name", "")} for s in sources]),
     }
+
+
+def save_blend(sources: list[Source], path, *, rank: int = 0, precision: str = "fp16",
+               recipe: dict[str, str] | None = None, **rules) -> tuple[LoraAdapter, MergeReport]:
+    """Merge `sources` (exact, or SVD to `rank`) and write the result with its `recipe` metadata through the
+    writer (`rules`: replace, within, field): the one "merge a blend and save it" that the CLI's `merge` and the
+    Mix tab's export share, so both follow the same overwrite rule."""
+    from loramix.lora_io import save_lora
+
+    if not sources:
+        raise LoramixError("Export: enable at least one adapter.")
+    adapter, report = merge_svd(sources, rank) if rank else merge_concat(sources)
+    adapter.metadata.update(recipe or {})
+    save_lora(path, adapter, precision, **rules)
+    return adapter, report

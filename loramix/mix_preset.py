@@ -132,16 +132,13 @@ def load_mix_preset(path: str | Path) -> MixPreset:
     return from_dict(data, f"mix preset {path.name}", path.parent.resolve())
 
 
-def save_mix_preset(path: str | Path, preset: MixPreset) -> Path:
-    """Write `preset` as TOML (atomically); adapter paths are written as given."""
+def save_mix_preset(path: str | Path, preset: MixPreset, **rules) -> Path:
+    """Write `preset` as TOML through the writer (`rules`: replace, within); adapter paths are written as given."""
     import tomli_w
 
-    from loramix.atomic import atomic_path
+    from loramix.writer import write_text
 
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        Path(tmp).write_text(tomli_w.dumps(preset.to_dict()), encoding="utf-8")
-    return path
+    return write_text(path, tomli_w.dumps(preset.to_dict()), **rules)
 
 
 def preset_from_mixer(mixer) -> MixPreset:

@@ -94,8 +94,12 @@ def _samplers() -> dict:
 SAMPLERS = ["ddim", "euler", "euler_a", "dpm++_2m", "unipc", "pndm"]
 
 
-def check_bake_target(out_dir: str | Path, single_file: str | Path | None = None, replace: bool = False) -> Path:
-    """Refuse, before any work, a bake target that exists (unless `replace`) or that loramix did not bake."""
+def check_bake_target(out_dir: str | Path, single_file: str | Path | None = None, replace: bool = False,
+                      within=None) -> Path:
+    """Refuse, before any work, a bake target that exists (unless `replace`) or that loramix did not bake,
+    and any target the writer would refuse (a link, outside `within`)."""
+    from loramix.writer import check_target, final_path
+
     out_dir = Path(out_dir)
     if out_dir.exists() or out_dir.is_symlink():
         if not replace:
@@ -103,9 +107,15 @@ def check_bake_target(out_dir: str | Path, single_file: str | Path | None = None
         if out_dir.is_symlink() or not (out_dir / BAKED_MARKER).is_file():
             raise LoramixError(f"Bake: {out_dir} was not baked by loramix (no {BAKED_MARKER} in it), so it is "
                                "never replaced; pick another name.")
-    if single_file and Path(single_file).exists() and not replace:
-        raise LoramixError(f"Bake: {single_file} already exists; pick another name or tick replace.")
-    return out_dir
+    else:
+        check_target(out_dir, within=within, field="Bake")
+    if single_file:
+        check_target(single_file, replace=replace, within=within, field="Bake single file")
+    return final_path(out_dir)
+
+
+def is_baked_folder(folder: Path) -> bool:
+    return folder.is_dir() and not folder.is_symlink() and (folder / BAKED_MARKER).is_file()
 
 
 @dataclass
@@ -476,7 +486,8 @@ class Mixer:
                     {"name": s.name, "file": s.path.name, "weight": s.weight, "te_weight": s.te_weight,
                      "blocks": s.blocks.text if s.blocks is not None else None} for s in slots])}
 
-    def bake(self, out_dir: str | Path, single_file: str | Path | None = None, replace: bool = False) -> Path:
+    def bake(self, out_dir: str | Path, single_file: str | Path | None = None, replace: bool = False,
+             within=None) -> Path:
         """Write the base model with the current blend fused in, as a diffusers folder, and optionally also
         as one checkpoint in the original layout that A1111 and ComfyUI load.
 
@@ -487,29 +498,17 @@ class Mixer:
         enabled adapter) and `modelspec.merged_from` (the base, then the adapters' titles), beside the
         identification `save_single_file` writes (`ss_base_model_version`, `ss_v2`, `modelspec.*`, hashes).
         """
-        import shutil
-        import tempfile
+        from loramix.writer import atomic_folder
 
-        out_dir = check_bake_target(out_dir, single_file, replace)
+        out_dir = check_bake_target(out_dir, single_file, replace, within)
         if single_file:
             from loramix.single_file import save_single_file
 
             with self.applied("fused"):
-                save_single_file(self.components, single_file, self.family, metadata=self._baked_from())
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-        try:
+                save_single_file(self.components, single_file, self.family, metadata=self._baked_from(),
+                                 replace=replace, within=within, field="Bake single file")
+        with atomic_folder(out_dir, replace=replace, within=within, field="Bake", replaceable=is_baked_folder) as tmp:
             with self.applied("fused"):
                 self._pipeline().save_pretrained(tmp, safe_serialization=True)
             (tmp / BAKED_MARKER).write_text("baked by loramix\n", encoding="utf-8")
-            old = None
-            if out_dir.exists():
-                old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", suffix=".tmp", dir=out_dir.parent))
-                out_dir.rename(old / out_dir.name)
-            tmp.rename(out_dir)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
         return out_dir

@@ -102,6 +102,23 @@ class Confinement:
                                           f"(add folders with --data-root); {str(path)!r} is outside them.")
         return resolved
 
+    def readable_folder(self, field_name: str, folder: str | os.PathLike) -> Path:
+        """A data folder, with the same rule for what is inside it: with `--listen`, an image, caption or
+        sub-folder (a kohya `10_name` folder, one level down) that is a link leading outside the readable
+        folders refuses the whole folder, naming the entry, so nothing outside is shown, edited or trained on."""
+        resolved = self.readable(field_name, folder)
+        roots = self.readable_roots
+        if roots is None or not resolved.is_dir():
+            return resolved
+        entries = list(resolved.iterdir())
+        entries += [e for sub in entries if sub.is_dir() and not sub.is_symlink() for e in sub.iterdir()]
+        for entry in entries:
+            if entry.is_symlink() and not is_within(entry, roots):
+                raise ConfigError(field_name, f"{entry.relative_to(resolved)} in {resolved.name} is a link that "
+                                              "leads outside the folders this app may read; nothing in the folder "
+                                              "is read. Remove the link or copy the file in.")
+        return resolved
+
     def readable_base(self, field_name: str, base: str) -> str:
         """A base model: empty (the embedded one), a hub id (`owner/name`, not a local path) or a readable path."""
         if not base:

@@ -8,21 +8,25 @@
   gets a sentence naming the running process. The lock is `fcntl.flock` on `.loramix.lock`: the kernel
   drops it when the process dies, so a kill -9 never leaves a folder locked;
 * `remove_stale_temps` deletes the `.…tmp` files a killed run left (safe once the lock is held);
-* `confine_config` applies the `loramix.paths` rule to every path field of a training config.
+* `confine_config` applies the `loramix.paths` rule to every path field of a training config, and keeps a run
+  out of the app's own folders (presets, mixes, loras, uploads, baked).
+
+Every folder and file here is made through `loramix.writer`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import socket
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
+from loramix import writer
 from loramix.config import LoramixConfig
 from loramix.errors import ConfigError, LoramixError
-from loramix.paths import Confinement, plain_name
+from loramix.paths import Confinement, is_within, plain_name
 
 LOCK_NAME = ".loramix.lock"
 RUN_FILES = ("log.jsonl",)  # with <name>.safetensors and *-state.safetensors: what marks a folder as a run's
@@ -30,24 +34,13 @@ RUN_FILES = ("log.jsonl",)  # with <name>.safetensors and *-state.safetensors: w
 
 def new_run_folder(outputs: str | os.PathLike, name: str) -> Path:
     """Create and return a folder for a new run: `outputs/<name>` if free, else `<name>-2`, `<name>-3`, …"""
-    outputs = Path(outputs)
     name = plain_name("output.output_name", name)
-    outputs.mkdir(parents=True, exist_ok=True)
-    for n in range(1, 10_000):
-        folder = outputs / (name if n == 1 else f"{name}-{n}")
-        try:
-            folder.mkdir()
-            return folder
-        except FileExistsError:
-            continue
-    raise LoramixError(f"{outputs} already holds 9999 runs named {name}; pick another output name.")
+    return writer.claim_folder(outputs, name, within=outputs, field="output.output_name")
 
 
 def drop_if_empty(folder: str | os.PathLike) -> None:
     """Give back a run folder that `new_run_folder` claimed but no job used (never one holding a file)."""
-    folder = Path(folder)
-    if folder.is_dir() and not any(folder.iterdir()):
-        folder.rmdir()
+    writer.remove_empty_folder(folder)
 
 
 def run_files(folder: Path) -> list[Path]:
@@ -70,7 +63,7 @@ def check_run_folder(config: LoramixConfig) -> Path:
         state = Path(resume).expanduser().resolve()
         if state.parent == folder.resolve():
             return folder  # continuing this folder's own run
-    existing = run_files(folder)
+    existing = run_files(folder) + [p for p in (folder / f"{out.output_name}.toml",) if p.exists() or p.is_symlink()]
     if existing:
         raise ConfigError("output.output_dir", f"{folder} already holds another run ({existing[0].name}); loramix "
                                                "never overwrites a run. Pick a new folder, or resume that run "
@@ -89,8 +82,9 @@ class RunLock:
     def acquire(self) -> RunLock:
         import fcntl
 
-        self.folder.mkdir(parents=True, exist_ok=True)
-        f = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - held open for the whole run
+        writer.make_folder(self.folder)
+        existed = self.path.exists()
+        f = writer.open_lock_file(self.path, within=self.folder, field="output.output_dir")
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -99,17 +93,25 @@ class RunLock:
             f.close()
             raise LoramixError(f"{self.folder} is in use by a running loramix training ({holder}); wait for it to "
                                "end or pick another output folder.") from None
-        f.seek(0)
-        f.truncate()
-        f.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}")
-        f.flush()
+        try:
+            f.seek(0)
+            f.truncate()
+            f.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+            f.flush()
+        except OSError as e:  # a full disk: no empty lock file is left behind
+            f.close()
+            if not existed:
+                writer.remove_file(self.path, within=self.folder)
+            if writer.is_disk_full(e):
+                raise writer.disk_full_error(self.path, written=0, expected_bytes=80) from e
+            raise
         self._file = f
         return self
 
     def release(self) -> None:
         if self._file is not None:
             with contextlib.suppress(OSError):
-                self.path.unlink()
+                writer.remove_file(self.path, within=self.folder)
             self._file.close()  # closing drops the flock
             self._file = None
 
@@ -121,30 +123,57 @@ class RunLock:
 
 
 def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
-    """Delete temp files and folders that an interrupted write left in `folder` (call with the lock held)."""
-    removed = []
-    for root in (Path(folder), Path(folder) / "samples"):
-        if not root.is_dir():
-            continue
-        for p in root.iterdir():
-            if p.name.startswith(".") and p.name.endswith(".tmp"):
-                if p.is_dir() and not p.is_symlink():
-                    shutil.rmtree(p, ignore_errors=True)
-                else:
-                    p.unlink(missing_ok=True)
-                removed.append(p)
-    return removed
+    """Delete temp files and folders that an interrupted write left in a run folder (call with the lock held)."""
+    return writer.remove_stale_temps(folder, subfolders=("samples",))
 
 
-def confine_config(config: LoramixConfig, confinement: Confinement) -> LoramixConfig:
-    """Check every path in a training config against the confinement rule (web app and API)."""
+def confine_config(config: LoramixConfig, confinement: Confinement, reserved: Iterable[Path] = ()) -> LoramixConfig:
+    """Check every path in a training config against the confinement rule (web app and API); `reserved` are the
+    app's own folders (presets, mixes, …), never a run folder."""
     d = config.dataset
-    d.data_dir = str(confinement.readable("dataset.data_dir", d.data_dir))
+    d.data_dir = str(confinement.readable_folder("dataset.data_dir", d.data_dir))
     if d.reg_data_dir:
-        d.reg_data_dir = str(confinement.readable("dataset.reg_data_dir", d.reg_data_dir))
+        d.reg_data_dir = str(confinement.readable_folder("dataset.reg_data_dir", d.reg_data_dir))
     config.model.base_model = confinement.readable_base("model.base_model", config.model.base_model)
     if config.train.resume_from:
         config.train.resume_from = str(confinement.readable("train.resume_from", config.train.resume_from))
     plain_name("output.output_name", config.output.output_name)
     config.output.output_dir = str(confinement.writable("output.output_dir", config.output.output_dir))
+    for folder in reserved:
+        if is_within(config.output.output_dir, [folder]):
+            raise ConfigError("output.output_dir", f"{Path(folder).name} is the app's own folder of "
+                                                   f"{Path(folder).name}, never a run folder; leave the output "
+                                                   "folder empty to get a new one.")
     return config
+
+
+def folder_is_locked(folder: Path) -> bool:
+    """A training process holds this run folder's lock right now (never follows a linked lock file)."""
+    import fcntl
+
+    lock = folder / LOCK_NAME
+    if lock.is_symlink() or not lock.is_file():
+        return False
+    try:
+        fd = os.open(lock, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing drops a lock we took
+    return False
+
+
+def clean_app_folders(outputs: Path, app_folders: list[Path]) -> list[Path]:
+    """At app start: remove the temp files a killed writer left in the app's folders and in every run folder
+    under `outputs` that no training holds (a killed bake or export leaves `.name.xxxx.tmp` folders)."""
+    removed = writer.remove_stale_temps(outputs)
+    for folder in app_folders:
+        removed += writer.remove_stale_temps(folder)
+    for run in sorted(outputs.iterdir()) if outputs.is_dir() else []:
+        if run.is_dir() and not run.is_symlink() and run not in app_folders and not folder_is_locked(run):
+            removed += writer.remove_stale_temps(run, subfolders=("samples",))
+    return removed

@@ -43,6 +43,7 @@ Still hand-written on the reading side, about 60 lines:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -54,7 +55,6 @@ from typing import Any
 
 import torch
 
-from loramix.atomic import atomic_path
 from loramix.errors import LoramixError
 from loramix.families import FAMILIES, ModelFamily
 from loramix.ldm_layout import (
@@ -65,7 +65,8 @@ from loramix.ldm_layout import (
     unet_state_to_ldm,
     vae_state_to_ldm,
 )
-from loramix.lora_io import file_hashes, modelspec
+from loramix.lora_io import file_hashes_of, hashed_metadata, modelspec
+from loramix.writer import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -115,8 +116,8 @@ def _config_of(model) -> dict:
 
 
 def save_single_file(pipe_or_components: Any, path: str | Path, family: Any, *, dtype: torch.dtype | None = None,
-                     prediction_type: str | None = None, metadata: dict[str, str] | None = None) -> Path:
-    """Write one `.safetensors` checkpoint in the LDM layout (written to a temp file, then renamed).
+                     prediction_type: str | None = None, metadata: dict[str, str] | None = None, **rules) -> Path:
+    """Write one `.safetensors` checkpoint in the LDM layout through the writer (`rules`: replace, within).
 
     `family` is "sd1", "sd2" or "sdxl" (or a family object). The metadata records the family, the
     prediction type and every component's config, so `load_single_file` rebuilds the same architecture;
@@ -149,7 +150,7 @@ def save_single_file(pipe_or_components: Any, path: str | Path, family: Any, *, 
                 "loramix.configs": json.dumps(configs), "ss_base_model_version": version, "ss_v2": str(layout == "sd2"),
                 **modelspec(version, path.stem, time.time(), prediction_type=prediction_type, lora=False),
                 **(metadata or {})}
-    _write(state, path, metadata, dtype)
+    _write(state, path, metadata, dtype, **rules)
     return path
 
 
@@ -161,7 +162,7 @@ def _base_model_version(family: Any, layout: str, prediction_type: str) -> str:
     return family.base_model_version
 
 
-def _write(state: dict, path: Path, metadata: dict, dtype: torch.dtype | None) -> None:
+def _write(state: dict, path: Path, metadata: dict, dtype: torch.dtype | None, **rules) -> None:
     from safetensors.torch import save_file
 
     tensors, seen = {}, set()
@@ -173,8 +174,9 @@ def _write(state: dict, path: Path, metadata: dict, dtype: torch.dtype | None) -
             value = value.clone()
         seen.add(value.data_ptr())
         tensors[key] = value.contiguous()
-    with atomic_path(path) as tmp:  # hashed from the temp file, then written over it with the hashes
-        metadata = {**metadata, **file_hashes(tensors, metadata, spill_to=tmp)}
+    with atomic_path(path, **rules) as tmp:  # hashed from the temp file, then written over it with the hashes
+        save_file(tensors, str(tmp), metadata=hashed_metadata(metadata))
+        metadata = {**metadata, **file_hashes_of(tmp)}
         save_file(tensors, str(tmp), metadata=metadata)
 
 
@@ -275,12 +277,15 @@ def _model_class(name: str):
     raise CheckpointFormatError(f"config class {name!r} is not one a single-file checkpoint can hold")
 
 
-def _write_config_folder(configs: dict, folder: Path, names: list[str]) -> None:
-    """The resolved configs as a diffusers model folder (`unet/config.json`, ...): the only form of an
-    architecture that diffusers' `from_single_file(config=...)` takes besides a hub id."""
-    for name in names:
-        (folder / name).mkdir()
-        (folder / name / "config.json").write_text(json.dumps(configs[name]), encoding="utf-8")
+@contextlib.contextmanager
+def _config_folder(configs: dict, names: list[str]):
+    """The resolved configs as a scratch diffusers model folder (`unet/config.json`, ...): the only form of an
+    architecture that diffusers' `from_single_file(config=...)` takes besides a hub id. Removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="loramix-configs-") as folder:
+        for name in names:
+            (Path(folder) / name).mkdir()
+            (Path(folder) / name / "config.json").write_text(json.dumps(configs[name]), encoding="utf-8")
+        yield Path(folder)
 
 
 def _file_dtype(checkpoint: dict, prefix: str) -> torch.dtype | None:
@@ -378,10 +383,9 @@ def load_single_file(path: str | Path, *, family: str | None = None, prediction_
         out[tok] = _tokenizer(given[tok], path.parent / tok, cached, family, path, _PAD_TOKEN[kind],
                               configs[name].get("vocab_size"))
     names = ["unet", "vae"] + [name for name, _, _ in TEXT_ENCODERS[family]]
-    with tempfile.TemporaryDirectory(prefix="loramix-configs-") as folder:
-        _write_config_folder(configs, Path(folder), names)
+    with _config_folder(configs, names) as folder:
         for name in names:
-            out[name] = _read_component(name, configs, checkpoint, Path(folder), path, family, torch_dtype)
+            out[name] = _read_component(name, configs, checkpoint, folder, path, family, torch_dtype)
     scheduler = dict(configs["scheduler"])
     out["scheduler"] = _model_class(scheduler.pop("_class_name")).from_config(scheduler)
     return out

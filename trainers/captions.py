@@ -31,4 +31,4 @@ def save_captions(data_dir: str, ext: str, rows: list[tuple[str, str]]) -> list[
     if unknown:
         raise DatasetError(f"Captions: {unknown[0]!r} is not an image of {data_dir}; nothing was saved. "
                            "Reload the folder and edit only the caption column.")
-    return [write_caption(known[str(rel)], ext or ".txt", str(caption or "")) for rel, caption in rows]
+    return [write_caption(known[str(rel)], ext or ".txt", str(caption or ""), data_dir) for rel, caption in rows]

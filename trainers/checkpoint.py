@@ -18,10 +18,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from loramix import __version__
-from loramix.atomic import atomic_path
 from loramix.config import LoramixConfig
 from loramix.errors import TrainingError
 from loramix.lora_io import modelspec
+from loramix.writer import atomic_path
 
 STATE_FORMAT = "loramix-train-state/1"
 
@@ -111,8 +111,8 @@ def _first_non_finite(tensors: dict[str, torch.Tensor]) -> str | None:
 
 
 def save_state(path: Path, *, step: int, lora: dict[str, torch.Tensor], optimizer, scheduler,
-               config: LoramixConfig) -> Path:
-    """Write the resumable state atomically; a NaN or inf anywhere in it is refused, never written."""
+               config: LoramixConfig, **rules) -> Path:
+    """Write the resumable state through the writer (`rules`); a NaN or inf anywhere in it is never written."""
     path = Path(path)
     tensors = {f"lora.{k}": v.detach().float().contiguous().cpu() for k, v in lora.items()}
     opt = optimizer.state_dict()
@@ -138,7 +138,7 @@ def save_state(path: Path, *, step: int, lora: dict[str, torch.Tensor], optimize
         "loramix_config": config.to_json(),
     }
     size = sum(t.numel() * t.element_size() for t in tensors.values()) + sum(map(len, meta.values()))
-    with atomic_path(path, expected_bytes=size) as tmp:
+    with atomic_path(path, expected_bytes=size, **rules) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
     return path
 

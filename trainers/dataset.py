@@ -152,14 +152,15 @@ def _warn(warnings: list[str] | None, message: str) -> None:
         warnings.append(message)
 
 
-def write_caption(image: Path, extension: str, text: str) -> Path:
-    """Save a caption next to its image (atomically), as the UI's caption editor does."""
-    from loramix.atomic import write_text
+def write_caption(image: Path, extension: str, text: str, data_dir: str | Path) -> Path:
+    """Save a caption next to its image through the writer: inside `data_dir` after links, replacing the old
+    caption (the user pressed Save), never through a link."""
+    from loramix.writer import write_text
 
     ext = extension if extension.startswith(".") else "." + extension
     path = Path(image).with_suffix(ext)
-    write_text(path, " ".join(text.split()) + "\n")
-    return path
+    return write_text(path, " ".join(text.split()) + "\n", replace=True, within=Path(data_dir).expanduser(),
+                      field="Captions")
 
 
 def list_images(cfg: DatasetConfig) -> list[tuple[Path, str]]:

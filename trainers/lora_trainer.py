@@ -23,13 +23,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from loramix.atomic import write_text
 from loramix.config import LoramixConfig, to_toml, with_absolute_folders
 from loramix.errors import ConfigError, TrainingError
 from loramix.events import CancelToken, EventSink, TrainEvent, no_events
 from loramix.families import Components, load_base_model
 from loramix.lora_io import LoraAdapter, from_peft, save_lora
 from loramix.runs import RunLock, check_run_folder, remove_stale_temps
+from loramix.writer import append_line, make_folder, save_png, write_text
 from trainers import dataset as ds
 from trainers.checkpoint import adapter_metadata, check_state_file, load_state, save_state
 from trainers.optim import make_optimizer, make_scheduler
@@ -117,6 +117,9 @@ class LoraTrainer:
         self.out_dir = Path(config.output.output_dir).expanduser()
         self.name = config.output.output_name
         self.started_at = time.time()
+        # The run's own files: written inside its folder (links out are refused at each file), replaced as the
+        # run goes (the state file at every checkpoint); check_run_folder kept other runs' folders out.
+        self.own_files = {"replace": True, "within": self.out_dir}
 
     # ---- 1. data (before any model is loaded, so dataset errors come fast) ------------------
     def scan_data(self) -> None:
@@ -463,11 +466,12 @@ class LoraTrainer:
         suffix = "" if final else f"-step{step:06d}"
         warnings: list[str] = []  # e.g. a layer too large for fp16, saved in fp32 instead
         lora_path = save_lora(self.out_dir / f"{self.name}{suffix}.safetensors", self.adapter(step),
-                              self.cfg.output.save_precision, warnings=warnings)
+                              self.cfg.output.save_precision, warnings=warnings, **self.own_files)
         for message in warnings:
             self.events(TrainEvent("warning", step, self.total_steps, message=message))
         state_path = save_state(self.out_dir / f"{self.name}-state.safetensors", step=step, lora=self.lora_state(),
-                                optimizer=self.optimizer, scheduler=self.scheduler, config=self.cfg)
+                                optimizer=self.optimizer, scheduler=self.scheduler, config=self.cfg,
+                                **self.own_files)
         self.events(TrainEvent("checkpoint", step, self.total_steps, paths=(str(lora_path), str(state_path))))
         self.acc.wait_for_everyone()
         return lora_path, state_path
@@ -486,28 +490,27 @@ class LoraTrainer:
 
     def log_step(self, step: int, loss: float, lr: float) -> None:
         if self.acc.is_main_process:
-            with open(self.out_dir / "log.jsonl", "a", encoding="utf-8") as f:
-                f.write(json.dumps({"step": step, "loss": loss, "lr": lr, "time": round(time.time(), 3)}) + "\n")
+            append_line(self.out_dir / "log.jsonl",
+                        json.dumps({"step": step, "loss": loss, "lr": lr, "time": round(time.time(), 3)}),
+                        within=self.out_dir)
 
     def start_log(self, start: int) -> None:
         """Keep the log lines of the steps before `start` (all of them on resume, none on a fresh run)."""
         if not self.acc.is_main_process:
             return
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        make_folder(self.out_dir)
         path = self.out_dir / "log.jsonl"
         kept = []
         if start and path.exists():
             kept = [line for line in path.read_text(encoding="utf-8").splitlines()
                     if line.strip() and json.loads(line)["step"] <= start]
-        write_text(path, "".join(line + "\n" for line in kept))
-        write_text(self.out_dir / f"{self.name}.toml", to_toml(with_absolute_folders(self.cfg)))
+        write_text(path, "".join(line + "\n" for line in kept), **self.own_files)
+        write_text(self.out_dir / f"{self.name}.toml", to_toml(with_absolute_folders(self.cfg)), **self.own_files)
 
     @torch.no_grad()
     def make_samples(self, step: int) -> None:
         if not self.acc.is_main_process or not self.cfg.sample.prompts:
             return
-        from loramix.atomic import atomic_path
-
         s = self.cfg.sample
         unwrapped = Components(**{**vars(self.m), "unet": self.acc.unwrap_model(self.m.unet)})
         for prefix, module in self.family.text_encoders(self.m).items():
@@ -523,8 +526,7 @@ class LoraTrainer:
                              guidance_scale=s.guidance_scale, height=res, width=res,
                              generator=torch.Generator().manual_seed(s.seed + i)).images[0]
                 path = self.out_dir / "samples" / f"{self.name}-step{step:06d}-{i}.png"
-                with atomic_path(path) as tmp:
-                    image.save(tmp, format="PNG")
+                save_png(image, path, **self.own_files)
                 paths.append(str(path))
         if self.cfg.dataset.cache_latents:
             self.m.vae.to("cpu")

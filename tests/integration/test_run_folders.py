@@ -54,13 +54,15 @@ def test_a_locked_folder_refuses_a_second_process_naming_it(tiny_model, image_fo
 def test_stale_temp_files_of_a_killed_run_are_removed_when_a_run_starts(tiny_model, image_folder, tmp_path):
     out = tmp_path / "stale"
     (out / "samples").mkdir(parents=True)
-    leftovers = [out / ".my-lora.safetensors.abc123.tmp", out / "samples" / ".x.png.def.tmp"]
+    # the names loramix.writer makes (tempfile's 8 random characters); only those are ever removed
+    leftovers = [out / ".my-lora.safetensors.abc123de.tmp", out / "samples" / ".x.png.def456gh.tmp"]
     for p in leftovers:
         p.write_bytes(b"half")
-    (out / ".baked.xyz.tmp").mkdir()
+    (out / ".baked.xyz789ab.tmp").mkdir()
+    (out / "notes.tmp").write_text("the user's")
     train(tiny_config(tiny_model, image_folder, out, "train.max_steps=1"))
-    assert not any(p.exists() for p in leftovers) and not (out / ".baked.xyz.tmp").exists()
-    assert not list(out.rglob("*.tmp"))
+    assert not any(p.exists() for p in leftovers) and not (out / ".baked.xyz789ab.tmp").exists()
+    assert [p.name for p in out.rglob("*.tmp")] == ["notes.tmp"]
 
 
 def test_an_output_that_is_a_file_is_refused_before_the_model_loads(image_folder, tmp_path, monkeypatch):
