@@ -45,7 +45,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     root = Path(tempfile.mkdtemp(prefix="loramix-slider-"))
-    state = AppState.create(root / "outputs", jobs=JobManager(lambda *a: None))
+    state = AppState.create(root / "outputs", jobs=JobManager(root / "jobs.db", lambda *a: None))
     base = ""
     if args.arch == "sd15":
         from bench.real_shapes import save_model

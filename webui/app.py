@@ -19,12 +19,14 @@ import gradio as gr
 from starlette.middleware import Middleware
 from starlette.responses import PlainTextResponse
 
+from loramix import writer
 from loramix.config import load_config
 from loramix.environment import check_environment
 from loramix.errors import LoramixError
 from loramix.lora_spec import parse_adapter_spec
 from loramix.mixer import PreviewRequest
 from loramix.runs import confine_config, drop_if_empty, new_run_folder
+from trainers.captions import captions_table
 from webui import mix_tab, train_tab
 from webui.state import AppState
 
@@ -49,7 +51,8 @@ def api_train(preset: str, data_dir: str, output_name: str, overrides: list[str]
         config = load_config(state.preset_path(preset), overrides=[
             f"dataset.data_dir={data_dir}", f"output.output_name={output_name}",
             f"output.output_dir={state.outputs / 'pending'}", *overrides])
-        config = confine_config(config, state.confinement)
+        config = confine_config(config, state.confinement, state.reserved_folders())
+        captions_table(config.dataset.data_dir, config.dataset.caption_extension, config.dataset.resolution)
         config.output.output_dir = str(new_run_folder(state.outputs, config.output.output_name))
         try:
             job = state.jobs.submit(config)
@@ -87,13 +90,12 @@ KEEP_PREVIEWS = 16
 
 def save_preview(image) -> str:
     """Save an API preview as a PNG in one temp folder that keeps only the newest KEEP_PREVIEWS files."""
-    PREVIEW_DIR.mkdir(exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=PREVIEW_DIR, prefix="preview-", suffix=".png", delete=False) as f:
-        image.save(f, format="PNG")
-    old = sorted(PREVIEW_DIR.glob("preview-*.png"), key=lambda p: p.stat().st_mtime)[:-KEEP_PREVIEWS]
-    for path in old:
-        path.unlink(missing_ok=True)
-    return f.name
+    import uuid
+
+    folder = writer.make_folder(PREVIEW_DIR)
+    path = writer.save_png(image, folder / f"preview-{uuid.uuid4().hex}.png", within=folder)
+    writer.prune_files(folder, "preview-*.png", KEEP_PREVIEWS)
+    return str(path)
 
 
 # ---- Host / Origin check (DNS rebinding) -------------------------------------------------------------
@@ -157,9 +159,9 @@ def build_app(state: AppState) -> gr.Blocks:
                 train = train_tab.build(state)
             with gr.Tab("Mix", id="mix"):
                 mix = mix_tab.build(state)
-        train.send_to_mix.click(mix_tab.send_to_mix(mix, state), {mix.count, *mix.files},
-                                [mix.count, *mix.files, *mix.rows], api_visibility="private").then(
-            lambda: gr.Tabs(selected="mix"), None, tabs, api_visibility="private")
+        train.send_to_mix.click(mix_tab.send_to_mix(mix, state, train.selected, train.message, tabs),
+                                {mix.count, *mix.files, train.selected},
+                                [mix.count, *mix.files, *mix.rows, train.message, tabs], api_visibility="private")
         show, inputs, outputs = train.first_view
         demo.load(show, inputs, outputs, api_visibility="private")  # the pre-filled folder's images at once
 
@@ -219,8 +221,49 @@ def main(argv=None) -> int:
     host = "0.0.0.0" if args.listen else "127.0.0.1"
     state = AppState.create(args.outputs, args.lora_dir, listen=args.listen, data_roots=args.data_root)
     demo = build_app(state).queue(default_concurrency_limit=2)
-    print(f"loramix is running on http://{'<this machine>' if args.listen else '127.0.0.1'}:{args.port} "
-          f"(outputs in {state.outputs}; Ctrl-C stops it)", flush=True)
-    demo.launch(server_name=host, server_port=args.port, auth=auth, quiet=True,
+    demo.launch(server_name=host, server_port=args.port, auth=auth, quiet=True, prevent_thread_lock=True,
                 **launch_kwargs(state, args.listen, tuple(args.allow_host)))
+    print(f"loramix is running on http://{'<this machine>' if args.listen else '127.0.0.1'}:{args.port} "
+          f"(outputs in {state.outputs}; Ctrl-C stops it: a running job stops after its step and can be resumed)",
+          flush=True)
+    restored = state.jobs.restored_queue
+    interrupted = state.jobs.store.interrupted_at_open
+    if restored:
+        print(f"{len(restored)} queued jobs from before the restart start now, in order (jobs "
+              f"{', '.join(map(str, restored))}).", flush=True)
+    if interrupted:
+        print(f"Jobs {', '.join(map(str, interrupted))} were running when loramix stopped; the Train tab lists them "
+              "as interrupted, with Resume.", flush=True)
+    serve_until_stopped(demo, state)
     return 0
+
+
+def serve_until_stopped(demo, state: AppState) -> None:
+    """Wait for Ctrl-C or SIGTERM; then stop the running job after its current step (it saves its state and is
+    marked interrupted) and close the server. A second Ctrl-C stops at once, with a sentence."""
+    import os
+    import signal
+    import threading
+
+    stop = threading.Event()
+
+    def on_signal(_signum, _frame):
+        if stop.is_set():
+            print("\nStopping at once: the running job is left interrupted at its last saved state (Resume it after "
+                  "the next start).", file=sys.stderr, flush=True)
+            os._exit(130)
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    while not stop.wait(0.5):
+        pass
+    running = state.jobs.current()
+    if running is not None and running.status == "running":
+        print(f"\nStopping: job {running.id} stops after its current step and saves its state (Ctrl-C again to stop "
+              "at once).", file=sys.stderr, flush=True)
+    job = state.jobs.shutdown()
+    if job is not None:
+        print(f"Job {job.id} is interrupted at step {job.step()}; Resume it from the Train tab after the next start.",
+              file=sys.stderr, flush=True)
+    demo.close()

@@ -1,13 +1,15 @@
 """Training jobs for the app: one runs at a time in a worker thread, the rest wait in a visible queue.
 
-A job collects the engine's events; any number of browser tabs read them by polling (a viewer never
-holds a worker slot). Cancel is the engine's cancel flag. Errors are caught here and kept as the
-engine's one-sentence message. Each job has its own run folder. No gradio in this module.
+Every job and every event it publishes are recorded in the job store (`loramix.job_store`, SQLite in
+outputs/loramix.db) the moment they exist, so the list survives a restart or a kill -9: a job that was running
+then is *interrupted* (resumable from its state file), and queued jobs start again by themselves, in order.
+Any number of browser tabs read a job by polling (a viewer never holds a worker slot). Cancel is the engine's
+cancel flag; `shutdown` stops the running job after its step (Ctrl-C, SIGTERM). Errors are caught here and kept
+as the engine's one-sentence message. No gradio in this module.
 """
 
 from __future__ import annotations
 
-import itertools
 import threading
 import time
 import traceback
@@ -17,16 +19,17 @@ from pathlib import Path
 from loramix.config import LoramixConfig
 from loramix.errors import LoramixError
 from loramix.events import CancelToken, TrainEvent
+from loramix.job_store import JobRecord, JobStore
 from loramix.runs import drop_if_empty
 
-KEEP_FINISHED = 20  # finished jobs kept in the list (the files stay on disk)
+FINISHED = ("done", "cancelled", "failed", "interrupted")
 
 
 @dataclass
 class Job:
     id: int
     config: LoramixConfig
-    status: str = "queued"  # queued | running | done | cancelled | failed | removed
+    status: str = "queued"  # queued | running | done | cancelled | failed | interrupted | removed
     events: list[TrainEvent] = field(default_factory=list)
     error: str = ""
     lora_path: Path | None = None
@@ -35,6 +38,7 @@ class Job:
     submitted: float = field(default_factory=time.time)
     started: float = 0.0
     finished: float = 0.0
+    stored_step: int = 0  # the last step the store recorded (before the events are read back)
 
     @property
     def active(self) -> bool:
@@ -53,7 +57,7 @@ class Job:
 
     def step(self) -> int:
         event = self.latest("step") or self.latest("start")
-        return event.step if event else 0
+        return event.step if event else self.stored_step
 
     def total(self) -> int:
         event = self.latest("step") or self.latest("start")
@@ -67,8 +71,8 @@ class Job:
         return [(p, e.step) for e in list(self.events) if e.kind == "sample" for p in e.paths]
 
     def resumable_state(self) -> Path | None:
-        """The state file to continue this job from, after a cancel, a crash or a NaN stop."""
-        if self.status not in ("cancelled", "failed"):
+        """The state file to continue this job from, after a cancel, a crash, a NaN stop or a server stop."""
+        if self.status not in ("cancelled", "failed", "interrupted"):
             return None
         state = self.folder / f"{self.name}-state.safetensors"
         return state if state.is_file() else None
@@ -82,17 +86,28 @@ def _same_work(a: LoramixConfig, b: LoramixConfig) -> bool:
     return da == db
 
 
-class JobManager:
-    """Owns the queue and the single worker thread."""
+def _job_of(record: JobRecord) -> Job:
+    return Job(record.id, record.config, record.status, error=record.error,
+               lora_path=Path(record.lora_path) if record.lora_path else None,
+               state_path=Path(record.state_path) if record.state_path else None, submitted=record.submitted,
+               started=record.started, finished=record.finished, stored_step=record.step)
 
-    def __init__(self, train_fn=None):
+
+class JobManager:
+    """Owns the queue, the single worker thread and the job store."""
+
+    def __init__(self, store: JobStore | str | Path, train_fn=None):
         if train_fn is None:
             from trainers.lora_trainer import train as train_fn
         self._train = train_fn
+        self.store = store if isinstance(store, JobStore) else JobStore(store)
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
-        self._ids = itertools.count(1)
-        self.jobs: list[Job] = []
+        self._stopping = False
+        self.jobs: list[Job] = [_job_of(r) for r in self.store.jobs()]
+        for job in self.jobs:  # the events of earlier jobs, as the app showed them
+            job.events = self.store.events(job.id)
+        self.restored_queue = [j.id for j in self.jobs if j.status == "queued"]
         self._worker = threading.Thread(target=self._run_forever, name="loramix-train", daemon=True)
         self._worker.start()
 
@@ -100,6 +115,8 @@ class JobManager:
         """Queue a job; a job identical to a queued or running one, or one into a busy folder, is refused."""
         config.validate()
         with self._lock:
+            if self._stopping:
+                raise LoramixError("The app is stopping; start the job again after the restart.")
             for other in self.jobs:
                 if not other.active:
                     continue
@@ -108,16 +125,17 @@ class JobManager:
                                        f"({other.folder}); change a setting or wait for it.")
                 if Path(other.config.output.output_dir).resolve() == Path(config.output.output_dir).resolve():
                     raise LoramixError(f"Job {other.id} already writes into {other.folder}; pick another folder.")
-            job = Job(next(self._ids), config)
+            record = self.store.add(config)
+            job = Job(record.id, config, submitted=record.submitted)
             self.jobs.append(job)
-            self._forget_old()
             self._wake.notify()
         return job
 
-    def _forget_old(self) -> None:
-        finished = [j for j in self.jobs if not j.active]
-        for job in finished[:-KEEP_FINISHED]:
-            self.jobs.remove(job)
+    def _set(self, job: Job, **values) -> None:
+        """Change a job in memory and in the store together."""
+        for key, value in values.items():
+            setattr(job, key, value)
+        self.store.update(job.id, **values)
 
     def current(self) -> Job | None:
         """The running job, else the next queued one, else the most recent one."""
@@ -134,11 +152,9 @@ class JobManager:
             return [j for j in self.jobs if j.status == "queued"]
 
     def listing(self) -> list[Job]:
-        """Running and queued jobs first (in order), then finished ones, newest first."""
+        """Every job but removed ones, newest first."""
         with self._lock:
-            active = [j for j in self.jobs if j.active]
-            done = [j for j in reversed(self.jobs) if not j.active and j.status != "removed"]
-            return active + done
+            return [j for j in reversed(self.jobs) if j.status != "removed"]
 
     def cancel(self, job_id: int | None = None) -> Job | None:
         """Stop a running job after its current step, or drop a queued one."""
@@ -147,22 +163,22 @@ class JobManager:
             job.cancel.cancel()
             with self._lock:
                 if job.status == "queued":
-                    job.status = "cancelled"
-                    job.finished = time.time()
+                    self._set(job, status="cancelled", finished=time.time())
         return job
 
     def remove(self, job_id: int) -> Job:
-        """Take a queued job out of the queue (its empty run folder goes too)."""
+        """Take a queued job out of the queue (its empty run folder goes too), or a finished one off the list
+        (its files stay in its run folder)."""
         job = self.get(job_id)
-        if job is None:
+        if job is None or job.status == "removed":
             raise LoramixError(f"There is no job {job_id}.")
         with self._lock:
-            if job.status != "queued":
-                raise LoramixError(f"Job {job_id} is {job.status}; only a queued job can be removed (cancel a "
-                                   "running one).")
-            job.status = "removed"
-            job.finished = time.time()
-        drop_if_empty(job.folder)
+            if job.status == "running":
+                raise LoramixError(f"Job {job_id} is running; cancel it first.")
+            was_queued = job.status == "queued"
+            self._set(job, status="removed", finished=job.finished or time.time())
+        if was_queued:
+            drop_if_empty(job.folder)
         return job
 
     def get(self, job_id: int | None) -> Job | None:
@@ -175,26 +191,50 @@ class JobManager:
             time.sleep(0.05)
         return job
 
+    def shutdown(self, timeout: float | None = None) -> Job | None:
+        """Stop taking jobs; the running one stops after its current step, saves its state and is marked
+        interrupted (queued jobs stay queued for the next start). Returns the job that was running."""
+        with self._lock:
+            self._stopping = True
+            running = next((j for j in self.jobs if j.status == "running"), None)
+            self._wake.notify_all()
+        if running is not None:
+            running.cancel.cancel()
+            deadline = None if timeout is None else time.time() + timeout
+            while running.status == "running" and (deadline is None or time.time() < deadline):
+                time.sleep(0.05)
+        return running
+
     def _run_forever(self) -> None:
         while True:
             with self._lock:
-                while not any(j.status == "queued" for j in self.jobs):
+                while self._stopping or not any(j.status == "queued" for j in self.jobs):
                     self._wake.wait()
                 job = next(j for j in self.jobs if j.status == "queued")
-                job.status, job.started = "running", time.time()
+                self._set(job, status="running", started=time.time())
             self._run(job)
 
-    def _run(self, job: Job) -> None:
+    def _record(self, job: Job, event: TrainEvent) -> None:
+        job.events.append(event)
         try:
-            result = self._train(job.config, job.events.append, job.cancel)
-            job.lora_path = result.lora_path
-            job.state_path = getattr(result, "state_path", None)
-            job.status = "cancelled" if result.cancelled else "done"
+            self.store.add_event(job.id, len(job.events) - 1, event)
+        except Exception:  # the job list failing to record must not stop the training
+            traceback.print_exc()
+
+    def _run(self, job: Job) -> None:
+        values: dict = {}
+        try:
+            result = self._train(job.config, lambda event: self._record(job, event), job.cancel)
+            values = dict(lora_path=result.lora_path, state_path=getattr(result, "state_path", None),
+                          status="cancelled" if result.cancelled else "done")
+            if result.cancelled and self._stopping:
+                values["status"] = "interrupted"
         except LoramixError as e:
-            job.error, job.status = str(e), "failed"
+            values = dict(error=str(e), status="failed")
         except Exception as e:  # the error boundary: the app stays up and shows what happened
-            job.error = f"Training crashed: {type(e).__name__}: {e}. Details are in the server log."
-            job.status = "failed"
+            values = dict(error=f"Training crashed: {type(e).__name__}: {e}. Details are in the server log.",
+                          status="failed")
             traceback.print_exc()
         finally:
-            job.finished = time.time()
+            values["finished"] = time.time()
+            self._set(job, **values)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 import random
-import shutil
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -21,11 +20,11 @@ import gradio as gr
 from loramix.adapter_info import adapter_info
 from loramix.block_weights import BLOCK_IDS, LAYOUTS, PRESET_NAMES, format_block_weights, parse_block_weights
 from loramix.errors import LoramixError
-from loramix.lora_io import save_lora
-from loramix.merge import merge_concat, merge_svd
+from loramix.merge import save_blend
 from loramix.mix_preset import load_mix_preset, mix_preset_metadata, preset_from_mixer, save_mix_preset
 from loramix.mixer import SAMPLERS, PreviewRequest, check_bake_target
 from loramix.paths import plain_name
+from loramix.writer import check_target, make_folder, write_zip
 from loramix.xy_grid import Axis, xy_grid
 from webui.state import AppState
 
@@ -201,13 +200,14 @@ def make_grid(state: AppState, v: MixValues, x_choice: str, x_text: str, y_choic
     return image, f"Grid done: {len(x.values)} × {len(y.values)} images."
 
 
-def save_mix(state: AppState, v: MixValues, name: str) -> str:
+def save_mix(state: AppState, v: MixValues, name: str, replace: bool = False) -> str:
     """Save the blend (files, weights, block weights, on/off) as a small TOML mix preset in outputs/mixes."""
     name = plain_name("Mix name", (name or "").strip())
-    target = state.confinement.writable("Mix name", state.outputs / "mixes" / f"{name}.toml")
+    mixes = make_folder(state.outputs / "mixes", within=state.outputs)
+    target = check_target(mixes / f"{name}.toml", replace=bool(replace), within=mixes, field="Mix name")
     with state.mixer_lock:
         mixer, _ = blended(state, v)
-        save_mix_preset(target, preset_from_mixer(mixer))
+        save_mix_preset(target, preset_from_mixer(mixer), replace=bool(replace), within=mixes, field="Mix name")
     return f"Saved mix {name} ({len(v.rows)} adapters) to {target}."
 
 
@@ -229,20 +229,14 @@ def load_mix(state: AppState, name: str) -> tuple[int, list[tuple[str | None, fl
 def export_blend(state: AppState, v: MixValues, name: str, rank: int, precision: str, replace: bool):
     """Write the enabled adapters as one LoRA file in the LoRA folder; an existing file needs `replace`."""
     name = plain_name("Export name", (name or "").strip())
-    target = state.confinement.writable("Export name", state.lora_dir / f"{name}.safetensors")
-    if target.exists() and not replace:
-        raise LoramixError(f"Export: {target.name} already exists in {state.lora_dir}; pick another name or tick "
-                           "replace.")
+    rules = dict(replace=bool(replace), within=state.lora_dir, field="Export name")
+    path = check_target(state.lora_dir / f"{name}.safetensors", **rules)  # before the merge's work
     with state.mixer_lock:
         mixer, _ = blended(state, v)
         sources = mixer.sources()
         recorded = mix_preset_metadata(preset_from_mixer(mixer))
-    if not sources:
-        raise LoramixError("Export: enable at least one adapter.")
     rank = int(rank or 0)
-    adapter, report = merge_svd(sources, rank) if rank else merge_concat(sources)
-    adapter.metadata.update(recorded)
-    path = save_lora(target, adapter, precision)
+    adapter, report = save_blend(sources, path, rank=rank, precision=precision, recipe=recorded, **rules)
     note = f" Relative error {report.relative_error:.4f}." if rank else " Exact."
     return str(path), f"Saved {path.name}: {len(adapter.layers)} layers.{note}"
 
@@ -250,12 +244,14 @@ def export_blend(state: AppState, v: MixValues, name: str, rank: int, precision:
 def bake_blend(state: AppState, v: MixValues, name: str, replace: bool):
     """Fuse the blend into the base model as a folder under outputs/baked (replace only a loramix bake)."""
     name = plain_name("Bake name", (name or "").strip())
-    folder = state.confinement.writable("Bake name", state.outputs / "baked" / name)
-    check_bake_target(folder, replace=bool(replace))
+    baked = make_folder(state.outputs / "baked", within=state.outputs)
+    folder, archive = baked / name, baked / f"{name}.zip"
+    check_bake_target(folder, replace=bool(replace), within=baked)
+    check_target(archive, replace=bool(replace), within=baked, field="Bake name")  # before the bake's work
     with state.mixer_lock:
         mixer, _ = blended(state, v)
-        folder = mixer.bake(folder, replace=bool(replace))
-    archive = Path(shutil.make_archive(str(folder), "zip", folder))
+        folder = mixer.bake(folder, replace=bool(replace), within=baked)
+    archive = write_zip(archive, folder, replace=bool(replace), within=baked, field="Bake name")
     return str(archive), f"Baked into {folder} (download the zip, or load the folder as a base model)."
 
 
@@ -357,10 +353,11 @@ def _mix_preset_panel(state: AppState):
     with gr.Accordion("Mix presets", open=False):
         with gr.Row(equal_height=True):
             name = gr.Textbox(label="Save blend as", placeholder="my-mix", elem_id="mix-preset-name")
+            replace = gr.Checkbox(False, label="Replace a saved mix of that name", elem_id="mix-preset-replace")
             save = gr.Button("Save mix", elem_id="mix-preset-save")
             saved = gr.Dropdown(mix_names(state), label="Saved mixes", interactive=True, elem_id="mix-preset-list")
             load = gr.Button("Load mix", elem_id="mix-preset-load")
-    return name, save, saved, load
+    return name, replace, save, saved, load
 
 
 def _export_panel():
@@ -398,7 +395,7 @@ def build(state: AppState) -> MixTab:
             image = gr.ImageSlider(label="Before (all adapters off) / after", type="pil", format="png",
                                    elem_id="mix-image", height=340)
     lbw_row, lbw_layout, lbw_read, lbw_write, lbw_sliders = _block_editor_panel()
-    mix_name, mix_save, mix_saved, mix_load = _mix_preset_panel(state)
+    mix_name, mix_replace, mix_save, mix_saved, mix_load = _mix_preset_panel(state)
     grid_x, grid_x_values, grid_y, grid_y_values, grid_button, grid_image = _grid_panel()
     export_name, export_rank, export_precision, replace, export_button, bake_button, download = _export_panel()
     tab = MixTab(base, files, weights, enabled, blocks, cards, count, rows, request)
@@ -448,7 +445,7 @@ def _wire(state: AppState, tab: MixTab, w: dict) -> None:
         concurrency_limit=1, concurrency_id="preview", **private)
 
     def on_save_mix(raw):
-        message = save_mix(state, tab.values(raw), raw[w["mix_name"]])
+        message = save_mix(state, tab.values(raw), raw[w["mix_name"]], raw[w["mix_replace"]])
         return gr.update(choices=mix_names(state), value=raw[w["mix_name"]]), message
 
     def on_load_mix(name):
@@ -488,7 +485,8 @@ def _wire(state: AppState, tab: MixTab, w: dict) -> None:
                         **private)
     w["lbw_write"].click(on_write, {w["lbw_row"], w["lbw_layout"], *w["lbw_sliders"]}, [*tab.blocks, w["status"]],
                          **private)
-    w["mix_save"].click(guarded(on_save_mix, (gr.skip(),)), inputs | {w["mix_name"]}, [w["mix_saved"], w["status"]],
+    w["mix_save"].click(guarded(on_save_mix, (gr.skip(),)), inputs | {w["mix_name"], w["mix_replace"]},
+                        [w["mix_saved"], w["status"]],
                         concurrency_limit=1, concurrency_id="preview", **private)
     w["mix_load"].click(load_or_say, w["mix_saved"],
                         [tab.count, w["status"], *tab.files, *tab.weights, *tab.enabled, *tab.blocks, *tab.rows],
@@ -526,7 +524,7 @@ def _wire(state: AppState, tab: MixTab, w: dict) -> None:
 
     def on_upload(uploaded):
         try:
-            state.import_files([getattr(f, "name", f) for f in uploaded or []], state.lora_dir, (".safetensors",))
+            state.import_files([getattr(f, "name", f) for f in uploaded or []], (".safetensors",), state.lora_dir)
         except LoramixError as e:
             return [*on_refresh(), f"⚠ {e}"]
         return [*on_refresh(), ""]
@@ -542,16 +540,21 @@ def _wire(state: AppState, tab: MixTab, w: dict) -> None:
     w["upload"].upload(on_upload, w["upload"], [*tab.files, w["status"]], **private)
 
 
-def send_to_mix(tab: MixTab, state: AppState):
-    """Handler for the Train tab's button: the newest finished LoRA goes into the first empty row."""
+def send_to_mix(tab: MixTab, state: AppState, selected, message, tabs):
+    """Handler for the Train tab's button: the LoRA of the job that tab shows goes into the first empty row, and
+    the Mix tab opens; a job without a LoRA file says so beside the button and the Train tab stays."""
+    from webui.train_tab import finished_lora, shown_job
+
     def handler(raw):
-        job = state.jobs.current()
-        path = job.lora_path if job and job.status in ("done", "cancelled") else None
-        if not path:
-            return {tab.count: raw[tab.count]}
+        job = shown_job(state, raw[selected])
+        path = finished_lora(job)
+        if path is None:
+            why = "no job yet" if job is None else f"job {job.id} is {job.status} and has no LoRA file yet"
+            return {message: f"⚠ Send to Mix: {why}.", tabs: gr.skip()}
         count, files = place_in_rows([raw[f] for f in tab.files], raw[tab.count], str(Path(path).resolve()))
         listed = adapter_choices(state)
-        out = {tab.count: count}
+        out = {tab.count: count, message: f"Sent {Path(path).name} (job {job.id}) to the Mix tab.",
+               tabs: gr.Tabs(selected="mix")}
         for f, value in zip(tab.files, files):
             out[f] = gr.update(choices=listed, value=value)
         for i, row in enumerate(tab.rows):

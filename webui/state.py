@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-import shutil
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from loramix import writer
 from loramix.errors import LoramixError
 from loramix.mixer import Mixer
-from loramix.paths import Confinement, is_within
+from loramix.paths import Confinement
+from loramix.runs import clean_app_folders
 from webui.jobs import JobManager
+
+APP_FOLDERS = ("presets", "mixes", "loras", "uploads", "baked")  # under outputs; never a run folder
 
 REPO = Path(__file__).resolve().parents[1]
 EMBEDDED = REPO / "loramix" / "embedded"
@@ -32,17 +35,25 @@ class AppState:
     def create(cls, outputs: str | Path = "outputs", lora_dir: str | Path = "", *, listen: bool = False,
                data_roots: list[str | Path] = (), jobs: JobManager | None = None) -> AppState:
         """Folders are made if missing. With `listen`, reading is limited to the app's folders and `data_roots`."""
-        outputs = Path(outputs).expanduser().resolve()
-        lora_dir = Path(lora_dir).expanduser().resolve() if lora_dir else outputs / "loras"
-        for folder in (outputs, lora_dir, outputs / "presets"):
-            folder.mkdir(parents=True, exist_ok=True)
+        outputs = writer.make_folder(outputs)
+        lora_dir = writer.make_folder(lora_dir) if lora_dir else writer.make_folder(outputs / "loras", within=outputs)
+        for name in APP_FOLDERS:
+            writer.make_folder(outputs / name, within=outputs)
+        clean_app_folders(outputs, [lora_dir, *(outputs / name for name in APP_FOLDERS)])
         confinement = Confinement([outputs, lora_dir],
                                   read_roots=[Path(r) for r in data_roots] if listen else None,
                                   extra_read=[EMBEDDED, REPO / "presets"])
-        return cls(outputs, lora_dir, confinement, jobs=jobs or JobManager(),
+        return cls(outputs, lora_dir, confinement, jobs=jobs or JobManager(outputs / "loramix.db"),
                    preset_dirs=[REPO / "presets", outputs / "presets"])
 
+    def reserved_folders(self) -> list[Path]:
+        """The app's own folders under outputs: never a run folder."""
+        return [self.outputs / name for name in APP_FOLDERS] + [self.lora_dir]
+
     # ---- presets -----------------------------------------------------------------------------
+    def shipped_presets(self) -> set[str]:
+        return {p.stem.casefold() for p in self.preset_dirs[0].glob("*.toml")}
+
     def presets(self) -> dict[str, Path]:
         found = {}
         for folder in self.preset_dirs:
@@ -77,30 +88,25 @@ class AppState:
             raise LoramixError(f"{field_name}: {Path(path).name!r} is not a .safetensors file.")
         return resolved
 
-    def import_files(self, paths: list[str], folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
-        """Copy uploaded files (gradio's own temp files) into one of the app's folders, by plain name only."""
+    def import_files(self, paths: list[str], suffixes: tuple[str, ...], folder: Path | None = None) -> list[Path]:
+        """Copy uploaded files (gradio's own temp files) by plain name only into `folder` (one of the app's), or
+        into a new folder of their own under outputs/uploads, claimed with mkdir so that two uploads in one second
+        never share one. An existing file is never replaced."""
         from loramix.paths import plain_name
 
-        self.confinement.writable("upload", folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        out = []
-        for path in paths:
+        checked = []
+        for path in paths:  # every name checked before anything is written
             source = Path(path)
             name = plain_name("upload", source.name)
             if source.suffix.lower() not in suffixes:
                 raise LoramixError(f"upload: {name} is not one of {', '.join(suffixes)}.")
-            target = folder / name
-            if target.exists():
-                raise LoramixError(f"upload: {target} already exists; rename the file or delete the old one.")
-            shutil.copyfile(source, target)
-            out.append(target)
-        return out
-
-    def is_upload(self, path: str) -> bool:
-        return is_within(path, [self.outputs / "uploads"])
-
-    def upload_folder(self) -> Path:
-        return self.outputs / "uploads" / time.strftime("%Y%m%d-%H%M%S")
+            checked.append((source, name))
+        if folder is None:
+            uploads = self.outputs / "uploads"
+            folder = writer.claim_folder(uploads, time.strftime("%Y%m%d-%H%M%S"), within=uploads, field="upload")
+        else:
+            folder = self.confinement.writable("upload", folder)
+        return [writer.copy_file(source, folder / name, within=folder, field="upload") for source, name in checked]
 
     # ---- mixer -------------------------------------------------------------------------------
     def mixer(self, base: str) -> Mixer:

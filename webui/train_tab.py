@@ -1,7 +1,9 @@
-"""The Train tab: dataset, preset, the config form, start/cancel/resume, the queue and the live view.
+"""The Train tab: dataset, preset, the config form, start/cancel/resume, the job list and the view of one job.
 
-Every open tab polls the job state with a `gr.Timer` (a viewer never holds a worker slot). Handlers
-are plain functions of the app state and a dict of values, testable without a browser.
+Every open tab polls the job state with a `gr.Timer` (a viewer never holds a worker slot). Each tab shows the
+job it selected (or, until it selects one, the job it first saw, then keeps it: a job started elsewhere never
+takes a tab's view away). Cancel, Remove, Resume and Send to Mix act on that job. Handlers are plain functions
+of the app state and a dict of values, testable without a browser.
 """
 
 from __future__ import annotations
@@ -15,11 +17,11 @@ import gradio as gr
 import pandas as pd
 from PIL import Image
 
-from loramix.atomic import write_text
 from loramix.config import LoramixConfig, load_config, to_toml, with_absolute_folders
 from loramix.errors import LoramixError
 from loramix.paths import plain_name
 from loramix.runs import check_run_folder, confine_config, drop_if_empty, new_run_folder
+from loramix.writer import check_target, make_folder, write_text
 from trainers.captions import captions_table, save_captions
 from trainers.dataset import load_image
 from webui import bindings
@@ -30,7 +32,7 @@ POLL_S = 1.0
 THUMB = 160
 MAX_THUMBS = 200
 STATUS = {"queued": "Queued", "running": "Training", "done": "Done", "cancelled": "Cancelled", "failed": "Failed",
-          "removed": "Removed"}
+          "interrupted": "Interrupted", "removed": "Removed"}
 
 
 @dataclass
@@ -39,6 +41,8 @@ class TrainTab:
     output_file: gr.File
     send_to_mix: gr.Button
     timer: gr.Timer
+    selected: gr.State  # this tab's job id
+    message: gr.Markdown  # the sentence beside Start / Cancel / Resume / Send to Mix
 
 
 def _fmt_time(seconds: float | None) -> str:
@@ -58,18 +62,30 @@ def progress_html(job: Job | None, state: AppState) -> str:
     queue = f" · {waiting} more queued" if waiting > 0 else ""
     rate = f" · {step.steps_per_s:.2f} steps/s · ETA {_fmt_time(step.eta_s)}" if step and job.active else ""
     bar = f"<progress value='{done}' max='{max(total, 1)}' style='width:100%'></progress>"
+    why = f" · {html.escape(job.error)}" if job.error and job.status == "failed" else ""
+    if job.status == "interrupted":
+        why = " · the server stopped during this run" + (": Resume continues it" if job.resumable_state() else "")
     return (f"<div id='train-progress'><b>{STATUS[job.status]}</b> job {job.id} "
-            f"({html.escape(job.name)} in {html.escape(str(job.folder))}): step {done}/{total}{rate}{queue}{bar}</div>")
+            f"({html.escape(job.name)} in {html.escape(str(job.folder))}): step {done}/{total}{rate}{queue}{why}"
+            f"{bar}</div>")
 
 
-def queue_html(state: AppState) -> str:
+def queue_html(state: AppState, selected: int | None = None) -> str:
     jobs = state.jobs.listing()
     if not jobs:
-        return "<div id='train-queue'><i>The queue is empty.</i></div>"
-    rows = "".join(f"<tr><td>{j.id}</td><td>{STATUS[j.status]}</td><td>{j.step()}/{j.total()}</td>"
+        return "<div id='train-queue'><i>No jobs yet.</i></div>"
+    mark = {True: " class='selected'", False: ""}
+    rows = "".join(f"<tr{mark[j.id == selected]}><td>{j.id}</td>"
+                   f"<td>{STATUS[j.status]}</td><td>{j.step()}/{j.total()}</td>"
                    f"<td>{html.escape(str(j.folder))}</td></tr>" for j in jobs[:12])
+    more = f"<i>… and {len(jobs) - 12} earlier jobs (pick them under Job).</i>" if len(jobs) > 12 else ""
     return ("<div id='train-queue'><table><tr><th>job</th><th>status</th><th>step</th><th>run folder</th></tr>"
-            f"{rows}</table></div>")
+            f"{rows}</table>{more}</div>")
+
+
+def job_choices(state: AppState) -> list[tuple[str, int]]:
+    """Every job, newest first, as (label, id) for the job picker."""
+    return [(f"{j.id} · {STATUS[j.status]} · {j.name} ({j.step()}/{j.total()})", j.id) for j in state.jobs.listing()]
 
 
 def log_text(job: Job | None) -> str:
@@ -123,20 +139,35 @@ def view_signature(job: Job | None) -> tuple:
     return (job.id, job.status, len(job.events), job.error) if job else ()
 
 
-def poll(state: AppState, last: tuple | None):
-    """One tick of a tab's live view: (progress, queue, plot, samples, log, output, resume button, signature).
+def shown_job(state: AppState, selected: int | None) -> Job | None:
+    """The job a tab shows: the one it selected, else the current one (which the tab then keeps)."""
+    job = state.jobs.get(selected) if selected is not None else None
+    if job is None or job.status == "removed":
+        job = state.jobs.current()
+    return job
 
-    Only the cheap parts are sent when nothing changed since this tab's last tick.
-    """
-    job = state.jobs.current()
+
+def finished_lora(job: Job | None) -> Path | None:
+    """The LoRA file a job left (its last checkpoint after a cancel or a stop), if it is on disk."""
+    if job is None or job.active or not job.lora_path:
+        return None
+    return job.lora_path if Path(job.lora_path).is_file() else None
+
+
+def poll(state: AppState, selected: int | None, last: tuple | None):
+    """One tick of a tab's view: (progress, queue, job picker, plot, samples, log, output, resume button,
+    selected job, signature). Only the cheap parts are sent when nothing changed since this tab's last tick."""
+    job = shown_job(state, selected)
+    selected = job.id if job else None
     signature = view_signature(job)
-    progress, queue = progress_html(job, state), queue_html(state)
-    resumable = job is not None and job.resumable_state() is not None
-    resume = gr.update(visible=resumable)
+    progress, queue = progress_html(job, state), queue_html(state, selected)
+    picker = gr.update(choices=job_choices(state), value=selected)
+    resume = gr.update(visible=job is not None and job.resumable_state() is not None)
     if signature == last:
-        return progress, queue, gr.skip(), gr.skip(), gr.skip(), gr.skip(), resume, last
-    output = str(job.lora_path) if job and job.status in ("done", "cancelled") and job.lora_path else None
-    return progress, queue, loss_frame(job), sample_gallery(job), log_text(job), output, resume, signature
+        return progress, queue, picker, gr.skip(), gr.skip(), gr.skip(), gr.skip(), resume, selected, last
+    lora = finished_lora(job)
+    return (progress, queue, picker, loss_frame(job), sample_gallery(job), log_text(job),
+            str(lora) if lora else None, resume, selected, signature)
 
 
 # ---- dataset ---------------------------------------------------------------------------------------
@@ -153,7 +184,7 @@ def show_images(state: AppState, folder: str, ext: str, resolution: int | float 
     if not (folder or "").strip():
         return [], empty, ""
     try:
-        folder = str(state.confinement.readable("dataset.data_dir", folder))
+        folder = str(state.confinement.readable_folder("dataset.data_dir", folder))
         table, warnings = captions_table(folder, ext, int(resolution or 512))
     except (LoramixError, ValueError) as e:
         return [], empty, f"⚠ {e}"
@@ -174,7 +205,7 @@ def warning_lines(warnings: list[str], shown: int = 5) -> list[str]:
 def write_captions(state: AppState, table, folder: str, ext: str) -> str:
     rows = table.values.tolist() if hasattr(table, "values") else list(table or [])
     try:
-        folder = str(state.confinement.readable("dataset.data_dir", folder))
+        folder = str(state.confinement.readable_folder("dataset.data_dir", folder))
         written = save_captions(folder, ext, [(r[0], r[1]) for r in rows])
     except LoramixError as e:
         return f"⚠ {e}"
@@ -204,7 +235,7 @@ def job_config(state: AppState, form: dict, values: dict) -> LoramixConfig:
     values[name_box] = plain_name("output.output_name", name)
     chosen = str(values[dir_box] or "").strip()
     values[dir_box] = chosen or str(state.outputs / values[name_box])
-    config = confine_config(bindings.to_config(form, values), state.confinement)
+    config = confine_config(bindings.to_config(form, values), state.confinement, state.reserved_folders())
     if chosen:
         check_run_folder(config)
     else:
@@ -212,63 +243,87 @@ def job_config(state: AppState, form: dict, values: dict) -> LoramixConfig:
     return config
 
 
-def start_job(state: AppState, form: dict, values: dict) -> str:
+def check_data_folder(state: AppState, values: dict, form: dict) -> None:
+    """Refuse at Start, before a run folder is made, a data folder the page flags: the same scan and sentence."""
+    folder = str(values[form["dataset.data_dir"]] or "").strip()
+    if not folder:
+        raise LoramixError("dataset.data_dir: give the folder of training images.")
+    try:
+        folder = str(state.confinement.readable_folder("dataset.data_dir", folder))
+        captions_table(folder, values[form["dataset.caption_extension"]], int(values[form["dataset.resolution"]] or 512))
+    except ValueError as e:
+        raise LoramixError(f"dataset.data_dir: {e}") from e
+
+
+def start_job(state: AppState, form: dict, values: dict) -> tuple[str, int | None]:
+    """(the sentence to show, the new job's id or None)."""
     config = None
     try:
+        check_data_folder(state, values, form)
         config = job_config(state, form, values)
         ahead = state.jobs.current()
         job = state.jobs.submit(config)
     except LoramixError as e:
         if config is not None and not str(values[form["output.output_dir"]] or "").strip():
             drop_if_empty(config.output.output_dir)
-        return f"⚠ {e}"
+        return f"⚠ {e}", None
     if ahead is not None and ahead.active:
-        return f"Job {job.id} is queued in {job.folder}: it starts when job {ahead.id} ends."
-    return f"Job {job.id} started in {job.folder}."
+        return f"Job {job.id} is queued in {job.folder}: it starts when job {ahead.id} ends.", job.id
+    return f"Job {job.id} started in {job.folder}.", job.id
 
 
-def resume_job(state: AppState) -> str:
-    """Continue the latest cancelled, crashed or NaN-stopped run in its own folder."""
-    job = state.jobs.current()
+def resume_job(state: AppState, job_id: int | None) -> tuple[str, int | None]:
+    """Continue the selected cancelled, crashed, NaN-stopped or interrupted run in its own folder."""
+    job = shown_job(state, job_id)
     stored = job.resumable_state() if job else None
     if stored is None:
-        return "⚠ Resume: there is no cancelled or stopped run with a saved state."
+        return "⚠ Resume: this job is not a cancelled or stopped run with a saved state.", None
     config = copy.deepcopy(job.config)
     config.train.resume_from = str(stored)
     try:
         new = state.jobs.submit(config)
     except LoramixError as e:
-        return f"⚠ {e}"
-    return f"Job {new.id} resumes job {job.id} from its saved state in {job.folder}."
+        return f"⚠ {e}", None
+    return f"Job {new.id} resumes job {job.id} from its saved state in {job.folder}.", new.id
 
 
 def cancel_job(state: AppState, job_id: int | None) -> str:
-    job = state.jobs.cancel(int(job_id) if job_id else None)
-    if job is None:
-        return "Nothing to cancel."
+    job = shown_job(state, job_id)
+    if job is None or not job.active:
+        return f"Job {job.id} is {STATUS[job.status].lower()}; nothing to cancel." if job else "Nothing to cancel."
+    state.jobs.cancel(job.id)
     return f"Cancelled job {job.id} ({job.folder})" + (": it stops after this step." if job.status == "running" else ".")
 
 
-def remove_job(state: AppState, job_id: int | None) -> str:
-    if not job_id:
-        return "⚠ Remove: type the number of a queued job."
+def remove_job(state: AppState, job_id: int | None) -> tuple[str, None]:
+    """Take the selected job off the list (a queued one out of the queue); its files stay on disk."""
+    job = shown_job(state, job_id)
+    if job is None:
+        return "⚠ Remove: there is no job.", None
     try:
-        job = state.jobs.remove(int(job_id))
+        state.jobs.remove(job.id)
     except LoramixError as e:
-        return f"⚠ {e}"
-    return f"Removed job {job.id} from the queue."
+        return f"⚠ {e}", job.id
+    return f"Removed job {job.id} from the list; its files stay in {job.folder}.", None
 
 
-def save_as_preset(state: AppState, form: dict, name: str, values: dict):
+def save_as_preset(state: AppState, form: dict, name: str, values: dict, replace: bool = False):
+    """Save the form as a user preset in outputs/presets; a shipped preset's name is refused (it could never be
+    selected), and an existing user preset is replaced only with `replace`."""
     try:
         name = plain_name("Save as preset", (name or "").strip())
+        if name.casefold() in state.shipped_presets():
+            raise LoramixError(f"Save as preset: {name!r} is the name of a preset that ships with loramix; pick "
+                               "another name.")
         config = bindings.to_config(form, {**values, form["output.output_name"]: "preset",
                                            form["output.output_dir"]: ""})
+        config.output.output_name, config.output.output_dir = LoramixConfig().output.output_name, ""
+        presets = make_folder(state.outputs / "presets", within=state.outputs)
+        rules = dict(replace=bool(replace), within=presets, field="Save as preset")
+        target = check_target(presets / f"{name}.toml", **rules)
+        write_text(target, to_toml(with_absolute_folders(config), only_changed=True), **rules)
     except LoramixError as e:
         return f"⚠ {e}", gr.skip()
-    config.output.output_name, config.output.output_dir = LoramixConfig().output.output_name, ""
-    target = state.outputs / "presets" / f"{name}.toml"
-    write_text(target, to_toml(with_absolute_folders(config), only_changed=True))
     return f"Saved preset {name}.", gr.update(choices=list(state.presets()), value=name)
 
 
@@ -284,15 +339,17 @@ def _dataset_panel():
     return upload, thumbs, notes, captions, save
 
 
-def _queue_panel():
+def _jobs_panel():
     with gr.Row(equal_height=True):
-        queue = gr.HTML("<div id='train-queue'><i>The queue is empty.</i></div>")
-        with gr.Column(scale=0, min_width=220):
-            job_id = gr.Number(label="Job", precision=0, value=None, elem_id="train-job-id")
+        queue = gr.HTML("<div id='train-queue'><i>No jobs yet.</i></div>")
+        with gr.Column(scale=0, min_width=260):
+            picker = gr.Dropdown([], label="Job", info="The job this tab shows; the buttons act on it.",
+                                 interactive=True, elem_id="train-job-pick")
             with gr.Row():
-                cancel_one = gr.Button("Cancel job", size="sm", elem_id="train-cancel-job")
-                remove_one = gr.Button("Remove", size="sm", elem_id="train-remove-job")
-    return queue, job_id, cancel_one, remove_one
+                cancel = gr.Button("Cancel", variant="stop", size="sm", elem_id="train-cancel")
+                remove = gr.Button("Remove", size="sm", elem_id="train-remove-job")
+                resume = gr.Button("Resume", visible=False, size="sm", elem_id="train-resume")
+    return queue, picker, cancel, remove, resume
 
 
 def build(state: AppState) -> TrainTab:
@@ -304,17 +361,19 @@ def build(state: AppState) -> TrainTab:
                                      label="Preset", info="Fills every field below; your edits come after.",
                                      interactive=True, scale=3)
                 preset_name = gr.Textbox(label="Save as preset", placeholder="my-preset", scale=2)
-                save_preset = gr.Button("Save preset", scale=1)
+                with gr.Column(scale=1, min_width=140):
+                    preset_replace = gr.Checkbox(False, label="replace", elem_id="train-preset-replace")
+                    save_preset = gr.Button("Save preset", elem_id="train-preset-save")
+            preset_message = gr.Markdown(elem_id="train-preset-message")
             form = bindings.build_form(preset_config(state, preset.value))
-            error = gr.Markdown(elem_id="train-error")
             with gr.Row():
                 start = gr.Button("Start training", variant="primary", elem_id="train-start")
-                cancel = gr.Button("Cancel", variant="stop", elem_id="train-cancel")
-                resume = gr.Button("Resume", visible=False, elem_id="train-resume")
+            error = gr.Markdown(elem_id="train-error")
         with gr.Column(scale=2):
             upload, thumbs, notes, captions, save_captions_button = _dataset_panel()
+            captions_message = gr.Markdown(elem_id="train-captions-message")
     progress = gr.HTML(progress_html(None, state))
-    queue, job_id, cancel_one, remove_one = _queue_panel()
+    queue, picker, cancel, remove, resume = _jobs_panel()
     with gr.Row():
         plot = gr.LinePlot(x="step", y="loss", color="series", title="Loss", height=260, elem_id="train-loss",
                            color_map={"raw": "#c7d2fe", "smoothed": "#1d4ed8"})
@@ -324,20 +383,21 @@ def build(state: AppState) -> TrainTab:
         with gr.Column():
             output_file = gr.File(label="Trained LoRA", elem_id="train-output", interactive=False)
             send = gr.Button("Send to Mix", elem_id="send-to-mix")
+            send_message = gr.Markdown(elem_id="train-send-message")
     timer = gr.Timer(POLL_S)
-    seen = gr.State(None)
+    seen, selected = gr.State(None), gr.State(None)
 
     data_dir, ext, res = form["dataset.data_dir"], form["dataset.caption_extension"], form["dataset.resolution"]
     private = dict(api_visibility="private")
-    live = [progress, queue, plot, samples, log, output_file, resume, seen]
-    timer.tick(lambda last: poll(state, last), seen, live, show_progress="hidden", concurrency_limit=None,
-               **private)
+    live = [progress, queue, picker, plot, samples, log, output_file, resume, selected, seen]
+    timer.tick(lambda chosen, last: poll(state, chosen, last), [selected, seen], live, show_progress="hidden",
+               concurrency_limit=None, **private)
 
     def take_upload(files):
         if not files:
             return gr.skip(), ""
         try:
-            paths = state.import_files([getattr(f, "name", f) for f in files], state.upload_folder(),
+            paths = state.import_files([getattr(f, "name", f) for f in files],
                                        (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".txt", ".caption"))
         except LoramixError as e:
             return gr.skip(), f"⚠ {e}"
@@ -346,21 +406,36 @@ def build(state: AppState) -> TrainTab:
     def show(folder, e, resolution):
         return show_images(state, folder, e, resolution)
 
+    def pick(job_id):  # a new choice: show that job now, not at the next tick
+        return job_id, None
+
     for event in (data_dir.blur, data_dir.submit):
         event(show, [data_dir, ext, res], [thumbs, captions, notes], **private)
-    upload.upload(take_upload, upload, [data_dir, error], **private).then(
+    upload.upload(take_upload, upload, [data_dir, captions_message], **private).then(
         show, [data_dir, ext, res], [thumbs, captions, notes], **private)
     preset.change(lambda name: bindings.to_widgets(form, preset_config(state, name)) if name else {},
                   preset, list(form.values()), **private)
     save_captions_button.click(lambda table, folder, e: write_captions(state, table, folder, e),
-                               [captions, data_dir, ext], error, **private)
-    save_preset.click(lambda values: save_as_preset(state, form, values[preset_name], values),
-                      {preset_name, *form.values()}, [error, preset], **private)
-    start.click(lambda values: start_job(state, form, values), set(form.values()), error, **private)
-    cancel.click(lambda: cancel_job(state, None), None, error, **private)
-    resume.click(lambda: resume_job(state), None, error, **private)
-    cancel_one.click(lambda i: cancel_job(state, i), job_id, error, **private)
-    remove_one.click(lambda i: remove_job(state, i), job_id, error, **private)
-    tab = TrainTab(form, output_file, send, timer)
+                               [captions, data_dir, ext], captions_message, **private)
+    save_preset.click(lambda values: save_as_preset(state, form, values[preset_name], values,
+                                                    values[preset_replace]),
+                      {preset_name, preset_replace, *form.values()}, [preset_message, preset], **private)
+    start.click(lambda values: _with_selection(start_job(state, form, values)), set(form.values()),
+                [error, selected, seen], **private)
+    picker.input(pick, picker, [selected, seen], **private)
+    cancel.click(lambda job_id: cancel_job(state, job_id), selected, error, **private)
+    resume.click(lambda job_id: _with_selection(resume_job(state, job_id)), selected, [error, selected, seen],
+                 **private)
+    remove.click(lambda job_id: _with_selection(remove_job(state, job_id)), selected, [error, selected, seen],
+                 **private)
+    tab = TrainTab(form, output_file, send, timer, selected, send_message)
     tab.first_view = (show, [data_dir, ext, res], [thumbs, captions, notes])
     return tab
+
+
+def _with_selection(result: tuple[str, int | None]):
+    """(message, the job the tab shows next, a reset view signature); keep the selection when no job came."""
+    message, job_id = result
+    if job_id is None and message.startswith("⚠"):
+        return message, gr.skip(), gr.skip()
+    return message, job_id, None

@@ -57,18 +57,18 @@ def form_and_values(config_values: dict):
 
 @pytest.fixture
 def state(tmp_path):
-    return AppState.create(tmp_path / "outputs", jobs=JobManager(Recorder()))
+    return AppState.create(tmp_path / "outputs", jobs=JobManager(tmp_path / "jobs.db", Recorder()))
 
 
 def test_each_start_gets_its_own_run_folder_named_after_the_data(state, tmp_path):
     data = make_folder(tmp_path / "mystyle", n=2)
     form, values = form_and_values({"dataset.data_dir": str(data), "output.output_name": "",
                                     "output.output_dir": "", "train.max_steps": 2})
-    first = train_tab.start_job(state, form, values)
+    first = train_tab.start_job(state, form, values)[0]
     assert "started in" in first and str(state.outputs / "mystyle") in first
     state.jobs.wait(state.jobs.current(), timeout=5)
     values["train.seed"] = 7  # other work with the same name: a new folder, the first run's files untouched
-    second = train_tab.start_job(state, form, values)
+    second = train_tab.start_job(state, form, values)[0]
     assert str(state.outputs / "mystyle-2") in second, second
     state.jobs.wait(state.jobs.current(), timeout=5)
     assert (state.outputs / "mystyle" / "mystyle.safetensors").read_bytes() == b"lora"
@@ -82,20 +82,20 @@ def test_a_chosen_folder_holding_another_run_is_refused(state, tmp_path):
     (used / "old.safetensors").write_bytes(b"old")
     form, values = form_and_values({"dataset.data_dir": str(data), "output.output_name": "x",
                                     "output.output_dir": str(used)})
-    assert "already holds another run" in train_tab.start_job(state, form, values)
+    assert "already holds another run" in train_tab.start_job(state, form, values)[0]
     values["output.output_dir"] = str(tmp_path / "outside")
-    assert "loramix writes only inside" in train_tab.start_job(state, form, values)
+    assert "loramix writes only inside" in train_tab.start_job(state, form, values)[0]
     assert (used / "old.safetensors").read_bytes() == b"old" and not (tmp_path / "outside").exists()
 
 
 def test_duplicate_start_is_refused_and_leaves_no_empty_folder(tmp_path):
     recorder = Recorder(release_at_once=False)
-    state = AppState.create(tmp_path / "outputs", jobs=JobManager(recorder))
+    state = AppState.create(tmp_path / "outputs", jobs=JobManager(tmp_path / "jobs.db", recorder))
     data = make_folder(tmp_path / "dup", n=2)
     form, values = form_and_values({"dataset.data_dir": str(data), "output.output_name": "",
                                     "output.output_dir": ""})
-    assert "started" in train_tab.start_job(state, form, values)
-    refused = train_tab.start_job(state, form, values)
+    assert "started" in train_tab.start_job(state, form, values)[0]
+    refused = train_tab.start_job(state, form, values)[0]
     assert "already" in refused and "⚠" in refused
     assert sorted(p.name for p in state.outputs.iterdir() if p.name.startswith("dup")) == ["dup"]
     recorder.release.set()
@@ -103,20 +103,20 @@ def test_duplicate_start_is_refused_and_leaves_no_empty_folder(tmp_path):
 
 def test_cancel_then_resume_continues_in_the_same_folder(tmp_path):
     recorder = Recorder(release_at_once=False)
-    state = AppState.create(tmp_path / "outputs", jobs=JobManager(recorder))
+    state = AppState.create(tmp_path / "outputs", jobs=JobManager(tmp_path / "jobs.db", recorder))
     data = make_folder(tmp_path / "res", n=2)
     form, values = form_and_values({"dataset.data_dir": str(data), "output.output_name": "",
                                     "output.output_dir": ""})
-    train_tab.start_job(state, form, values)
+    train_tab.start_job(state, form, values)[0]
     job = state.jobs.current()
     while job.status != "running" and job.active:
         threading.Event().wait(0.01)
-    assert "Resume: there is no" in train_tab.resume_job(state)
+    assert "Resume: this job is not" in train_tab.resume_job(state, job.id)[0]
     assert train_tab.cancel_job(state, None).startswith(f"Cancelled job {job.id}")
     state.jobs.wait(job, timeout=5)
-    progress, *_, resume, _ = train_tab.poll(state, None)
+    progress, *_, resume, _, _ = train_tab.poll(state, None, None)
     assert "Cancelled" in progress and resume["visible"] is True
-    message = train_tab.resume_job(state)
+    message = train_tab.resume_job(state, None)[0]
     assert "resumes job" in message
     recorder.release.set()
     state.jobs.wait(state.jobs.current(), timeout=5)
@@ -129,10 +129,10 @@ def test_cancel_then_resume_continues_in_the_same_folder(tmp_path):
 def test_poll_sends_only_cheap_parts_when_nothing_changed(state):
     import gradio as gr
 
-    first = train_tab.poll(state, None)
-    again = train_tab.poll(state, first[-1])
+    first = train_tab.poll(state, None, None)
+    again = train_tab.poll(state, first[-2], first[-1])
     assert first[0] == again[0] and "No training yet" in again[0]
-    assert all(part == gr.skip() for part in again[2:6])  # plot, samples, log and file are not re-sent
+    assert all(part == gr.skip() for part in again[3:7])  # plot, samples, log and file are not re-sent
 
 
 def test_place_in_rows_fills_the_first_empty_shown_row():
@@ -148,7 +148,7 @@ def test_send_to_mix_handler_puts_the_finished_lora_into_a_row(state, tmp_path):
     data = make_folder(tmp_path / "sent", n=2)
     form, values = form_and_values({"dataset.data_dir": str(data), "output.output_name": "",
                                     "output.output_dir": ""})
-    train_tab.start_job(state, form, values)
+    train_tab.start_job(state, form, values)[0]
     state.jobs.wait(state.jobs.current(), timeout=5)
 
     class Tab:  # the handler reads and writes components by identity only
@@ -156,9 +156,9 @@ def test_send_to_mix_handler_puts_the_finished_lora_into_a_row(state, tmp_path):
         rows = [f"row{i}" for i in range(mix_tab.MAX_ROWS)]
         count = "count"
 
-    raw = {"count": 1, **{f: None for f in Tab.files}}
-    out = mix_tab.send_to_mix(Tab, state)(raw)
-    assert out["count"] == 1
+    raw = {"count": 1, "selected": None, **{f: None for f in Tab.files}}
+    out = mix_tab.send_to_mix(Tab, state, "selected", "message", "tabs")(raw)
+    assert out["count"] == 1 and out["tabs"].selected == "mix"
     assert out["file0"]["value"] == str((state.outputs / "sent" / "sent.safetensors").resolve())
     assert out["row0"]["visible"] is True and out["row1"]["visible"] is False
 
@@ -192,7 +192,7 @@ def test_mix_grid_block_weights_presets_and_export_metadata(tmp_path, tiny_model
     from loramix.mix_preset import METADATA_KEY
     from tests.conftest import random_lora
 
-    state = AppState.create(tmp_path / "outputs", jobs=JobManager(Recorder()))
+    state = AppState.create(tmp_path / "outputs", jobs=JobManager(tmp_path / "jobs.db", Recorder()))
     a = random_lora(tiny_model, state.lora_dir / "a.safetensors", 1)
     random_lora(tiny_model, state.lora_dir / "b.safetensors", 2)
     v = mix_tab.MixValues(str(tiny_model), [(str(a), 0.8, True, "OUTD"), (str(state.lora_dir / "b.safetensors"),

@@ -1,4 +1,5 @@
-"""The job queue without a browser: one job at a time, a visible queue, cancel, and the error boundary."""
+"""The job queue without a browser: one job at a time, a visible queue, cancel, the error boundary, and a job list
+that survives the process (the job store)."""
 
 import threading
 import time
@@ -8,8 +9,9 @@ import pytest
 from loramix.config import LoramixConfig
 from loramix.errors import DatasetError, LoramixError
 from loramix.events import TrainEvent
+from loramix.job_store import JobStore
 from trainers.lora_trainer import TrainResult
-from webui.jobs import KEEP_FINISHED, JobManager
+from webui.jobs import JobManager
 
 
 class FakeTrainer:
@@ -63,9 +65,9 @@ def until(condition, timeout=10.0):
         time.sleep(0.005)
 
 
-def test_one_job_at_a_time_with_a_queue_and_cancel():
+def test_one_job_at_a_time_with_a_queue_and_cancel(tmp_path):
     fake = FakeTrainer()
-    jobs = JobManager(fake)
+    jobs = JobManager(tmp_path / "jobs.db", fake)
     first, second, third = jobs.submit(cfg("one")), jobs.submit(cfg("two")), jobs.submit(cfg("three"))
     until(lambda: first.status == "running")
     assert jobs.current() is first and [j.id for j in jobs.queued()] == [second.id, third.id]
@@ -81,10 +83,10 @@ def test_one_job_at_a_time_with_a_queue_and_cancel():
     assert second.status == "done" and fake.running == ["one", "two"]
 
 
-def test_errors_are_kept_as_messages_and_the_worker_survives():
+def test_errors_are_kept_as_messages_and_the_worker_survives(tmp_path):
     fake = FakeTrainer()
     fake.release.set()
-    jobs = JobManager(fake)
+    jobs = JobManager(tmp_path / "jobs.db", fake)
     bad = jobs.wait(jobs.submit(cfg("bad")), timeout=5)
     assert bad.status == "failed" and bad.error == "dataset.data_dir: '/nope' is not a folder."
     crash = jobs.wait(jobs.submit(cfg("crash")), timeout=5)
@@ -95,7 +97,7 @@ def test_errors_are_kept_as_messages_and_the_worker_survives():
 
 def test_a_duplicate_job_or_a_busy_folder_is_refused_and_remove_drops_a_queued_job(tmp_path):
     fake = FakeTrainer()
-    jobs = JobManager(fake)
+    jobs = JobManager(tmp_path / "jobs.db", fake)
     first = jobs.submit(cfg("one"))
     until(lambda: first.status == "running")
     same = cfg("one")
@@ -109,8 +111,8 @@ def test_a_duplicate_job_or_a_busy_folder_is_refused_and_remove_drops_a_queued_j
     queued = cfg("two")
     queued.output.output_dir = str(folder)
     second = jobs.submit(queued)
-    assert [j.id for j in jobs.listing()[:2]] == [first.id, second.id]
-    with pytest.raises(LoramixError, match="only a queued job can be removed"):
+    assert [j.id for j in jobs.listing()[:2]] == [second.id, first.id]  # newest first
+    with pytest.raises(LoramixError, match="is running; cancel it first"):
         jobs.remove(first.id)
     jobs.remove(second.id)
     assert second.status == "removed" and not folder.exists() and jobs.queued() == []
@@ -119,11 +121,53 @@ def test_a_duplicate_job_or_a_busy_folder_is_refused_and_remove_drops_a_queued_j
     assert fake.running == ["one"]  # the removed job never ran
 
 
-def test_the_job_list_keeps_a_bounded_history():
+def test_every_job_and_its_events_survive_a_restart_and_ids_never_repeat(tmp_path):
+    fake = FakeTrainer()
+    jobs = JobManager(tmp_path / "jobs.db", fake)
+    first = jobs.submit(cfg("one"))
+    until(lambda: len(first.events) >= 3)
+    jobs.cancel(first.id)
+    jobs.wait(first, timeout=5)
+    fake.release.set()
+    second = jobs.wait(jobs.submit(cfg("two")), timeout=5)
+    removed = jobs.submit(cfg("three", train__seed=3))
+    jobs.remove(removed.id) if removed.status == "queued" else None
+    losses = first.losses()
+    # a new process on the same file: every job listed, with what the app showed of it
+    again = JobManager(tmp_path / "jobs.db", FakeTrainer())
+    listed = {j.id: j for j in again.listing()}
+    assert [first.id, second.id] == sorted(i for i in listed if i in (first.id, second.id))
+    assert listed[first.id].status == "cancelled" and listed[second.id].status == "done"
+    assert listed[first.id].losses() == losses and listed[first.id].step() == losses[-1][0]
+    new = again.submit(cfg("four"))
+    assert new.id > max(first.id, second.id, removed.id)  # never a reused id, removed ones included
+
+
+def test_a_job_running_when_the_process_died_is_interrupted_and_queued_ones_run_again(tmp_path):
+    store = JobStore(tmp_path / "jobs.db")
+    running = store.add(cfg("was-running"))
+    store.update(running.id, status="running", started=1.0)
+    queued = store.add(cfg("was-queued"))
+    store.close()  # the process died here: nobody marked anything
     fake = FakeTrainer()
     fake.release.set()
-    jobs = JobManager(fake)
-    for i in range(KEEP_FINISHED + 5):
-        jobs.wait(jobs.submit(cfg(f"run{i}")), timeout=5)
-    jobs.submit(cfg("last"))
-    assert len(jobs.jobs) <= KEEP_FINISHED + 1
+    jobs = JobManager(tmp_path / "jobs.db", fake)
+    assert jobs.get(running.id).status == "interrupted"
+    assert jobs.restored_queue == [queued.id]
+    jobs.wait(jobs.get(queued.id), timeout=5)
+    assert jobs.get(queued.id).status == "done" and fake.running == ["was-queued"]
+
+
+def test_shutdown_stops_the_running_job_after_its_step_and_marks_it_interrupted(tmp_path):
+    fake = FakeTrainer()
+    jobs = JobManager(tmp_path / "jobs.db", fake)
+    first, second = jobs.submit(cfg("one")), jobs.submit(cfg("two"))
+    until(lambda: first.events)
+    assert jobs.shutdown(timeout=5) is first
+    assert first.status == "interrupted" and second.status == "queued"
+    with pytest.raises(LoramixError, match="stopping"):
+        jobs.submit(cfg("three"))
+    time.sleep(0.1)
+    assert fake.running == ["one"]  # nothing new starts while stopping
+    again = JobManager(tmp_path / "jobs.db", FakeTrainer())
+    assert again.get(first.id).status == "interrupted"
