@@ -181,7 +181,8 @@ def check_state_file(path: str | Path) -> dict[str, str]:
 
 
 def load_state(path: str | Path) -> dict:
-    """Read a state file: {"step", "lora", "optimizer" (a state_dict), "scheduler", "config"}."""
+    """Read a state file: {"step", "lora", "optimizer" (a state_dict), "scheduler", "config"}; the config's paths
+    are base names (a state file may be shared too): the run's `<name>.toml` holds them in full."""
     path = Path(path).expanduser()
     meta = check_state_file(path)
     with safe_open(str(path), framework="pt") as f:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from safetensors import safe_open
 
+from loramix.adapter_info import adapter_info
 from loramix.cli import main
 from loramix.lora_io import read_lora
 from loramix.mix_preset import mix_preset_from_metadata
@@ -48,7 +49,8 @@ def test_trained_merged_exported_and_baked_files_name_no_local_path(tiny_model, 
     make_folder(data / "2_extra", n=2, prefix="x")
     make_folder(home / "reg" / "1_shape", n=2, prefix="r", captions=False)
     first = train(tiny_config(tiny_model, data, home / "run1", "train.max_steps=2", "output.save_every_n_steps=1",
-                              f"dataset.reg_data_dir={home / 'reg'}", "output.output_name=style"))
+                              f"dataset.reg_data_dir={home / 'reg'}", "output.output_name=style",
+                              "dataset.trigger_word=inkz"))
     second = train(tiny_config(tiny_model, data, home / "run2", "train.max_steps=3", "output.output_name=resumed",
                                f"train.resume_from={first.state_path}"))
     assert second.steps == 3 and first.state_path.is_file()
@@ -85,6 +87,7 @@ def test_trained_merged_exported_and_baked_files_name_no_local_path(tiny_model, 
     assert config["dataset"]["data_dir"] == "data" and config["dataset"]["reg_data_dir"] == "reg"
     assert config["output"]["output_dir"] == "run1"
     assert json.loads(read_lora(b).metadata["loramix_config"])["train"]["resume_from"] == "style-state.safetensors"
+    assert adapter_info(a).trigger == "inkz"  # the Mix tab's card still reads the published config
     recorded = mix_preset_from_metadata(read_lora(home / "merged.safetensors").metadata)
     assert [(e.path, e.weight) for e in recorded.adapters] == [("style.safetensors", 0.7), ("resumed.safetensors", -0.2)]
     recorded = mix_preset_from_metadata(read_lora(exported).metadata, base_dir=state.lora_dir)
