@@ -445,6 +445,7 @@ def guess_architecture(adapter: LoraAdapter) -> str:
 
 
 def loramix_config(adapter: LoraAdapter) -> dict | None:
-    """The full loramix training config stored in a file's metadata, if it was made by loramix."""
+    """The loramix training config stored in a file's metadata, if it was made by loramix (its paths are base
+    names: `loramix.published`)."""
     text = adapter.metadata.get("loramix_config")
     return json.loads(text) if text else None

@@ -10,7 +10,9 @@
     enabled = true                   # optional
 
 An unknown key is an error naming it. Exported files carry the preset as JSON under the metadata key
-`loramix_mix_preset` (`mix_preset_metadata`), so a merged or baked file says how it was blended.
+`loramix_mix_preset` (`mix_preset_metadata`), so a merged file says how it was blended; there each adapter
+is named by its file name only (a published file holds no local path), and `mix_preset_from_metadata`
+reads those names from a folder the caller gives.
 """
 
 from __future__ import annotations
@@ -153,14 +155,22 @@ def preset_from_specs(specs) -> MixPreset:
 
 
 def mix_preset_metadata(preset: MixPreset) -> dict[str, str]:
-    """The metadata entry an exported file (merge, bake) carries: {"loramix_mix_preset": JSON}."""
-    return {METADATA_KEY: json.dumps(preset.to_dict(), sort_keys=True)}
+    """The metadata entry an exported (merged) file carries: {"loramix_mix_preset": JSON}, each adapter by its
+    file name, not its local path."""
+    from loramix.published import base_name
+
+    data = preset.to_dict()
+    for row in data["adapter"]:
+        row["path"] = base_name(row["path"])
+    return {METADATA_KEY: json.dumps(data, sort_keys=True)}
 
 
-def mix_preset_from_metadata(metadata: dict) -> MixPreset | None:
-    """The preset an exported file recorded, or None."""
+def mix_preset_from_metadata(metadata: dict, base_dir: str | Path | None = None) -> MixPreset | None:
+    """The preset an exported file recorded, or None; its adapter file names are taken from `base_dir` (e.g.
+    the LoRA folder) when given."""
     text = metadata.get(METADATA_KEY)
-    return from_dict(json.loads(text), METADATA_KEY) if text else None
+    where = Path(base_dir) if base_dir is not None else None
+    return from_dict(json.loads(text), METADATA_KEY, where) if text else None
 
 
 def build_blend(mix_file: str | Path | None, lora_specs: list[str] = ()) -> MixPreset:

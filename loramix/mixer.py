@@ -478,10 +478,12 @@ class Mixer:
                 for s in self.slots.values() if s.enabled]
 
     def _baked_from(self) -> dict[str, str]:
+        from loramix.published import published_model_name
+
         slots = [s for s in self.slots.values() if s.enabled]
         titles = [s.adapter.metadata.get("modelspec.title", s.name) for s in slots]
-        return {"modelspec.merged_from": ", ".join([Path(str(self.components.source)).name or "embedded tiny model",
-                                                    *titles]),
+        base = published_model_name(str(self.components.source or ""))
+        return {"modelspec.merged_from": ", ".join([base or "embedded tiny model", *titles]),
                 "loramix_baked_from": json.dumps([
                     {"name": s.name, "file": s.path.name, "weight": s.weight, "te_weight": s.te_weight,
                      "blocks": s.blocks.text if s.blocks is not None else None} for s in slots])}
@@ -497,7 +499,10 @@ class Mixer:
         says what was baked in: `loramix_baked_from` (JSON: name, file, weight, te_weight, blocks of each
         enabled adapter) and `modelspec.merged_from` (the base, then the adapters' titles), beside the
         identification `save_single_file` writes (`ss_base_model_version`, `ss_v2`, `modelspec.*`, hashes).
+        Neither names a local path: the folder's configs and the file name the base model as
+        `loramix.published.published_model_name` does.
         """
+        from loramix.published import publish_saved_configs
         from loramix.writer import atomic_folder
 
         out_dir = check_bake_target(out_dir, single_file, replace, within)
@@ -510,5 +515,6 @@ class Mixer:
         with atomic_folder(out_dir, replace=replace, within=within, field="Bake", replaceable=is_baked_folder) as tmp:
             with self.applied("fused"):
                 self._pipeline().save_pretrained(tmp, safe_serialization=True)
+            publish_saved_configs(tmp)  # the configs name the base model by its base name, not its local path
             (tmp / BAKED_MARKER).write_text("baked by loramix\n", encoding="utf-8")
         return out_dir

@@ -21,18 +21,21 @@ from loramix import __version__
 from loramix.config import LoramixConfig
 from loramix.errors import TrainingError
 from loramix.lora_io import modelspec
+from loramix.published import published_config_json, published_model_name
 from loramix.writer import atomic_path
 
 STATE_FORMAT = "loramix-train-state/1"
 
 
 def adapter_metadata(cfg: LoramixConfig, family, *, step: int, epoch: int, num_images: int,
-                     tag_frequency: dict, started_at: float, reg_items: list | None = None) -> dict[str, str]:
-    """kohya's `ss_*` and `modelspec.*` keys (the ones A1111 / ComfyUI / civitai read) plus our full config as JSON.
+                     tag_frequency: dict, started_at: float, reg_items: list | None = None,
+                     train_items: list | None = None) -> dict[str, str]:
+    """kohya's `ss_*` and `modelspec.*` keys (the ones A1111 / ComfyUI / civitai read) plus our config as JSON.
 
     Written as kohya's train_network.py writes them: `ss_base_model_version` is `sd_v2_v` for a
     v-prediction SD 2.x; an option that is off is the string "None" (kohya's default for noise offset
-    and min-SNR gamma is None, stringified). `save_lora` adds the `sshs_*` hashes.
+    and min-SNR gamma is None, stringified). `save_lora` adds the `sshs_*` hashes. No local path goes in
+    (loramix.published): folders and the base model by their base names, a hub id as given.
     """
     res = cfg.dataset.resolution
     te_lr = cfg.network.text_encoder_lr or cfg.optim.learning_rate
@@ -55,7 +58,7 @@ def adapter_metadata(cfg: LoramixConfig, family, *, step: int, epoch: int, num_i
         **network,
         "ss_base_model_version": version,
         "ss_v2": str(family.name == "sd2"),
-        "ss_sd_model_name": Path(cfg.model.base_model).name or "loramix-embedded-tiny",
+        "ss_sd_model_name": published_model_name(cfg.model.base_model) or "loramix-embedded-tiny",
         "ss_resolution": f"({res}, {res})",
         "ss_enable_bucket": str(cfg.dataset.enable_bucket),
         "ss_steps": str(step),
@@ -63,6 +66,7 @@ def adapter_metadata(cfg: LoramixConfig, family, *, step: int, epoch: int, num_i
         "ss_epoch": str(epoch),
         "ss_num_train_images": str(num_images),
         **reg_metadata(cfg, reg_items or []),
+        "ss_dataset_dirs": json.dumps(folder_counts([i for i in train_items or [] if not i.is_reg])),
         "ss_batch_size_per_device": str(cfg.train.batch_size),
         "ss_gradient_accumulation_steps": str(cfg.train.gradient_accumulation_steps),
         "ss_learning_rate": str(cfg.optim.learning_rate),
@@ -86,7 +90,7 @@ def adapter_metadata(cfg: LoramixConfig, family, *, step: int, epoch: int, num_i
         "ss_tag_frequency": json.dumps(tag_frequency),
         "ss_training_comment": f"trained with loramix {__version__}",
         "loramix_version": __version__,
-        "loramix_config": cfg.to_json(),
+        "loramix_config": published_config_json(cfg),
         **modelspec(version, cfg.output.output_name, finished_at, res, getattr(family, "prediction_type", None)),
     }
 
@@ -94,13 +98,20 @@ def adapter_metadata(cfg: LoramixConfig, family, *, step: int, epoch: int, num_i
 def reg_metadata(cfg: LoramixConfig, reg_items: list) -> dict[str, str]:
     """kohya's keys for regularisation images, from every one found (before balancing, as kohya counts them):
     how many with their folders' repeats, per folder its repeats and image count, and their loss weight."""
+    return {"ss_num_reg_images": str(sum(i.repeats for i in reg_items)),
+            "ss_reg_dataset_dirs": json.dumps(folder_counts(reg_items)),
+            "ss_prior_loss_weight": str(cfg.train.prior_loss_weight)}
+
+
+def folder_counts(items: list) -> dict[str, dict[str, int]]:
+    """kohya's `ss_dataset_dirs` / `ss_reg_dataset_dirs`: per image folder, by its base name (as
+    `ss_tag_frequency` keys it: `10_style`), its repeats and how many images it holds (not times repeats:
+    A1111's "Dataset size" adds these up)."""
     dirs: dict[str, dict[str, int]] = {}
-    for item in reg_items:
+    for item in items:
         entry = dirs.setdefault(item.folder, {"n_repeats": item.repeats, "img_count": 0})
         entry["img_count"] += 1
-    return {"ss_num_reg_images": str(sum(i.repeats for i in reg_items)),
-            "ss_reg_dataset_dirs": json.dumps(dirs),
-            "ss_prior_loss_weight": str(cfg.train.prior_loss_weight)}
+    return dirs
 
 
 def _first_non_finite(tensors: dict[str, torch.Tensor]) -> str | None:
@@ -135,7 +146,7 @@ def save_state(path: Path, *, step: int, lora: dict[str, torch.Tensor], optimize
         "optimizer_param_groups": json.dumps(opt["param_groups"]),
         "optimizer_scalars": json.dumps(scalars),
         "scheduler": json.dumps(scheduler.state_dict()),
-        "loramix_config": config.to_json(),
+        "loramix_config": published_config_json(config),  # resume takes its config from the run, not from here
     }
     size = sum(t.numel() * t.element_size() for t in tensors.values()) + sum(map(len, meta.values()))
     with atomic_path(path, expected_bytes=size, **rules) as tmp:
@@ -170,7 +181,8 @@ def check_state_file(path: str | Path) -> dict[str, str]:
 
 
 def load_state(path: str | Path) -> dict:
-    """Read a state file: {"step", "lora", "optimizer" (a state_dict), "scheduler", "config"}."""
+    """Read a state file: {"step", "lora", "optimizer" (a state_dict), "scheduler", "config"}; the config's paths
+    are base names (a state file may be shared too): the run's `<name>.toml` holds them in full."""
     path = Path(path).expanduser()
     meta = check_state_file(path)
     with safe_open(str(path), framework="pt") as f:

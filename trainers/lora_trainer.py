@@ -455,7 +455,7 @@ class LoraTrainer:
                                     rank_alpha=self.layer_rank_alpha if prefix == self.family.unet_prefix else None))
         epoch = (step * self.cfg.train.gradient_accumulation_steps) // self.micro_per_epoch
         meta = adapter_metadata(self.cfg, self.family, step=step, epoch=epoch, num_images=self.num_train,
-                                reg_items=self.reg_found,
+                                reg_items=self.reg_found, train_items=self.items,
                                 tag_frequency=self.tag_frequency, started_at=self.started_at)
         return LoraAdapter(layers, meta)
 

@@ -36,7 +36,14 @@ def test_round_trip(tmp_path):
     text = path.read_text()
     assert "schema_version = 1" in text and 'blocks = "OUTD"' in text and "[[adapter]]" in text
     assert load_mix_preset(path) == preset
-    assert mix_preset_from_metadata(mix_preset_metadata(preset)) == preset
+    # an exported file names each adapter by its file name only; a folder given reads them from there
+    recorded = mix_preset_from_metadata(mix_preset_metadata(preset))
+    assert [e.path for e in recorded.adapters] == ["ink.safetensors", "ink.safetensors", "plain.safetensors"]
+    assert str(tmp_path) not in mix_preset_metadata(preset)[METADATA_KEY]
+    recorded = mix_preset_from_metadata(mix_preset_metadata(preset), base_dir=tmp_path / "loras")
+    assert recorded.adapters[2].path == str(tmp_path / "loras" / "plain.safetensors")
+    assert [(e.weight, e.te_weight, e.blocks, e.enabled) for e in recorded.adapters] == \
+        [(e.weight, e.te_weight, e.blocks, e.enabled) for e in preset.adapters]
     assert json.loads(mix_preset_metadata(preset)[METADATA_KEY])["adapter"][0]["weight"] == 0.8
     assert list(adapter_names(preset)) == ["ink", "ink#2", "plain"]  # as Mixer.set_blend names them
 
