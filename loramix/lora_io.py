@@ -380,13 +380,15 @@ _CONTEXT_WIDTH = {768: "SD 1.x", 1024: "SD 2.x", 2048: "SDXL"}
 _BASE_VERSIONS = {"sd_v1": "SD 1.x", "sd_v1_v": "SD 1.x (v-prediction)", "sd_v2": "SD 2.x",
                   "sd_v2_v": "SD 2.x (v-prediction)", "sdxl_base_v1-0": "SDXL", "loramix_tiny": "the loramix tiny model"}
 # ss_base_model_version -> SAI model spec architecture, implementation and default resolution, as kohya's
-# `library/sai_model_spec.py` chooses them for a LoRA (SDXL LoRAs name the Stability implementation).
+# `library/sai_model_spec.py` chooses them for a LoRA (SDXL LoRAs name the Stability implementation). A whole
+# checkpoint names the Stability implementation for every SD family (kohya's `is_stable_diffusion_ckpt`).
+_STABILITY_AI = "https://github.com/Stability-AI/generative-models"
 _MODELSPEC = {
     "sd_v1": ("stable-diffusion-v1", "diffusers", 512),
     "sd_v1_v": ("stable-diffusion-v1", "diffusers", 512),
     "sd_v2": ("stable-diffusion-v2-512", "diffusers", 512),
     "sd_v2_v": ("stable-diffusion-v2-768-v", "diffusers", 768),
-    "sdxl_base_v1-0": ("stable-diffusion-xl-v1-base", "https://github.com/Stability-AI/generative-models", 1024),
+    "sdxl_base_v1-0": ("stable-diffusion-xl-v1-base", _STABILITY_AI, 1024),
     "loramix_tiny": ("loramix-tiny", "diffusers", 64),
 }
 
@@ -396,7 +398,8 @@ def modelspec(base_model_version: str, title: str, timestamp: float, resolution:
     """The `modelspec.*` keys (SAI model spec 1.0.1) that kohya writes into a LoRA (or, with `lora=False`,
     into a whole checkpoint), or {} for an unknown base.
 
-    As kohya's `build_metadata(..., lora=True)`: architecture `<arch>/lora` (`<arch>` for a checkpoint), the date as
+    As kohya's `build_metadata(..., lora=True)`: architecture `<arch>/lora` (`<arch>` for a checkpoint, whose
+    implementation is the Stability-AI generative-models URL for SD 1.x / 2.x too), the date as
     `datetime.fromtimestamp(int(timestamp)).isoformat()`, resolution `WxH` (the base's default when not
     given), prediction type `v` or `epsilon`; `implementation_version` names loramix where kohya names
     its commit.
@@ -404,6 +407,8 @@ def modelspec(base_model_version: str, title: str, timestamp: float, resolution:
     if base_model_version not in _MODELSPEC:
         return {}
     arch, implementation, side = _MODELSPEC[base_model_version]
+    if not lora and base_model_version != "loramix_tiny":
+        implementation = _STABILITY_AI
     if prediction_type is None:
         prediction_type = "v_prediction" if base_model_version.endswith("_v") else "epsilon"
     if resolution is None or isinstance(resolution, int):
