@@ -24,7 +24,15 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from loramix import __version__
-from loramix.adapter_layers import AdapterLayer, DoraLayer, FullLayer, LohaLayer, LokrLayer, LoraLayer
+from loramix.adapter_layers import (
+    AdapterLayer,
+    DoraLayer,
+    FullLayer,
+    LoconTuckerLayer,
+    LohaLayer,
+    LokrLayer,
+    LoraLayer,
+)
 from loramix.atomic import atomic_path
 from loramix.errors import AdapterFormatError
 
@@ -309,14 +317,16 @@ def _layer_from_parts(name: str, layer: str, parts: dict[str, torch.Tensor]) -> 
     keys = set(parts) - {"alpha"}
     if not keys:
         return None
-    for known in (_LORA_KEYS | {"dora_scale"}, _LOHA_KEYS, _LOKR_KEYS, _FULL_KEYS):
+    for known in (_LORA_KEYS | {"dora_scale"}, _LORA_KEYS | {"lora_mid.weight"}, _LOHA_KEYS, _LOKR_KEYS, _FULL_KEYS):
         if keys <= known:
             break
     else:
-        what = "a LoCon layer with a Tucker middle (lora_mid)" if "lora_mid.weight" in keys else \
+        what = "a DoRA layer with a Tucker middle (lora_mid)" if {"lora_mid.weight", "dora_scale"} <= keys else \
             f"stored as {', '.join(sorted(keys))}, a layer type"
         raise AdapterFormatError(f"{name}: {layer} is {what} loramix does not read (it reads LoRA / LoCon, LoHa, "
                                  "LoKr and full diff layers).")
+    if "lora_mid.weight" in keys:
+        return _tucker_locon(name, layer, parts)
     if "lora_down.weight" in keys or "lora_up.weight" in keys:
         down, up = parts.get("lora_down.weight"), parts.get("lora_up.weight")
         if up is None or down is None:
@@ -336,10 +346,7 @@ def _layer_from_parts(name: str, layer: str, parts: dict[str, torch.Tensor]) -> 
     if missing:
         raise AdapterFormatError(f"{name}: {layer} lacks {missing}, so its weight change cannot be computed.")
     if "diff" in keys:
-        if "diff_b" in parts and bool(parts["diff_b"].any()):
-            raise AdapterFormatError(f"{name}: {layer} also changes the layer's bias (diff_b), which loramix "
-                                     "does not apply; convert the file without bias changes.")
-        return _checked(name, layer, FullLayer(parts["diff"]))
+        return _full(name, layer, parts)
     if "hada_w1_a" in keys:
         made = LohaLayer(parts["hada_w1_a"], parts["hada_w1_b"], parts["hada_w2_a"], parts["hada_w2_b"], 0.0,
                          parts.get("hada_t1"), parts.get("hada_t2"))
@@ -347,6 +354,29 @@ def _layer_from_parts(name: str, layer: str, parts: dict[str, torch.Tensor]) -> 
         made = LokrLayer(0.0, **{k.removeprefix("lokr_"): v for k, v in parts.items() if k != "alpha"})
     made.alpha = float(alpha_t) if alpha_t is not None and float(alpha_t) != 0 else float(made.rank or 1)
     return _checked(name, layer, made)
+
+
+def _tucker_locon(name: str, layer: str, parts: dict[str, torch.Tensor]) -> AdapterLayer:
+    """A LoCon layer with a Tucker middle (`lora_mid.weight`, LyCORIS `use_tucker` on a k×k conv)."""
+    down, mid, up = parts.get("lora_down.weight"), parts["lora_mid.weight"], parts.get("lora_up.weight")
+    if down is None or up is None:
+        raise AdapterFormatError(f"{name}: {layer} has lora_mid but no {'lora_down' if down is None else 'lora_up'} "
+                                 "weight.")
+    alpha_t = parts.get("alpha")
+    made = LoconTuckerLayer(down, mid, up, float(alpha_t) if alpha_t is not None else float(down.shape[0]))
+    if mid.dim() != 4 or mid.shape[:2] != (up.shape[1], down.shape[0]):
+        raise AdapterFormatError(f"{name}: {layer} has lora_up {tuple(up.shape)}, lora_mid {tuple(mid.shape)} and "
+                                 f"lora_down {tuple(down.shape)}, which do not chain (up · mid · down).")
+    return _checked(name, layer, made)
+
+
+def _full(name: str, layer: str, parts: dict[str, torch.Tensor]) -> AdapterLayer:
+    """A LyCORIS full layer: `diff`, and `diff_b` (the bias change) when the layer has a bias."""
+    diff, diff_b = parts["diff"], parts.get("diff_b")
+    if diff_b is not None and diff_b.numel() != diff.shape[0]:
+        raise AdapterFormatError(f"{name}: {layer} has a diff_b of {diff_b.numel()} values for a layer of "
+                                 f"{diff.shape[0]} outputs.")
+    return _checked(name, layer, FullLayer(diff, diff_b=diff_b))
 
 
 def _missing(keys: set[str]) -> str:
