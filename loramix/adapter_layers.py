@@ -309,6 +309,11 @@ class DoraLayer:
     scales ΔW_DoRA (W + w·(W1 − W)), as A1111's and ComfyUI's LoRA loaders do: w = 0 is the base, w = 1
     PEFT's model, and the picture at a weight matches those apps'. Several adapters add their
     w_i·ΔW_DoRA,i, each computed against the same unmodified base W (A1111 and ComfyUI again).
+
+    Where the peers' norms differ, loramix keeps the trained model's forward (PEFT's, lycoris'): ComfyUI and
+    Forge divide a per-output magnitude by ‖W‖ instead of ‖W + ΔW‖ (they agree on per-input files); A1111
+    normalises per input column whatever the magnitude's axis, and before alpha / r
+    (tests/unit/test_dora_peers.py pins each).
     """
 
     down: torch.Tensor
