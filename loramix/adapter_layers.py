@@ -11,7 +11,8 @@ Every type answers the same questions, which is all the mixer, merge and bake ne
   None. LoHa and LoKr store a plain (non-Tucker) conv flattened to (out, in·k·k), so the kernel size
   is not in the file; `Mixer.bind` fills `shape` in from the base model;
 * `rank` (None where a layer is not a low-rank product) and `scale` (what `delta` multiplies by);
-* `tensors()` -> {key suffix: tensor} in kohya / LyCORIS naming, without `alpha`, for writing.
+* `tensors()` -> {key suffix: tensor} in kohya / LyCORIS naming, without `alpha`, for writing;
+* `bias_delta(layer)` (a function) -> the bias change, which only a full layer with `diff_b` makes.
 
 DoRA (`DoraLayer`) is the one type whose ΔW depends on the base weight: see its docstring for how a
 slider weight and a blend of several DoRA adapters are computed.
@@ -222,11 +223,46 @@ class LokrLayer:
 
 
 @dataclass
+class LoconTuckerLayer:
+    """LoCon with a Tucker middle (LyCORIS `use_tucker` on a k×k conv): down (r, in, 1, 1), mid (r, r, k, k),
+    up (out, r, 1, 1), and ΔW = (alpha / r) · Σ up[o, n] · mid[n, m, :, :] · down[m, i], the conv chain
+    up ∘ mid ∘ down folded into one kernel, as A1111 (`lyco_helpers.rebuild_cp_decomposition`) and ComfyUI
+    (`weight_adapter/lora.py`) fold it. r is the down's rank, as both read it.
+    """
+
+    down: torch.Tensor
+    mid: torch.Tensor
+    up: torch.Tensor
+    alpha: float
+    kind: ClassVar[str] = "LoCon (Tucker)"
+
+    rank = property(lambda self: self.down.shape[0])
+    scale = property(lambda self: self.alpha / self.rank)
+    out_features = property(lambda self: self.up.shape[0])
+    in_features = property(lambda self: self.down.shape[1] * math.prod(self.mid.shape[2:]))
+    shape = property(lambda self: (self.up.shape[0], self.down.shape[1], *self.mid.shape[2:]))
+
+    def fits(self, weight_shape) -> bool:
+        return _fits(self, weight_shape)
+
+    def delta(self, shape=None) -> torch.Tensor:
+        up, down = self.up.flatten(1).float(), self.down.flatten(1).float()
+        return _reshape(torch.einsum("n m ..., i n, m j -> i j ...", self.mid.float(), up, down) * self.scale,
+                        shape or self.shape)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"lora_down.weight": self.down, "lora_mid.weight": self.mid, "lora_up.weight": self.up}
+
+
+@dataclass
 class FullLayer:
-    """LyCORIS full (`diff`): ΔW stored as is; no rank, scale 1. A bias change (`diff_b`) is refused on read."""
+    """LyCORIS full (`diff`): ΔW stored as is; no rank, scale 1. `diff_b`, when the file has it (LyCORIS writes it
+    for every layer with a bias), is the bias change: `bias_delta()`; a slider weight w adds w·diff_b to the
+    layer's bias, as A1111 (`network_full.py`, ex_bias × multiplier) and ComfyUI (a "diff" patch on `.bias`) do."""
 
     diff: torch.Tensor
     alpha: float = 1.0  # unused: LyCORIS writes no alpha for full layers
+    diff_b: torch.Tensor | None = None
     kind: ClassVar[str] = "full"
     rank: ClassVar[None] = None
     scale: ClassVar[float] = 1.0
@@ -249,8 +285,11 @@ class FullLayer:
     def delta(self, shape=None) -> torch.Tensor:
         return _reshape(self.diff.float(), shape)
 
+    def bias_delta(self) -> torch.Tensor | None:
+        return self.diff_b.float().flatten() if self.diff_b is not None else None
+
     def tensors(self) -> dict[str, torch.Tensor]:
-        return {"diff": self.diff}
+        return {"diff": self.diff, **({"diff_b": self.diff_b} if self.diff_b is not None else {})}
 
 
 @dataclass
@@ -270,6 +309,11 @@ class DoraLayer:
     scales ΔW_DoRA (W + w·(W1 − W)), as A1111's and ComfyUI's LoRA loaders do: w = 0 is the base, w = 1
     PEFT's model, and the picture at a weight matches those apps'. Several adapters add their
     w_i·ΔW_DoRA,i, each computed against the same unmodified base W (A1111 and ComfyUI again).
+
+    Where the peers' norms differ, loramix keeps the trained model's forward (PEFT's, lycoris'): ComfyUI and
+    Forge divide a per-output magnitude by ‖W‖ instead of ‖W + ΔW‖ (they agree on per-input files); A1111
+    normalises per input column whatever the magnitude's axis, and before alpha / r
+    (tests/unit/test_dora_peers.py pins each).
     """
 
     down: torch.Tensor
@@ -316,4 +360,9 @@ class DoraLayer:
         return {**self.lora.tensors(), "dora_scale": self.dora_scale}
 
 
-AdapterLayer = LoraLayer | LohaLayer | LokrLayer | FullLayer | DoraLayer
+def bias_delta(layer) -> torch.Tensor | None:
+    """The change a layer makes to its module's bias (float32, (out,)), or None: only a full layer with `diff_b`."""
+    return layer.bias_delta() if isinstance(layer, FullLayer) else None
+
+
+AdapterLayer = LoraLayer | LoconTuckerLayer | LohaLayer | LokrLayer | FullLayer | DoraLayer

@@ -13,8 +13,13 @@ and a block the layout does not name gets 0 (the extension's rule). A layer outs
 embedding, `conv_out`, SDXL's size embedding) keeps its weight (the extension's rule too).
 
 Named presets are the extension's own 17-value vectors (`INS`, `IND`, `INALL`, `MIDD`, `OUTD`, `OUTS`,
-`OUTALL`); `ALL`, `NONE` and `ALL0.5` are the same number in every block of every layout. The depth presets
-describe SD 1.x blocks, so an SDXL model refuses them (write 12 values instead).
+`OUTALL`); `ALL`, `NONE` and `ALL0.5` are the same number in every block of every layout. That is a chosen
+difference (`UNIFORM_NOTE`): the extension's ALL is 17 ones expanded like any 17-value vector, so it leaves
+the 9 blocks the 17 layout does not name at 0 (IN00, IN03, IN06, IN09–IN11, OUT00–OUT02: a LoCon's convs,
+and on SDXL the attention of output_blocks 0–2). On an SD 1.x LoRA without convs the two agree on every layer.
+The depth presets describe SD 1.x blocks, so an SDXL model refuses them (write 12 values instead): the
+extension accepts them on SDXL through the same expansion, where e.g. OUTD's OUT03–OUT06 land on SDXL's
+middle and upper output levels rather than the deep ones its name promises.
 
 Layer names are kohya's (`lora_unet_down_blocks_1_attentions_0_…` for SD 1.x, LDM names
 `lora_unet_input_blocks_4_1_…` for SDXL) or diffusers module paths. A diffusers block
@@ -54,6 +59,8 @@ DEPTH_PRESETS = {  # the extension's DEF_WEIGHT_PRESET, 17 values each
     "OUTALL": "1,0,0,0,0,0,0,0,1,1,1,1,1,1,1,1,1",
 }
 PRESET_NAMES = ["ALL", "NONE", "ALL0.5", *DEPTH_PRESETS]
+UNIFORM_NOTE = ("ALL, NONE and ALL0.5 set every block, a LoCon's conv blocks and SDXL's included; the A1111 "
+                "lora-block-weight extension's ALL leaves IN00, IN03, IN06, IN09-IN11 and OUT00-OUT02 at 0.")
 
 
 @dataclass(frozen=True)
@@ -76,7 +83,7 @@ class BlockWeights:
         if self.layout == 0 or allowed is None or self.layout in allowed:
             return
         counts = " or ".join(str(n) for n in allowed)
-        what = f"{self.text} is an SD 1.x preset" if self.text in DEPTH_PRESETS else \
+        what = f"{self.text} is an SD 1.x preset, whose blocks are not {label}'s" if self.text in DEPTH_PRESETS else \
             f"{self.layout} values name the blocks of another model family"
         raise LoramixError(f"block weights {self.text!r}: {what}; this {label} base model takes {counts} values "
                            f"({','.join(LAYOUTS[allowed[0]])}) or ALL, NONE, ALL0.5.")

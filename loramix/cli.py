@@ -11,6 +11,7 @@ import signal
 import sys
 from pathlib import Path
 
+from loramix.block_weights import UNIFORM_NOTE
 from loramix.config import field_specs, load_config
 from loramix.environment import check_environment
 from loramix.errors import LoramixError
@@ -50,8 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="no progress bar")
 
     lora_help = ("an adapter and its weight: PATH:WEIGHT or PATH:WEIGHT:TEXT_ENCODER_WEIGHT (weight -2..2), "
-                 "optionally :lbw=PRESET or :lbw=17 block weights (12 for SDXL), e.g. a.safetensors:0.8:lbw=OUTD; "
-                 "repeatable")
+                 "optionally :lbw=PRESET (or w=, or the preset right after the weight) or :lbw=17 block weights "
+                 "(12 for SDXL), e.g. a.safetensors:0.8:lbw=OUTD; te=/unet= name the weights; repeatable. "
+                 + UNIFORM_NOTE)
     mix = sub.add_parser("mix", help="preview a blend of LoRAs on a base model")
     mix.add_argument("--base", default="", help="base model folder or hub id (default: the embedded model)")
     mix.add_argument("--lora", action="append", default=[], help=lora_help)

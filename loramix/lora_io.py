@@ -24,7 +24,15 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from loramix import __version__
-from loramix.adapter_layers import AdapterLayer, DoraLayer, FullLayer, LohaLayer, LokrLayer, LoraLayer
+from loramix.adapter_layers import (
+    AdapterLayer,
+    DoraLayer,
+    FullLayer,
+    LoconTuckerLayer,
+    LohaLayer,
+    LokrLayer,
+    LoraLayer,
+)
 from loramix.errors import AdapterFormatError
 from loramix.writer import atomic_path
 
@@ -315,14 +323,16 @@ def _layer_from_parts(name: str, layer: str, parts: dict[str, torch.Tensor]) -> 
     keys = set(parts) - {"alpha"}
     if not keys:
         return None
-    for known in (_LORA_KEYS | {"dora_scale"}, _LOHA_KEYS, _LOKR_KEYS, _FULL_KEYS):
+    for known in (_LORA_KEYS | {"dora_scale"}, _LORA_KEYS | {"lora_mid.weight"}, _LOHA_KEYS, _LOKR_KEYS, _FULL_KEYS):
         if keys <= known:
             break
     else:
-        what = "a LoCon layer with a Tucker middle (lora_mid)" if "lora_mid.weight" in keys else \
+        what = "a DoRA layer with a Tucker middle (lora_mid)" if {"lora_mid.weight", "dora_scale"} <= keys else \
             f"stored as {', '.join(sorted(keys))}, a layer type"
         raise AdapterFormatError(f"{name}: {layer} is {what} loramix does not read (it reads LoRA / LoCon, LoHa, "
                                  "LoKr and full diff layers).")
+    if "lora_mid.weight" in keys:
+        return _tucker_locon(name, layer, parts)
     if "lora_down.weight" in keys or "lora_up.weight" in keys:
         down, up = parts.get("lora_down.weight"), parts.get("lora_up.weight")
         if up is None or down is None:
@@ -342,10 +352,7 @@ def _layer_from_parts(name: str, layer: str, parts: dict[str, torch.Tensor]) -> 
     if missing:
         raise AdapterFormatError(f"{name}: {layer} lacks {missing}, so its weight change cannot be computed.")
     if "diff" in keys:
-        if "diff_b" in parts and bool(parts["diff_b"].any()):
-            raise AdapterFormatError(f"{name}: {layer} also changes the layer's bias (diff_b), which loramix "
-                                     "does not apply; convert the file without bias changes.")
-        return _checked(name, layer, FullLayer(parts["diff"]))
+        return _full(name, layer, parts)
     if "hada_w1_a" in keys:
         made = LohaLayer(parts["hada_w1_a"], parts["hada_w1_b"], parts["hada_w2_a"], parts["hada_w2_b"], 0.0,
                          parts.get("hada_t1"), parts.get("hada_t2"))
@@ -353,6 +360,29 @@ def _layer_from_parts(name: str, layer: str, parts: dict[str, torch.Tensor]) -> 
         made = LokrLayer(0.0, **{k.removeprefix("lokr_"): v for k, v in parts.items() if k != "alpha"})
     made.alpha = float(alpha_t) if alpha_t is not None and float(alpha_t) != 0 else float(made.rank or 1)
     return _checked(name, layer, made)
+
+
+def _tucker_locon(name: str, layer: str, parts: dict[str, torch.Tensor]) -> AdapterLayer:
+    """A LoCon layer with a Tucker middle (`lora_mid.weight`, LyCORIS `use_tucker` on a k×k conv)."""
+    down, mid, up = parts.get("lora_down.weight"), parts["lora_mid.weight"], parts.get("lora_up.weight")
+    if down is None or up is None:
+        raise AdapterFormatError(f"{name}: {layer} has lora_mid but no {'lora_down' if down is None else 'lora_up'} "
+                                 "weight.")
+    alpha_t = parts.get("alpha")
+    made = LoconTuckerLayer(down, mid, up, float(alpha_t) if alpha_t is not None else float(down.shape[0]))
+    if mid.dim() != 4 or mid.shape[:2] != (up.shape[1], down.shape[0]):
+        raise AdapterFormatError(f"{name}: {layer} has lora_up {tuple(up.shape)}, lora_mid {tuple(mid.shape)} and "
+                                 f"lora_down {tuple(down.shape)}, which do not chain (up · mid · down).")
+    return _checked(name, layer, made)
+
+
+def _full(name: str, layer: str, parts: dict[str, torch.Tensor]) -> AdapterLayer:
+    """A LyCORIS full layer: `diff`, and `diff_b` (the bias change) when the layer has a bias."""
+    diff, diff_b = parts["diff"], parts.get("diff_b")
+    if diff_b is not None and diff_b.numel() != diff.shape[0]:
+        raise AdapterFormatError(f"{name}: {layer} has a diff_b of {diff_b.numel()} values for a layer of "
+                                 f"{diff.shape[0]} outputs.")
+    return _checked(name, layer, FullLayer(diff, diff_b=diff_b))
 
 
 def _missing(keys: set[str]) -> str:
@@ -386,13 +416,15 @@ _CONTEXT_WIDTH = {768: "SD 1.x", 1024: "SD 2.x", 2048: "SDXL"}
 _BASE_VERSIONS = {"sd_v1": "SD 1.x", "sd_v1_v": "SD 1.x (v-prediction)", "sd_v2": "SD 2.x",
                   "sd_v2_v": "SD 2.x (v-prediction)", "sdxl_base_v1-0": "SDXL", "loramix_tiny": "the loramix tiny model"}
 # ss_base_model_version -> SAI model spec architecture, implementation and default resolution, as kohya's
-# `library/sai_model_spec.py` chooses them for a LoRA (SDXL LoRAs name the Stability implementation).
+# `library/sai_model_spec.py` chooses them for a LoRA (SDXL LoRAs name the Stability implementation). A whole
+# checkpoint names the Stability implementation for every SD family (kohya's `is_stable_diffusion_ckpt`).
+_STABILITY_AI = "https://github.com/Stability-AI/generative-models"
 _MODELSPEC = {
     "sd_v1": ("stable-diffusion-v1", "diffusers", 512),
     "sd_v1_v": ("stable-diffusion-v1", "diffusers", 512),
     "sd_v2": ("stable-diffusion-v2-512", "diffusers", 512),
     "sd_v2_v": ("stable-diffusion-v2-768-v", "diffusers", 768),
-    "sdxl_base_v1-0": ("stable-diffusion-xl-v1-base", "https://github.com/Stability-AI/generative-models", 1024),
+    "sdxl_base_v1-0": ("stable-diffusion-xl-v1-base", _STABILITY_AI, 1024),
     "loramix_tiny": ("loramix-tiny", "diffusers", 64),
 }
 
@@ -402,7 +434,8 @@ def modelspec(base_model_version: str, title: str, timestamp: float, resolution:
     """The `modelspec.*` keys (SAI model spec 1.0.1) that kohya writes into a LoRA (or, with `lora=False`,
     into a whole checkpoint), or {} for an unknown base.
 
-    As kohya's `build_metadata(..., lora=True)`: architecture `<arch>/lora` (`<arch>` for a checkpoint), the date as
+    As kohya's `build_metadata(..., lora=True)`: architecture `<arch>/lora` (`<arch>` for a checkpoint, whose
+    implementation is the Stability-AI generative-models URL for SD 1.x / 2.x too), the date as
     `datetime.fromtimestamp(int(timestamp)).isoformat()`, resolution `WxH` (the base's default when not
     given), prediction type `v` or `epsilon`; `implementation_version` names loramix where kohya names
     its commit.
@@ -410,6 +443,8 @@ def modelspec(base_model_version: str, title: str, timestamp: float, resolution:
     if base_model_version not in _MODELSPEC:
         return {}
     arch, implementation, side = _MODELSPEC[base_model_version]
+    if not lora and base_model_version != "loramix_tiny":
+        implementation = _STABILITY_AI
     if prediction_type is None:
         prediction_type = "v_prediction" if base_model_version.endswith("_v") else "epsilon"
     if resolution is None or isinstance(resolution, int):

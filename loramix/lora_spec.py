@@ -1,13 +1,15 @@
-"""The text forms a user types for a blend: `PATH:WEIGHT[:TE_WEIGHT][:lbw=BLOCKS]` adapter specs and grid axes.
+"""The text forms a user types for a blend: `PATH:WEIGHT[:TE_WEIGHT][:lbw=BLOCKS]` adapter specs (and the
+block-weight extension's forms of them) and grid axes.
 
 Shared by the command line, the web app and the API, so that each reads them the same way.
 """
 
 from __future__ import annotations
 
+import re
 from typing import NamedTuple
 
-from loramix.block_weights import BlockWeights, parse_block_weights
+from loramix.block_weights import LAYOUTS, PRESET_NAMES, BlockWeights, parse_block_weights
 from loramix.errors import LoramixError
 
 
@@ -18,30 +20,74 @@ class AdapterSpec(NamedTuple):
     blocks: BlockWeights | None = None  # from `:lbw=OUTD` or `:lbw=1,0,…`
 
 
+# Options of the block-weight extension's prompt syntax (`<lora:name:1:lbw=OUTD:stop=10>`) that loramix does
+# not have: a preview applies each adapter at every step, with whole-layer block weights only.
+_UNSUPPORTED = {"start": "a per-step start", "stop": "a per-step stop", "step": "a per-step range",
+                "lbwe": "per-element weights", "x": "inherited X weights", "dyn": "a dynamic rank"}
+_OPTION = re.compile(r"^\s*([A-Za-z]+)\s*=(.*)$")
+_OPTIONS = {"lbw", "w", "te", "unet", *_UNSUPPORTED}
+
+
 def parse_adapter_spec(spec: str) -> AdapterSpec:
-    """`a.safetensors:0.8`, `a.safetensors:0.8:0.5` (text-encoder weight), `a.safetensors:0.8:lbw=OUTD`
-    or `…:lbw=1,0,0,…` (block weights, see loramix.block_weights); a bare path means weight 1."""
+    """An adapter with its sliders, in the forms A1111's prompt and the block-weight extension take after the name:
+
+    `a.safetensors` (weight 1), `a.safetensors:0.8`, `a.safetensors:0.8:0.5` (then the text-encoder weight),
+    block weights as `:lbw=OUTD`, `:w=OUTD` or positionally `:0.8:OUTD` / `:0.8:1,0,0,…` (a preset name or
+    12/17/20/26 numbers after the weights), and `te=0.5` / `unet=0.8` named (they win over positional ones).
+    Named options come after the numbers, in any order. The extension's per-step and per-element options
+    (start=, stop=, step=, lbwe=, x=, dyn=) are refused with a sentence, not taken into the file path."""
     parts = spec.split(":")
-    blocks = None
-    options = [p for p in parts[1:] if p.strip().lower().startswith("lbw=")]
-    if len(options) > 1:
-        raise LoramixError(f"--lora {spec!r}: give lbw= once.")
-    if options:
-        if parts[-1] != options[0]:
-            raise LoramixError(f"--lora {spec!r}: put lbw= last, as in PATH:WEIGHT:lbw=OUTD.")
-        blocks = parse_block_weights(parts.pop().split("=", 1)[1])
-    numbers: list[float] = []
-    while len(parts) > 1 and len(numbers) < 2:
-        try:
-            numbers.insert(0, float(parts[-1]))
-        except ValueError:
-            break
+    named: dict[str, str] = {}
+    while len(parts) > 1 and (m := _OPTION.match(parts[-1])) and m.group(1).lower() in _OPTIONS:
+        key = "lbw" if m.group(1).lower() == "w" else m.group(1).lower()
+        if key in named:
+            raise LoramixError(f"--lora {spec!r}: give {key}= once.")
+        named[key] = m.group(2).strip()
         parts.pop()
+    for key, what in _UNSUPPORTED.items():
+        if key in named:
+            raise LoramixError(f"--lora {spec!r}: {key}= ({what}, from the block-weight extension) is not supported; "
+                               "loramix applies an adapter at every step. Remove it.")
+    misplaced = next((p for p in parts[1:] if (m := _OPTION.match(p)) and m.group(1).lower() in _OPTIONS), None)
+    if misplaced is not None:
+        raise LoramixError(f"--lora {spec!r}: put {misplaced.strip()} after the weights, as in PATH:WEIGHT:lbw=OUTD.")
+    blocks = None
+    if "lbw" in named:
+        blocks = parse_block_weights(named["lbw"])
+    elif len(parts) > 2 and _looks_like_blocks(parts[-1]) and _is_number(parts[-2]):
+        blocks = parse_block_weights(parts.pop())
+    numbers: list[float] = []
+    while len(parts) > 1 and len(numbers) < 2 and _is_number(parts[-1]):
+        numbers.insert(0, float(parts.pop()))
     path = ":".join(parts)
     if not path.strip():
         raise LoramixError(f"--lora {spec!r}: the adapter file is missing; write PATH:WEIGHT.")
     weight = numbers[0] if numbers else 1.0
-    return AdapterSpec(path, weight, numbers[1] if len(numbers) > 1 else None, blocks)
+    te_weight = numbers[1] if len(numbers) > 1 else None
+    if "unet" in named:
+        weight = _named_number(spec, "unet", named["unet"])
+    if "te" in named:
+        te_weight = _named_number(spec, "te", named["te"])
+    return AdapterSpec(path, weight, te_weight, blocks)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _looks_like_blocks(text: str) -> bool:
+    """A preset name, or 12/17/20/26 comma-separated values (the extension's positional block weights)."""
+    return text.strip().upper() in PRESET_NAMES or len(text.split(",")) in LAYOUTS
+
+
+def _named_number(spec: str, key: str, value: str) -> float:
+    if not _is_number(value):
+        raise LoramixError(f"--lora {spec!r}: {key}={value!r} is not a number.")
+    return float(value)
 
 
 def parse_lora_spec(spec: str) -> tuple[str, float, float | None]:

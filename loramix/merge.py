@@ -6,7 +6,9 @@ dW equals sum_i w_i * (alpha_i / r_i) * up_i @ down_i, exactly for cat and best-
 LyCORIS LoHa, LoKr and full (`diff`) layers are not low-rank products, so they have no ranks to
 concatenate: the exact merge refuses them with a sentence, and the SVD merge takes them through
 their full dW (`layer.delta()`), like every other layer, reporting the true error. The output is
-always a plain kohya LoRA / LoCon file, which every reader loads. A LoHa / LoKr conv stored without
+a plain kohya LoRA / LoCon file, which every reader loads, except a layer whose bias a source changes
+(a LyCORIS full layer's `diff_b`): a LoRA cannot hold a bias, so that layer is written as a full layer
+(`diff` + `diff_b`, the blend exactly), as A1111 and ComfyUI read it. A LoHa / LoKr conv stored without
 Tucker does not record its kernel size; when no other source (or the mixer's binding) tells it, the
 merged layer stays 2-D (out, in·k·k), which loramix reads but other tools may not.
 
@@ -24,6 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from loramix import __version__
+from loramix.adapter_layers import FullLayer, bias_delta
 from loramix.block_weights import BlockWeights, block_of
 from loramix.errors import LoramixError
 from loramix.lora_io import LoraAdapter, LoraLayer, modelspec
@@ -87,6 +90,13 @@ def blend_delta(sources: list[Source], name: str, shape: tuple | None = None) ->
     return total
 
 
+def blend_bias(sources: list[Source], name: str) -> torch.Tensor | None:
+    """sum_i w_i * diff_b_i for one layer (float32), or None when no source changes its bias."""
+    changes = [(bias, src.coef(name)) for src in sources if name in src.adapter.layers
+               if (bias := bias_delta(src.adapter.layers[name])) is not None]
+    return sum((bias * coef for bias, coef in changes), torch.zeros_like(changes[0][0])) if changes else None
+
+
 def merge_concat(sources: list[Source]) -> tuple[LoraAdapter, MergeReport]:
     """Exact merge: ranks side by side, each source's weight and alpha/r folded into its up matrix."""
     layers = {}
@@ -114,7 +124,11 @@ def merge_svd(sources: list[Source], rank: int) -> tuple[LoraAdapter, MergeRepor
         raise LoramixError(f"rank: {rank} must be at least 1.")
     layers, err2, norm2, worst = {}, 0.0, 0.0, 0.0
     for name, shape in _layer_shapes(sources).items():
-        delta = blend_delta(sources, name, shape)
+        delta, bias = blend_delta(sources, name, shape), blend_bias(sources, name)
+        if bias is not None:  # a LoRA holds no bias: keep the layer whole, exactly
+            layers[name] = FullLayer(delta if delta is not None else torch.zeros(shape), diff_b=bias)
+            norm2 += float(layers[name].diff.pow(2).sum())
+            continue
         if delta is None:
             continue
         out_shape = delta.shape
@@ -137,7 +151,7 @@ def merge_svd(sources: list[Source], rank: int) -> tuple[LoraAdapter, MergeRepor
 
 def _metadata(sources: list[Source], method: str, layers: dict[str, LoraLayer], error: float = 0.0) -> dict:
     first = sources[0].adapter.metadata if sources else {}
-    merged_rank = max((layer.rank for layer in layers.values()), default=0)
+    merged_rank = max((layer.rank or 0 for layer in layers.values()), default=0)
     version = first.get("ss_base_model_version", "")
     return {
         "ss_network_module": "networks.lora",

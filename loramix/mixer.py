@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from loramix.adapter_layers import DoraLayer, FullLayer
+from loramix.adapter_layers import DoraLayer, FullLayer, bias_delta
 from loramix.block_weights import BlockWeights, module_blocks, parse_block_weights
 from loramix.errors import AdapterFormatError, LoramixError
 from loramix.families import Components, load_base_model
@@ -131,7 +131,9 @@ class BoundLayer:
     and groups), computed once in the module's dtype and cached on first use. A DoRA layer is bound
     as a full layer holding ΔW_DoRA = m·(W + ΔW)/‖W + ΔW‖ − W, computed at `bind` against the
     unmodified base weight W; so the slider weight w gives W + w·ΔW_DoRA, and a blend adds each
-    adapter's w_i·ΔW_DoRA,i (as A1111 and ComfyUI apply DoRA; see `adapter_layers.DoraLayer`).
+    adapter's w_i·ΔW_DoRA,i (as A1111 and ComfyUI apply DoRA; see `adapter_layers.DoraLayer`). A LyCORIS
+    full layer with `diff_b` also changes the module's bias (`bias_delta()`): the branch adds it, and a
+    fused blend writes b_original + Σ w_i·diff_b,i into `module.bias`, put back with the weight.
     """
 
     module: torch.nn.Module
@@ -141,20 +143,28 @@ class BoundLayer:
     scale: float
     adapter_layer: object | None = None  # the LoHa / LoKr / full layer when down/up are None
     _branch_weight: torch.Tensor | None = field(default=None, init=False, repr=False)
+    _branch_bias: torch.Tensor | None = field(default=None, init=False, repr=False)
 
     def branch(self, x: torch.Tensor) -> torch.Tensor:
         m = self.module
         if self.down is None:
             if self._branch_weight is None:
                 self._branch_weight = self.delta().to(m.weight)
+                bias = self.bias_delta()
+                self._branch_bias = bias.to(m.weight) if bias is not None else None
+            bias = self._branch_bias.to(x) if self._branch_bias is not None else None
             if isinstance(m, torch.nn.Conv2d):
-                return F.conv2d(x, self._branch_weight.to(x), stride=m.stride, padding=m.padding,
+                return F.conv2d(x, self._branch_weight.to(x), bias, stride=m.stride, padding=m.padding,
                                 dilation=m.dilation, groups=m.groups)
-            return F.linear(x, self._branch_weight.to(x))
+            return F.linear(x, self._branch_weight.to(x), bias)
         if isinstance(m, torch.nn.Conv2d):
             h = F.conv2d(x, self.down, stride=m.stride, padding=m.padding, dilation=m.dilation)
             return F.conv2d(h, self.up) * self.scale
         return F.linear(F.linear(x, self.down), self.up) * self.scale
+
+    def bias_delta(self) -> torch.Tensor | None:
+        """The change to the module's bias (a LyCORIS full layer's `diff_b`), or None."""
+        return bias_delta(self.adapter_layer) if self.adapter_layer is not None else None
 
     def delta(self) -> torch.Tensor:
         if self.down is None:
@@ -198,6 +208,7 @@ class Mixer:
     # module ever fused, once, on the host, in the model's dtype.
     _fused_blend: dict = field(default_factory=dict, init=False, repr=False)
     _originals: dict = field(default_factory=dict, init=False, repr=False)
+    _bias_originals: dict = field(default_factory=dict, init=False, repr=False)  # modules a diff_b changed
     # `auto` fuses while the originals it keeps on the host stay within this fraction of the model's
     # parameter memory, and uses hooks beyond it (a full-layer kohya LoRA adapts ~33% of SD 1.5).
     fuse_budget: float = 0.10
@@ -306,6 +317,9 @@ class Mixer:
                 ours = layer.shape or (layer.out_features, layer.in_features)
                 problems.append(f"{name} ({layer.kind} {tuple(ours)} vs layer {shape})")
                 continue
+            if bias_delta(layer) is not None and getattr(module, "bias", None) is None:
+                problems.append(f"{name} (changes a bias this layer does not have)")
+                continue
             if isinstance(layer, DoraLayer):  # ΔW_DoRA against the unmodified base weight (see DoraLayer)
                 base = self._originals.get(module, weight).to(weight.device)
                 with torch.no_grad():
@@ -373,8 +387,13 @@ class Mixer:
         """Put back the base weights of every module a preview fused, bit for bit."""
         with torch.no_grad():
             for module in list(self._fused_blend):
-                module.weight.copy_(self._originals[module])
+                self._put_back(module)
                 del self._fused_blend[module]
+
+    def _put_back(self, module: torch.nn.Module) -> None:
+        module.weight.copy_(self._originals[module])
+        if module in self._bias_originals:
+            module.bias.copy_(self._bias_originals[module])
 
     @contextlib.contextmanager
     def _fused(self, active):
@@ -385,7 +404,7 @@ class Mixer:
             wanted.setdefault(layer.module, []).append((layer, coef))
         with torch.no_grad():
             for module in [m for m in self._fused_blend if m not in wanted]:
-                module.weight.copy_(self._originals[module])
+                self._put_back(module)
                 del self._fused_blend[module]
             for module, pairs in wanted.items():
                 key = tuple((id(layer), coef) for layer, coef in pairs)
@@ -424,6 +443,19 @@ class Mixer:
                 flat.add_(layer.delta().reshape(flat.shape).to(flat), alpha=coef)
         if flat.data_ptr() != weight.data_ptr():
             weight.copy_(flat.view_as(weight))
+        self._fuse_bias(module, pairs)
+
+    def _fuse_bias(self, module: torch.nn.Module, pairs: list[tuple[BoundLayer, float]]) -> None:
+        """b = b_original + sum of coef * diff_b over the `pairs` that change the bias (LyCORIS full layers)."""
+        changes = [(bias, coef) for layer, coef in pairs
+                   if hasattr(layer, "bias_delta") and (bias := layer.bias_delta()) is not None]
+        if changes and module not in self._bias_originals:
+            self._bias_originals[module] = module.bias.detach().to("cpu", copy=True)
+        if module in self._bias_originals:
+            total = self._bias_originals[module].to(module.bias.device, torch.float32)
+            for bias, coef in changes:
+                total = total + coef * bias.to(total)
+            module.bias.copy_(total)
 
     @contextlib.contextmanager
     def _hooked(self, active):

@@ -29,13 +29,17 @@ STATE_FORMAT = "loramix-train-state/1"
 
 def adapter_metadata(cfg: LoramixConfig, family, *, step: int, epoch: int, num_images: int,
                      tag_frequency: dict, started_at: float, reg_items: list | None = None,
-                     train_items: list | None = None) -> dict[str, str]:
+                     train_items: list | None = None, bucket_info: dict | None = None, batches_per_epoch: int = 0,
+                     num_epochs: int = 0, num_processes: int = 1, session_id: int = 0) -> dict[str, str]:
     """kohya's `ss_*` and `modelspec.*` keys (the ones A1111 / ComfyUI / civitai read) plus our config as JSON.
 
     Written as kohya's train_network.py writes them: `ss_base_model_version` is `sd_v2_v` for a
-    v-prediction SD 2.x; an option that is off is the string "None" (kohya's default for noise offset
-    and min-SNR gamma is None, stringified). `save_lora` adds the `sshs_*` hashes. No local path goes in
-    (loramix.published): folders and the base model by their base names, a hub id as given.
+    v-prediction SD 2.x; an option that is off is the string "None" (kohya's default for noise offset,
+    min-SNR gamma and clip skip is None, stringified); `epoch` is 1-based, the epoch the save falls in
+    (kohya sets `ss_epoch = epoch + 1` as each epoch starts); `bucket_info` is `trainers.dataset.bucket_info`
+    (None without bucketing, written "null" as kohya does); `session_id` a random integer per run.
+    `save_lora` adds the `sshs_*` hashes. No local path goes in (loramix.published): folders and the base model
+    by their base names, a hub id as given.
     """
     res = cfg.dataset.resolution
     te_lr = cfg.network.text_encoder_lr or cfg.optim.learning_rate
@@ -68,6 +72,12 @@ def adapter_metadata(cfg: LoramixConfig, family, *, step: int, epoch: int, num_i
         **reg_metadata(cfg, reg_items or []),
         "ss_dataset_dirs": json.dumps(folder_counts([i for i in train_items or [] if not i.is_reg])),
         "ss_batch_size_per_device": str(cfg.train.batch_size),
+        "ss_total_batch_size": str(cfg.train.batch_size * num_processes * cfg.train.gradient_accumulation_steps),
+        "ss_num_batches_per_epoch": str(batches_per_epoch),
+        "ss_num_epochs": str(num_epochs),
+        "ss_bucket_info": json.dumps(bucket_info),
+        "ss_clip_skip": "None",  # loramix has no clip skip: kohya writes str(None) when --clip_skip is not given
+        "ss_session_id": str(session_id),
         "ss_gradient_accumulation_steps": str(cfg.train.gradient_accumulation_steps),
         "ss_learning_rate": str(cfg.optim.learning_rate),
         "ss_unet_lr": str(cfg.optim.learning_rate),

@@ -286,15 +286,22 @@ def scan_folder(cfg: DatasetConfig, warnings: list[str] | None = None, reg: bool
     return items
 
 
+def count_tags(captions) -> dict[str, int]:
+    """Tag -> count over `captions`, as kohya's `set_tag_frequency` counts them (and A1111 shows them): each
+    comma-separated tag stripped and lower-cased, every occurrence counted (a tag twice in one caption counts 2)."""
+    counter: Counter = Counter()
+    for caption in captions:
+        counter.update(t.strip().lower() for t in caption.split(",") if t.strip())
+    return dict(counter)
+
+
 def tag_frequency(items: list[ImageItem]) -> dict[str, dict[str, int]]:
-    """kohya's ss_tag_frequency: per folder, how many training images carry each comma-separated tag."""
-    freq: dict[str, Counter] = {}
+    """kohya's ss_tag_frequency: per folder, `count_tags` of its training images' captions (one per image)."""
+    captions: dict[str, list[str]] = {}
     for item in items:
-        if item.is_reg:
-            continue
-        counter = freq.setdefault(item.folder, Counter())
-        counter.update({t.strip() for t in item.caption.split(",") if t.strip()})
-    return {folder: dict(c) for folder, c in freq.items()}
+        if not item.is_reg:
+            captions.setdefault(item.folder, []).append(item.caption)
+    return {folder: count_tags(texts) for folder, texts in captions.items()}
 
 
 # ---- buckets ---------------------------------------------------------------------------------
@@ -331,6 +338,21 @@ def assign_buckets(items: list[ImageItem], cfg: DatasetConfig) -> list[ImageItem
     else:
         buckets = [(cfg.resolution, cfg.resolution)]
     return [replace(i, bucket=bucket_for(i.size, buckets)) for i in items]
+
+
+def bucket_info(items: list[ImageItem], cfg: DatasetConfig) -> dict | None:
+    """kohya's `ss_bucket_info` (A1111 shows it as "Resolution"): None without bucketing, else
+    {"buckets": {index in the sorted bucket list: {"resolution": [w, h], "count": images with repeats}},
+    "mean_img_ar_error": mean |bucket w/h − image w/h| over the images, each once}; only non-empty buckets."""
+    if not cfg.enable_bucket:
+        return None
+    buckets = make_buckets(cfg.resolution, cfg.min_bucket_reso, cfg.max_bucket_reso)
+    counts = Counter()
+    for item in items:
+        counts[item.bucket] += item.repeats
+    errors = [abs(i.bucket[0] / i.bucket[1] - i.size[0] / i.size[1]) for i in items]
+    return {"buckets": {i: {"resolution": list(b), "count": counts[b]} for i, b in enumerate(buckets) if counts[b]},
+            "mean_img_ar_error": sum(errors) / len(errors) if errors else 0}
 
 
 def crop_box(size: tuple[int, int], bucket: tuple[int, int], crop: str,

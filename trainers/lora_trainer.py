@@ -120,6 +120,7 @@ class LoraTrainer:
         # The run's own files: written inside its folder (links out are refused at each file), replaced as the
         # run goes (the state file at every checkpoint); check_run_folder kept other runs' folders out.
         self.own_files = {"replace": True, "within": self.out_dir}
+        self.session_id = random.SystemRandom().randint(0, 2**32)  # kohya's ss_session_id: one per launch
 
     # ---- 1. data (before any model is loaded, so dataset errors come fast) ------------------
     def scan_data(self) -> None:
@@ -453,10 +454,15 @@ class LoraTrainer:
             layers.update(from_peft(get_peft_model_state_dict(module), prefix, self.cfg.network.alpha, rename,
                                     rank=self.cfg.network.rank,
                                     rank_alpha=self.layer_rank_alpha if prefix == self.family.unet_prefix else None))
-        epoch = (step * self.cfg.train.gradient_accumulation_steps) // self.micro_per_epoch
+        accum = self.cfg.train.gradient_accumulation_steps
+        epoch = max(1, math.ceil(step * accum / self.micro_per_epoch))  # 1-based: the epoch this save falls in
         meta = adapter_metadata(self.cfg, self.family, step=step, epoch=epoch, num_images=self.num_train,
                                 reg_items=self.reg_found, train_items=self.items,
-                                tag_frequency=self.tag_frequency, started_at=self.started_at)
+                                tag_frequency=self.tag_frequency, started_at=self.started_at,
+                                bucket_info=ds.bucket_info(self.items, self.cfg.dataset),
+                                batches_per_epoch=self.micro_per_epoch,
+                                num_epochs=math.ceil(self.total_steps / math.ceil(self.micro_per_epoch / accum)),
+                                num_processes=self.acc.num_processes, session_id=self.session_id)
         return LoraAdapter(layers, meta)
 
     def save_checkpoint(self, step: int, final: bool) -> tuple[Path | None, Path | None]:

@@ -18,7 +18,14 @@ from pathlib import Path
 import gradio as gr
 
 from loramix.adapter_info import adapter_info
-from loramix.block_weights import BLOCK_IDS, LAYOUTS, PRESET_NAMES, format_block_weights, parse_block_weights
+from loramix.block_weights import (
+    BLOCK_IDS,
+    LAYOUTS,
+    PRESET_NAMES,
+    UNIFORM_NOTE,
+    format_block_weights,
+    parse_block_weights,
+)
 from loramix.errors import LoramixError
 from loramix.merge import save_blend
 from loramix.mix_preset import load_mix_preset, mix_preset_metadata, preset_from_mixer, save_mix_preset
@@ -294,7 +301,8 @@ def _adapter_rows(state: AppState):
                 enabled.append(gr.Checkbox(value=True, label="On", scale=1, min_width=60, elem_id=f"mix-on-{i}"))
                 blocks.append(gr.Dropdown(["", *PRESET_NAMES], value="", label="Blocks", allow_custom_value=True,
                                           interactive=True, scale=2, min_width=120, elem_id=f"mix-blocks-{i}",
-                                          info="A preset (OUTD, INS, MIDD…) or 17/12 comma-separated weights"))
+                                          info="A preset (OUTD, INS, MIDD…) or 17/12 comma-separated weights. "
+                                          + UNIFORM_NOTE))
                 removes.append(gr.Button("✕", scale=0, min_width=40))
             cards.append(gr.Markdown(elem_id=f"mix-card-{i}", elem_classes=["mix-card"]))
         rows.append(row)

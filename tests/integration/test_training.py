@@ -131,6 +131,9 @@ def test_file_loads_in_diffusers_and_matches_our_reader(trained, tiny_model):
     assert meta["ss_base_model_version"] == "loramix_tiny" and meta["ss_steps"] == "60"
     assert meta["ss_resolution"] == "(64, 64)"
     assert json.loads(meta["ss_tag_frequency"])  # folder -> tag -> count
+    per_epoch = int(meta["ss_num_batches_per_epoch"])  # kohya's run keys, ss_epoch 1-based (tests/unit/…run_metadata)
+    assert meta["ss_epoch"] == meta["ss_num_epochs"] == str(math.ceil(60 / per_epoch)) and meta["ss_total_batch_size"] == "2"
+    assert sum(b["count"] for b in json.loads(meta["ss_bucket_info"])["buckets"].values()) == 2 * per_epoch
     assert json.loads(meta["loramix_config"])["network"]["rank"] == 8
     assert all(k.startswith("lora_unet_") for k in adapter.layers)
     assert {k.rsplit("_", 2)[-1] for k in adapter.layers} >= {"q", "k", "v"}

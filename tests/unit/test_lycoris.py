@@ -33,7 +33,7 @@ def _lycoris_preset():
 
 
 class Small(nn.Module):
-    """No biases: lycoris' full algorithm would also write bias changes, which loramix refuses (tested below)."""
+    """No biases (bias changes, `diff_b`, are tested in test_lycoris_tucker_bias.py)."""
 
     def __init__(self):
         super().__init__()
@@ -163,12 +163,11 @@ def test_refuses_types_it_cannot_apply(tmp_path):
         read_lora(_file(tmp_path, {"lora_unet_a.oft_blocks": torch.ones(2, 4, 4), "lora_unet_a.alpha": torch.tensor(1.),
                                    "lora_unet_b.lora_down.weight": torch.ones(2, 4),
                                    "lora_unet_b.lora_up.weight": torch.ones(4, 2)}))
-    with pytest.raises(AdapterFormatError, match=r"lora_unet_b is a LoCon layer with a Tucker middle \(lora_mid\)"):
+    with pytest.raises(AdapterFormatError, match=r"lora_unet_b is a DoRA layer with a Tucker middle \(lora_mid\)"):
         read_lora(_file(tmp_path, {"lora_unet_b.lora_down.weight": torch.ones(2, 4, 1, 1),
                                    "lora_unet_b.lora_mid.weight": torch.ones(2, 2, 3, 3),
-                                   "lora_unet_b.lora_up.weight": torch.ones(4, 2, 1, 1)}))
-    with pytest.raises(AdapterFormatError, match=r"lora_unet_a also changes the layer's bias \(diff_b\)"):
-        read_lora(_file(tmp_path, {"lora_unet_a.diff": torch.ones(4, 4), "lora_unet_a.diff_b": torch.ones(4)}))
+                                   "lora_unet_b.lora_up.weight": torch.ones(4, 2, 1, 1),
+                                   "lora_unet_b.dora_scale": torch.ones(4, 1, 1, 1)}))
     with pytest.raises(AdapterFormatError, match="lora_unet_a has a dora_scale of 3 values"):  # DoRA is read (test_dora.py)
         read_lora(_file(tmp_path, {"lora_unet_a.lora_down.weight": torch.ones(2, 4),
                                    "lora_unet_a.lora_up.weight": torch.ones(4, 2),

@@ -186,3 +186,22 @@ def test_baked_single_file_carries_identification_hashes_and_what_was_baked_in(t
     assert json.loads(meta["loramix_baked_from"]) == [
         {"name": "a", "file": "a.safetensors", "weight": 0.6, "te_weight": None, "blocks": None},
         {"name": "b", "file": "b.safetensors", "weight": -0.8, "te_weight": 0.3, "blocks": None}]
+
+
+def kohya_determine_implementation(lora: bool, textual_inversion: bool, sdxl: bool,
+                                   is_stable_diffusion_ckpt: bool | None = None) -> str:
+    """kohya sd-scripts `library/sai_model_spec.py` (commit 48d368f), `build_metadata_dataclass`'s default for
+    `is_stable_diffusion_ckpt` and `determine_implementation` for SD 1.x / 2.x / SDXL (retyped)."""
+    if not lora and not textual_inversion and is_stable_diffusion_ckpt is None:
+        is_stable_diffusion_ckpt = True
+    if (lora and sdxl) or textual_inversion or is_stable_diffusion_ckpt:
+        return "https://github.com/Stability-AI/generative-models"
+    return "diffusers"
+
+
+@pytest.mark.parametrize("version", ["sd_v1", "sd_v1_v", "sd_v2", "sd_v2_v", "sdxl_base_v1-0"])
+@pytest.mark.parametrize("lora", [True, False])
+def test_modelspec_implementation_is_kohyas_for_loras_and_checkpoints(version, lora):
+    """A baked SD 1.x / 2.x single-file checkpoint names the Stability implementation, a LoRA for them diffusers."""
+    ours = modelspec(version, "t", 0, lora=lora)["modelspec.implementation"]
+    assert ours == kohya_determine_implementation(lora, False, version.startswith("sdxl"))
