@@ -1,4 +1,5 @@
-"""Atomic writes: a full disk (simulated: no real disk is filled) is one sentence, and the old file stays."""
+"""The writer's atomic writes: a full disk (simulated: no real disk is filled) is one sentence, and the old file
+stays; a kill -9 mid-write leaves the previous file whole."""
 
 import errno
 import shutil
@@ -7,7 +8,7 @@ import pytest
 import torch
 from safetensors import SafetensorError
 
-from loramix.atomic import DiskFullError, atomic_path, write_text
+from loramix.writer import DiskFullError, atomic_path, write_text
 from loramix.errors import LoramixError
 
 
@@ -16,7 +17,7 @@ def test_disk_full_names_the_file_needed_and_free_space_and_keeps_the_old_file(t
     target.write_bytes(b"previous")
     monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10 * 2**30, 10 * 2**30 - 4096, 4096))
     with pytest.raises(DiskFullError) as e:
-        with atomic_path(target, expected_bytes=3 * 2**20) as tmp:
+        with atomic_path(target, expected_bytes=3 * 2**20, replace=True) as tmp:
             tmp.write_bytes(b"x" * 5000)
             raise OSError(errno.ENOSPC, "No space left on device")
     msg = str(e.value)
@@ -83,7 +84,8 @@ def test_save_state_on_a_full_disk_keeps_the_previous_state(tmp_path, monkeypatc
     monkeypatch.setattr(checkpoint, "save_file", half_then_full)
     with pytest.raises(DiskFullError, match="my-lora-state.safetensors needs about .* the previous "
                                             "my-lora-state.safetensors is unchanged"):
-        checkpoint.save_state(path, step=2, lora=lora, optimizer=Opt(), scheduler=Sched(), config=LoramixConfig())
+        checkpoint.save_state(path, step=2, lora=lora, optimizer=Opt(), scheduler=Sched(), config=LoramixConfig(),
+                              replace=True)
     assert path.read_bytes() == before
 
 
@@ -98,8 +100,8 @@ def test_kill_9_mid_write_leaves_the_previous_file(tmp_path):
     target = tmp_path / "my-lora-state.safetensors"
     target.write_bytes(b"previous state")
     started = tmp_path / "started"
-    code = (f"from loramix.atomic import atomic_path\nimport pathlib, time\n"
-            f"with atomic_path({str(target)!r}) as tmp:\n"
+    code = (f"from loramix.writer import atomic_path\nimport pathlib, time\n"
+            f"with atomic_path({str(target)!r}, replace=True) as tmp:\n"
             f"    with open(tmp, 'wb') as f:\n"
             f"        f.write(b'half' * 100000); f.flush()\n"
             f"        pathlib.Path({str(started)!r}).touch()\n"
