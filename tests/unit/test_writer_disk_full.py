@@ -8,8 +8,8 @@ import pytest
 import torch
 from safetensors import SafetensorError
 
-from loramix.writer import DiskFullError, atomic_path, write_text
 from loramix.errors import LoramixError
+from loramix.writer import DiskFullError, atomic_path, write_text
 
 
 def test_disk_full_names_the_file_needed_and_free_space_and_keeps_the_old_file(tmp_path, monkeypatch):
