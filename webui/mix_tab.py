@@ -25,7 +25,7 @@ from loramix.lora_io import save_lora
 from loramix.merge import merge_concat, merge_svd
 from loramix.mix_preset import load_mix_preset, mix_preset_metadata, preset_from_mixer, save_mix_preset
 from loramix.mixer import SAMPLERS, PreviewRequest, check_bake_target
-from loramix.paths import plain_name
+from loramix.paths import plain_name, unique_name
 from loramix.xy_grid import Axis, xy_grid
 from webui.state import AppState
 
@@ -203,7 +203,7 @@ def make_grid(state: AppState, v: MixValues, x_choice: str, x_text: str, y_choic
 
 def save_mix(state: AppState, v: MixValues, name: str) -> str:
     """Save the blend (files, weights, block weights, on/off) as a small TOML mix preset in outputs/mixes."""
-    name = plain_name("Mix name", (name or "").strip())
+    name = unique_name("Mix name", plain_name("Mix name", (name or "").strip()), mix_names(state))
     target = state.confinement.writable("Mix name", state.outputs / "mixes" / f"{name}.toml")
     with state.mixer_lock:
         mixer, _ = blended(state, v)
@@ -231,7 +231,7 @@ def export_blend(state: AppState, v: MixValues, name: str, rank: int, precision:
     name = plain_name("Export name", (name or "").strip())
     target = state.confinement.writable("Export name", state.lora_dir / f"{name}.safetensors")
     if target.exists() and not replace:
-        raise LoramixError(f"Export: {target.name} already exists in {state.lora_dir}; pick another name or tick "
+        raise LoramixError(f"Export: {target.name} already exists in the LoRA folder; pick another name or tick "
                            "replace.")
     with state.mixer_lock:
         mixer, _ = blended(state, v)
@@ -358,7 +358,8 @@ def _mix_preset_panel(state: AppState):
         with gr.Row(equal_height=True):
             name = gr.Textbox(label="Save blend as", placeholder="my-mix", elem_id="mix-preset-name")
             save = gr.Button("Save mix", elem_id="mix-preset-save")
-            saved = gr.Dropdown(mix_names(state), label="Saved mixes", interactive=True, elem_id="mix-preset-list")
+            saved = gr.Dropdown(mix_names(state), label="Saved mixes", interactive=True, allow_custom_value=True,
+                                elem_id="mix-preset-list")  # a mix saved in another tab loads too
             load = gr.Button("Load mix", elem_id="mix-preset-load")
     return name, save, saved, load
 
@@ -490,6 +491,7 @@ def _wire(state: AppState, tab: MixTab, w: dict) -> None:
                          **private)
     w["mix_save"].click(guarded(on_save_mix, (gr.skip(),)), inputs | {w["mix_name"]}, [w["mix_saved"], w["status"]],
                         concurrency_limit=1, concurrency_id="preview", **private)
+    w["mix_saved"].focus(lambda: gr.update(choices=mix_names(state)), None, w["mix_saved"], **private)
     w["mix_load"].click(load_or_say, w["mix_saved"],
                         [tab.count, w["status"], *tab.files, *tab.weights, *tab.enabled, *tab.blocks, *tab.rows],
                         **private)

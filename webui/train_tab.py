@@ -7,18 +7,19 @@ are plain functions of the app state and a dict of values, testable without a br
 from __future__ import annotations
 
 import copy
+import functools
 import html
 from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
 import pandas as pd
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from loramix.atomic import write_text
 from loramix.config import LoramixConfig, load_config, to_toml, with_absolute_folders
 from loramix.errors import LoramixError
-from loramix.paths import plain_name
+from loramix.paths import plain_name, unique_name
 from loramix.runs import check_run_folder, confine_config, drop_if_empty, new_run_folder
 from trainers.captions import captions_table, save_captions
 from trainers.dataset import load_image
@@ -29,6 +30,9 @@ from webui.state import AppState
 POLL_S = 1.0
 THUMB = 160
 MAX_THUMBS = 200
+THUMB_DECODE_PIXELS = 3840 * 2160  # a larger image that is not a JPEG (no reduced decode) shows a placeholder
+MAX_CAPTION_SHOWN = 2000  # characters of one caption sent to the page
+SHORTENED = " … [shortened for display]"
 STATUS = {"queued": "Queued", "running": "Training", "done": "Done", "cancelled": "Cancelled", "failed": "Failed",
           "removed": "Removed"}
 
@@ -141,10 +145,32 @@ def poll(state: AppState, last: tuple | None):
 
 # ---- dataset ---------------------------------------------------------------------------------------
 def thumbnail(path: Path) -> Image.Image:
-    """A small in-memory copy: the browser never gets a path, so any readable folder can be shown."""
-    im = load_image(path)
+    """A small in-memory copy: the browser never gets a path, so any readable folder can be shown.
+
+    Its cost does not grow with the pixel count: a JPEG decodes at 1/2 to 1/8 scale, another format over
+    THUMB_DECODE_PIXELS is not decoded (a placeholder names its size), and thumbnails are kept in memory
+    by path, modification time and size, so showing a folder again decodes nothing.
+    """
+    stat = Path(path).stat()
+    return _thumbnail(str(path), stat.st_mtime_ns, stat.st_size).copy()
+
+
+@functools.lru_cache(maxsize=256)  # 256 × 160 × 160 × 3 bytes: about 20 MB
+def _thumbnail(path: str, _mtime_ns: int, _size: int) -> Image.Image:
+    with Image.open(path) as im:
+        (width, height), kind = im.size, im.format
+    if kind != "JPEG" and width * height > THUMB_DECODE_PIXELS:
+        placeholder = Image.new("RGB", (THUMB, THUMB), (225, 225, 225))
+        ImageDraw.Draw(placeholder).text((8, THUMB // 2 - 12), f"{width}x{height} {kind}\nnot previewed", fill=(60, 60, 60))
+        return placeholder
+    im = load_image(Path(path), cover=(THUMB, THUMB))
     im.thumbnail((THUMB, THUMB))
     return im
+
+
+def shown_caption(caption: str) -> str:
+    """A caption as the table shows it: at most MAX_CAPTION_SHOWN characters (training reads the whole file)."""
+    return caption if len(caption) <= MAX_CAPTION_SHOWN else caption[:MAX_CAPTION_SHOWN] + SHORTENED
 
 
 def show_images(state: AppState, folder: str, ext: str, resolution: int | float | None = 512):
@@ -158,7 +184,10 @@ def show_images(state: AppState, folder: str, ext: str, resolution: int | float 
     except (LoramixError, ValueError) as e:
         return [], empty, f"⚠ {e}"
     thumbs = [(thumbnail(p), rel) for rel, p, _ in table[:MAX_THUMBS]]
-    frame = pd.DataFrame([(rel, c) for rel, _, c in table], columns=["image", "caption"])
+    frame = pd.DataFrame([(rel, shown_caption(c)) for rel, _, c in table], columns=["image", "caption"])
+    warnings = [*(f"{rel}: its caption has {len(c):,} characters; the table shows the first {MAX_CAPTION_SHOWN:,} "
+                  "(training reads it whole). Edit that file in a text editor: Save captions leaves it as it is."
+                  for rel, _, c in table if len(c) > MAX_CAPTION_SHOWN), *warnings]
     note = f"{len(table)} images." + (f" Showing the first {MAX_THUMBS}." if len(table) > MAX_THUMBS else "")
     return thumbs, frame, "\n".join([note, *warning_lines(warnings)])
 
@@ -173,12 +202,14 @@ def warning_lines(warnings: list[str], shown: int = 5) -> list[str]:
 
 def write_captions(state: AppState, table, folder: str, ext: str) -> str:
     rows = table.values.tolist() if hasattr(table, "values") else list(table or [])
+    kept = [(r[0], r[1]) for r in rows if not str(r[1] or "").endswith(SHORTENED)]  # never save a shortened view
     try:
         folder = str(state.confinement.readable("dataset.data_dir", folder))
-        written = save_captions(folder, ext, [(r[0], r[1]) for r in rows])
+        written = save_captions(folder, ext, kept)
     except LoramixError as e:
         return f"⚠ {e}"
-    return f"Saved {len(written)} captions."
+    left = len(rows) - len(kept)
+    return f"Saved {len(written)} captions." + (f" Left {left} shortened captions as they are." if left else "")
 
 
 # ---- jobs ------------------------------------------------------------------------------------------
@@ -262,6 +293,9 @@ def remove_job(state: AppState, job_id: int | None) -> str:
 def save_as_preset(state: AppState, form: dict, name: str, values: dict):
     try:
         name = plain_name("Save as preset", (name or "").strip())
+        unique_name("Save as preset", name, state.presets())
+        if (state.preset_dirs[0] / f"{name}.toml").exists():
+            raise LoramixError(f"Save as preset: {name} is a shipped preset; pick another name.")
         config = bindings.to_config(form, {**values, form["output.output_name"]: "preset",
                                            form["output.output_dir"]: ""})
     except LoramixError as e:
