@@ -1,9 +1,10 @@
 """The loramix web app: Train and Mix tabs over the headless engine; `loramix ui` / `python -m webui`.
 
 Security (docs/security.md): 127.0.0.1 by default; every request's Host and Origin must name this
-machine (DNS rebinding); `--listen` needs `--auth` (or the explicit `--insecure-no-auth`) and then reads
-only the app's folders and `--data-root`s; every path or name a handler takes goes through
-`loramix.paths`.
+machine (DNS rebinding) and failed logins are throttled (`webui.guard`); uploads are capped and gradio's
+cache is cleaned; `--listen` needs `--auth` (or the explicit `--insecure-no-auth`) and then reads only the
+app's folders and `--data-root`s, and takes hub ids only with `--allow-hub-download`; every path or name
+a handler takes goes through `loramix.paths`.
 """
 
 from __future__ import annotations
