@@ -288,9 +288,12 @@ def test_preset_and_mix_names_refuse_invisible_characters_and_case_clashes(local
 
 # ---- row 8: --auth with an empty user or password ------------------------------------------------------------
 @pytest.mark.parametrize("auth", ["alice:", ":", ":secret", " :secret"])
-def test_auth_with_an_empty_part_refuses_to_start(auth, capsys, tmp_path):
+def test_auth_with_an_empty_part_refuses_to_start(auth, capsys, tmp_path, monkeypatch):
+    import gradio as gr
+
     from webui.app import main
 
+    monkeypatch.setattr(gr.Blocks, "launch", lambda *a, **k: pytest.fail("a server nobody can log in to started"))
     assert main(["--listen", "--auth", auth, "--outputs", str(tmp_path / "never")]) == 2
     assert "user:password" in capsys.readouterr().err
     assert not (tmp_path / "never").exists()
@@ -317,13 +320,14 @@ def test_with_listen_a_hub_id_needs_the_flag_and_refusals_name_no_server_path(li
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # never reach out, even if it tried
     url, state, root = listening
     with logged_in(url) as client:
+        hub = _generate(client, url, "someone/some-model")
+        assert refused(hub) and "--allow-hub-download" in _message(hub), hub  # refused before any fetch
         for base in ["someone/some-model", "/etc", str(root.parent), "../elsewhere"]:
             msg = _generate(client, url, base)
             text = _message(msg)
             assert refused(msg) and "base model" in text, (base, msg)
             leaked = [p for p in _server_paths(state, root) if p in text.replace(base, "")]
             assert not leaked, (base, text)
-        assert "--allow-hub-download" in _message(_generate(client, url, "someone/some-model"))
 
 
 def test_with_listen_a_refusal_never_says_whether_a_relative_path_exists(listening, tmp_path, monkeypatch):
@@ -346,15 +350,15 @@ def test_a_mix_saved_in_one_tab_is_listed_and_loads_in_another(local):
     config = config_of(url)
     save, load = _dep(config, "Save mix"), _dep(config, "Load mix")
     listing = next(c["id"] for c in config["components"] if c["props"].get("elem_id") == "mix-preset-list")
-    focus = next(d for d in config["dependencies"] if d["targets"] == [[listing, "focus"]])
+    focus = next((d for d in config["dependencies"] if d["targets"] == [[listing, "focus"]]), {"id": -1})
     values = {"Adapter 1": str(state.lora_dir / "inside.safetensors"), "Base model": state.test_base}
     with httpx.Client(base_url=url, timeout=120) as tab_a, httpx.Client(base_url=url, timeout=120) as tab_b:
         assert "Saved mix shared" in _message(call(tab_a, save["id"], _data(config, save, **{"Save blend as": "shared"},
                                                                             **values)))
-        listed = call(tab_b, focus["id"], [])
+        loaded = call(tab_b, load["id"], ["shared"])  # tab B's list was made before the save
+        assert "Loaded mix shared" in _message(loaded), loaded
+        listed = call(tab_b, focus["id"], [])  # opening the list in tab B shows the new mix
         assert "shared" in json.dumps(listed["output"]), listed
-        loaded = call(tab_b, load["id"], ["shared"])
-    assert "Loaded mix shared" in _message(loaded), loaded
 
 
 # ---- row 12: a second Ctrl-C in `loramix train` -------------------------------------------------------------------
