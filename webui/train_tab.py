@@ -336,7 +336,7 @@ def build(state: AppState) -> TrainTab:
             with gr.Row():
                 preset = gr.Dropdown(list(presets), value="demo-cpu" if "demo-cpu" in presets else None,
                                      label="Preset", info="Fills every field below; your edits come after.",
-                                     interactive=True, scale=3)
+                                     interactive=True, allow_custom_value=True, scale=3)  # saved in another tab too
                 preset_name = gr.Textbox(label="Save as preset", placeholder="my-preset", scale=2)
                 save_preset = gr.Button("Save preset", scale=1)
             form = bindings.build_form(preset_config(state, preset.value))
@@ -386,6 +386,7 @@ def build(state: AppState) -> TrainTab:
         show, [data_dir, ext, res], [thumbs, captions, notes], **private)
     preset.change(lambda name: bindings.to_widgets(form, preset_config(state, name)) if name else {},
                   preset, list(form.values()), **private)
+    preset.focus(lambda: gr.update(choices=list(state.presets())), None, preset, **private)
     save_captions_button.click(lambda table, folder, e: write_captions(state, table, folder, e),
                                [captions, data_dir, ext], error, **private)
     save_preset.click(lambda values: save_as_preset(state, form, values[preset_name], values),

@@ -361,6 +361,22 @@ def test_a_mix_saved_in_one_tab_is_listed_and_loads_in_another(local):
         assert "shared" in json.dumps(listed["output"]), listed
 
 
+def test_a_preset_saved_in_one_tab_is_listed_and_chosen_in_another(local):
+    url, state, _ = local
+    config = config_of(url)
+    save = _dep(config, "Save preset")
+    menu = next(c["id"] for c in config["components"] if c["props"].get("label") == "Preset")
+    change = next(d for d in config["dependencies"] if d["targets"] == [[menu, "change"]])
+    focus = next((d for d in config["dependencies"] if d["targets"] == [[menu, "focus"]]), {"id": -1})
+    with httpx.Client(base_url=url, timeout=120) as tab_a, httpx.Client(base_url=url, timeout=120) as tab_b:
+        assert "Saved preset tab-a" in _message(call(tab_a, save["id"], _data(config, save,
+                                                                              **{"Save as preset": "tab-a"})))
+        chosen = call(tab_b, change["id"], ["tab-a"])  # tab B's list was made before the save
+        assert chosen.get("success"), chosen
+        assert "tab-a" in json.dumps(call(tab_b, focus["id"], [])["output"])
+        assert not call(tab_b, change["id"], [str(state.outputs / "presets" / "tab-a.toml")]).get("success")
+
+
 # ---- row 12: a second Ctrl-C in `loramix train` -------------------------------------------------------------------
 def test_a_second_ctrl_c_in_train_is_one_sentence(tmp_path, monkeypatch, capsys):
     import trainers.lora_trainer
