@@ -158,8 +158,6 @@ def _bake(args) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from trainers.lora_trainer import train
-
     shortcuts = {"dataset.data_dir": args.data, "output.output_dir": args.output,
                  "output.output_name": args.name, "model.base_model": args.base, "train.resume_from": args.resume}
     overrides = [f"{k}={v}" for k, v in shortcuts.items() if v is not None] + args.overrides
@@ -173,7 +171,16 @@ def _train(args: argparse.Namespace) -> int:
         print("\nStopping after this step and saving a checkpoint (Ctrl-C again to abort now).", file=sys.stderr)
         cancel.cancel()
 
-    signal.signal(signal.SIGINT, on_sigint)
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        return _run_training(args, config, cancel)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _run_training(args: argparse.Namespace, config, cancel: CancelToken) -> int:
+    from trainers.lora_trainer import train
+
     bar = None
 
     def on_event(event: TrainEvent) -> None:
@@ -226,6 +233,10 @@ def main(argv: list[str] | None = None) -> int:
     except LoramixError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # a second Ctrl-C in `train`, or the first one elsewhere
+        print("\nerror: stopped at once by Ctrl-C; a file being written was left unfinished as a hidden temp file "
+              "(the next run in that folder removes it) and every file saved before is kept.", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

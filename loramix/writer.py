@@ -117,15 +117,25 @@ def check_target(target: str | os.PathLike, *, replace: bool = False, within: Ro
     final = final_path(target)
     roots = _as_roots(within)
     if roots is not None and not is_within(final.parent, roots):
-        raise WriteRefused(f"{field}: loramix writes only inside {', '.join(str(r) for r in roots)}; "
-                           f"{target.name} would land outside them.")
+        raise WriteRefused(f"{field}: loramix writes only inside {_names(roots)}; {target.name} would land "
+                           "outside them.")
     if final.is_symlink():
-        raise WriteRefused(f"{field}: {final} is a link; loramix never writes through or over a link. "
+        raise WriteRefused(f"{field}: {_shown(final)} is a link; loramix never writes through or over a link. "
                            "Give another name.")
     if final.exists() and not replace:
-        raise WriteRefused(f"{field}: {final} already exists; loramix does not replace a file unless you ask "
-                           "(tick replace, or --replace on the command line).")
+        raise WriteRefused(f"{field}: {_shown(final)} already exists; loramix does not replace a file unless you "
+                           "ask (tick replace, or --replace on the command line).")
     return final
+
+
+def _shown(path: Path) -> str:
+    """A path as a refusal names it: the file and its folder's name, never the server's folder layout (a
+    refusal may go to a remote client of `--listen`)."""
+    return f"{path.parent.name}/{path.name}" if path.parent.name else path.name
+
+
+def _names(roots: list[Path]) -> str:
+    return ", ".join(f"{Path(r).name or r}/" for r in roots) or "(no folder)"
 
 
 def final_path(target: str | os.PathLike) -> Path:
@@ -180,13 +190,13 @@ def _commit(tmp: Path, final: Path, replace: bool, field: str) -> None:
     try:
         os.link(tmp, final)  # fails if `final` appeared since the check: never replaces
     except FileExistsError:
-        raise WriteRefused(f"{field}: {final} appeared while loramix was writing it; nothing was "
+        raise WriteRefused(f"{field}: {_shown(final)} appeared while loramix was writing it; nothing was "
                            "replaced.") from None
     except OSError as e:  # a file system without hard links: rename after a last check
         if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
             raise
         if final.exists() or final.is_symlink():
-            raise WriteRefused(f"{field}: {final} already exists; nothing was replaced.") from None
+            raise WriteRefused(f"{field}: {_shown(final)} already exists; nothing was replaced.") from None
         os.replace(tmp, final)
         return
     tmp.unlink()
@@ -270,8 +280,8 @@ def _make_parents(folder: Path, within: Roots) -> None:
         current = current.parent
     for path in reversed(missing):
         if roots is not None and not is_within(path, roots):
-            raise WriteRefused(f"loramix writes only inside {', '.join(str(r) for r in roots)}; {path.name} "
-                               "would land outside them.")
+            raise WriteRefused(f"loramix writes only inside {_names(roots)}; {path.name} would land outside "
+                               "them.")
         try:
             path.mkdir()
         except FileExistsError:
@@ -290,8 +300,7 @@ def make_folder(folder: str | os.PathLike, *, within: Roots = None) -> Path:
     resolved = folder.resolve()
     roots = _as_roots(within)
     if roots is not None and not is_within(resolved, roots):
-        raise WriteRefused(f"{folder} leads outside {', '.join(str(r) for r in roots)}; loramix does not "
-                           "write there.")
+        raise WriteRefused(f"{folder.name} leads outside {_names(roots)}; loramix does not write there.")
     if not resolved.is_dir():
         raise WriteRefused(f"{folder} is not a folder.")
     return resolved
@@ -330,16 +339,16 @@ def atomic_folder(target: str | os.PathLike, *, replace: bool = False, within: R
     final = final_path(target)
     if final.exists() and not final.is_symlink() and final.is_dir():
         if not replace:
-            raise WriteRefused(f"{field}: {final} already exists; loramix does not replace it unless you ask "
-                               "(tick replace, or --replace on the command line).")
+            raise WriteRefused(f"{field}: {_shown(final)} already exists; loramix does not replace it unless you "
+                               "ask (tick replace, or --replace on the command line).")
         if replaceable is not None and not replaceable(final):
-            raise WriteRefused(f"{field}: {final} is a folder loramix did not make; it is never replaced. "
-                               "Give another name.")
+            raise WriteRefused(f"{field}: {_shown(final)} is a folder loramix did not make; it is never "
+                               "replaced. Give another name.")
     else:
         check_target(target, replace=replace, within=within, field=field)
     roots = _as_roots(within)
     if roots is not None and not is_within(final.parent, roots):
-        raise WriteRefused(f"{field}: loramix writes only inside {', '.join(str(r) for r in roots)}.")
+        raise WriteRefused(f"{field}: loramix writes only inside {_names(roots)}.")
     tmp = Path(tempfile.mkdtemp(prefix=_temp_name(final), suffix=".tmp", dir=final.parent))
     old = None
     try:
@@ -417,7 +426,7 @@ def remove_file(path: str | os.PathLike, *, within: Roots = None) -> None:
     path = final_path(path)
     roots = _as_roots(within)
     if roots is not None and not is_within(path.parent, roots):
-        raise WriteRefused(f"loramix removes files only inside {', '.join(str(r) for r in roots)}.")
+        raise WriteRefused(f"loramix removes files only inside {_names(roots)}.")
     path.unlink(missing_ok=True)  # unlink removes a link itself, never its target
 
 

@@ -1,23 +1,21 @@
 """The loramix web app: Train and Mix tabs over the headless engine; `loramix ui` / `python -m webui`.
 
 Security (docs/security.md): 127.0.0.1 by default; every request's Host and Origin must name this
-machine (DNS rebinding); `--listen` needs `--auth` (or the explicit `--insecure-no-auth`) and then reads
-only the app's folders and `--data-root`s; every path or name a handler takes goes through
-`loramix.paths`.
+machine (DNS rebinding) and failed logins are throttled (`webui.guard`); uploads are capped and gradio's
+cache is cleaned; `--listen` needs `--auth` (or the explicit `--insecure-no-auth`) and then reads only the
+app's folders and `--data-root`s, and takes hub ids only with `--allow-hub-download`; every path or name
+a handler takes goes through `loramix.paths`.
 """
 
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import sys
 import tempfile
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import gradio as gr
 from starlette.middleware import Middleware
-from starlette.responses import PlainTextResponse
 
 from loramix import writer
 from loramix.config import load_config
@@ -28,6 +26,7 @@ from loramix.mixer import PreviewRequest
 from loramix.runs import confine_config, drop_if_empty, new_run_folder
 from trainers.captions import captions_table
 from webui import mix_tab, train_tab
+from webui.guard import HostCheck, LoginThrottle
 from webui.state import AppState
 
 CSS = """
@@ -38,7 +37,8 @@ CSS = """
 .mix-card p { font-size: 0.85em; margin: 0 0 0.4em 0; color: var(--body-text-color-subdued); }
 #train-samples .caption-label, #train-thumbs .caption-label { white-space: normal; overflow: visible; }
 """
-LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
+MAX_UPLOAD_MB = 1024  # one uploaded file (gradio's max_file_size): an SDXL LoRA at rank 128 is under 1 GB
+CACHE_S = 3600  # gradio's copies of uploads and shown files are deleted this long after they were made
 
 
 # ---- the named API endpoints ----------------------------------------------------------------------
@@ -98,61 +98,19 @@ def save_preview(image) -> str:
     return str(path)
 
 
-# ---- Host / Origin check (DNS rebinding) -------------------------------------------------------------
-def _host_name(netloc: str) -> str:
-    """`127.0.0.1:7860` -> `127.0.0.1`, `[::1]:7860` -> `::1`, `Example.com` -> `example.com`."""
-    netloc = netloc.strip().lower()
-    if netloc.startswith("["):
-        return netloc[1:].split("]", 1)[0]
-    return netloc.rsplit(":", 1)[0] if netloc.count(":") == 1 else netloc
-
-
-def host_allowed(host: str, listen: bool, allowed: set[str]) -> bool:
-    """Local names always; with --listen also IP literals (a rebinding page needs a DNS name) and --allow-host."""
-    name = _host_name(host)
-    if name in LOCAL_HOSTS or name in allowed:
-        return True
-    if listen:
-        try:
-            ipaddress.ip_address(name)
-            return True
-        except ValueError:
-            return False
-    return False
-
-
-class HostCheck:
-    """ASGI middleware: refuse a request whose Host, or Origin when sent, is not this machine."""
-
-    def __init__(self, app, listen: bool = False, allowed_hosts: tuple[str, ...] = ()):
-        self.app, self.listen, self.allowed = app, listen, {h.lower() for h in allowed_hosts}
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] in ("http", "websocket"):
-            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-            origin = headers.get("origin", "")
-            bad = not host_allowed(headers.get("host", ""), self.listen, self.allowed)
-            if origin and origin != "null":
-                bad = bad or not host_allowed(urlsplit(origin).netloc, self.listen, self.allowed)
-            if bad:
-                if scope["type"] == "http":
-                    response = PlainTextResponse("loramix: this Host or Origin is not allowed (see docs/security.md).",
-                                                 status_code=403)
-                    await response(scope, receive, send)
-                else:
-                    await send({"type": "websocket.close", "code": 1008})
-                return
-        await self.app(scope, receive, send)
-
-
-def launch_kwargs(state: AppState, listen: bool = False, allowed_hosts: tuple[str, ...] = ()) -> dict:
-    """What `launch()` needs besides host and port: the Host check, our CSS, the one folder files come from."""
+def launch_kwargs(state: AppState, listen: bool = False, allowed_hosts: tuple[str, ...] = (),
+                  max_upload_mb: float = MAX_UPLOAD_MB, login_delay_s: float = LoginThrottle.FIRST_DELAY_S) -> dict:
+    """What `launch()` needs besides host and port: the Host check and login throttle, the upload cap, our CSS,
+    the one folder files come from."""
+    middleware = [Middleware(HostCheck, listen=listen, allowed_hosts=allowed_hosts),
+                  Middleware(LoginThrottle, first_delay_s=login_delay_s)]
     return dict(css=CSS, allowed_paths=[str(state.outputs)], footer_links=["api"],
-                app_kwargs={"middleware": [Middleware(HostCheck, listen=listen, allowed_hosts=allowed_hosts)]})
+                max_file_size=int(max_upload_mb * 1024 * 1024), app_kwargs={"middleware": middleware})
 
 
-def build_app(state: AppState) -> gr.Blocks:
-    with gr.Blocks(title="loramix") as demo:
+def build_app(state: AppState, cache_s: int = CACHE_S) -> gr.Blocks:
+    """The page. Uploads are copied into outputs/uploads at once, so gradio's cache keeps its copies `cache_s`."""
+    with gr.Blocks(title="loramix", delete_cache=(max(1, cache_s // 4), cache_s)) as demo:
         gr.Markdown("# loramix\nTrain a LoRA on your images, then blend LoRAs with sliders.")
         with gr.Tabs() as tabs:
             with gr.Tab("Train", id="train"):
@@ -190,6 +148,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="with --listen, a DNS name this machine is reached by (IP addresses always work); repeatable")
     p.add_argument("--outputs", default="outputs", help="folder for trained LoRAs, uploads and presets")
     p.add_argument("--lora-dir", default="", help="your own folder of LoRA files (default: OUTPUTS/loras)")
+    p.add_argument("--allow-hub-download", action="store_true",
+                   help="with --listen, let web clients name a Hugging Face hub id as the base model (the server "
+                        "downloads it); without --listen hub ids always work")
+    p.add_argument("--max-upload-mb", type=float, default=MAX_UPLOAD_MB,
+                   help=f"largest file a web client may upload, in MiB (default {MAX_UPLOAD_MB})")
     p.add_argument("--data-root", action="append", default=[], metavar="DIR",
                    help="with --listen, a folder the app may read images, models and LoRAs from (besides its own "
                         "folders); repeatable")
@@ -210,7 +173,12 @@ def main(argv=None) -> int:
         if ":" not in args.auth:
             print("error: --auth is written user:password", file=sys.stderr)
             return 2
-        auth = tuple(args.auth.split(":", 1))
+        user, _, password = args.auth.partition(":")
+        if not user.strip() or not password:
+            print("error: --auth needs a user name and a password, written user:password (neither may be empty).",
+                  file=sys.stderr)
+            return 2
+        auth = (user.strip(), password)
     if args.listen and not auth and not args.insecure_no_auth:
         print("error: --listen serves loramix to your whole network, so it needs a login: add "
               "--auth user:password (or --insecure-no-auth if you really want none).", file=sys.stderr)
@@ -219,10 +187,11 @@ def main(argv=None) -> int:
         print("WARNING: --insecure-no-auth: anyone on your network can use this app.", file=sys.stderr)
     quiet_libraries()
     host = "0.0.0.0" if args.listen else "127.0.0.1"
-    state = AppState.create(args.outputs, args.lora_dir, listen=args.listen, data_roots=args.data_root)
+    state = AppState.create(args.outputs, args.lora_dir, listen=args.listen, data_roots=args.data_root,
+                            allow_hub=args.allow_hub_download or not args.listen)
     demo = build_app(state).queue(default_concurrency_limit=2)
     demo.launch(server_name=host, server_port=args.port, auth=auth, quiet=True, prevent_thread_lock=True,
-                **launch_kwargs(state, args.listen, tuple(args.allow_host)))
+                **launch_kwargs(state, args.listen, tuple(args.allow_host), args.max_upload_mb))
     print(f"loramix is running on http://{'<this machine>' if args.listen else '127.0.0.1'}:{args.port} "
           f"(outputs in {state.outputs}; Ctrl-C stops it: a running job stops after its step and can be resumed)",
           flush=True)

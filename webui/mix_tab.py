@@ -30,7 +30,7 @@ from loramix.errors import LoramixError
 from loramix.merge import save_blend
 from loramix.mix_preset import load_mix_preset, mix_preset_metadata, preset_from_mixer, save_mix_preset
 from loramix.mixer import SAMPLERS, PreviewRequest, check_bake_target
-from loramix.paths import plain_name
+from loramix.paths import plain_name, unique_name
 from loramix.writer import check_target, make_folder, write_zip
 from loramix.xy_grid import Axis, xy_grid
 from webui.state import AppState
@@ -209,7 +209,7 @@ def make_grid(state: AppState, v: MixValues, x_choice: str, x_text: str, y_choic
 
 def save_mix(state: AppState, v: MixValues, name: str, replace: bool = False) -> str:
     """Save the blend (files, weights, block weights, on/off) as a small TOML mix preset in outputs/mixes."""
-    name = plain_name("Mix name", (name or "").strip())
+    name = unique_name("Mix name", plain_name("Mix name", (name or "").strip()), mix_names(state))
     mixes = make_folder(state.outputs / "mixes", within=state.outputs)
     target = check_target(mixes / f"{name}.toml", replace=bool(replace), within=mixes, field="Mix name")
     with state.mixer_lock:
@@ -363,7 +363,8 @@ def _mix_preset_panel(state: AppState):
             name = gr.Textbox(label="Save blend as", placeholder="my-mix", elem_id="mix-preset-name")
             replace = gr.Checkbox(False, label="Replace a saved mix of that name", elem_id="mix-preset-replace")
             save = gr.Button("Save mix", elem_id="mix-preset-save")
-            saved = gr.Dropdown(mix_names(state), label="Saved mixes", interactive=True, elem_id="mix-preset-list")
+            saved = gr.Dropdown(mix_names(state), label="Saved mixes", interactive=True, allow_custom_value=True,
+                                elem_id="mix-preset-list")  # a mix saved in another tab loads too
             load = gr.Button("Load mix", elem_id="mix-preset-load")
     return name, replace, save, saved, load
 
@@ -496,6 +497,7 @@ def _wire(state: AppState, tab: MixTab, w: dict) -> None:
     w["mix_save"].click(guarded(on_save_mix, (gr.skip(),)), inputs | {w["mix_name"], w["mix_replace"]},
                         [w["mix_saved"], w["status"]],
                         concurrency_limit=1, concurrency_id="preview", **private)
+    w["mix_saved"].focus(lambda: gr.update(choices=mix_names(state)), None, w["mix_saved"], **private)
     w["mix_load"].click(load_or_say, w["mix_saved"],
                         [tab.count, w["status"], *tab.files, *tab.weights, *tab.enabled, *tab.blocks, *tab.rows],
                         **private)

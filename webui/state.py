@@ -33,8 +33,9 @@ class AppState:
 
     @classmethod
     def create(cls, outputs: str | Path = "outputs", lora_dir: str | Path = "", *, listen: bool = False,
-               data_roots: list[str | Path] = (), jobs: JobManager | None = None) -> AppState:
-        """Folders are made if missing. With `listen`, reading is limited to the app's folders and `data_roots`."""
+               data_roots: list[str | Path] = (), jobs: JobManager | None = None, allow_hub: bool | None = None) -> AppState:
+        """Folders are made if missing. With `listen`, reading is limited to the app's folders and `data_roots`,
+        and a hub id as the base model needs `allow_hub` (default: hub ids only without `listen`)."""
         outputs = writer.make_folder(outputs)
         lora_dir = writer.make_folder(lora_dir) if lora_dir else writer.make_folder(outputs / "loras", within=outputs)
         for name in APP_FOLDERS:
@@ -42,7 +43,8 @@ class AppState:
         clean_app_folders(outputs, [lora_dir, *(outputs / name for name in APP_FOLDERS)])
         confinement = Confinement([outputs, lora_dir],
                                   read_roots=[Path(r) for r in data_roots] if listen else None,
-                                  extra_read=[EMBEDDED, REPO / "presets"])
+                                  extra_read=[EMBEDDED, REPO / "presets"],
+                                  allow_hub=not listen if allow_hub is None else allow_hub)
         return cls(outputs, lora_dir, confinement, jobs=jobs or JobManager(outputs / "loramix.db"),
                    preset_dirs=[REPO / "presets", outputs / "presets"])
 

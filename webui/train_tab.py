@@ -9,17 +9,18 @@ of the app state and a dict of values, testable without a browser.
 from __future__ import annotations
 
 import copy
+import functools
 import html
 from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
 import pandas as pd
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from loramix.config import LoramixConfig, load_config, to_toml, with_absolute_folders
 from loramix.errors import LoramixError
-from loramix.paths import plain_name
+from loramix.paths import plain_name, unique_name
 from loramix.runs import check_run_folder, confine_config, drop_if_empty, new_run_folder
 from loramix.writer import check_target, make_folder, write_text
 from trainers.captions import captions_table, save_captions
@@ -31,6 +32,9 @@ from webui.state import AppState
 POLL_S = 1.0
 THUMB = 160
 MAX_THUMBS = 200
+THUMB_DECODE_PIXELS = 3840 * 2160  # a larger image that is not a JPEG (no reduced decode) shows a placeholder
+MAX_CAPTION_SHOWN = 2000  # characters of one caption sent to the page
+SHORTENED = " … [shortened for display]"
 STATUS = {"queued": "Queued", "running": "Training", "done": "Done", "cancelled": "Cancelled", "failed": "Failed",
           "interrupted": "Interrupted", "removed": "Removed"}
 
@@ -172,10 +176,32 @@ def poll(state: AppState, selected: int | None, last: tuple | None):
 
 # ---- dataset ---------------------------------------------------------------------------------------
 def thumbnail(path: Path) -> Image.Image:
-    """A small in-memory copy: the browser never gets a path, so any readable folder can be shown."""
-    im = load_image(path)
+    """A small in-memory copy: the browser never gets a path, so any readable folder can be shown.
+
+    Its cost does not grow with the pixel count: a JPEG decodes at 1/2 to 1/8 scale, another format over
+    THUMB_DECODE_PIXELS is not decoded (a placeholder names its size), and thumbnails are kept in memory
+    by path, modification time and size, so showing a folder again decodes nothing.
+    """
+    stat = Path(path).stat()
+    return _thumbnail(str(path), stat.st_mtime_ns, stat.st_size).copy()
+
+
+@functools.lru_cache(maxsize=256)  # 256 × 160 × 160 × 3 bytes: about 20 MB
+def _thumbnail(path: str, _mtime_ns: int, _size: int) -> Image.Image:
+    with Image.open(path) as im:
+        (width, height), kind = im.size, im.format
+    if kind != "JPEG" and width * height > THUMB_DECODE_PIXELS:
+        placeholder = Image.new("RGB", (THUMB, THUMB), (225, 225, 225))
+        ImageDraw.Draw(placeholder).text((8, THUMB // 2 - 12), f"{width}x{height} {kind}\nnot previewed", fill=(60, 60, 60))
+        return placeholder
+    im = load_image(Path(path), cover=(THUMB, THUMB))
     im.thumbnail((THUMB, THUMB))
     return im
+
+
+def shown_caption(caption: str) -> str:
+    """A caption as the table shows it: at most MAX_CAPTION_SHOWN characters (training reads the whole file)."""
+    return caption if len(caption) <= MAX_CAPTION_SHOWN else caption[:MAX_CAPTION_SHOWN] + SHORTENED
 
 
 def show_images(state: AppState, folder: str, ext: str, resolution: int | float | None = 512):
@@ -189,7 +215,10 @@ def show_images(state: AppState, folder: str, ext: str, resolution: int | float 
     except (LoramixError, ValueError) as e:
         return [], empty, f"⚠ {e}"
     thumbs = [(thumbnail(p), rel) for rel, p, _ in table[:MAX_THUMBS]]
-    frame = pd.DataFrame([(rel, c) for rel, _, c in table], columns=["image", "caption"])
+    frame = pd.DataFrame([(rel, shown_caption(c)) for rel, _, c in table], columns=["image", "caption"])
+    warnings = [*(f"{rel}: its caption has {len(c):,} characters; the table shows the first {MAX_CAPTION_SHOWN:,} "
+                  "(training reads it whole). Edit that file in a text editor: Save captions leaves it as it is."
+                  for rel, _, c in table if len(c) > MAX_CAPTION_SHOWN), *warnings]
     note = f"{len(table)} images." + (f" Showing the first {MAX_THUMBS}." if len(table) > MAX_THUMBS else "")
     return thumbs, frame, "\n".join([note, *warning_lines(warnings)])
 
@@ -204,12 +233,14 @@ def warning_lines(warnings: list[str], shown: int = 5) -> list[str]:
 
 def write_captions(state: AppState, table, folder: str, ext: str) -> str:
     rows = table.values.tolist() if hasattr(table, "values") else list(table or [])
+    kept = [(r[0], r[1]) for r in rows if not str(r[1] or "").endswith(SHORTENED)]  # never save a shortened view
     try:
         folder = str(state.confinement.readable_folder("dataset.data_dir", folder))
-        written = save_captions(folder, ext, [(r[0], r[1]) for r in rows])
+        written = save_captions(folder, ext, kept)
     except LoramixError as e:
         return f"⚠ {e}"
-    return f"Saved {len(written)} captions."
+    left = len(rows) - len(kept)
+    return f"Saved {len(written)} captions." + (f" Left {left} shortened captions as they are." if left else "")
 
 
 # ---- jobs ------------------------------------------------------------------------------------------
@@ -315,6 +346,7 @@ def save_as_preset(state: AppState, form: dict, name: str, values: dict, replace
         if name.casefold() in state.shipped_presets():
             raise LoramixError(f"Save as preset: {name!r} is the name of a preset that ships with loramix; pick "
                                "another name.")
+        unique_name("Save as preset", name, state.presets())
         config = bindings.to_config(form, {**values, form["output.output_name"]: "preset",
                                            form["output.output_dir"]: ""})
         config.output.output_name, config.output.output_dir = LoramixConfig().output.output_name, ""
@@ -359,7 +391,7 @@ def build(state: AppState) -> TrainTab:
             with gr.Row():
                 preset = gr.Dropdown(list(presets), value="demo-cpu" if "demo-cpu" in presets else None,
                                      label="Preset", info="Fills every field below; your edits come after.",
-                                     interactive=True, scale=3)
+                                     interactive=True, allow_custom_value=True, scale=3)  # saved in another tab too
                 preset_name = gr.Textbox(label="Save as preset", placeholder="my-preset", scale=2)
                 with gr.Column(scale=1, min_width=140):
                     preset_replace = gr.Checkbox(False, label="replace", elem_id="train-preset-replace")
@@ -415,6 +447,7 @@ def build(state: AppState) -> TrainTab:
         show, [data_dir, ext, res], [thumbs, captions, notes], **private)
     preset.change(lambda name: bindings.to_widgets(form, preset_config(state, name)) if name else {},
                   preset, list(form.values()), **private)
+    preset.focus(lambda: gr.update(choices=list(state.presets())), None, preset, **private)
     save_captions_button.click(lambda table, folder, e: write_captions(state, table, folder, e),
                                [captions, data_dir, ext], captions_message, **private)
     save_preset.click(lambda values: save_as_preset(state, form, values[preset_name], values,

@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from webui.app import build_app, launch_kwargs
+from webui.app import CACHE_S, build_app, launch_kwargs
 from webui.state import AppState
 
 
@@ -16,11 +16,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def serve(state: AppState, listen: bool = False):
-    demo = build_app(state).queue(default_concurrency_limit=2)
+def serve(state: AppState, listen: bool = False, auth: tuple[str, str] | None = None, cache_s: int = CACHE_S,
+          **launch):
+    """The app on 127.0.0.1 (with `listen`, its Host rule and confinement are --listen's); `launch`: launch_kwargs'."""
+    demo = build_app(state, cache_s=cache_s).queue(default_concurrency_limit=2)
     port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                **launch_kwargs(state, listen))
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, auth=auth,
+                **launch_kwargs(state, listen, **launch))
     return demo, f"http://127.0.0.1:{port}/"
 
 
