@@ -1,8 +1,8 @@
 """Journeys in a real chromium, on and off the demo path. Screenshots go to test-artifacts/ (look at them).
 
 - your own folder (outside the working directory) shows its thumbnails, and the first screen is full;
-- five open pages all show the running job; a duplicate start is refused; the queue lists a second
-  job and Remove drops it; Cancel says so; Resume continues from the saved step;
+- five open pages all show the running job; a duplicate start is refused; the job list shows a second
+  job, and Remove drops it once a page picks it; Cancel says so; Resume continues from the saved step;
 - train, Send to Mix, blend two adapters; the adapter card shows the file's rank; a slider release
   redraws the preview without pressing Generate.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 import time
 import uuid
@@ -113,7 +114,9 @@ def test_five_pages_see_the_job_queue_remove_cancel_and_resume(app, browser, tin
     others[0].locator("#train-queue", has_text="queued-style-2").wait_for()
     assert "\tQueued\t" in others[0].locator("#train-queue").inner_text()
     others[0].screenshot(path=str(ARTIFACTS / "queue.png"), full_page=True)
-    others[0].locator("#train-job-id input").fill(str(second_id))
+    others[0].locator("#train-job-pick input").click()  # the job picker: Remove acts on the job the page shows
+    others[0].get_by_role("option", name=re.compile(rf"^{second_id} · Queued")).click()
+    others[0].locator("#train-progress", has_text=f"Queued job {second_id}").wait_for()
     others[0].locator("#train-remove-job").click()
     others[0].locator("#train-error", has_text=f"Removed job {second_id}").wait_for()
     assert state.jobs.queued() == []
