@@ -441,3 +441,52 @@ def to_toml(config: LoramixConfig, only_changed: bool = False) -> str:
                 for s, fields in data.items() if isinstance(fields, dict)}
         data = {"schema_version": SCHEMA_VERSION, **{s: f for s, f in data.items() if f}}
     return tomli_w.dumps(data)
+
+
+# ---- captioning (a job of its own, not part of a training config) ----------------------------------------
+DEFAULT_CAPTIONER = "Salesforce/blip-image-captioning-large"
+
+
+@dataclass
+class CaptionConfig:
+    """What `loramix caption` and the Dataset tab's *Caption* button run: a captioner over one image folder."""
+
+    data_dir: str = _f("", "Folder of images to caption; each caption is written as <image stem><extension>.")
+    model: str = _f(DEFAULT_CAPTIONER, "Captioner: a hub id or a local folder of a BLIP, GIT or Florence-2 model "
+                                       "(transformers loads them natively).")
+    mode: str = _f("skip", "What to do with an image that has a caption already: skip it, replace the caption, "
+                           "prepend the new caption to it, or append it.",
+                   choices=["skip", "replace", "prepend", "append"])
+    caption_extension: str = _f(".txt", "Extension of the caption files.", choices=list(CAPTION_EXTENSIONS))
+    prompt: str = _f("", "Text the caption starts from (BLIP, GIT), or the Florence-2 task "
+                         "(empty: <MORE_DETAILED_CAPTION>); a prompt the caption repeats is cut off.")
+    max_new_tokens: int = _f(60, "Longest caption, in tokens.", min=1, max=1024)
+    num_beams: int = _f(1, "Beam search width (1: greedy, fastest).", min=1, max=16)
+    batch_size: int = _f(2, "Images captioned together.", min=1, max=64)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def validate(self) -> CaptionConfig:
+        for f in dataclasses.fields(self):
+            value, meta, name = getattr(self, f.name), f.metadata, f"caption.{f.name}"
+            if "choices" in meta and value not in meta["choices"]:
+                raise ConfigError(name, f"{value!r} is not allowed; choose one of {', '.join(meta['choices'])}.")
+            if "min" in meta and not meta["min"] <= value <= meta["max"]:
+                raise ConfigError(name, f"{value!r} is outside {meta['min']}..{meta['max']}.")
+        if not self.data_dir:
+            raise ConfigError("caption.data_dir", "is empty; name the folder of images to caption.")
+        if not self.model.strip():
+            raise ConfigError("caption.model", f"is empty; give a hub id (e.g. {DEFAULT_CAPTIONER}) or a folder.")
+        return self
+
+    @classmethod
+    def from_dict(cls, values: dict) -> CaptionConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ConfigError(f"caption.{unknown[0]}", "is not a captioning setting.")
+        return cls(**values)

@@ -164,3 +164,54 @@ def build_tiny_sdxl(out_dir: str | Path, seed: int = 0, words: list[str] = (), i
                                             if k not in ("clip_sample", "set_alpha_to_one")}))
     pipe.save_pretrained(out_dir, safe_serialization=True)
     return out_dir
+
+
+CAPTION_WORDS = ["a", "picture", "of", "red", "stripes", "blue", "circle", "cat", "dog", "painting", "style"]
+
+
+def build_tiny_captioner(out_dir: str | Path, family: str = "blip", seed: int = 0, real_size: bool = False) -> Path:
+    """A captioner folder `AutoProcessor` / `AutoModelForImageTextToText` load offline: random weights, a BERT
+    word-piece tokenizer written here. `family`: blip or git. With `real_size`, BLIP gets the layer sizes of
+    Salesforce/blip-image-captioning-large (for benchmarks; the vocabulary stays small)."""
+    import torch
+    from transformers import BertTokenizer
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *CAPTION_WORDS]
+    (out / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    tokenizer = BertTokenizer(str(out / "vocab.txt"))
+    small = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
+    torch.manual_seed(seed)
+    if family == "blip":
+        from transformers import BlipConfig, BlipForConditionalGeneration, BlipProcessor
+        from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
+
+        text = dict(vocab_size=len(vocab), bos_token_id=2, pad_token_id=0, sep_token_id=3, eos_token_id=3)
+        if real_size:  # blip-image-captioning-large: ViT-L/16 at 384 px, a BERT-base decoder
+            vision = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                          image_size=384, patch_size=16)
+            side = 384
+        else:
+            text.update(small, max_position_embeddings=64)
+            vision = dict(small, image_size=32, patch_size=8)
+            side = 32
+        model = BlipForConditionalGeneration(BlipConfig(text_config=text, vision_config=vision,
+                                                        projection_dim=vision["hidden_size"]))
+        processor = BlipProcessor(image_processor=BlipImageProcessorPil(size={"height": side, "width": side}),
+                                  tokenizer=tokenizer)
+    elif family == "git":
+        from transformers import GitConfig, GitForCausalLM, GitProcessor
+        from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+        config = GitConfig(vision_config=dict(small, image_size=32, patch_size=8), vocab_size=len(vocab),
+                           max_position_embeddings=64, bos_token_id=2, eos_token_id=3, pad_token_id=0, **small)
+        model = GitForCausalLM(config)
+        processor = GitProcessor(image_processor=CLIPImageProcessorPil(size={"shortest_edge": 32},
+                                                                       crop_size={"height": 32, "width": 32}),
+                                 tokenizer=tokenizer)
+    else:
+        raise ValueError(f"no tiny captioner of family {family!r}")
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
