@@ -89,7 +89,123 @@ def build_parser() -> argparse.ArgumentParser:
     bake.add_argument("--replace", action="store_true",
                       help="replace an existing --out folder (only one that loramix baked) and --single-file")
     bake.add_argument("--allow-unsafe", action="store_true", help="also read pickle LoRA files")
+    _add_dataset_commands(sub)
+    _add_caption_command(sub)
     return parser
+
+
+class _EditAction(argparse.Action):
+    """Collects tag edits in the order given on the command line (they apply in that order)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from trainers.tags import TagEdit
+
+        values = values if isinstance(values, list) else ([] if values is None else [values])
+        try:
+            edit = TagEdit(self.const, *values)
+        except LoramixError as e:
+            parser.error(str(e))
+        namespace.edits = [*(getattr(namespace, "edits", None) or []), edit]
+
+
+def _add_dataset_commands(sub) -> None:
+    tags = sub.add_parser("tags", help="edit the tags of a folder's captions in bulk (with a preview and undo)",
+                          description="Apply tag edits, in the order given, to every caption of DIR (or the "
+                                      "images named by --only). Tags compare lower-cased, as kohya counts them.")
+    tags.add_argument("dir", help="the image folder (dataset.data_dir)")
+    tags.set_defaults(edits=[])
+    tags.add_argument("--add", action=_EditAction, const="add", metavar="TAG", help="add a tag (last; see --first)")
+    tags.add_argument("--first", action="store_true", help="--add puts its tag first")
+    tags.add_argument("--remove", action=_EditAction, const="remove", metavar="TAG", help="remove a tag")
+    tags.add_argument("--rename", action=_EditAction, const="rename", nargs=2, metavar=("OLD", "NEW"),
+                      help="a whole tag OLD becomes NEW")
+    tags.add_argument("--replace", action=_EditAction, const="replace", nargs=2, metavar=("OLD", "NEW"),
+                      help="the words OLD inside any tag or sentence become NEW")
+    tags.add_argument("--dedupe", action=_EditAction, const="dedupe", nargs=0, help="drop repeated tags")
+    tags.add_argument("--sort", action=_EditAction, const="sort", nargs=0, help="sort the tags")
+    tags.add_argument("--trigger", action=_EditAction, const="trigger", metavar="WORD",
+                      help="put the trigger word first, once")
+    tags.add_argument("--only", action="append", default=[], metavar="IMAGE",
+                      help="edit only this image (a path relative to DIR, or a glob); repeatable")
+    tags.add_argument("--ext", default=".txt", help="caption extension (.txt or .caption)")
+    tags.add_argument("--dry-run", action="store_true", help="show the changes, write nothing")
+    tags.add_argument("--undo", action="store_true", help="put back the captions the last save changed")
+
+
+def _add_caption_command(sub) -> None:
+    import dataclasses
+
+    from loramix.config import CaptionConfig
+
+    caption = sub.add_parser("caption", help="caption every image of a folder with a captioner model",
+                             description="Write <image stem><extension> beside each image of DIR. An existing "
+                                         "caption is kept unless --mode says otherwise.")
+    caption.add_argument("dir", help="the image folder")
+    for f in dataclasses.fields(CaptionConfig):  # the flags are the config's fields
+        if f.name == "data_dir":
+            continue
+        flag = "--ext" if f.name == "caption_extension" else "--" + f.name.replace("_", "-")
+        caption.add_argument(flag, dest=f.name, default=f.default, type=type(f.default), help=f.metadata["help"],
+                             choices=f.metadata.get("choices"))
+    caption.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _caption(args) -> int:
+    from loramix.config import CaptionConfig
+    from trainers.captioner import caption_folder
+
+    values = {k: v for k, v in vars(args).items() if k in CaptionConfig.__dataclass_fields__}
+    config = CaptionConfig(data_dir=args.dir, **values).validate()
+    cancel = CancelToken()
+    bar = None
+
+    def on_event(event: TrainEvent) -> None:
+        nonlocal bar
+        if event.kind == "start":
+            print(event.message, file=sys.stderr)
+            if not args.quiet and event.total:
+                from tqdm import tqdm
+
+                bar = tqdm(total=event.total, unit="image", dynamic_ncols=True)
+        elif event.kind == "step" and bar is not None:
+            bar.update(event.step - bar.n)
+        elif event.kind in ("warning", "log"):
+            (bar.write if bar else print)(("warning: " if event.kind == "warning" else "") + event.message,
+                                          file=sys.stderr)
+
+    def on_sigint(_sig, _frame):
+        if cancel.cancelled:
+            raise KeyboardInterrupt
+        print("\nStopping after this batch (Ctrl-C again to stop at once).", file=sys.stderr)
+        cancel.cancel()
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        result = caption_folder(config, on_event, cancel)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if bar is not None:
+            bar.close()
+    return 130 if result.cancelled else 0
+
+
+def _tags(args) -> int:
+    from trainers.tags import TagEdit, plan_edits, save_changes, undo_last
+
+    if args.undo:
+        restored = undo_last(args.dir)
+        print(f"Put back {len(restored)} captions in {args.dir}.")
+        return 0
+    edits = [TagEdit(e.op, e.tag, e.new, first=args.first) if e.op == "add" else e for e in args.edits or []]
+    changes = plan_edits(args.dir, args.ext, edits, args.only)
+    for change in changes:
+        print(f"{change.image}:\n  - {change.before}\n  + {change.after}")
+    if args.dry_run or not changes:
+        print(f"{len(changes)} captions would change ({'; '.join(e.describe() for e in edits)}); nothing written.")
+        return 0
+    save_changes(args.dir, args.ext, changes)
+    print(f"Saved {len(changes)} captions; `loramix tags {args.dir} --undo` puts them back.")
+    return 0
 
 
 def _mixer_with(args, blend=None):
@@ -229,7 +345,9 @@ def main(argv: list[str] | None = None) -> int:
     quiet_libraries()
     args = build_parser().parse_args(argv)
     try:
-        return {"train": _train, "mix": _mix, "merge": _merge, "bake": _bake}[args.command](args)
+        commands = {"train": _train, "mix": _mix, "merge": _merge, "bake": _bake, "tags": _tags,
+                    "caption": _caption}
+        return commands[args.command](args)
     except LoramixError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
