@@ -18,7 +18,7 @@ import threading
 import time
 from pathlib import Path
 
-from loramix.config import LoramixConfig, from_dict
+from loramix.config import CaptionConfig, LoramixConfig, from_dict
 from loramix.errors import LoramixError
 from loramix.events import TrainEvent
 
@@ -36,7 +36,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     total INTEGER NOT NULL DEFAULT 0,
     error TEXT NOT NULL DEFAULT '',
     lora_path TEXT NOT NULL DEFAULT '',
-    state_path TEXT NOT NULL DEFAULT ''
+    state_path TEXT NOT NULL DEFAULT '',
+    kind TEXT NOT NULL DEFAULT 'train'
 );
 CREATE TABLE IF NOT EXISTS events (
     job_id INTEGER NOT NULL REFERENCES jobs(id),
@@ -47,6 +48,7 @@ CREATE TABLE IF NOT EXISTS events (
 """
 STATUSES = ("queued", "running", "done", "cancelled", "failed", "interrupted", "removed")
 FIELDS = ("status", "started", "finished", "step", "total", "error", "lora_path", "state_path")
+KINDS = ("train", "caption")  # what a job runs: a LoramixConfig training, or a CaptionConfig captioning
 
 
 @dataclasses.dataclass
@@ -66,6 +68,18 @@ class JobRecord:
     error: str = ""
     lora_path: str = ""
     state_path: str = ""
+    kind: str = "train"
+
+
+def kind_of(config: LoramixConfig | CaptionConfig) -> str:
+    return "caption" if isinstance(config, CaptionConfig) else "train"
+
+
+def _folder_and_name(config: LoramixConfig | CaptionConfig) -> tuple[str, str, int]:
+    """(folder, name, total steps) as the job list shows a job: a captioning's folder is the image folder."""
+    if isinstance(config, CaptionConfig):
+        return config.data_dir, f"captions of {Path(config.data_dir).name}", 0
+    return config.output.output_dir, config.output.output_name, config.train.max_steps
 
 
 def event_to_json(event: TrainEvent) -> str:
@@ -93,6 +107,9 @@ class JobStore:
             self._db.execute("PRAGMA journal_mode=WAL")  # readers never wait for the worker's commits
             self._db.execute("PRAGMA synchronous=NORMAL")  # durable across a killed process
             self._db.executescript(SCHEMA)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+            if "kind" not in columns:  # a job list from before captioning jobs: every job was a training
+                self._db.execute("ALTER TABLE jobs ADD COLUMN kind TEXT NOT NULL DEFAULT 'train'")
         except sqlite3.DatabaseError as e:
             raise LoramixError(f"The job list {self.path} cannot be opened ({e}); move it aside to start a new "
                                "one (the run folders keep every trained file).") from e
@@ -107,16 +124,16 @@ class JobStore:
                                  (time.time(),))
         return ids
 
-    def add(self, config: LoramixConfig, status: str = "queued") -> JobRecord:
-        """Record a new job the moment it is submitted; returns it with its id."""
+    def add(self, config: LoramixConfig | CaptionConfig, status: str = "queued") -> JobRecord:
+        """Record a new job (a training or a captioning) the moment it is submitted; returns it with its id."""
         now = time.time()
-        out = config.output
+        folder, name, total = _folder_and_name(config)
+        kind = kind_of(config)
         with self._lock:
             cursor = self._db.execute(
-                "INSERT INTO jobs (config, status, folder, name, submitted, total) VALUES (?, ?, ?, ?, ?, ?)",
-                (config.to_json(), status, out.output_dir, out.output_name, now, config.train.max_steps))
-        return JobRecord(cursor.lastrowid, config, status, out.output_dir, out.output_name, now,
-                         total=config.train.max_steps)
+                "INSERT INTO jobs (config, status, folder, name, submitted, total, kind) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (config.to_json(), status, folder, name, now, total, kind))
+        return JobRecord(cursor.lastrowid, config, status, folder, name, now, total=total, kind=kind)
 
     def update(self, job_id: int, **values) -> None:
         unknown = set(values) - set(FIELDS)
@@ -147,13 +164,14 @@ class JobStore:
     def jobs(self) -> list[JobRecord]:
         """Every job, oldest first."""
         with self._lock:
-            rows = self._db.execute(f"SELECT id, config, folder, name, submitted, {', '.join(FIELDS)} FROM jobs "
-                                    "ORDER BY id").fetchall()
+            rows = self._db.execute(f"SELECT id, kind, config, folder, name, submitted, {', '.join(FIELDS)} FROM "
+                                    "jobs ORDER BY id").fetchall()
         records = []
-        for job_id, config, folder, name, submitted, *rest in rows:
+        for job_id, kind, config, folder, name, submitted, *rest in rows:
             values = dict(zip(FIELDS, rest))
-            records.append(JobRecord(job_id, _config(config, folder, name), folder=folder, name=name,
-                                     submitted=submitted, **values))
+            stored = _caption_config(config, folder) if kind == "caption" else _config(config, folder, name)
+            records.append(JobRecord(job_id, stored, folder=folder, name=name, submitted=submitted, kind=kind,
+                                     **values))
         return records
 
     def close(self) -> None:
@@ -169,3 +187,11 @@ def _config(text: str, folder: str, name: str) -> LoramixConfig:
         config = LoramixConfig()
         config.output.output_dir, config.output.output_name = folder, name
         return config
+
+
+def _caption_config(text: str, folder: str) -> CaptionConfig:
+    """A stored captioning's config; one a later loramix cannot read keeps its folder."""
+    try:
+        return CaptionConfig.from_dict(json.loads(text))
+    except (LoramixError, ValueError, TypeError):
+        return CaptionConfig(data_dir=folder)

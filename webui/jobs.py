@@ -1,4 +1,5 @@
-"""Training jobs for the app: one runs at a time in a worker thread, the rest wait in a visible queue.
+"""Jobs for the app — trainings and captionings — one runs at a time in a worker thread, the rest wait in a
+visible queue.
 
 Every job and every event it publishes are recorded in the job store (`loramix.job_store`, SQLite in
 outputs/loramix.db) the moment they exist, so the list survives a restart or a kill -9: a job that was running
@@ -16,10 +17,10 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from loramix.config import LoramixConfig
+from loramix.config import CaptionConfig, LoramixConfig
 from loramix.errors import LoramixError
 from loramix.events import CancelToken, TrainEvent
-from loramix.job_store import JobRecord, JobStore
+from loramix.job_store import JobRecord, JobStore, kind_of
 from loramix.runs import drop_if_empty
 
 FINISHED = ("done", "cancelled", "failed", "interrupted")
@@ -28,7 +29,7 @@ FINISHED = ("done", "cancelled", "failed", "interrupted")
 @dataclass
 class Job:
     id: int
-    config: LoramixConfig
+    config: LoramixConfig | CaptionConfig  # a training, or a captioning (kind "caption")
     status: str = "queued"  # queued | running | done | cancelled | failed | interrupted | removed
     events: list[TrainEvent] = field(default_factory=list)
     error: str = ""
@@ -41,16 +42,23 @@ class Job:
     stored_step: int = 0  # the last step the store recorded (before the events are read back)
 
     @property
+    def kind(self) -> str:
+        return kind_of(self.config)
+
+    @property
     def active(self) -> bool:
         return self.status in ("queued", "running")
 
     @property
     def folder(self) -> Path:
+        """The run folder of a training; the image folder of a captioning."""
+        if self.kind == "caption":
+            return Path(self.config.data_dir)
         return Path(self.config.output.output_dir)
 
     @property
     def name(self) -> str:
-        return self.config.output.output_name
+        return f"captions of {self.folder.name}" if self.kind == "caption" else self.config.output.output_name
 
     def latest(self, kind: str) -> TrainEvent | None:
         return next((e for e in reversed(list(self.events)) if e.kind == kind), None)
@@ -61,7 +69,7 @@ class Job:
 
     def total(self) -> int:
         event = self.latest("step") or self.latest("start")
-        return event.total if event else self.config.train.max_steps
+        return event.total if event else (0 if self.kind == "caption" else self.config.train.max_steps)
 
     def losses(self) -> list[tuple[int, float]]:
         return [(e.step, e.loss) for e in list(self.events) if e.kind == "step" and e.loss is not None]
@@ -72,14 +80,18 @@ class Job:
 
     def resumable_state(self) -> Path | None:
         """The state file to continue this job from, after a cancel, a crash, a NaN stop or a server stop."""
-        if self.status not in ("cancelled", "failed", "interrupted"):
+        if self.status not in ("cancelled", "failed", "interrupted") or self.kind == "caption":
             return None
         state = self.folder / f"{self.name}-state.safetensors"
         return state if state.is_file() else None
 
 
-def _same_work(a: LoramixConfig, b: LoramixConfig) -> bool:
-    """Two configs that would train the same thing (the run folder aside)."""
+def _same_work(a: LoramixConfig | CaptionConfig, b: LoramixConfig | CaptionConfig) -> bool:
+    """Two configs that would train the same thing (the run folder aside), or caption the same folder."""
+    if kind_of(a) != kind_of(b):
+        return False
+    if kind_of(a) == "caption":
+        return Path(a.data_dir).expanduser().resolve() == Path(b.data_dir).expanduser().resolve()
     da, db = a.to_dict(), b.to_dict()
     for d in (da, db):
         d["output"] = {k: v for k, v in d["output"].items() if k != "output_dir"}
@@ -94,12 +106,15 @@ def _job_of(record: JobRecord) -> Job:
 
 
 class JobManager:
-    """Owns the queue, the single worker thread and the job store."""
+    """Owns the queue, the single worker thread and the job store. `train_fn` / `caption_fn` run a job's config
+    with (config, event sink, cancel token) and return a result with `lora_path`, `cancelled` (and `state_path`)."""
 
-    def __init__(self, store: JobStore | str | Path, train_fn=None):
+    def __init__(self, store: JobStore | str | Path, train_fn=None, caption_fn=None):
         if train_fn is None:
             from trainers.lora_trainer import train as train_fn
-        self._train = train_fn
+        if caption_fn is None:
+            from trainers.captioner import caption_folder as caption_fn
+        self._runners = {"train": train_fn, "caption": caption_fn}
         self.store = store if isinstance(store, JobStore) else JobStore(store)
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
@@ -111,8 +126,8 @@ class JobManager:
         self._worker = threading.Thread(target=self._run_forever, name="loramix-train", daemon=True)
         self._worker.start()
 
-    def submit(self, config: LoramixConfig) -> Job:
-        """Queue a job; a job identical to a queued or running one, or one into a busy folder, is refused."""
+    def submit(self, config: LoramixConfig | CaptionConfig) -> Job:
+        """Queue a job; a job identical to a queued or running one, or a training into a busy folder, is refused."""
         config.validate()
         with self._lock:
             if self._stopping:
@@ -121,9 +136,11 @@ class JobManager:
                 if not other.active:
                     continue
                 if _same_work(other.config, config):
-                    raise LoramixError(f"The same training is already {other.status} as job {other.id} "
+                    what = "A captioning of this folder" if kind_of(config) == "caption" else "The same training"
+                    raise LoramixError(f"{what} is already {other.status} as job {other.id} "
                                        f"({other.folder}); change a setting or wait for it.")
-                if Path(other.config.output.output_dir).resolve() == Path(config.output.output_dir).resolve():
+                if kind_of(config) == kind_of(other.config) == "train" and \
+                        Path(other.config.output.output_dir).resolve() == Path(config.output.output_dir).resolve():
                     raise LoramixError(f"Job {other.id} already writes into {other.folder}; pick another folder.")
             record = self.store.add(config)
             job = Job(record.id, config, submitted=record.submitted)
@@ -224,7 +241,8 @@ class JobManager:
     def _run(self, job: Job) -> None:
         values: dict = {}
         try:
-            result = self._train(job.config, lambda event: self._record(job, event), job.cancel)
+            run = self._runners[job.kind]
+            result = run(job.config, lambda event: self._record(job, event), job.cancel)
             values = dict(lora_path=result.lora_path, state_path=getattr(result, "state_path", None),
                           status="cancelled" if result.cancelled else "done")
             if result.cancelled and self._stopping:
@@ -232,7 +250,8 @@ class JobManager:
         except LoramixError as e:
             values = dict(error=str(e), status="failed")
         except Exception as e:  # the error boundary: the app stays up and shows what happened
-            values = dict(error=f"Training crashed: {type(e).__name__}: {e}. Details are in the server log.",
+            what = "Captioning" if job.kind == "caption" else "Training"
+            values = dict(error=f"{what} crashed: {type(e).__name__}: {e}. Details are in the server log.",
                           status="failed")
             traceback.print_exc()
         finally:
