@@ -1,4 +1,4 @@
-"""The loramix web app: Train and Mix tabs over the headless engine; `loramix ui` / `python -m webui`.
+"""The loramix web app: Dataset, Train and Mix tabs over the headless engine; `loramix ui` / `python -m webui`.
 
 Security (docs/security.md): 127.0.0.1 by default; every request's Host and Origin must name this
 machine (DNS rebinding) and failed logins are throttled (`webui.guard`); uploads are capped and gradio's
@@ -25,7 +25,7 @@ from loramix.lora_spec import parse_adapter_spec
 from loramix.mixer import PreviewRequest
 from loramix.runs import confine_config, drop_if_empty, new_run_folder
 from trainers.captions import captions_table
-from webui import mix_tab, train_tab
+from webui import dataset_tab, mix_tab, train_tab
 from webui.guard import HostCheck, LoginThrottle
 from webui.state import AppState
 
@@ -115,12 +115,17 @@ def build_app(state: AppState, cache_s: int = CACHE_S) -> gr.Blocks:
         with gr.Tabs() as tabs:
             with gr.Tab("Train", id="train"):
                 train = train_tab.build(state)
+            with gr.Tab("Dataset", id="dataset"):
+                dataset = dataset_tab.build(state)
             with gr.Tab("Mix", id="mix"):
                 mix = mix_tab.build(state)
+        show, inputs, outputs = train.first_view
+        dataset.use_for_training.click(lambda folder: (folder, gr.Tabs(selected="train")), dataset.folder,
+                                       [train.form["dataset.data_dir"], tabs], api_visibility="private").then(
+            show, inputs, outputs, api_visibility="private")
         train.send_to_mix.click(mix_tab.send_to_mix(mix, state, train.selected, train.message, tabs),
                                 {mix.count, *mix.files, train.selected},
                                 [mix.count, *mix.files, *mix.rows, train.message, tabs], api_visibility="private")
-        show, inputs, outputs = train.first_view
         demo.load(show, inputs, outputs, api_visibility="private")  # the pre-filled folder's images at once
 
         def train_endpoint(preset: str, data_dir: str, output_name: str, overrides: list[str]) -> str:

@@ -130,7 +130,7 @@ def sample_gallery(job: Job | None) -> list[tuple[str, str]]:
     """Sample images, each labelled with its step and prompt."""
     if job is None:
         return []
-    prompts = job.config.sample.prompts
+    prompts = job.config.sample.prompts if job.kind == "train" else []  # a captioning has no samples
     out = []
     for path, step in job.samples():
         index = Path(path).stem.rsplit("-", 1)[-1]
