@@ -171,14 +171,16 @@ CAPTION_WORDS = ["a", "picture", "of", "red", "stripes", "blue", "circle", "cat"
 
 def build_tiny_captioner(out_dir: str | Path, family: str = "blip", seed: int = 0, real_size: bool = False) -> Path:
     """A captioner folder `AutoProcessor` / `AutoModelForImageTextToText` load offline: random weights, a BERT
-    word-piece tokenizer written here. `family`: blip or git. With `real_size`, BLIP gets the layer sizes of
-    Salesforce/blip-image-captioning-large (for benchmarks; the vocabulary stays small)."""
+    word-piece tokenizer written here. `family`: blip or git. With `real_size`, BLIP gets the layer sizes and
+    vocabulary size of Salesforce/blip-image-captioning-large (for benchmarks; the extra words are placeholders)."""
     import torch
     from transformers import BertTokenizer
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *CAPTION_WORDS]
+    if real_size:
+        vocab += [f"word{i}" for i in range(30524 - len(vocab))]  # BLIP's BERT vocabulary size
     (out / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
     tokenizer = BertTokenizer(str(out / "vocab.txt"))
     small = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
