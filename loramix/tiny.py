@@ -171,7 +171,7 @@ CAPTION_WORDS = ["a", "picture", "of", "red", "stripes", "blue", "circle", "cat"
 
 def build_tiny_captioner(out_dir: str | Path, family: str = "blip", seed: int = 0, real_size: bool = False) -> Path:
     """A captioner folder `AutoProcessor` / `AutoModelForImageTextToText` load offline: random weights, a BERT
-    word-piece tokenizer written here. `family`: blip or git. With `real_size`, BLIP gets the layer sizes and
+    word-piece tokenizer (Florence-2: a byte-level BPE one) written here. `family`: blip, git or florence2. With `real_size`, BLIP gets the layer sizes and
     vocabulary size of Salesforce/blip-image-captioning-large (for benchmarks; the extra words are placeholders)."""
     import torch
     from transformers import BertTokenizer
@@ -212,8 +212,44 @@ def build_tiny_captioner(out_dir: str | Path, family: str = "blip", seed: int = 
         processor = GitProcessor(image_processor=CLIPImageProcessorPil(size={"shortest_edge": 32},
                                                                        crop_size={"height": 32, "width": 32}),
                                  tokenizer=tokenizer)
+    elif family == "florence2":
+        model, processor = _tiny_florence2()
     else:
         raise ValueError(f"no tiny captioner of family {family!r}")
     model.save_pretrained(out)
     processor.save_pretrained(out)
     return out
+
+
+def _tiny_florence2():
+    """A Florence-2 (DaViT vision tower, BART encoder-decoder) of a few thousand weights and its processor."""
+    from transformers import (
+        BartTokenizer,
+        Florence2Config,
+        Florence2ForConditionalGeneration,
+        Florence2Processor,
+    )
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    symbols = ["<s>", "<pad>", "</s>", "<unk>", *sorted(set(_bytes_to_unicode().values()))]
+    merges = []
+    for word in ("Ġ" + w for w in CAPTION_WORDS):  # byte-level BPE merges that spell the caption words
+        piece = word[0]
+        for ch in word[1:]:
+            merges.append((piece, ch))
+            piece += ch
+            if piece not in symbols:
+                symbols.append(piece)
+    symbols += ["<mask>", "<image>"]
+    tokenizer = BartTokenizer(vocab={s: i for i, s in enumerate(symbols)}, merges=merges,
+                              extra_special_tokens={"image_token": "<image>"})
+    # 64 px through strides 4, 2, 2, 2: 2x2 visual tokens, plus the pooled one
+    image_processor = CLIPImageProcessorPil(size={"height": 64, "width": 64}, do_center_crop=False, image_seq_length=5)
+    vision = dict(depths=[1, 1, 1, 1], embed_dim=[8, 16, 16, 32], num_heads=[1, 2, 2, 4], num_groups=[1, 2, 2, 4],
+                  projection_dim=32, window_size=2)
+    text = dict(vocab_size=len(tokenizer), d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+                decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=128,
+                bos_token_id=0, pad_token_id=1, eos_token_id=2, decoder_start_token_id=2, forced_bos_token_id=0)
+    model = Florence2ForConditionalGeneration(Florence2Config(vision_config=vision, text_config=text,
+                                                              image_token_id=tokenizer.image_token_id))
+    return model, Florence2Processor(image_processor=image_processor, tokenizer=tokenizer)

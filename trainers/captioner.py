@@ -31,7 +31,7 @@ from trainers.dataset import IMAGE_ERRORS, decode_caption, load_image
 @dataclass(frozen=True)
 class Family:
     prompt: str = ""  # the default prompt (Florence-2: a task token its processor expands)
-    task: bool = False  # the prompt is a Florence-2 task for `post_process_generation`
+    task: bool = False  # the prompt is a task token: the caption does not repeat it
 
 
 FAMILIES = {"blip": Family(), "git": Family(), "florence2": Family("<MORE_DETAILED_CAPTION>", task=True)}
@@ -97,12 +97,11 @@ class Captioner:
         with torch.inference_mode():
             ids = self.model.generate(**inputs, **self.generate_kwargs)
         texts = self.processor.batch_decode(ids, skip_special_tokens=True)
-        return [self.clean(text, image.size) for text, image in zip(texts, images)]
+        return [self.clean(text) for text in texts]
 
-    def clean(self, text: str, image_size) -> str:
-        """The caption without special tokens, a repeated prompt, or doubled whitespace."""
-        if self.family.task:
-            text = self.processor.post_process_generation(text, task=self.prompt, image_size=image_size)[self.prompt]
+    def clean(self, text: str) -> str:
+        """The caption without special tokens (dropped by the decode; Florence-2's post-processing of a caption
+        task does no more), a repeated prompt, or doubled whitespace."""
         text = " ".join(str(text).split())
         prompt = " ".join(self.prompt.split())
         if prompt and not self.family.task and text.lower().startswith(prompt.lower()):

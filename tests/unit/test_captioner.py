@@ -7,7 +7,7 @@ from loramix.config import CaptionConfig
 from loramix.errors import ConfigError, LoramixError
 from loramix.events import CancelToken
 from loramix.tiny import CAPTION_WORDS, build_tiny_captioner
-from tests.conftest import make_folder
+from tests.conftest import draw_image, make_folder
 from trainers.captioner import Captioner, caption_folder, merge_caption
 
 
@@ -43,8 +43,19 @@ def test_pipeline_writes_a_caption_of_the_models_words(tmp_path, family, request
 
 def test_prompt_is_cut_from_the_caption(tiny_blip):
     captioner = Captioner(str(tiny_blip), prompt="a picture of", max_new_tokens=4)
-    assert captioner.clean("a picture of red cat", (8, 8)) == "red cat"
-    assert captioner.clean("  red   cat ", (8, 8)) == "red cat"
+    assert captioner.clean("a picture of red cat") == "red cat"
+    assert captioner.clean("  red   cat ") == "red cat"
+
+
+def test_florence2_task_prompt_end_to_end(tmp_path):
+    model = build_tiny_captioner(tmp_path / "florence2", "florence2")
+    captioner = Captioner(str(model), max_new_tokens=4, min_new_tokens=3)  # random weights end at once otherwise
+    assert captioner.prompt == "<MORE_DETAILED_CAPTION>"
+    inputs = captioner.processor(images=[draw_image(0)], text=[captioner.prompt], return_tensors="pt")
+    prompt_text = captioner.processor.batch_decode(inputs["input_ids"], skip_special_tokens=True)[0]
+    assert "Describe with a paragraph" in prompt_text  # the processor expanded the task token
+    captions = captioner.caption([draw_image(0), draw_image(1, (80, 48))])
+    assert len(captions) == 2 and all(c and "<" not in c for c in captions)
 
 
 @pytest.mark.parametrize("mode, expected", [
