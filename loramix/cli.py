@@ -145,8 +145,12 @@ def _add_caption_command(sub) -> None:
         if f.name == "data_dir":
             continue
         flag = "--ext" if f.name == "caption_extension" else "--" + f.name.replace("_", "-")
-        caption.add_argument(flag, dest=f.name, default=f.default, type=type(f.default), help=f.metadata["help"],
-                             choices=f.metadata.get("choices"))
+        if isinstance(f.default, bool):
+            caption.add_argument(flag, dest=f.name, default=f.default, action=argparse.BooleanOptionalAction,
+                                 help=f.metadata["help"])
+        else:
+            caption.add_argument(flag, dest=f.name, default=f.default, type=type(f.default),
+                                 help=f.metadata["help"], choices=f.metadata.get("choices"))
     caption.add_argument("--quiet", action="store_true", help="no progress bar")
 
 

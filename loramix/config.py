@@ -453,7 +453,8 @@ class CaptionConfig:
 
     data_dir: str = _f("", "Folder of images to caption; each caption is written as <image stem><extension>.")
     model: str = _f(DEFAULT_CAPTIONER, "Captioner: a hub id or a local folder of a BLIP, GIT or Florence-2 model "
-                                       "(transformers loads them natively).")
+                                       "(transformers loads them natively), or of a WD tagger (model.onnx and "
+                                       "selected_tags.csv, e.g. SmilingWolf/wd-vit-tagger-v3; needs onnxruntime).")
     mode: str = _f("skip", "What to do with an image that has a caption already: skip it, replace the caption, "
                            "prepend the new caption to it, or append it.",
                    choices=["skip", "replace", "prepend", "append"])
@@ -463,6 +464,14 @@ class CaptionConfig:
     max_new_tokens: int = _f(60, "Longest caption, in tokens.", min=1, max=1024)
     num_beams: int = _f(1, "Beam search width (1: greedy, fastest).", min=1, max=16)
     batch_size: int = _f(2, "Images captioned together.", min=1, max=64)
+    general_threshold: float = _f(0.35, "WD tagger: a general tag is kept when its probability is at least this.",
+                                  min=0.0, max=1.0)
+    character_threshold: float = _f(0.85, "WD tagger: a character tag is kept when its probability is at least "
+                                          "this.", min=0.0, max=1.0)
+    exclude_tags: str = _f("", "WD tagger: comma-separated tags never written (e.g. watermark, simple background).")
+    max_tags: int = _f(0, "WD tagger: keep at most this many tags, the likeliest (0: no limit).", min=0, max=1000)
+    underscores_to_spaces: bool = _f(True, "WD tagger: write long_hair as long hair (emoticons such as ^_^ keep "
+                                           "theirs).")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

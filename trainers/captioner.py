@@ -11,8 +11,8 @@ skip mode a new caption is written with `replace=False`, so a caption that appea
 overwritten. Progress is published as events (start, one step per batch, log), cancel is checked between
 batches, so the job queue runs it like a training.
 
-A booru-style WD tagger is not here: the WD v3 taggers are timm models, and timm imports torchvision, which does
-not import beside the CPU torch wheel of this project's lock; their ONNX exports would need onnxruntime.
+A WD tagger (`trainers.tagger`, their ONNX export on onnxruntime) takes the captioner's place when `cfg.model`
+names one; the rest of the pipeline is the same.
 """
 
 from __future__ import annotations
@@ -142,7 +142,10 @@ def caption_folder(cfg: CaptionConfig, on_event: EventSink = no_events, cancel: 
     for warning in warnings:  # files the scan skipped or doubts
         on_event(TrainEvent("warning", message=warning))
     if todo and captioner is None:
-        captioner = Captioner(cfg.model, cfg.prompt, cfg.max_new_tokens, cfg.num_beams)
+        from trainers.tagger import WDTagger, is_wd_tagger
+
+        captioner = WDTagger(cfg) if is_wd_tagger(cfg.model) else \
+            Captioner(cfg.model, cfg.prompt, cfg.max_new_tokens, cfg.num_beams)
     started, done = time.monotonic(), 0
     for start in range(0, len(todo), cfg.batch_size):
         if cancel.cancelled:
@@ -161,6 +164,10 @@ def caption_folder(cfg: CaptionConfig, on_event: EventSink = no_events, cancel: 
         new = captioner.caption(images) if images else []
         paths = []
         for (image_path, existing), text in zip(batch, new):
+            if not text:
+                result.failed.append(f"{image_path.name}: the captioner gave nothing (no tag reached its threshold); "
+                                     "its caption file was left as it was")
+                continue
             caption = merge_caption(existing, text, cfg.mode)
             asked = existing is not None and (cfg.mode != "skip" or not existing)  # an empty file counts as none
             paths.append(str(write_text(image_path.with_suffix(cfg.caption_extension), caption + "\n",

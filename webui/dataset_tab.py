@@ -115,12 +115,13 @@ def undo_tags(state: AppState, folder: str) -> str:
 
 # ---- captioning as a job --------------------------------------------------------------------------
 def start_caption(state: AppState, folder: str, ext: str, model: str, mode: str, prompt: str,
-                  max_new_tokens) -> tuple[str, int | None]:
+                  max_new_tokens, tagger: dict | None = None) -> tuple[str, int | None]:
+    """Queue a captioning job; `tagger`: the WD tagger's settings (CaptionConfig field names)."""
     try:
         config = CaptionConfig(data_dir=_folder(state, folder), caption_extension=ext or ".txt",
                                model=state.confinement.readable_base("caption.model", (model or "").strip())
                                if (model or "").strip() else "", mode=mode, prompt=prompt or "",
-                               max_new_tokens=int(max_new_tokens or 60))
+                               max_new_tokens=int(max_new_tokens or 60), **(tagger or {}))
         ahead = state.jobs.current()
         job = state.jobs.submit(config)
     except (LoramixError, ValueError) as e:
@@ -190,6 +191,11 @@ def build(state: AppState, poll_s: float = 1.0) -> DatasetTab:
             prompt = gr.Textbox(label="Prompt / task", placeholder="(the model's default)", scale=2)
             tokens = gr.Number(60, label="Max tokens", precision=0, scale=1)
         with gr.Row():
+            general = gr.Slider(0, 1, 0.35, step=0.01, label="WD tagger: general tag threshold")
+            character = gr.Slider(0, 1, 0.85, step=0.01, label="WD tagger: character tag threshold")
+            exclude = gr.Textbox(label="WD tagger: never write these tags (comma-separated)")
+            max_tags = gr.Number(0, label="WD tagger: at most N tags (0: all)", precision=0)
+        with gr.Row():
             caption = gr.Button("Caption", variant="primary", elem_id="dataset-caption")
             cancel = gr.Button("Cancel", variant="stop", elem_id="dataset-caption-cancel")
         caption_status = gr.Markdown(elem_id="dataset-caption-status")
@@ -231,11 +237,14 @@ def build(state: AppState, poll_s: float = 1.0) -> DatasetTab:
     undo.click(lambda f: undo_tags(state, f), folder, tag_message, **private).then(
         show, [folder, ext, resolution], show_outputs, **private)
 
-    def start(f, e, m, md, p, t):
-        message, new_id = start_caption(state, f, e, m, md, p, t)
+    def start(f, e, m, md, p, t, g, c, x, n):
+        tagger = dict(general_threshold=float(g), character_threshold=float(c), exclude_tags=x or "",
+                      max_tags=int(n or 0))
+        message, new_id = start_caption(state, f, e, m, md, p, t, tagger)
         return message, new_id, gr.Timer(active=new_id is not None)
 
-    caption.click(start, [folder, ext, model, mode, prompt, tokens], [caption_status, job_id, timer], **private)
+    caption.click(start, [folder, ext, model, mode, prompt, tokens, general, character, exclude, max_tags],
+                  [caption_status, job_id, timer], **private)
     cancel.click(lambda j: cancel_caption(state, j), job_id, caption_status, **private)
 
     def tick(j, f, e, r):
