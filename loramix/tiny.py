@@ -253,3 +253,27 @@ def _tiny_florence2():
     model = Florence2ForConditionalGeneration(Florence2Config(vision_config=vision, text_config=text,
                                                               image_token_id=tokenizer.image_token_id))
     return model, Florence2Processor(image_processor=image_processor, tokenizer=tokenizer)
+
+
+def build_tiny_clipseg(out_dir: str | Path, seed: int = 0) -> Path:
+    """A CLIPSeg folder (`CLIPSegForImageSegmentation` + `CLIPSegProcessor`) with random weights and a local CLIP
+    tokenizer, loadable offline."""
+    import torch
+    from transformers import CLIPSegConfig, CLIPSegForImageSegmentation, CLIPSegProcessor, CLIPTokenizer
+    from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPil
+
+    out = Path(out_dir)
+    write_clip_tokenizer(out, ["person", "background", "cat"], max_length=16)
+    tokenizer = CLIPTokenizer.from_pretrained(out)
+    small = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2)
+    config = CLIPSegConfig(text_config=dict(small, vocab_size=len(tokenizer), max_position_embeddings=16,
+                                            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                                            pad_token_id=tokenizer.pad_token_id),
+                           vision_config=dict(small, image_size=32, patch_size=8), projection_dim=32,
+                           extract_layers=[0, 1, 2], reduce_dim=16, decoder_num_attention_heads=2,
+                           decoder_intermediate_size=32)
+    torch.manual_seed(seed)
+    CLIPSegForImageSegmentation(config).save_pretrained(out)
+    CLIPSegProcessor(image_processor=ViTImageProcessorPil(size={"height": 32, "width": 32}),
+                     tokenizer=tokenizer).save_pretrained(out)
+    return out
