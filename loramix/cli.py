@@ -91,6 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
     bake.add_argument("--allow-unsafe", action="store_true", help="also read pickle LoRA files")
     _add_dataset_commands(sub)
     _add_caption_command(sub)
+    masks = sub.add_parser("masks", help="write a foreground mask <stem>.mask.png per image (CLIPSeg)")
+    masks.add_argument("dir", help="the image folder")
+    masks.add_argument("--prompt", required=True, help="what the mask covers, e.g. 'person'")
+    masks.add_argument("--model", default="CIDAS/clipseg-rd64-refined", help="CLIPSeg hub id or folder")
+    masks.add_argument("--threshold", type=float, default=0.0,
+                       help="0: a soft mask (probability x 255); else white where the probability reaches it")
+    masks.add_argument("--replace", action="store_true", help="replace existing masks")
     return parser
 
 
@@ -191,6 +198,16 @@ def _caption(args) -> int:
         if bar is not None:
             bar.close()
     return 130 if result.cancelled else 0
+
+
+def _masks(args) -> int:
+    from trainers.masks import make_masks
+
+    result = make_masks(args.dir, args.prompt, args.model, args.threshold, args.replace,
+                        on_event=lambda e: print(e.message, file=sys.stderr) if e.kind in ("start", "log") else None)
+    for failure in result.failed:
+        print(f"warning: {failure}", file=sys.stderr)
+    return 0
 
 
 def _tags(args) -> int:
@@ -350,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         commands = {"train": _train, "mix": _mix, "merge": _merge, "bake": _bake, "tags": _tags,
-                    "caption": _caption}
+                    "caption": _caption, "masks": _masks}
         return commands[args.command](args)
     except LoramixError as e:
         print(f"error: {e}", file=sys.stderr)

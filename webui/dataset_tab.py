@@ -1,5 +1,6 @@
 """The Dataset tab: what a folder holds (tags, sizes and buckets, near-duplicates, uncaptioned images), captioning
-it as a job in the training queue, and bulk tag edits with a preview, a save and an undo.
+it as a job in the training queue, bulk tag edits with a preview, a save and an undo, and CLIPSeg masks (shown
+as a red tint over the thumbnails where the mask is dark).
 
 Handlers are plain functions of the app state and the widget values (testable without a browser); every folder
 and model a client names goes through the app's confinement (`state.confinement`) before the engine sees it.
@@ -9,13 +10,16 @@ from __future__ import annotations
 
 import html
 from dataclasses import dataclass
+from pathlib import Path
 
 import gradio as gr
 import pandas as pd
+from PIL import Image
 
 from loramix.config import DEFAULT_CAPTIONER, CaptionConfig
 from loramix.errors import LoramixError
 from trainers.dataset_report import DatasetReport, dataset_report
+from trainers.masks import DEFAULT_CLIPSEG, make_masks, mask_path
 from trainers.tags import OPS, TagChange, TagEdit, plan_edits, save_changes, undo_last
 from webui.state import AppState
 from webui.train_tab import MAX_THUMBS, SHORTENED, shown_caption, thumbnail
@@ -53,9 +57,24 @@ def show_report(state: AppState, folder: str, ext: str, resolution) -> tuple:
     except (LoramixError, ValueError) as e:
         return (f"⚠ {e}", *empty, [])
     root = _folder(state, folder)
-    thumbs = [(thumbnail(f"{root}/{r.image}"), r.image) for r in report.images[:MAX_THUMBS]]
+    thumbs = [(masked_thumbnail(Path(root) / r.image), r.image) for r in report.images[:MAX_THUMBS]]
     lines = [report.summary(), *(f"- ⚠ {w}" for w in report.warnings[:5])]
     return ("\n".join(lines), *report_frames(report), thumbs)
+
+
+def masked_thumbnail(image: Path) -> Image.Image:
+    """The thumbnail, tinted red where its mask (if it has one) leaves the picture out."""
+    thumb = thumbnail(image)
+    mask_file = mask_path(image)
+    if not mask_file.is_file():
+        return thumb
+    try:
+        with Image.open(mask_file) as mask:
+            mask = mask.convert("L").resize(thumb.size)
+    except (OSError, ValueError, SyntaxError):
+        return thumb
+    tinted = Image.blend(thumb, Image.new("RGB", thumb.size, (220, 30, 30)), 0.6)
+    return Image.composite(thumb, tinted, mask)
 
 
 def image_details(state: AppState, folder: str, ext: str, resolution, image: str) -> str:
@@ -111,6 +130,18 @@ def undo_tags(state: AppState, folder: str) -> str:
     except LoramixError as e:
         return f"⚠ {e}"
     return f"Put back {len(restored)} captions."
+
+
+# ---- masks -------------------------------------------------------------------------------------------
+def masks_for_folder(state: AppState, folder: str, prompt: str, model: str, threshold, replace: bool) -> str:
+    """Write the folder's masks now (CLIPSeg is small; this runs in the request, not in the job queue)."""
+    try:
+        model = state.confinement.readable_base("masks.model", (model or "").strip() or DEFAULT_CLIPSEG)
+        result = make_masks(_folder(state, folder), prompt or "", model, float(threshold or 0), bool(replace))
+    except (LoramixError, ValueError) as e:
+        return f"⚠ {e}"
+    failed = f" {len(result.failed)} failed: {'; '.join(result.failed[:3])}." if result.failed else ""
+    return f"Wrote {len(result.written)} masks; kept {result.skipped} that existed.{failed}"
 
 
 # ---- captioning as a job --------------------------------------------------------------------------
@@ -199,6 +230,15 @@ def build(state: AppState, poll_s: float = 1.0) -> DatasetTab:
             caption = gr.Button("Caption", variant="primary", elem_id="dataset-caption")
             cancel = gr.Button("Cancel", variant="stop", elem_id="dataset-caption-cancel")
         caption_status = gr.Markdown(elem_id="dataset-caption-status")
+    with gr.Accordion("Masks for masked training (CLIPSeg)", open=False):
+        with gr.Row():
+            mask_prompt = gr.Textbox(label="What the mask covers", placeholder="person", elem_id="dataset-mask-prompt")
+            mask_model = gr.Textbox(DEFAULT_CLIPSEG, label="CLIPSeg model (hub id or folder)",
+                                    elem_id="dataset-mask-model")
+            mask_threshold = gr.Slider(0, 1, 0, step=0.05, label="Threshold (0: soft mask)")
+            mask_replace = gr.Checkbox(False, label="replace existing masks")
+        make = gr.Button("Make masks", elem_id="dataset-mask-make")
+        mask_message = gr.Markdown(elem_id="dataset-mask-message")
     with gr.Accordion("Edit tags in bulk", open=True):
         with gr.Row():
             op = gr.Dropdown([(EDIT_LABELS[o], o) for o in OPS], value="add", label="Edit", elem_id="dataset-tag-op")
@@ -236,6 +276,9 @@ def build(state: AppState, poll_s: float = 1.0) -> DatasetTab:
                **private).then(show, [folder, ext, resolution], show_outputs, **private)
     undo.click(lambda f: undo_tags(state, f), folder, tag_message, **private).then(
         show, [folder, ext, resolution], show_outputs, **private)
+
+    make.click(lambda *v: masks_for_folder(state, *v), [folder, mask_prompt, mask_model, mask_threshold, mask_replace],
+               mask_message, **private).then(show, [folder, ext, resolution], show_outputs, **private)
 
     def start(f, e, m, md, p, t, g, c, x, n):
         tagger = dict(general_threshold=float(g), character_threshold=float(c), exclude_tags=x or "",

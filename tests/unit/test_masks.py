@@ -49,3 +49,14 @@ def test_cancel_and_errors(tmp_path, clipseg):
     assert result.cancelled and len(result.written) == 1
     with pytest.raises(LoramixError, match="masks.prompt"):
         make_masks(str(data), " ", clipseg)
+
+
+def test_masks_command(tmp_path, clipseg, capsys):
+    from loramix.cli import main
+
+    data = make_folder(tmp_path / "data", n=2)
+    assert main(["masks", str(data), "--prompt", "cat", "--model", clipseg, "--threshold", "0.5"]) == 0
+    assert "Wrote 2 masks" in capsys.readouterr().err
+    assert main(["masks", str(data), "--prompt", "cat", "--model", clipseg]) == 0
+    err = capsys.readouterr().err
+    assert "Wrote 0 masks" in err and "2 kept" in err

@@ -56,3 +56,20 @@ def test_listen_confines_folder_and_captioner(tmp_path):
     assert dt.preview_tags(state, str(outside), ".txt", "sort", "", "", False, "")[2].startswith("⚠ dataset.data_dir")
     message, job_id = dt.start_caption(state, str(inside), ".txt", "someone/captioner", "skip", "", 5)
     assert job_id is None and "caption.model" in message
+
+
+def test_masks_from_the_tab_tint_the_thumbnails(tmp_path, state):
+    import numpy as np
+    from PIL import Image
+
+    from loramix.tiny import build_tiny_clipseg
+
+    model = build_tiny_clipseg(tmp_path / "clipseg")
+    data = make_folder(tmp_path / "data", n=2)
+    plain = np.asarray(dt.masked_thumbnail(data / "img0.png"), dtype=np.int16)
+    assert dt.masks_for_folder(state, str(data), "cat", str(model), 0.5, False).startswith("Wrote 2 masks")
+    assert dt.masks_for_folder(state, str(data), "cat", str(model), 0, False).startswith("Wrote 0 masks; kept 2")
+    Image.new("L", (64, 64), 0).save(data / "img0.mask.png")  # all left out: the whole thumbnail is tinted
+    tinted = np.asarray(dt.masked_thumbnail(data / "img0.png"), dtype=np.int16)
+    assert (tinted[..., 0] - tinted[..., 2]).mean() > (plain[..., 0] - plain[..., 2]).mean() + 50
+    assert dt.show_report(state, str(data), ".txt", 64)[0].startswith("2 images")  # masks are not images
