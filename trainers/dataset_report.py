@@ -48,7 +48,7 @@ class DatasetReport:
 
     def summary(self) -> str:
         n = len(self.images)
-        parts = [f"{n} images, {len(self.tags)} distinct tags, {len(self.buckets)} buckets."]
+        parts = [f"{n} images, {len(self.tags)} distinct tags, {len(self.buckets)} bucket(s)."]
         parts.append(f"{len(self.uncaptioned)} images have no caption: {', '.join(self.uncaptioned[:8])}"
                      + ("…" if len(self.uncaptioned) > 8 else "") + "." if self.uncaptioned else
                      "Every image has a caption.")

@@ -1,12 +1,12 @@
 """The dataset journey in a real chromium: open an uncaptioned folder in the Dataset tab, caption it with the tiny
 test captioner (a job in the queue), bulk-add a trigger word with a preview, see the tag table change, click a
-thumbnail, then train on the folder. Screenshot: test-artifacts/dataset-tab.png."""
+thumbnail, make CLIPSeg masks, then train on the folder. Screenshot: test-artifacts/dataset-tab.png."""
 
 from __future__ import annotations
 
 import pytest
 
-from loramix.tiny import build_tiny_captioner
+from loramix.tiny import build_tiny_captioner, build_tiny_clipseg
 from tests.conftest import make_folder
 from tests.webui.test_browser import ARTIFACTS, browser, fill, new_page  # noqa: F401 (browser is a fixture)
 
@@ -44,6 +44,14 @@ def test_caption_tag_and_train_an_uncaptioned_folder(app, browser, tiny_model, t
     page.locator("#dataset-tag-message", has_text="Saved 4 captions").wait_for()
     page.locator("#dataset-tags", has_text="ohwx").wait_for()
     assert all((data / f"img{i}.txt").read_text().startswith("ohwx") for i in range(4))
+
+    page.get_by_text("Masks for masked training (CLIPSeg)").click()
+    _set(page, "dataset-mask-prompt", "cat")
+    _set(page, "dataset-mask-model", build_tiny_clipseg(tmp_path / "clipseg"))
+    page.locator("#dataset-mask-make").click()
+    page.locator("#dataset-mask-message", has_text="Wrote 4 masks").wait_for()
+    assert sorted(p.name for p in data.glob("*.mask.png")) == [f"img{i}.mask.png" for i in range(4)]
+    page.locator("#dataset-summary", has_text="4 images").wait_for()  # the masks are not taken for images
 
     page.locator("#dataset-thumbs img").first.click()
     page.locator("#dataset-details", has_text="bucket").wait_for()
