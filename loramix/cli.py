@@ -201,7 +201,7 @@ def _caption(args) -> int:
 
 
 def _masks(args) -> int:
-    from trainers.masks import make_masks
+    from trainers.clipseg_masks import make_masks
 
     result = make_masks(args.dir, args.prompt, args.model, args.threshold, args.replace,
                         on_event=lambda e: print(e.message, file=sys.stderr) if e.kind in ("start", "log") else None)

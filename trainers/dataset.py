@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 BUCKET_STEP = 64
-MASK_SUFFIX = ".mask.png"  # <stem>.mask.png beside an image is its mask (trainers.masks), never a training image
+MASK_SUFFIX = ".mask.png"  # <stem>.mask.png beside an image is its mask (trainers.clipseg_masks), never a training image
 # What PIL raises for a file it cannot read or decode (a truncated PNG fails its CRC check with SyntaxError).
 IMAGE_ERRORS = (Image.UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError,
                 EOFError)

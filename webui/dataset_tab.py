@@ -18,8 +18,8 @@ from PIL import Image
 
 from loramix.config import DEFAULT_CAPTIONER, CaptionConfig
 from loramix.errors import LoramixError
+from trainers.clipseg_masks import DEFAULT_CLIPSEG, make_masks, mask_path
 from trainers.dataset_report import DatasetReport, dataset_report
-from trainers.masks import DEFAULT_CLIPSEG, make_masks, mask_path
 from trainers.tags import OPS, TagChange, TagEdit, plan_edits, save_changes, undo_last
 from webui.state import AppState
 from webui.train_tab import MAX_THUMBS, SHORTENED, shown_caption, thumbnail

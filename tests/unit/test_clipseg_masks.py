@@ -10,8 +10,8 @@ from loramix.errors import LoramixError
 from loramix.events import CancelToken
 from loramix.tiny import build_tiny_clipseg
 from tests.conftest import make_folder
+from trainers.clipseg_masks import make_masks, mask_image
 from trainers.dataset import scan_folder
-from trainers.masks import make_masks, mask_image
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
-"""Foreground masks for masked training: CLIPSeg (native in transformers) finds what a text prompt names.
+"""Making foreground masks for masked training (`trainers.masks` reads them) with CLIPSeg, from a text prompt.
 
-Each image `<stem>.<ext>` gets `<stem>.mask.png` beside it: an 8-bit grey PNG of the image's own size, white
+CLIPSeg is native in transformers. Each image `<stem>.<ext>` gets `<stem>.mask.png` beside it: an 8-bit grey PNG of the image's own size, white
 where the prompt's subject is (CLIPSeg's probability × 255, or 0 / 255 with a `threshold`). A mask that exists
 is kept unless `replace`. The scan of a training folder never takes a `.mask.png` for a training image.
 Written through the writer (inside the folder, atomic, never through a link); cancel is checked per batch.
