@@ -177,6 +177,10 @@ class OutputConfig:
     output_name: str = _f("my-lora", "File name (without extension) of the LoRA.")
     save_every_n_steps: int = _f(0, "Write an intermediate LoRA and a resumable state every N steps (0 = end only).",
                                  min=0, max=1_000_000)
+    save_every_n_epochs: int = _f(0, "Write an intermediate LoRA (<name>-epochNNNNNN) and a resumable state at the end "
+                                     "of every N epochs, as kohya's save_every_n_epochs (0 = off). An epoch is every "
+                                     "training image times its repeats, plus as many regularisation samples.",
+                                  min=0, max=100_000)
     save_precision: str = _f("fp16", "Dtype of the saved LoRA weights.", choices=["fp16", "bf16", "fp32"])
 
 
@@ -184,6 +188,9 @@ class OutputConfig:
 class SampleConfig:
     sample_every_n_steps: int = _f(0, "Generate sample images every N steps and at the end (0 = only at "
                                       "the end); no prompts, no samples.", min=0, max=1_000_000)
+    sample_every_n_epochs: int = _f(0, "Generate sample images at the end of every N epochs, as kohya's "
+                                       "sample_every_n_epochs (0 = off; samples are always drawn at the end).",
+                                    min=0, max=100_000)
     prompts: list[str] = _f([], "Prompts for sample images.")
     negative_prompt: str = _f("", "Negative prompt for sample images.")
     steps: int = _f(20, "Denoising steps per sample.", min=1, max=150)

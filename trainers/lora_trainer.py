@@ -52,6 +52,11 @@ def _seed_for(*parts) -> int:
     return random.Random(":".join(map(str, parts))).getrandbits(63)
 
 
+def _every(count: int, n: int) -> bool:
+    """`count` is a positive multiple of `n` (an `*_every_n_*` setting; 0 = never)."""
+    return bool(n and count and count % n == 0)
+
+
 def _to_host(value):
     """A deep copy of a (nested) optimizer/scheduler state with every tensor copied to the CPU."""
     if torch.is_tensor(value):
@@ -117,6 +122,7 @@ class LoraTrainer:
         self.out_dir = Path(config.output.output_dir).expanduser()
         self.name = config.output.output_name
         self.started_at = time.time()
+        self.sampled_at = -1  # the step whose samples were drawn last
 
     # ---- 1. data (before any model is loaded, so dataset errors come fast) ------------------
     def scan_data(self) -> None:
@@ -428,11 +434,26 @@ class LoraTrainer:
             self.log_step(done, step_loss, lr)
             self.events(TrainEvent("step", done, self.total_steps, loss=step_loss, lr=lr, steps_per_s=rate,
                                    eta_s=(self.total_steps - done) / rate))
-            if cfg.output.save_every_n_steps and done % cfg.output.save_every_n_steps == 0 and done < self.total_steps:
-                self.save_checkpoint(done, final=False)
-            if cfg.sample.sample_every_n_steps and done % cfg.sample.sample_every_n_steps == 0:
-                self.make_samples(done)
+            self.periodic_outputs(done)
         return self.stop(self.total_steps, losses, "done")
+
+    def epoch_ended(self, step: int) -> int:
+        """The number of epochs complete once optimizer step `step` (1-based) is done, if an epoch ended during
+        that step, else 0. An epoch is `micro_per_epoch` micro-batches (repeats and balanced regularisation
+        images counted), so with gradient accumulation an epoch ends during the step holding its last one."""
+        ga = self.cfg.train.gradient_accumulation_steps
+        before, after = ((step - 1) * ga) // self.micro_per_epoch, (step * ga) // self.micro_per_epoch
+        return after if after > before else 0
+
+    def periodic_outputs(self, done: int) -> None:
+        """The checkpoint and samples that `output.save_every_n_*` and `sample.sample_every_n_*` ask for at
+        step `done` (the final step's checkpoint is written by `stop`)."""
+        out, sample, epoch = self.cfg.output, self.cfg.sample, self.epoch_ended(done)
+        by_epoch = _every(epoch, out.save_every_n_epochs)
+        if (_every(done, out.save_every_n_steps) or by_epoch) and done < self.total_steps:
+            self.save_checkpoint(done, final=False, epoch=epoch if by_epoch else 0)
+        if _every(done, sample.sample_every_n_steps) or _every(epoch, sample.sample_every_n_epochs):
+            self.make_samples(done)
 
     # ---- 9. outputs --------------------------------------------------------------------------
     def lora_state(self) -> dict[str, torch.Tensor]:
@@ -456,11 +477,12 @@ class LoraTrainer:
                                 tag_frequency=self.tag_frequency, started_at=self.started_at)
         return LoraAdapter(layers, meta)
 
-    def save_checkpoint(self, step: int, final: bool) -> tuple[Path | None, Path | None]:
+    def save_checkpoint(self, step: int, final: bool, epoch: int = 0) -> tuple[Path | None, Path | None]:
+        """The LoRA (named by `epoch` when an epoch setting asked for it, else by step) and the state."""
         if not self.acc.is_main_process:
             self.acc.wait_for_everyone()
             return None, None
-        suffix = "" if final else f"-step{step:06d}"
+        suffix = "" if final else f"-epoch{epoch:06d}" if epoch else f"-step{step:06d}"
         warnings: list[str] = []  # e.g. a layer too large for fp16, saved in fp32 instead
         lora_path = save_lora(self.out_dir / f"{self.name}{suffix}.safetensors", self.adapter(step),
                               self.cfg.output.save_precision, warnings=warnings)
@@ -476,8 +498,7 @@ class LoraTrainer:
         """End the run as `kind` ("done", "cancelled" or "error"): checkpoint, last samples, event."""
         final = kind == "done"
         lora_path, state_path = self.save_checkpoint(step, final=final)
-        every = self.cfg.sample.sample_every_n_steps
-        if final and (not every or step % every):  # the end always gets samples, once
+        if final and self.sampled_at != step:  # the end always gets samples, once
             self.make_samples(step)
         message = "stopped on a non-finite loss" if kind == "error" else ""
         self.events(TrainEvent(kind, step, self.total_steps, message=message,
@@ -504,6 +525,7 @@ class LoraTrainer:
 
     @torch.no_grad()
     def make_samples(self, step: int) -> None:
+        self.sampled_at = step
         if not self.acc.is_main_process or not self.cfg.sample.prompts:
             return
         from loramix.atomic import atomic_path
