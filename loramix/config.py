@@ -133,6 +133,10 @@ class OptimConfig:
     lr_scheduler: str = _f("constant", "Learning-rate schedule.",
                            choices=["constant", "constant_with_warmup", "cosine"])
     lr_warmup_steps: int = _f(0, "Warm-up steps for constant_with_warmup and cosine.", min=0, max=1_000_000)
+    loraplus_lr_ratio: float = _f(0.0, "LoRA+: the up (B) matrices learn at this multiple of the learning rate "
+                                       "(of the UNet's and the text encoder's alike), as kohya's loraplus_lr_ratio; "
+                                       "16 is the paper's usual value. 0 = off (one rate). network.algo=lora only.",
+                                  min=0.0, max=1000.0)
     adamw_impl: str = _f("auto", "How torch's AdamW loops over the LoRA tensors (optimizer=adamw only). auto: torch "
                                  "picks (foreach on CUDA, for_loop on CPU). foreach: one kernel per step over all "
                                  "tensors. fused: one fused kernel (CPU or GPU). for_loop: one tensor at a time. "
@@ -249,6 +253,9 @@ class LoramixConfig:
             raise ConfigError("optim.adamw_impl", f"chooses torch AdamW's implementation and applies to "
                                                   f"optimizer=adamw only (optimizer is {self.optim.optimizer}); "
                                                   f"set it to auto.")
+        if self.optim.loraplus_lr_ratio and net.algo != "lora":
+            raise ConfigError("optim.loraplus_lr_ratio", f"raises the rate of LoRA's up (B) matrices, which "
+                                                         f"network.algo={net.algo} has not; set it to 0.")
         if ds.crop == "random" and ds.cache_latents:
             raise ConfigError("dataset.crop", "random crops cannot be cached; set dataset.cache_latents=false "
                                               "or dataset.crop=center.")

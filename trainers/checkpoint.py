@@ -103,6 +103,14 @@ def reg_metadata(cfg: LoramixConfig, reg_items: list) -> dict[str, str]:
             "ss_prior_loss_weight": str(cfg.train.prior_loss_weight)}
 
 
+def craft_metadata(cfg: LoramixConfig, prediction_type: str) -> dict[str, str]:
+    """kohya's keys for the issue-24 training options: LoRA+, zero-terminal SNR and v-parameterization
+    (an option that is off is the string "None" or "False", as kohya stringifies its defaults)."""
+    ratio = str(cfg.optim.loraplus_lr_ratio or None)
+    return {"ss_loraplus_lr_ratio": ratio, "ss_loraplus_unet_lr_ratio": ratio,
+            "ss_loraplus_text_encoder_lr_ratio": ratio}
+
+
 def _first_non_finite(tensors: dict[str, torch.Tensor]) -> str | None:
     for key, value in tensors.items():
         if value.is_floating_point() and not bool(torch.isfinite(value).all()):

@@ -31,8 +31,8 @@ from loramix.families import Components, load_base_model
 from loramix.lora_io import LoraAdapter, from_peft, save_lora
 from loramix.runs import RunLock, check_run_folder, remove_stale_temps
 from trainers import dataset as ds
-from trainers.checkpoint import adapter_metadata, check_state_file, load_state, save_state
-from trainers.optim import make_optimizer, make_scheduler
+from trainers.checkpoint import adapter_metadata, check_state_file, craft_metadata, load_state, save_state
+from trainers.optim import loraplus_groups, make_optimizer, make_scheduler
 from trainers.quantize import check_quantize_backend, quantize_unet
 from trainers.speed import attention_backend, check_speed_options, prepare_unet, unet_input
 
@@ -278,9 +278,10 @@ class LoraTrainer:
     def build_optimizer(self) -> None:
         lr = self.cfg.optim.learning_rate
         te_lr = self.cfg.network.text_encoder_lr or lr
-        groups = [{"params": [p for p in module.parameters() if p.requires_grad],
-                   "lr": lr if prefix == self.family.unet_prefix else te_lr}
-                  for prefix, module in self.trained.items()]
+        groups = [group for prefix, module in self.trained.items()
+                  for group in loraplus_groups([(n, p) for n, p in module.named_parameters() if p.requires_grad],
+                                               lr if prefix == self.family.unet_prefix else te_lr,
+                                               self.cfg.optim.loraplus_lr_ratio)]
         self.params = [p for g in groups for p in g["params"]]
         optimizer = make_optimizer(groups, self.cfg.optim)
         self.scheduler = make_scheduler(optimizer, self.cfg.optim, self.total_steps)
@@ -475,7 +476,7 @@ class LoraTrainer:
         meta = adapter_metadata(self.cfg, self.family, step=step, epoch=epoch, num_images=self.num_train,
                                 reg_items=self.reg_found,
                                 tag_frequency=self.tag_frequency, started_at=self.started_at)
-        return LoraAdapter(layers, meta)
+        return LoraAdapter(layers, {**meta, **craft_metadata(self.cfg, self.m.prediction_type)})
 
     def save_checkpoint(self, step: int, final: bool, epoch: int = 0) -> tuple[Path | None, Path | None]:
         """The LoRA (named by `epoch` when an epoch setting asked for it, else by step) and the state."""

@@ -3,6 +3,8 @@ v-prediction, EMA, masked loss, validation and trackers; each pinned on the tiny
 
 from __future__ import annotations
 
+import pytest
+
 from loramix.lora_io import read_lora
 from tests.conftest import make_folder, tiny_config
 from trainers.lora_trainer import LoraTrainer, train
@@ -48,3 +50,34 @@ def test_epoch_ended_counts_micro_batches_across_accumulation(tiny_model, image_
     assert trainer.micro_per_epoch == 4  # 8 images, batch 2
     # step s covers micro-batches 3(s-1) .. 3s-1: epochs end during steps 2 (micro 3), 3 (7), 4 (11), 6 (15)
     assert [trainer.epoch_ended(s) for s in range(1, 7)] == [0, 1, 2, 3, 0, 4]
+
+
+# ---- 7. LoRA+ ----------------------------------------------------------------------------------------
+def test_loraplus_ratio_moves_the_up_matrices_at_that_multiple_of_the_rate(tiny_model, image_folder, tmp_path):
+    trainer = _ready(tiny_model, image_folder, tmp_path / "out", "optim.loraplus_lr_ratio=4",
+                     "optim.learning_rate=1e-4", "optim.weight_decay=0", "optim.max_grad_norm=0",
+                     "network.train_text_encoder=true", "dataset.cache_text_embeddings=false",
+                     "network.text_encoder_lr=2e-4")
+    assert [g["lr"] for g in trainer.optimizer.param_groups] == [1e-4, 4e-4, 2e-4, 8e-4]
+    before = {(prefix, n): p.detach().clone() for prefix, m in trainer.trained.items()
+              for n, p in m.named_parameters() if p.requires_grad}
+    trainer.total_steps = 1
+    trainer.start_log(0)
+    trainer.train_steps(0)
+    for prefix, rate in (("lora_unet", 1e-4), ("lora_te", 2e-4)):
+        params = dict(trainer.trained[prefix].named_parameters())
+        moved = max((params[n].detach() - b).abs().max().item() for (pre, n), b in before.items()
+                    if pre == prefix and ".lora_B." in n)
+        assert moved == pytest.approx(4 * rate, rel=0.02), prefix  # AdamW's first step moves B by about its rate
+    meta = trainer.adapter(1).metadata
+    assert meta["ss_loraplus_lr_ratio"] == "4.0"
+
+
+def test_loraplus_off_keeps_one_group_per_module_and_is_refused_for_loha(tiny_model, image_folder, tmp_path):
+    from loramix.errors import ConfigError
+
+    trainer = _ready(tiny_model, image_folder, tmp_path / "out")
+    assert len(trainer.optimizer.param_groups) == 1
+    assert trainer.adapter(0).metadata["ss_loraplus_lr_ratio"] == "None"
+    with pytest.raises(ConfigError, match="optim.loraplus_lr_ratio"):
+        tiny_config(tiny_model, image_folder, tmp_path / "x", "network.algo=loha", "optim.loraplus_lr_ratio=4")
