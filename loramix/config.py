@@ -57,6 +57,11 @@ class ModelConfig:
                                "NF4 on the linear layers, the original QLoRA, CUDA only (pip install "
                                "'loramix[bnb]'). The saved file is an ordinary LoRA for the unquantized base.",
                        choices=["none", "int8", "nf4"])
+    prediction_type: str = _f("auto", "What the UNet predicts. auto: what the base model's scheduler config says. "
+                                      "v_prediction: for v-prediction bases whose files do not say so (SD 2.x "
+                                      "768-v, v-pred SDXL finetunes), as kohya's v_parameterization. epsilon: the "
+                                      "noise, as SD 1.5 and SDXL base. Samples use the same.",
+                              choices=["auto", "epsilon", "v_prediction"])
 
 
 @dataclass
@@ -171,6 +176,10 @@ class TrainConfig:
                                        "(kohya's prior_loss_weight).", min=0.0, max=100.0)
     noise_offset: float = _f(0.0, "Noise offset (0.05-0.1 helps very dark or bright images).", min=0.0, max=1.0)
     min_snr_gamma: float = _f(0.0, "Min-SNR loss weighting gamma (5 is usual; 0 = off).", min=0.0, max=100.0)
+    zero_terminal_snr: bool = _f(False, "Rescale the noise schedule so its last timestep is pure noise (diffusers' "
+                                        "rescale_zero_terminal_snr, kohya's zero_terminal_snr); samples use the "
+                                        "rescaled schedule with trailing timesteps. Meant for v-prediction "
+                                        "(model.prediction_type): lets the model learn very dark and bright images.")
     resume_from: str = _f("", "A saved training state file (<name>-state.safetensors, written beside the LoRA) "
                               "to continue from.")
 

@@ -104,11 +104,13 @@ def reg_metadata(cfg: LoramixConfig, reg_items: list) -> dict[str, str]:
 
 
 def craft_metadata(cfg: LoramixConfig, prediction_type: str) -> dict[str, str]:
-    """kohya's keys for the issue-24 training options: LoRA+, zero-terminal SNR and v-parameterization
-    (an option that is off is the string "None" or "False", as kohya stringifies its defaults)."""
+    """kohya's keys for the issue-24 training options: LoRA+, zero-terminal SNR and v-parameterization of the
+    trained schedule (an option that is off is the string "None" or "False", as kohya stringifies them)."""
     ratio = str(cfg.optim.loraplus_lr_ratio or None)
     return {"ss_loraplus_lr_ratio": ratio, "ss_loraplus_unet_lr_ratio": ratio,
-            "ss_loraplus_text_encoder_lr_ratio": ratio}
+            "ss_loraplus_text_encoder_lr_ratio": ratio,
+            "ss_zero_terminal_snr": str(cfg.train.zero_terminal_snr),
+            "ss_v_parameterization": str(prediction_type == "v_prediction")}
 
 
 def _first_non_finite(tensors: dict[str, torch.Tensor]) -> str | None:

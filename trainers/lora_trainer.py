@@ -32,6 +32,7 @@ from loramix.lora_io import LoraAdapter, from_peft, save_lora
 from loramix.runs import RunLock, check_run_folder, remove_stale_temps
 from trainers import dataset as ds
 from trainers.checkpoint import adapter_metadata, check_state_file, craft_metadata, load_state, save_state
+from trainers.noise import configure_noise
 from trainers.optim import loraplus_groups, make_optimizer, make_scheduler
 from trainers.quantize import check_quantize_backend, quantize_unet
 from trainers.speed import attention_backend, check_speed_options, prepare_unet, unet_input
@@ -170,6 +171,10 @@ class LoraTrainer:
         stored in int8 (torchao weight-only) or NF4 (bitsandbytes) before the adapter goes on top of them."""
         check_quantize_backend(self.cfg.model.quantize, self.acc.device)
         self.m: Components = load_base_model(self.cfg.model.base_model, self.cfg.model.revision)
+        configure_noise(self.m, self.cfg.model.prediction_type, self.cfg.train.zero_terminal_snr)
+        if self.cfg.train.zero_terminal_snr and self.m.prediction_type == "epsilon":
+            self.warn("train.zero_terminal_snr with epsilon prediction: the last timestep is pure noise, from which "
+                      "noise cannot be told apart; kohya warns the same. Set model.prediction_type=v_prediction.")
         self.family = self.m.family
         for module in self.m.models():
             module.requires_grad_(False)

@@ -4,6 +4,7 @@ v-prediction, EMA, masked loss, validation and trackers; each pinned on the tiny
 from __future__ import annotations
 
 import pytest
+import torch
 
 from loramix.lora_io import read_lora
 from tests.conftest import make_folder, tiny_config
@@ -81,3 +82,67 @@ def test_loraplus_off_keeps_one_group_per_module_and_is_refused_for_loha(tiny_mo
     assert trainer.adapter(0).metadata["ss_loraplus_lr_ratio"] == "None"
     with pytest.raises(ConfigError, match="optim.loraplus_lr_ratio"):
         tiny_config(tiny_model, image_folder, tmp_path / "x", "network.algo=loha", "optim.loraplus_lr_ratio=4")
+
+
+# ---- 6. noise and prediction ---------------------------------------------------------------------------
+def _expected_loss(trainer, micro, scheduler, velocity):
+    from trainers.lora_trainer import _seed_for
+
+    sample = trainer.micro_batch(micro)[0][0]
+    latents = trainer.latent_cache[(sample.index, False)][None]
+    cond = trainer.text_cache[trainer.items[sample.index].caption]["encoder_hidden_states"][None]
+    g = torch.Generator().manual_seed(_seed_for(42, micro, 0))
+    noise = torch.randn(latents.shape[1:], generator=g)[None]
+    t = torch.randint(0, 1000, (1,), generator=g)
+    target = scheduler.get_velocity(latents, noise, t) if velocity else noise
+    pred = trainer.m.unet(scheduler.add_noise(latents, noise, t), t, cond).sample
+    return torch.nn.functional.mse_loss(pred, target).item()
+
+
+def test_zero_terminal_snr_rescales_the_schedule_trained_and_sampled_with(tiny_model, image_folder, tmp_path):
+    from diffusers import DDPMScheduler
+    from diffusers.schedulers.scheduling_ddpm import rescale_zero_terminal_snr
+
+    base = DDPMScheduler.from_pretrained(tiny_model, subfolder="scheduler")
+    trainer = _ready(tiny_model, image_folder, tmp_path / "out", "train.batch_size=1", "train.zero_terminal_snr=true",
+                     "model.prediction_type=v_prediction")
+    sched = trainer.m.noise_scheduler
+    expected = torch.cumprod(1 - rescale_zero_terminal_snr(base.betas), dim=0)
+    assert base.alphas_cumprod[-1] > 1e-3 and sched.alphas_cumprod[-1] < 1e-7
+    torch.testing.assert_close(sched.alphas_cumprod[:-1], expected[:-1])
+    with torch.no_grad():
+        for micro in range(2):
+            assert trainer.compute_loss(micro).item() == pytest.approx(
+                _expected_loss(trainer, micro, sched, velocity=True), rel=1e-5)
+    sampler = trainer.family.pipeline(trainer.m).scheduler
+    assert sampler.config.rescale_betas_zero_snr and sampler.config.timestep_spacing == "trailing"
+    assert sampler.config.prediction_type == "v_prediction"
+    meta = trainer.adapter(0).metadata
+    assert meta["ss_zero_terminal_snr"] == "True" and meta["ss_v_parameterization"] == "True"
+
+
+def test_prediction_type_override_sets_the_target_and_the_metadata(tiny_model, image_folder, tmp_path):
+    trainer = _ready(tiny_model, image_folder, tmp_path / "out", "train.batch_size=1")
+    assert trainer.m.prediction_type == "epsilon" and trainer.adapter(0).metadata["ss_v_parameterization"] == "False"
+    trainer = _ready(tiny_model, image_folder, tmp_path / "out2", "train.batch_size=1",
+                     "model.prediction_type=v_prediction")
+    with torch.no_grad():
+        loss = trainer.compute_loss(0).item()
+        assert loss == pytest.approx(_expected_loss(trainer, 0, trainer.m.noise_scheduler, velocity=True), rel=1e-5)
+        assert loss != pytest.approx(_expected_loss(trainer, 0, trainer.m.noise_scheduler, velocity=False), rel=1e-3)
+    meta = trainer.adapter(0).metadata
+    assert meta["ss_v_parameterization"] == "True" and meta["ss_zero_terminal_snr"] == "False"
+    assert meta["modelspec.prediction_type"] == "v"
+
+
+def test_sdxl_v_prediction_trains_and_samples_with_velocity(tmp_path):
+    from loramix.tiny import build_tiny_sdxl
+    from tests.conftest import WORDS
+
+    xl = build_tiny_sdxl(tmp_path / "xl", words=WORDS)
+    data = make_folder(tmp_path / "data", n=2)
+    trainer = _ready(xl, data, tmp_path / "out", "model.prediction_type=v_prediction", "train.zero_terminal_snr=true")
+    assert trainer.family.name == "sdxl" and trainer.m.prediction_type == "v_prediction"
+    assert trainer.family.pipeline(trainer.m).scheduler.config.prediction_type == "v_prediction"
+    meta = trainer.adapter(0).metadata
+    assert meta["ss_v_parameterization"] == "True" and meta["ss_zero_terminal_snr"] == "True"
