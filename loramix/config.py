@@ -180,6 +180,12 @@ class TrainConfig:
                                         "rescale_zero_terminal_snr, kohya's zero_terminal_snr); samples use the "
                                         "rescaled schedule with trailing timesteps. Meant for v-prediction "
                                         "(model.prediction_type): lets the model learn very dark and bright images.")
+    ema_decay: float = _f(0.0, "Keep an exponential moving average (EMA) of the adapter's weights with this decay "
+                               "(0.999 is usual; 0 = off), with diffusers' warm-up (decay min(d, k/(9+k)) at step k). "
+                               "output.save_ema picks the weights saved; sample.use_ema draws samples with it.",
+                          min=0.0, max=0.99999)
+    ema_on_cpu: bool = _f(False, "Keep the EMA weights in CPU memory instead of beside the trained weights on the "
+                                 "GPU (slower update, no GPU memory).")
     resume_from: str = _f("", "A saved training state file (<name>-state.safetensors, written beside the LoRA) "
                               "to continue from.")
 
@@ -194,6 +200,9 @@ class OutputConfig:
                                      "of every N epochs, as kohya's save_every_n_epochs (0 = off). An epoch is every "
                                      "training image times its repeats, plus as many regularisation samples.",
                                   min=0, max=100_000)
+    save_ema: str = _f("ema", "With train.ema_decay: ema = <name>.safetensors holds the EMA weights; raw = the trained "
+                              "weights only; both = the trained weights, and the EMA in <name>-ema.safetensors. "
+                              "Checkpoints follow the same rule.", choices=["ema", "raw", "both"])
     save_precision: str = _f("fp16", "Dtype of the saved LoRA weights.", choices=["fp16", "bf16", "fp32"])
 
 
@@ -208,6 +217,7 @@ class SampleConfig:
     negative_prompt: str = _f("", "Negative prompt for sample images.")
     steps: int = _f(20, "Denoising steps per sample.", min=1, max=150)
     guidance_scale: float = _f(7.0, "Classifier-free guidance scale for samples.", min=0.0, max=30.0)
+    use_ema: bool = _f(False, "Draw the samples with the EMA weights (needs train.ema_decay).")
     seed: int = _f(1234, "Seed of the sample images (the same every time, so they are comparable).", min=0,
                   max=2**32 - 1)
 
@@ -265,6 +275,9 @@ class LoramixConfig:
         if self.optim.loraplus_lr_ratio and net.algo != "lora":
             raise ConfigError("optim.loraplus_lr_ratio", f"raises the rate of LoRA's up (B) matrices, which "
                                                          f"network.algo={net.algo} has not; set it to 0.")
+        if self.sample.use_ema and not self.train.ema_decay:
+            raise ConfigError("sample.use_ema", "draws samples with the EMA weights, which train.ema_decay=0 does not "
+                                                "keep; set train.ema_decay (e.g. 0.999) or use_ema=false.")
         if ds.crop == "random" and ds.cache_latents:
             raise ConfigError("dataset.crop", "random crops cannot be cached; set dataset.cache_latents=false "
                                               "or dataset.crop=center.")

@@ -121,10 +121,12 @@ def _first_non_finite(tensors: dict[str, torch.Tensor]) -> str | None:
 
 
 def save_state(path: Path, *, step: int, lora: dict[str, torch.Tensor], optimizer, scheduler,
-               config: LoramixConfig) -> Path:
-    """Write the resumable state atomically; a NaN or inf anywhere in it is refused, never written."""
+               config: LoramixConfig, ema: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write the resumable state atomically; a NaN or inf anywhere in it is refused, never written.
+    `ema`: the EMA of the weights (trainers.ema), kept as `ema.*` tensors."""
     path = Path(path)
     tensors = {f"lora.{k}": v.detach().float().contiguous().cpu() for k, v in lora.items()}
+    tensors.update({f"ema.{k}": v.detach().contiguous().cpu() for k, v in (ema or {}).items()})
     opt = optimizer.state_dict()
     scalars: dict[str, dict] = {}
     for idx, entries in opt["state"].items():
@@ -180,7 +182,7 @@ def check_state_file(path: str | Path) -> dict[str, str]:
 
 
 def load_state(path: str | Path) -> dict:
-    """Read a state file: {"step", "lora", "optimizer" (a state_dict), "scheduler", "config"}."""
+    """Read a state file: {"step", "lora", "optimizer" (a state_dict), "scheduler", "config", "ema"}."""
     path = Path(path).expanduser()
     meta = check_state_file(path)
     with safe_open(str(path), framework="pt") as f:
@@ -199,6 +201,7 @@ def load_state(path: str | Path) -> dict:
     return {
         "step": int(meta["step"]),
         "lora": {k[len("lora."):]: v for k, v in tensors.items() if k.startswith("lora.")},
+        "ema": {k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")},
         "optimizer": {"state": state, "param_groups": json.loads(meta["optimizer_param_groups"])},
         "scheduler": json.loads(meta["scheduler"]),
         "config": json.loads(meta["loramix_config"]),

@@ -16,6 +16,7 @@ import math
 import os
 import random
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -32,6 +33,7 @@ from loramix.lora_io import LoraAdapter, from_peft, save_lora
 from loramix.runs import RunLock, check_run_folder, remove_stale_temps
 from trainers import dataset as ds
 from trainers.checkpoint import adapter_metadata, check_state_file, craft_metadata, load_state, save_state
+from trainers.ema import AdapterEMA
 from trainers.noise import configure_noise
 from trainers.optim import loraplus_groups, make_optimizer, make_scheduler
 from trainers.quantize import check_quantize_backend, quantize_unet
@@ -298,6 +300,8 @@ class LoraTrainer:
         for prefix, module in self.models.items():  # text encoding must go through the wrapped modules
             if prefix != self.family.unet_prefix:
                 self.family.set_text_encoder(self.m, prefix, module)
+        t = self.cfg.train
+        self.ema = AdapterEMA(self.params, t.ema_decay, t.ema_on_cpu) if t.ema_decay else None
 
     # ---- 7. resume ---------------------------------------------------------------------------
     def maybe_resume(self) -> int:
@@ -317,6 +321,12 @@ class LoraTrainer:
         self.scheduler.load_state_dict(state["scheduler"])
         if wanted != list(self.scheduler.base_lrs):  # e.g. resuming a NaN stop with a lower learning rate
             self.set_base_lrs(wanted)
+        if self.ema and state["ema"]:
+            self.ema.load(state["ema"])
+        elif self.ema:
+            self.ema = AdapterEMA(self.params, self.ema.decay, self.cfg.train.ema_on_cpu)
+            self.warn(f"train.ema_decay: {Path(self.cfg.train.resume_from).name} holds no EMA; the average starts "
+                      f"from the weights of step {state['step']}.")
         log.info("Resumed from %s at step %d", self.cfg.train.resume_from, state["step"])
         return state["step"]
 
@@ -435,6 +445,8 @@ class LoraTrainer:
             lr = self.scheduler.get_last_lr()[0]
             self.scheduler.step()
             done = step + 1
+            if self.ema:
+                self.ema.update(self.params, done)
             losses.append(step_loss)
             rate = (done - start) / max(time.time() - t0, 1e-9)
             self.log_step(done, step_loss, lr)
@@ -490,15 +502,30 @@ class LoraTrainer:
             return None, None
         suffix = "" if final else f"-epoch{epoch:06d}" if epoch else f"-step{step:06d}"
         warnings: list[str] = []  # e.g. a layer too large for fp16, saved in fp32 instead
-        lora_path = save_lora(self.out_dir / f"{self.name}{suffix}.safetensors", self.adapter(step),
-                              self.cfg.output.save_precision, warnings=warnings)
+        lora_paths = self.save_loras(step, f"{self.name}{suffix}", warnings)
         for message in warnings:
             self.events(TrainEvent("warning", step, self.total_steps, message=message))
         state_path = save_state(self.out_dir / f"{self.name}-state.safetensors", step=step, lora=self.lora_state(),
-                                optimizer=self.optimizer, scheduler=self.scheduler, config=self.cfg)
-        self.events(TrainEvent("checkpoint", step, self.total_steps, paths=(str(lora_path), str(state_path))))
+                                optimizer=self.optimizer, scheduler=self.scheduler, config=self.cfg,
+                                ema=self.ema.state() if self.ema else None)
+        self.events(TrainEvent("checkpoint", step, self.total_steps, paths=(*map(str, lora_paths), str(state_path))))
         self.acc.wait_for_everyone()
-        return lora_path, state_path
+        return lora_paths[0], state_path
+
+    def save_loras(self, step: int, stem: str, warnings: list[str]) -> list[Path]:
+        """Write a checkpoint's LoRA files: the trained weights, their EMA, or both (`output.save_ema`); the
+        main file first. Each is written while its weights are in place (an adapter shares their storage)."""
+        mode = self.cfg.output.save_ema if self.ema else "raw"
+        plan = {"ema": [(stem, True)], "raw": [(stem, False)], "both": [(stem, False), (f"{stem}-ema", True)]}[mode]
+        paths = []
+        for name, use_ema in plan:
+            with self.ema.applied(self.params) if use_ema else nullcontext():
+                adapter = self.adapter(step)
+                if use_ema:
+                    adapter.metadata["loramix_ema_decay"] = str(self.ema.decay)
+                paths.append(save_lora(self.out_dir / f"{name}.safetensors", adapter, self.cfg.output.save_precision,
+                                       warnings=warnings))
+        return paths
 
     def stop(self, step: int, losses: list[float], kind: str) -> TrainResult:
         """End the run as `kind` ("done", "cancelled" or "error"): checkpoint, last samples, event."""
@@ -545,7 +572,7 @@ class LoraTrainer:
         pipe.set_progress_bar_config(disable=True)
         paths = []
         res = self.cfg.dataset.resolution
-        with self.acc.autocast():
+        with self.acc.autocast(), self.ema.applied(self.params) if s.use_ema else nullcontext():
             for i, prompt in enumerate(s.prompts):
                 image = pipe(prompt, negative_prompt=s.negative_prompt or None, num_inference_steps=s.steps,
                              guidance_scale=s.guidance_scale, height=res, width=res,

@@ -146,3 +146,73 @@ def test_sdxl_v_prediction_trains_and_samples_with_velocity(tmp_path):
     assert trainer.family.pipeline(trainer.m).scheduler.config.prediction_type == "v_prediction"
     meta = trainer.adapter(0).metadata
     assert meta["ss_v_parameterization"] == "True" and meta["ss_zero_terminal_snr"] == "True"
+
+
+# ---- 3. EMA ------------------------------------------------------------------------------------------
+def test_ema_follows_the_weights_with_warm_up_and_both_files_are_saved(tiny_model, image_folder, tmp_path):
+    snapshots = []
+    trainer = LoraTrainer(tiny_config(tiny_model, image_folder, tmp_path / "out", "train.max_steps=4",
+                                      "train.ema_decay=0.5", "output.save_ema=both", "optim.learning_rate=1e-2"),
+                          lambda e: snapshots.append([p.detach().clone() for p in trainer.params])
+                          if e.kind in ("start", "step") else None)
+    result = trainer.run()
+    init, *steps = snapshots
+    expected = [p.clone() for p in init]
+    for k, params in enumerate(steps, start=1):
+        d = min(0.5, k / (9 + k))  # 0.1, 0.18, 0.25, 0.31: the warm-up, then at most 0.5
+        expected = [e + (1 - d) * (p - e) for e, p in zip(expected, params)]
+    for shadow, e in zip(trainer.ema.shadow, expected):
+        torch.testing.assert_close(shadow, e, rtol=1e-6, atol=1e-7)
+    assert any(not torch.allclose(s, r) for s, r in zip(trainer.ema.shadow, steps[-1]))
+    raw, ema = read_lora(result.lora_path), read_lora(tmp_path / "out" / "my-lora-ema.safetensors")
+    assert "loramix_ema_decay" not in raw.metadata and ema.metadata["loramix_ema_decay"] == "0.5"
+    with trainer.ema.applied(trainer.params):  # the EMA file holds the average, the main file the trained weights
+        averaged = {n: (layer.up.clone(), layer.down.clone()) for n, layer in trainer.adapter(4).layers.items()}
+    trained = trainer.adapter(4).layers
+    assert averaged.keys() == ema.layers.keys() == raw.layers.keys()
+    for n in averaged:
+        assert torch.equal(ema.layers[n].up, averaged[n][0]) and torch.equal(ema.layers[n].down, averaged[n][1])
+        assert torch.equal(raw.layers[n].up, trained[n].up) and torch.equal(raw.layers[n].down, trained[n].down)
+    assert any(not torch.equal(raw.layers[n].up, ema.layers[n].up) for n in raw.layers)
+
+
+def test_resume_with_ema_and_loraplus_is_bit_exact(tiny_model, image_folder, tmp_path):
+    from loramix.events import CancelToken
+
+    opts = ("train.ema_decay=0.9", "output.save_ema=both", "optim.loraplus_lr_ratio=4", "optim.lr_scheduler=cosine")
+    train(tiny_config(tiny_model, image_folder, tmp_path / "full", *opts))
+    cancel = CancelToken()
+    half = train(tiny_config(tiny_model, image_folder, tmp_path / "half", *opts),
+                 lambda e: cancel.cancel() if e.kind == "step" and e.step == 4 else None, cancel)
+    assert half.steps == 4
+    resumed = train(tiny_config(tiny_model, image_folder, tmp_path / "half", *opts,
+                                f"train.resume_from={half.state_path}"))
+    assert resumed.steps == 8
+    for name in ("my-lora.safetensors", "my-lora-ema.safetensors"):
+        a, b = read_lora(tmp_path / "full" / name), read_lora(tmp_path / "half" / name)
+        for layer in a.layers:
+            assert torch.equal(a.layers[layer].up, b.layers[layer].up), (name, layer)
+            assert torch.equal(a.layers[layer].down, b.layers[layer].down), (name, layer)
+
+
+def test_samples_with_ema_use_the_average_and_leave_the_weights_as_they_were(tiny_model, image_folder, tmp_path):
+    from PIL import Image
+
+    trainer = _ready(tiny_model, image_folder, tmp_path / "out", "train.ema_decay=0.9", "optim.learning_rate=3e-2",
+                     "sample.prompts=red stripes", "sample.steps=2")
+    trainer.total_steps = 3
+    trainer.start_log(0)
+    trainer.train_steps(0)  # draws the end's samples with the raw weights
+    raw_weights = [p.detach().clone() for p in trainer.params]
+    path = tmp_path / "out" / "samples" / "my-lora-step000003-0.png"
+    pixels = {}
+    for label, use_ema in (("raw", False), ("ema", True)):
+        trainer.cfg.sample.use_ema = use_ema
+        trainer.make_samples(3)
+        pixels[label] = torch.tensor(list(Image.open(path).getdata()))
+    trainer.cfg.sample.use_ema = False
+    with trainer.ema.applied(trainer.params):
+        trainer.make_samples(3)
+    assert torch.equal(pixels["ema"], torch.tensor(list(Image.open(path).getdata())))
+    assert not torch.equal(pixels["ema"], pixels["raw"])
+    assert all(torch.equal(p, r) for p, r in zip(trainer.params, raw_weights))
