@@ -180,6 +180,12 @@ class TrainConfig:
                                         "rescale_zero_terminal_snr, kohya's zero_terminal_snr); samples use the "
                                         "rescaled schedule with trailing timesteps. Meant for v-prediction "
                                         "(model.prediction_type): lets the model learn very dark and bright images.")
+    masked_loss: bool = _f(False, "Count the loss only where each image's mask is white: <stem>.mask.png beside the "
+                                  "image (white = train, black = ignore, grey = partly), else the image's alpha "
+                                  "channel; an image with neither is trained whole. The mask follows bucketing, crop "
+                                  "and flip and is cached with the latents.")
+    unmasked_weight: float = _f(0.0, "With train.masked_loss: the loss weight of the pixels outside the mask (0 = "
+                                     "ignored, 1 = as if there were no mask).", min=0.0, max=1.0)
     ema_decay: float = _f(0.0, "Keep an exponential moving average (EMA) of the adapter's weights with this decay "
                                "(0.999 is usual; 0 = off), with diffusers' warm-up (decay min(d, k/(9+k)) at step k). "
                                "output.save_ema picks the weights saved; sample.use_ema draws samples with it.",

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 BUCKET_STEP = 64
+MASK_SUFFIX = ".mask.png"  # `<stem>.mask.png` beside an image is its loss mask (trainers.masks), not an image
 # What PIL raises for a file it cannot read or decode (a truncated PNG fails its CRC check with SyntaxError).
 IMAGE_ERRORS = (Image.UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError,
                 EOFError)
@@ -265,7 +266,8 @@ def scan_folder(cfg: DatasetConfig, warnings: list[str] | None = None, reg: bool
             _warn(warnings, f"Ignoring {folder}: 0 repeats.")
             continue
         for path in sorted(folder.iterdir()):
-            if path.suffix.lower() not in IMAGE_EXTENSIONS or not path.is_file():
+            if path.suffix.lower() not in IMAGE_EXTENSIONS or not path.is_file() or \
+                    path.name.lower().endswith(MASK_SUFFIX):
                 continue
             found_files += 1
             size, why = _probe(path, cfg.max_image_pixels)

@@ -22,7 +22,6 @@ from functools import partial
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from loramix.atomic import write_text
 from loramix.config import LoramixConfig, to_toml, with_absolute_folders
@@ -34,6 +33,7 @@ from loramix.runs import RunLock, check_run_folder, remove_stale_temps
 from trainers import dataset as ds
 from trainers.checkpoint import adapter_metadata, check_state_file, craft_metadata, load_state, save_state
 from trainers.ema import AdapterEMA
+from trainers.masks import MASK_SUFFIX, loss_weights, mask_for, weighted_mse
 from trainers.noise import configure_noise
 from trainers.optim import loraplus_groups, make_optimizer, make_scheduler
 from trainers.quantize import check_quantize_backend, quantize_unet
@@ -263,6 +263,9 @@ class LoraTrainer:
                 for flip in ((False, True) if d.flip_aug else (False,)):
                     sample = ds.Sample(idx, flip, False, 0)
                     self.latent_cache[(idx, flip)] = self._encode_images(ds.pixels_for(item, sample, d)[None])[0]
+        self.mask_cache: dict[tuple[int, bool], torch.Tensor | None] = {}
+        if self.cfg.train.masked_loss:
+            self.cache_masks()
         self.text_cache: dict[str, dict[str, torch.Tensor]] = {}
         if d.cache_text_embeddings:
             captions = {ds.caption_for(item, ds.Sample(i, False, False, 0), d) for i, item in enumerate(self.items)}
@@ -272,6 +275,39 @@ class LoraTrainer:
                 self.text_cache[caption] = {k: v[0] for k, v in self._encode_text([caption]).items()}
         if d.cache_latents:
             self.m.vae.to("cpu")  # not needed again until samples are drawn
+
+    def cache_masks(self) -> None:
+        """With cached latents, each image's mask at latent resolution (None: trained whole); a warning names
+        how many images have no mask."""
+        d, unmasked = self.cfg.dataset, []
+        for idx, item in enumerate(self.items):
+            size = self.latent_size(item)
+            for flip in ((False, True) if d.flip_aug else (False,)):
+                mask = mask_for(item, ds.Sample(idx, flip, False, 0), d, size)
+                if d.cache_latents:
+                    self.mask_cache[(idx, flip)] = mask
+            if mask is None:
+                unmasked.append(item.path.name)
+        if unmasked:
+            self.warn(f"train.masked_loss: {len(unmasked)} of {len(self.items)} images ({', '.join(unmasked[:3])}"
+                      f"{', …' if len(unmasked) > 3 else ''}) have no <stem>{MASK_SUFFIX} and no transparency; "
+                      "they are trained whole.")
+
+    def latent_size(self, item: ds.ImageItem) -> tuple[int, int]:
+        """(h, w) of an item's latents: its bucket divided by the VAE's downsampling factor."""
+        factor = 2 ** (len(self.m.vae.config.block_out_channels) - 1)
+        return item.bucket[1] // factor, item.bucket[0] // factor
+
+    def loss_weights(self, samples: list[ds.Sample], latents: torch.Tensor) -> torch.Tensor | None:
+        """train.masked_loss: per-pixel loss weights of a micro-batch (None when off)."""
+        t, d = self.cfg.train, self.cfg.dataset
+        if not t.masked_loss:
+            return None
+        if d.cache_latents:
+            masks = [self.mask_cache[(s.index, s.flip)] for s in samples]
+        else:
+            masks = [mask_for(self.items[s.index], s, d, tuple(latents.shape[-2:])) for s in samples]
+        return loss_weights(masks, tuple(latents.shape), t.unmasked_weight)
 
     def _encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         vae = self.m.vae
@@ -384,7 +420,7 @@ class LoraTrainer:
         with attention_backend(t):  # train.sdpa_backend
             pred = self.models[self.family.unet_prefix](unet_input(noisy, t), timesteps, **unet_kwargs,
                                                         return_dict=False)[0]
-        loss = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+        loss = weighted_mse(pred, target, self.loss_weights(samples, latents))  # train.masked_loss
         if t.min_snr_gamma:
             from diffusers.training_utils import compute_snr
 

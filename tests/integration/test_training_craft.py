@@ -216,3 +216,83 @@ def test_samples_with_ema_use_the_average_and_leave_the_weights_as_they_were(tin
     assert torch.equal(pixels["ema"], torch.tensor(list(Image.open(path).getdata())))
     assert not torch.equal(pixels["ema"], pixels["raw"])
     assert all(torch.equal(p, r) for p, r in zip(trainer.params, raw_weights))
+
+
+# ---- 1. masked loss ----------------------------------------------------------------------------------
+def _masked_folder(root, sizes=((96, 64), (64, 96), (64, 64)), alpha_index=1):
+    """Images whose left third is drawn dark and the rest white, with that dark region as the mask: as a
+    <stem>.mask.png file, or (for `alpha_index`) as the image's alpha channel (transparent reads as white)."""
+    from PIL import Image, ImageDraw
+
+    root.mkdir(parents=True)
+    for i, (w, h) in enumerate(sizes):
+        mask = Image.new("L", (w, h), 0)
+        ImageDraw.Draw(mask).rectangle([0, 0, w // 3, h], fill=255)
+        image = Image.merge("RGB", [mask.point(lambda v: 255 - v * 0.8)] * 3)
+        if i == alpha_index:
+            image.putalpha(mask.point(lambda v: v))
+        else:
+            mask.save(root / f"img{i}.mask.png")
+        image.save(root / f"img{i}.png")
+        (root / f"img{i}.txt").write_text(f"red stripes, picture {i}\n")
+    return root
+
+
+def test_masks_follow_bucket_crop_and_flip_and_mask_files_are_not_images(tmp_path):
+    import random
+
+    from loramix.config import DatasetConfig
+    from trainers import dataset as ds
+    from trainers.masks import mask_for
+
+    data = _masked_folder(tmp_path / "data")
+    cfg = DatasetConfig(data_dir=str(data), resolution=128, min_bucket_reso=64, max_bucket_reso=256, crop="random",
+                        flip_aug=True, cache_latents=False)
+    items = ds.scan_report(cfg).items
+    assert sorted(i.path.name for i in items) == ["img0.png", "img1.png", "img2.png"]  # no *.mask.png
+    rng = random.Random(0)
+    for idx, item in enumerate(items):
+        for flip in (False, True):
+            sample = ds.Sample(idx, flip, False, rng.getrandbits(32))
+            pixels = ds.pixels_for(item, sample, cfg)  # dark where the mask is white
+            h, w = pixels.shape[-2] // 8, pixels.shape[-1] // 8
+            expected = torch.nn.functional.interpolate((pixels[:1] < 0).float()[None], size=(h, w), mode="area")[0]
+            mask = mask_for(item, sample, cfg, (h, w))
+            assert mask.shape == (1, h, w) and 0 < mask.mean() < 1
+            assert (mask - expected).abs().max() < 0.15, (item.path.name, flip)
+            assert not torch.allclose(mask, mask.flip(-1))  # so that a flip left out would show
+
+
+def test_masked_loss_weights_the_pixels_and_is_cached_at_latent_resolution(tiny_model, tmp_path):
+    from trainers.lora_trainer import _seed_for
+
+    data = _masked_folder(tmp_path / "data", sizes=((64, 64),) * 3)
+    trainer = _ready(tiny_model, data, tmp_path / "out", "train.batch_size=1", "train.masked_loss=true",
+                     "train.unmasked_weight=0.25")
+    assert all(trainer.mask_cache[k].shape[-2:] == trainer.latent_cache[k].shape[-2:] for k in trainer.latent_cache)
+    sched = trainer.m.noise_scheduler
+    with torch.no_grad():
+        for micro in range(3):
+            loss = trainer.compute_loss(micro).item()
+            sample = trainer.micro_batch(micro)[0][0]
+            latents = trainer.latent_cache[(sample.index, False)][None]
+            cond = trainer.text_cache[trainer.items[sample.index].caption]["encoder_hidden_states"][None]
+            g = torch.Generator().manual_seed(_seed_for(42, micro, 0))
+            noise = torch.randn(latents.shape[1:], generator=g)[None]
+            t = torch.randint(0, 1000, (1,), generator=g)
+            se = (trainer.m.unet(sched.add_noise(latents, noise, t), t, cond).sample - noise) ** 2
+            w = (0.25 + 0.75 * trainer.mask_cache[(sample.index, False)]).expand_as(se[0])[None]
+            assert loss == pytest.approx(((se * w).sum() / w.sum()).item(), rel=1e-5)
+            assert loss != pytest.approx(se.mean().item(), rel=1e-3)
+
+
+def test_masked_loss_trains_on_the_uncached_path_and_warns_about_unmasked_images(tiny_model, tmp_path):
+    data = _masked_folder(tmp_path / "data")
+    make_folder(data, n=1, prefix="plain")
+    events = []
+    result = train(tiny_config(tiny_model, data, tmp_path / "out", "train.masked_loss=true", "train.max_steps=2",
+                               "dataset.cache_latents=false", "dataset.crop=random", "dataset.flip_aug=true",
+                               "dataset.min_bucket_reso=64", "dataset.max_bucket_reso=128"), events.append)
+    assert result.steps == 2
+    warnings = [e.message for e in events if e.kind == "warning"]
+    assert any("1 of 4 images (plain0.png) have no <stem>.mask.png" in w for w in warnings), warnings
