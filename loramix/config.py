@@ -73,6 +73,11 @@ class DatasetConfig:
                                "outputs), captioned without the trigger word, to keep what you do not want "
                                "changed. Each epoch takes as many of them as training images; their loss is "
                                "weighted by train.prior_loss_weight.")
+    validation_split: float = _f(0.0, "Fraction of the training images held out for validation (never trained on), "
+                                      "chosen by a hash of their file names, so the same ones every run. 0 = none.",
+                                 min=0.0, max=0.5)
+    validation_dir: str = _f("", "Optional folder of validation images with captions (instead of "
+                                 "validation_split), never trained on.")
     resolution: int = _f(512, "Training resolution: the side of the square pixel budget for buckets.", min=64,
                          max=4096)
     enable_bucket: bool = _f(True, "Aspect-ratio bucketing: images go to the bucket nearest their aspect ratio.")
@@ -186,6 +191,11 @@ class TrainConfig:
                                   "and flip and is cached with the latents.")
     unmasked_weight: float = _f(0.0, "With train.masked_loss: the loss weight of the pixels outside the mask (0 = "
                                      "ignored, 1 = as if there were no mask).", min=0.0, max=1.0)
+    validate_every_n_steps: int = _f(0, "Score the validation images (dataset.validation_split or validation_dir) "
+                                        "every N steps and at the end (0 = at the end only), with fixed noise, "
+                                        "timesteps and seed, so the number compares across steps and runs; the "
+                                        "step with the lowest validation loss is named in the result and the file.",
+                                     min=0, max=1_000_000)
     ema_decay: float = _f(0.0, "Keep an exponential moving average (EMA) of the adapter's weights with this decay "
                                "(0.999 is usual; 0 = off), with diffusers' warm-up (decay min(d, k/(9+k)) at step k). "
                                "output.save_ema picks the weights saved; sample.use_ema draws samples with it.",
@@ -281,6 +291,12 @@ class LoramixConfig:
         if self.optim.loraplus_lr_ratio and net.algo != "lora":
             raise ConfigError("optim.loraplus_lr_ratio", f"raises the rate of LoRA's up (B) matrices, which "
                                                          f"network.algo={net.algo} has not; set it to 0.")
+        if ds.validation_split and ds.validation_dir:
+            raise ConfigError("dataset.validation_dir", "and dataset.validation_split both choose validation images; "
+                                                        "set one of them.")
+        if self.train.validate_every_n_steps and not (ds.validation_split or ds.validation_dir):
+            raise ConfigError("train.validate_every_n_steps", "needs validation images: set "
+                                                              "dataset.validation_split or dataset.validation_dir.")
         if self.sample.use_ema and not self.train.ema_decay:
             raise ConfigError("sample.use_ema", "draws samples with the EMA weights, which train.ema_decay=0 does not "
                                                 "keep; set train.ema_decay (e.g. 0.999) or use_ema=false.")
@@ -426,7 +442,7 @@ def read_toml(path: str | Path) -> dict:
 
 
 # Folders that a TOML file may give relative to itself, so that a preset can name pictures shipped beside it.
-FOLDER_FIELDS = ("dataset.data_dir", "dataset.reg_data_dir")
+FOLDER_FIELDS = ("dataset.data_dir", "dataset.reg_data_dir", "dataset.validation_dir")
 
 
 def _anchored(values: dict, folder: Path) -> dict:

@@ -38,6 +38,7 @@ from trainers.noise import configure_noise
 from trainers.optim import loraplus_groups, make_optimizer, make_scheduler
 from trainers.quantize import check_quantize_backend, quantize_unet
 from trainers.speed import attention_backend, check_speed_options, prepare_unet, unet_input
+from trainers.validation import best_validation, build_validation_set, validation_loss, validation_metadata
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,8 @@ class TrainResult:
     steps: int
     cancelled: bool = False
     losses: list[float] = field(default_factory=list)
+    val_losses: list[tuple[int, float]] = field(default_factory=list)  # (step, validation loss)
+    best_step: int | None = None  # the step with the lowest validation loss
 
 
 def _seed_for(*parts) -> int:
@@ -126,6 +129,8 @@ class LoraTrainer:
         self.name = config.output.output_name
         self.started_at = time.time()
         self.sampled_at = -1  # the step whose samples were drawn last
+        self.val_losses: list[tuple[int, float]] = []  # (step, validation loss), kept across a resume via the log
+        self.vset = None
 
     # ---- 1. data (before any model is loaded, so dataset errors come fast) ------------------
     def scan_data(self) -> None:
@@ -133,6 +138,7 @@ class LoraTrainer:
         for message in report.warnings:
             self.events(TrainEvent("warning", message=message))
         self.items = report.items
+        self.validation_items = report.validation  # held out, never trained on
         self.tag_frequency = ds.tag_frequency(self.items)
         self.num_train = sum(not i.is_reg for i in self.items)
         self.reg_found = report.reg_found
@@ -263,6 +269,7 @@ class LoraTrainer:
                 for flip in ((False, True) if d.flip_aug else (False,)):
                     sample = ds.Sample(idx, flip, False, 0)
                     self.latent_cache[(idx, flip)] = self._encode_images(ds.pixels_for(item, sample, d)[None])[0]
+        self.vset = build_validation_set(self, self.validation_items) if self.validation_items else None
         self.mask_cache: dict[tuple[int, bool], torch.Tensor | None] = {}
         if self.cfg.train.masked_loss:
             self.cache_masks()
@@ -503,11 +510,26 @@ class LoraTrainer:
         """The checkpoint and samples that `output.save_every_n_*` and `sample.sample_every_n_*` ask for at
         step `done` (the final step's checkpoint is written by `stop`)."""
         out, sample, epoch = self.cfg.output, self.cfg.sample, self.epoch_ended(done)
+        if self.vset and _every(done, self.cfg.train.validate_every_n_steps):
+            self.validate(done)  # first, so that a checkpoint's file names the best step so far
         by_epoch = _every(epoch, out.save_every_n_epochs)
         if (_every(done, out.save_every_n_steps) or by_epoch) and done < self.total_steps:
             self.save_checkpoint(done, final=False, epoch=epoch if by_epoch else 0)
         if _every(done, sample.sample_every_n_steps) or _every(epoch, sample.sample_every_n_epochs):
             self.make_samples(done)
+
+    def validate(self, step: int) -> None:
+        """Score the held-out images (the weights the main file holds), log and publish the loss."""
+        use_ema = self.ema is not None and self.cfg.output.save_ema == "ema"
+        with self.ema.applied(self.params) if use_ema else nullcontext():
+            loss = validation_loss(self, self.vset)
+        self.val_losses.append((step, loss))
+        best_step, best = best_validation(self.val_losses)
+        if self.acc.is_main_process:
+            with open(self.out_dir / "log.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps({"step": step, "val_loss": loss, "time": round(time.time(), 3)}) + "\n")
+        self.events(TrainEvent("validation", step, self.total_steps, loss=loss,
+                               extra={"best_step": best_step, "best_loss": best}))
 
     # ---- 9. outputs --------------------------------------------------------------------------
     def lora_state(self) -> dict[str, torch.Tensor]:
@@ -529,7 +551,8 @@ class LoraTrainer:
         meta = adapter_metadata(self.cfg, self.family, step=step, epoch=epoch, num_images=self.num_train,
                                 reg_items=self.reg_found,
                                 tag_frequency=self.tag_frequency, started_at=self.started_at)
-        return LoraAdapter(layers, {**meta, **craft_metadata(self.cfg, self.m.prediction_type)})
+        return LoraAdapter(layers, {**meta, **craft_metadata(self.cfg, self.m.prediction_type),
+                                    **validation_metadata(self.val_losses, step)})
 
     def save_checkpoint(self, step: int, final: bool, epoch: int = 0) -> tuple[Path | None, Path | None]:
         """The LoRA (named by `epoch` when an epoch setting asked for it, else by step) and the state."""
@@ -566,13 +589,16 @@ class LoraTrainer:
     def stop(self, step: int, losses: list[float], kind: str) -> TrainResult:
         """End the run as `kind` ("done", "cancelled" or "error"): checkpoint, last samples, event."""
         final = kind == "done"
+        if final and self.vset and step not in dict(self.val_losses):
+            self.validate(step)  # the end is always scored
         lora_path, state_path = self.save_checkpoint(step, final=final)
         if final and self.sampled_at != step:  # the end always gets samples, once
             self.make_samples(step)
         message = "stopped on a non-finite loss" if kind == "error" else ""
         self.events(TrainEvent(kind, step, self.total_steps, message=message,
                                paths=tuple(str(p) for p in (lora_path,) if p)))
-        return TrainResult(lora_path, state_path, step, kind == "cancelled", losses)
+        return TrainResult(lora_path, state_path, step, kind == "cancelled", losses, list(self.val_losses),
+                           best_validation(self.val_losses)[0])
 
     def log_step(self, step: int, loss: float, lr: float) -> None:
         if self.acc.is_main_process:
@@ -589,6 +615,7 @@ class LoraTrainer:
         if start and path.exists():
             kept = [line for line in path.read_text(encoding="utf-8").splitlines()
                     if line.strip() and json.loads(line)["step"] <= start]
+            self.val_losses = [(r["step"], r["val_loss"]) for r in map(json.loads, kept) if "val_loss" in r]
         write_text(path, "".join(line + "\n" for line in kept))
         write_text(self.out_dir / f"{self.name}.toml", to_toml(with_absolute_folders(self.cfg)))
 

@@ -176,11 +176,12 @@ def test_ema_follows_the_weights_with_warm_up_and_both_files_are_saved(tiny_mode
     assert any(not torch.equal(raw.layers[n].up, ema.layers[n].up) for n in raw.layers)
 
 
-def test_resume_with_ema_and_loraplus_is_bit_exact(tiny_model, image_folder, tmp_path):
+def test_resume_with_ema_loraplus_and_validation_is_bit_exact(tiny_model, image_folder, tmp_path):
     from loramix.events import CancelToken
 
-    opts = ("train.ema_decay=0.9", "output.save_ema=both", "optim.loraplus_lr_ratio=4", "optim.lr_scheduler=cosine")
-    train(tiny_config(tiny_model, image_folder, tmp_path / "full", *opts))
+    opts = ("train.ema_decay=0.9", "output.save_ema=both", "optim.loraplus_lr_ratio=4", "optim.lr_scheduler=cosine",
+            "dataset.validation_split=0.25", "train.validate_every_n_steps=2")
+    full = train(tiny_config(tiny_model, image_folder, tmp_path / "full", *opts))
     cancel = CancelToken()
     half = train(tiny_config(tiny_model, image_folder, tmp_path / "half", *opts),
                  lambda e: cancel.cancel() if e.kind == "step" and e.step == 4 else None, cancel)
@@ -188,6 +189,7 @@ def test_resume_with_ema_and_loraplus_is_bit_exact(tiny_model, image_folder, tmp
     resumed = train(tiny_config(tiny_model, image_folder, tmp_path / "half", *opts,
                                 f"train.resume_from={half.state_path}"))
     assert resumed.steps == 8
+    assert resumed.val_losses == full.val_losses and resumed.best_step == full.best_step  # the history is in the log
     for name in ("my-lora.safetensors", "my-lora-ema.safetensors"):
         a, b = read_lora(tmp_path / "full" / name), read_lora(tmp_path / "half" / name)
         for layer in a.layers:
@@ -296,3 +298,47 @@ def test_masked_loss_trains_on_the_uncached_path_and_warns_about_unmasked_images
     assert result.steps == 2
     warnings = [e.message for e in events if e.kind == "warning"]
     assert any("1 of 4 images (plain0.png) have no <stem>.mask.png" in w for w in warnings), warnings
+
+
+# ---- 2. validation -----------------------------------------------------------------------------------
+def test_held_out_images_are_never_trained_on_and_the_same_every_run(tiny_model, image_folder, tmp_path,
+                                                                     monkeypatch):
+    seen = []
+    real = LoraTrainer.micro_batch
+
+    def recording(self, micro):
+        samples, positions = real(self, micro)
+        seen.extend(self.items[s.index].path for s in samples)
+        return samples, positions
+
+    monkeypatch.setattr(LoraTrainer, "micro_batch", recording)
+    events = []
+    result = train(tiny_config(tiny_model, image_folder, tmp_path / "out", "dataset.validation_split=0.25",
+                               "train.max_steps=12", "train.validate_every_n_steps=4"), events.append)
+    from trainers import dataset as ds
+    cfg = tiny_config(tiny_model, image_folder, tmp_path / "x", "dataset.validation_split=0.25", "train.seed=7")
+    held = {i.path for i in ds.scan_report(cfg.dataset).validation}
+    assert len(held) == 2 and len(set(seen)) == 6  # 8 images: 2 held out, the other 6 all trained on
+    assert not held & set(seen)
+    assert [e.step for e in events if e.kind == "validation"] == [4, 8, 12] == [s for s, _ in result.val_losses]
+
+
+def test_validation_loss_is_fixed_and_the_best_step_is_named(tiny_model, image_folder, tmp_path):
+    import json
+
+    a = _ready(tiny_model, image_folder, tmp_path / "a", "dataset.validation_split=0.25", "train.seed=1")
+    b = _ready(tiny_model, image_folder, tmp_path / "b", "dataset.validation_split=0.25", "train.seed=2")
+    from trainers.validation import validation_loss
+    first = validation_loss(a, a.vset)
+    assert first == validation_loss(a, a.vset) == validation_loss(b, b.vset)  # same weights (B = 0): same number
+    result = train(tiny_config(tiny_model, image_folder, tmp_path / "run", "dataset.validation_split=0.25",
+                               "train.max_steps=6", "train.validate_every_n_steps=2", "optim.learning_rate=5e-2"))
+    losses = dict(result.val_losses)
+    assert sorted(losses) == [2, 4, 6] and len(set(losses.values())) == 3
+    best = min(losses, key=losses.get)
+    assert result.best_step == best
+    meta = read_lora(result.lora_path).metadata
+    assert meta["loramix_best_validation_step"] == str(best)
+    assert float(meta["loramix_validation_loss"]) == pytest.approx(losses[6], rel=1e-5)
+    lines = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["val_loss"]) for r in lines if "val_loss" in r] == result.val_losses
