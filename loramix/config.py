@@ -219,6 +219,11 @@ class OutputConfig:
     save_ema: str = _f("ema", "With train.ema_decay: ema = <name>.safetensors holds the EMA weights; raw = the trained "
                               "weights only; both = the trained weights, and the EMA in <name>-ema.safetensors. "
                               "Checkpoints follow the same rule.", choices=["ema", "raw", "both"])
+    log_with: str = _f("none", "Also log loss, learning rate, validation loss and samples to TensorBoard (in "
+                               "<output_dir>/tensorboard; open it with tensorboard --logdir <output_dir>; pip install "
+                               "'loramix[tensorboard]') or Weights & Biases (pip install wandb, then wandb login), "
+                               "through accelerate's trackers. log.jsonl is written either way.",
+                       choices=["none", "tensorboard", "wandb"])
     save_precision: str = _f("fp16", "Dtype of the saved LoRA weights.", choices=["fp16", "bf16", "fp32"])
 
 

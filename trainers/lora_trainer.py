@@ -38,6 +38,7 @@ from trainers.noise import configure_noise
 from trainers.optim import loraplus_groups, make_optimizer, make_scheduler
 from trainers.quantize import check_quantize_backend, quantize_unet
 from trainers.speed import attention_backend, check_speed_options, prepare_unet, unet_input
+from trainers.trackers import accelerator_options, log_samples, start_trackers
 from trainers.validation import best_validation, build_validation_set, validation_loss, validation_metadata
 
 log = logging.getLogger(__name__)
@@ -162,7 +163,8 @@ class LoraTrainer:
         cpu_group = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
         try:
             self.acc = Accelerator(mixed_precision=t.mixed_precision, cpu=cpu_group,
-                                   gradient_accumulation_steps=t.gradient_accumulation_steps)
+                                   gradient_accumulation_steps=t.gradient_accumulation_steps,
+                                   **accelerator_options(self.cfg.output, self.out_dir))  # output.log_with
         except ValueError as e:
             raise ConfigError("train.mixed_precision", f"{t.mixed_precision} is not available here: {e}") from e
         check_speed_options(t, self.acc.device)
@@ -528,6 +530,7 @@ class LoraTrainer:
         if self.acc.is_main_process:
             with open(self.out_dir / "log.jsonl", "a", encoding="utf-8") as f:
                 f.write(json.dumps({"step": step, "val_loss": loss, "time": round(time.time(), 3)}) + "\n")
+        self.acc.log({"val_loss": loss}, step=step)
         self.events(TrainEvent("validation", step, self.total_steps, loss=loss,
                                extra={"best_step": best_step, "best_loss": best}))
 
@@ -595,6 +598,7 @@ class LoraTrainer:
         if final and self.sampled_at != step:  # the end always gets samples, once
             self.make_samples(step)
         message = "stopped on a non-finite loss" if kind == "error" else ""
+        self.acc.end_training()  # closes the trackers' files (output.log_with)
         self.events(TrainEvent(kind, step, self.total_steps, message=message,
                                paths=tuple(str(p) for p in (lora_path,) if p)))
         return TrainResult(lora_path, state_path, step, kind == "cancelled", losses, list(self.val_losses),
@@ -604,6 +608,7 @@ class LoraTrainer:
         if self.acc.is_main_process:
             with open(self.out_dir / "log.jsonl", "a", encoding="utf-8") as f:
                 f.write(json.dumps({"step": step, "loss": loss, "lr": lr, "time": round(time.time(), 3)}) + "\n")
+        self.acc.log({"loss": loss, "lr": lr}, step=step)  # output.log_with (nothing without a tracker)
 
     def start_log(self, start: int) -> None:
         """Keep the log lines of the steps before `start` (all of them on resume, none on a fresh run)."""
@@ -633,7 +638,7 @@ class LoraTrainer:
         self.m.vae.to(self.acc.device)
         pipe = self.family.pipeline(unwrapped)
         pipe.set_progress_bar_config(disable=True)
-        paths = []
+        paths, images = [], []
         res = self.cfg.dataset.resolution
         with self.acc.autocast(), self.ema.applied(self.params) if s.use_ema else nullcontext():
             for i, prompt in enumerate(s.prompts):
@@ -644,6 +649,8 @@ class LoraTrainer:
                 with atomic_path(path) as tmp:
                     image.save(tmp, format="PNG")
                 paths.append(str(path))
+                images.append(image)
+        log_samples(self.acc, step, images)
         if self.cfg.dataset.cache_latents:
             self.m.vae.to("cpu")
         for module in self.models.values():
@@ -671,6 +678,7 @@ class LoraTrainer:
         self.build_optimizer()
         start = self.maybe_resume()
         self.start_log(start)
+        start_trackers(self.acc, self.cfg.output, self.out_dir)
         self.events(TrainEvent("start", start, self.total_steps))
         return self.train_steps(start)
 

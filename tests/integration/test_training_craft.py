@@ -3,6 +3,8 @@ v-prediction, EMA, masked loss, validation and trackers; each pinned on the tiny
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -342,3 +344,38 @@ def test_validation_loss_is_fixed_and_the_best_step_is_named(tiny_model, image_f
     assert float(meta["loramix_validation_loss"]) == pytest.approx(losses[6], rel=1e-5)
     lines = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [(r["step"], r["val_loss"]) for r in lines if "val_loss" in r] == result.val_losses
+
+
+# ---- 4. trackers -------------------------------------------------------------------------------------
+def test_tensorboard_gets_loss_lr_validation_and_samples_in_the_run_folder(tiny_model, image_folder, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train(tiny_config(tiny_model, image_folder, tmp_path / "out", "output.log_with=tensorboard", "train.max_steps=4",
+                      "dataset.validation_split=0.25", "train.validate_every_n_steps=2", "sample.prompts=red|blue",
+                      "sample.steps=1"))
+    folder = tmp_path / "out" / "tensorboard"
+    assert list(folder.glob("events.out.tfevents.*"))
+    events = EventAccumulator(str(folder), size_guidance={"images": 0}).Reload()
+    scalars = {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+    log = [json.loads(line) for line in (tmp_path / "out" / "log.jsonl").read_text().splitlines()]
+    assert [s for s, _ in scalars["loss"]] == [1, 2, 3, 4]
+    assert [v for _, v in scalars["loss"]] == pytest.approx([r["loss"] for r in log if "loss" in r], rel=1e-6)
+    assert [s for s, _ in scalars["lr"]] == [1, 2, 3, 4]
+    assert [s for s, _ in scalars["val_loss"]] == [2, 4]
+    assert sorted(events.Tags()["images"]) == ["sample/0", "sample/1"]
+    assert [e.step for e in events.Images("sample/0")] == [4]
+
+
+def test_a_tracker_whose_package_is_missing_is_refused_naming_the_field(tiny_model, image_folder, tmp_path,
+                                                                       monkeypatch):
+    import importlib.util
+
+    from loramix.errors import ConfigError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    trainer = LoraTrainer(tiny_config(tiny_model, image_folder, tmp_path / "out", "output.log_with=wandb"))
+    trainer.scan_data()
+    with pytest.raises(ConfigError, match=r"output.log_with: wandb needs the wandb package"):
+        trainer.setup_accelerator()
