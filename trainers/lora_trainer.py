@@ -33,7 +33,7 @@ from loramix.runs import RunLock, check_run_folder, remove_stale_temps
 from trainers import dataset as ds
 from trainers.checkpoint import adapter_metadata, check_state_file, craft_metadata, load_state, save_state
 from trainers.ema import AdapterEMA
-from trainers.masks import MASK_SUFFIX, loss_weights, mask_for, weighted_mse
+from trainers.masks import MASK_SUFFIX, LossMasks, weighted_mse
 from trainers.noise import configure_noise
 from trainers.optim import loraplus_groups, make_optimizer, make_scheduler
 from trainers.quantize import check_quantize_backend, quantize_unet
@@ -132,6 +132,7 @@ class LoraTrainer:
         self.sampled_at = -1  # the step whose samples were drawn last
         self.val_losses: list[tuple[int, float]] = []  # (step, validation loss), kept across a resume via the log
         self.vset = None
+        self.masks = None
 
     # ---- 1. data (before any model is loaded, so dataset errors come fast) ------------------
     def scan_data(self) -> None:
@@ -272,9 +273,13 @@ class LoraTrainer:
                     sample = ds.Sample(idx, flip, False, 0)
                     self.latent_cache[(idx, flip)] = self._encode_images(ds.pixels_for(item, sample, d)[None])[0]
         self.vset = build_validation_set(self, self.validation_items) if self.validation_items else None
-        self.mask_cache: dict[tuple[int, bool], torch.Tensor | None] = {}
-        if self.cfg.train.masked_loss:
-            self.cache_masks()
+        self.masks = LossMasks(self.items, d, self.cfg.train.unmasked_weight, self.m.vae) \
+            if self.cfg.train.masked_loss else None
+        if self.masks and self.masks.unmasked:
+            names = self.masks.unmasked
+            self.warn(f"train.masked_loss: {len(names)} of {len(self.items)} images ({', '.join(names[:3])}"
+                      f"{', …' if len(names) > 3 else ''}) have no <stem>{MASK_SUFFIX} and no transparency; "
+                      "they are trained whole.")
         self.text_cache: dict[str, dict[str, torch.Tensor]] = {}
         if d.cache_text_embeddings:
             captions = {ds.caption_for(item, ds.Sample(i, False, False, 0), d) for i, item in enumerate(self.items)}
@@ -284,39 +289,6 @@ class LoraTrainer:
                 self.text_cache[caption] = {k: v[0] for k, v in self._encode_text([caption]).items()}
         if d.cache_latents:
             self.m.vae.to("cpu")  # not needed again until samples are drawn
-
-    def cache_masks(self) -> None:
-        """With cached latents, each image's mask at latent resolution (None: trained whole); a warning names
-        how many images have no mask."""
-        d, unmasked = self.cfg.dataset, []
-        for idx, item in enumerate(self.items):
-            size = self.latent_size(item)
-            for flip in ((False, True) if d.flip_aug else (False,)):
-                mask = mask_for(item, ds.Sample(idx, flip, False, 0), d, size)
-                if d.cache_latents:
-                    self.mask_cache[(idx, flip)] = mask
-            if mask is None:
-                unmasked.append(item.path.name)
-        if unmasked:
-            self.warn(f"train.masked_loss: {len(unmasked)} of {len(self.items)} images ({', '.join(unmasked[:3])}"
-                      f"{', …' if len(unmasked) > 3 else ''}) have no <stem>{MASK_SUFFIX} and no transparency; "
-                      "they are trained whole.")
-
-    def latent_size(self, item: ds.ImageItem) -> tuple[int, int]:
-        """(h, w) of an item's latents: its bucket divided by the VAE's downsampling factor."""
-        factor = 2 ** (len(self.m.vae.config.block_out_channels) - 1)
-        return item.bucket[1] // factor, item.bucket[0] // factor
-
-    def loss_weights(self, samples: list[ds.Sample], latents: torch.Tensor) -> torch.Tensor | None:
-        """train.masked_loss: per-pixel loss weights of a micro-batch (None when off)."""
-        t, d = self.cfg.train, self.cfg.dataset
-        if not t.masked_loss:
-            return None
-        if d.cache_latents:
-            masks = [self.mask_cache[(s.index, s.flip)] for s in samples]
-        else:
-            masks = [mask_for(self.items[s.index], s, d, tuple(latents.shape[-2:])) for s in samples]
-        return loss_weights(masks, tuple(latents.shape), t.unmasked_weight)
 
     def _encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         vae = self.m.vae
@@ -429,7 +401,8 @@ class LoraTrainer:
         with attention_backend(t):  # train.sdpa_backend
             pred = self.models[self.family.unet_prefix](unet_input(noisy, t), timesteps, **unet_kwargs,
                                                         return_dict=False)[0]
-        loss = weighted_mse(pred, target, self.loss_weights(samples, latents))  # train.masked_loss
+        weights = self.masks.weights(samples, latents.shape) if self.masks else None  # train.masked_loss
+        loss = weighted_mse(pred, target, weights)
         if t.min_snr_gamma:
             from diffusers.training_utils import compute_snr
 

@@ -73,6 +73,33 @@ def loss_weights(masks: list[torch.Tensor | None], shape: tuple[int, ...], unmas
     return unmasked_weight + (1.0 - unmasked_weight) * stacked
 
 
+class LossMasks:
+    """`train.masked_loss` for a run: with cached latents, every image's mask at latent resolution computed
+    once (per flip); without, each drawn sample's mask when its batch is drawn (random crops differ)."""
+
+    def __init__(self, items: list[ds.ImageItem], cfg: DatasetConfig, unmasked_weight: float, vae):
+        self.items, self.cfg, self.unmasked_weight = items, cfg, unmasked_weight
+        self.factor = 2 ** (len(vae.config.block_out_channels) - 1)  # the VAE's downsampling
+        self.cache: dict[tuple[int, bool], torch.Tensor | None] = {}
+        self.unmasked: list[str] = []  # file names of the images without a mask (trained whole)
+        for idx, item in enumerate(items):
+            size = item.bucket[1] // self.factor, item.bucket[0] // self.factor
+            for flip in ((False, True) if cfg.flip_aug else (False,)):
+                mask = mask_for(item, ds.Sample(idx, flip, False, 0), cfg, size)
+                if cfg.cache_latents:
+                    self.cache[(idx, flip)] = mask
+            if mask is None:
+                self.unmasked.append(item.path.name)
+
+    def weights(self, samples: list[ds.Sample], latent_shape: tuple[int, ...]) -> torch.Tensor:
+        """Per-pixel loss weights (B, 1, h, w) of a micro-batch."""
+        if self.cfg.cache_latents:
+            masks = [self.cache[(s.index, s.flip)] for s in samples]
+        else:
+            masks = [mask_for(self.items[s.index], s, self.cfg, tuple(latent_shape[-2:])) for s in samples]
+        return loss_weights(masks, tuple(latent_shape), self.unmasked_weight)
+
+
 def weighted_mse(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
     """Each sample's mean squared error, weighted per pixel (the weighted mean) when `weights` is given."""
     se = F.mse_loss(pred.float(), target.float(), reduction="none")

@@ -273,7 +273,9 @@ def test_masked_loss_weights_the_pixels_and_is_cached_at_latent_resolution(tiny_
     data = _masked_folder(tmp_path / "data", sizes=((64, 64),) * 3)
     trainer = _ready(tiny_model, data, tmp_path / "out", "train.batch_size=1", "train.masked_loss=true",
                      "train.unmasked_weight=0.25")
-    assert all(trainer.mask_cache[k].shape[-2:] == trainer.latent_cache[k].shape[-2:] for k in trainer.latent_cache)
+    cache = trainer.masks.cache
+    assert cache.keys() == trainer.latent_cache.keys()
+    assert all(cache[k].shape[-2:] == trainer.latent_cache[k].shape[-2:] for k in cache)
     sched = trainer.m.noise_scheduler
     with torch.no_grad():
         for micro in range(3):
@@ -285,7 +287,7 @@ def test_masked_loss_weights_the_pixels_and_is_cached_at_latent_resolution(tiny_
             noise = torch.randn(latents.shape[1:], generator=g)[None]
             t = torch.randint(0, 1000, (1,), generator=g)
             se = (trainer.m.unet(sched.add_noise(latents, noise, t), t, cond).sample - noise) ** 2
-            w = (0.25 + 0.75 * trainer.mask_cache[(sample.index, False)]).expand_as(se[0])[None]
+            w = (0.25 + 0.75 * cache[(sample.index, False)]).expand_as(se[0])[None]
             assert loss == pytest.approx(((se * w).sum() / w.sum()).item(), rel=1e-5)
             assert loss != pytest.approx(se.mean().item(), rel=1e-3)
 
