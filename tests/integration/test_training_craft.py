@@ -148,6 +148,11 @@ def test_sdxl_v_prediction_trains_and_samples_with_velocity(tmp_path):
     assert trainer.family.pipeline(trainer.m).scheduler.config.prediction_type == "v_prediction"
     meta = trainer.adapter(0).metadata
     assert meta["ss_v_parameterization"] == "True" and meta["ss_zero_terminal_snr"] == "True"
+    # the other options run on SDXL's conditioning (two encoders, time ids) too
+    result = train(tiny_config(xl, data, tmp_path / "run", "model.prediction_type=v_prediction", "train.max_steps=2",
+                               "dataset.validation_split=0.5", "train.masked_loss=true", "train.ema_decay=0.9",
+                               "optim.loraplus_lr_ratio=4", "dataset.min_bucket_reso=64"))
+    assert result.steps == 2 and [s for s, _ in result.val_losses] == [2]
 
 
 # ---- 3. EMA ------------------------------------------------------------------------------------------
