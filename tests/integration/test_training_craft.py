@@ -386,3 +386,19 @@ def test_a_tracker_whose_package_is_missing_is_refused_naming_the_field(tiny_mod
     trainer.scan_data()
     with pytest.raises(ConfigError, match=r"output.log_with: wandb needs the wandb package"):
         trainer.setup_accelerator()
+
+
+def test_validation_scores_the_weights_the_main_file_holds(tiny_model, image_folder, tmp_path):
+    from trainers.validation import validation_loss
+
+    for save_ema in ("ema", "both"):
+        trainer = _ready(tiny_model, image_folder, tmp_path / save_ema, "dataset.validation_split=0.25",
+                         "train.ema_decay=0.9", f"output.save_ema={save_ema}", "optim.learning_rate=3e-2")
+        trainer.total_steps = 3
+        trainer.start_log(0)
+        trainer.train_steps(0)  # validates the end
+        raw = validation_loss(trainer, trainer.vset)
+        with trainer.ema.applied(trainer.params):
+            averaged = validation_loss(trainer, trainer.vset)
+        assert raw != pytest.approx(averaged, rel=1e-4)
+        assert trainer.val_losses == [(3, averaged if save_ema == "ema" else raw)], save_ema
