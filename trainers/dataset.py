@@ -165,11 +165,6 @@ def write_caption(image: Path, extension: str, text: str, data_dir: str | Path) 
                       field="Captions")
 
 
-def list_images(cfg: DatasetConfig) -> list[tuple[Path, str]]:
-    """Every usable image and its caption, as the caption editor shows them (repeats ignored)."""
-    return [(item.path, item.caption) for item in scan_folder(cfg)]
-
-
 @dataclass
 class ScanReport:
     """What a scan found: the usable images, and one warning sentence per file it skipped or doubts."""

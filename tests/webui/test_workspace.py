@@ -154,3 +154,13 @@ def test_two_uploads_in_the_same_second_get_two_folders(tmp_path):
     for t in threads:
         t.join()
     assert len({paths[0].parent for paths in got}) == 4
+
+
+def test_with_listen_every_folder_a_job_reads_is_confined(listening, tmp_path):
+    state, root, secret = listening
+    data = make_folder(root / "style", n=2)
+    for field in ("dataset.validation_dir", "dataset.reg_data_dir"):
+        form, values = form_and_values({"dataset.data_dir": str(data), "output.output_name": "",
+                                        "output.output_dir": "", field: str(secret / "10_private")})
+        message, job_id = train_tab.start_job(state, form, values)
+        assert job_id is None and f"{field}: with --listen loramix reads only inside" in message, message
