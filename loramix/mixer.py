@@ -3,7 +3,9 @@
 Adapters are read from disk once and bound to the base model's layers (names and shapes checked).
 Changing a weight touches no file. Two ways to apply a blend, with identical results:
 
-* unfused: a forward hook per adapted layer adds sum_i w_i * (alpha_i / r_i) * up_i(down_i(x));
+* unfused: a forward hook per adapted layer adds sum_i w_i * (alpha_i / r_i) * up_i(down_i(x)), the
+  plain LoRA layers stacked into one down and one up with the w_i * alpha_i / r_i folded in, rebuilt
+  only for layers whose coefficients changed (`loramix.stacked_hooks`);
 * fused: W <- W_original + sum_i w_i * dW_i is written into the base weights, one layer at a time in
   the weight's dtype. The fused weights stay while the blend is unchanged; a changed weight rewrites
   only the layers whose (layer, coefficient) tuple changed, always from the original (kept once per
@@ -32,6 +34,7 @@ from loramix.block_weights import BlockWeights, module_blocks, parse_block_weigh
 from loramix.errors import AdapterFormatError, LoramixError
 from loramix.families import Components, load_base_model
 from loramix.lora_io import LoraAdapter, LoraLayer, guess_architecture, module_table, read_lora
+from loramix.stacked_hooks import stacked_hook, update_stacks
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +194,8 @@ class Mixer:
     # `auto` fuses while the originals it keeps on the host stay within this fraction of the model's
     # parameter memory, and uses hooks beyond it (a full-layer kohya LoRA adapts ~33% of SD 1.5).
     fuse_budget: float = 0.10
+    # The hooks' stacks: module -> ModuleStack, kept while unfused previews follow each other.
+    _stacks: dict = field(default_factory=dict, init=False, repr=False)
 
     @classmethod
     def from_base(cls, base: str = "", revision: str = "", device: str | None = None, **kw) -> Mixer:
@@ -338,8 +343,10 @@ class Mixer:
         active = self.active()
         if not active:
             self.restore()
+            self._stacks.clear()
             yield "base"
         elif mode == "fused" or mode == "auto" and self._originals_fit(active):
+            self._stacks.clear()
             with self._fused(active):
                 yield "fused"
         else:
@@ -417,15 +424,9 @@ class Mixer:
 
     @contextlib.contextmanager
     def _hooked(self, active):
-        per_module: dict[torch.nn.Module, list[tuple[BoundLayer, float]]] = {}
-        for layer, coef in active:
-            per_module.setdefault(layer.module, []).append((layer, coef))
-
-        def hook(module, args, output):
-            extra = sum(layer.branch(args[0]) * coef for layer, coef in per_module[module])
-            return output + extra
-
-        handles = [m.register_forward_hook(hook) for m in per_module]
+        """One hook per adapted module, adding its stacked branch (see `loramix.stacked_hooks`)."""
+        update_stacks(self._stacks, active)
+        handles = [m.register_forward_hook(stacked_hook(self._stacks)) for m in self._stacks]
         try:
             yield
         finally:
