@@ -68,24 +68,32 @@ def update_stacks(cache: dict, active: list) -> dict:
     return cache
 
 
-def stack_branch(module: torch.nn.Module, stack: ModuleStack, x: torch.Tensor) -> torch.Tensor | None:
-    """What `stack` adds to `module`'s output for input x (None: nothing)."""
-    extra = None
+def add_stack(module: torch.nn.Module, stack: ModuleStack, x: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+    """`module`'s output with what `stack` adds for input x.
+
+    Without autograd the sum is written into `output` itself: a Linear's second product accumulates
+    into it (one addmm, no temporary the size of the output), which measured 1.16x a plain Linear of
+    width 320 over 1,024 tokens against 1.68x for `output + up(down(x))` (bench/mix_hooks.py).
+    """
+    inplace = not output.requires_grad
     if stack.down is not None:
         if isinstance(module, torch.nn.Conv2d):
             h = F.conv2d(x, stack.down, stride=module.stride, padding=module.padding, dilation=module.dilation)
             extra = F.conv2d(h, stack.up)
+            output = output.add_(extra) if inplace else output + extra
         else:
-            extra = F.linear(F.linear(x, stack.down), stack.up)
+            h = F.linear(x, stack.down).reshape(-1, stack.down.shape[0])
+            flat = output.reshape(-1, output.shape[-1])
+            flat = flat.addmm_(h, stack.up.t()) if inplace else torch.addmm(flat, h, stack.up.t())
+            output = flat.view(output.shape)
     for layer, coef in stack.others:
         term = layer.branch(x) * coef
-        extra = term if extra is None else extra + term
-    return extra
+        output = output.add_(term) if inplace else output + term
+    return output
 
 
 def stacked_hook(cache: dict):
     """A forward hook that adds the module's stack from `cache` to its output."""
     def hook(module, args, output):
-        extra = stack_branch(module, cache[module], args[0])
-        return output if extra is None else output + extra
+        return add_stack(module, cache[module], args[0], output)
     return hook
