@@ -150,6 +150,9 @@ class TrainConfig:
     mixed_precision: str = _f("no", "Compute precision of the frozen model (LoRA weights stay fp32).",
                               choices=["no", "fp16", "bf16"])
     gradient_checkpointing: bool = _f(False, "Trade compute for memory in the UNet.")
+    free_encoders: bool = _f(True, "With cached latents and text embeddings and the text encoder not trained, "
+                                   "write the VAE and text encoders to a temporary file in the run folder and free "
+                                   "their memory until samples are drawn (read back for each round of samples).")
     channels_last: bool = _f(False, "Keep the UNet's conv weights and inputs in channels-last memory layout. "
                                     "Often faster on GPUs with tensor cores; measured slower on a 2-core CPU.")
     sdpa_backend: str = _f("auto", "Attention kernel of torch's scaled_dot_product_attention in the UNet. auto: "

@@ -10,6 +10,7 @@ with the same global batch, see the same data and noise as a single uninterrupte
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -32,6 +33,7 @@ from loramix.lora_io import LoraAdapter, from_peft, save_lora
 from loramix.runs import RunLock, check_run_folder, remove_stale_temps
 from trainers import dataset as ds
 from trainers.checkpoint import adapter_metadata, check_state_file, load_state, save_state
+from trainers.encoder_parking import EncoderParking
 from trainers.optim import make_optimizer, make_scheduler
 from trainers.quantize import check_quantize_backend, quantize_unet
 from trainers.speed import attention_backend, check_speed_options, prepare_unet, unet_input
@@ -259,6 +261,20 @@ class LoraTrainer:
                 self.text_cache[caption] = {k: v[0] for k, v in self._encode_text([caption]).items()}
         if d.cache_latents:
             self.m.vae.to("cpu")  # not needed again until samples are drawn
+        self.park_encoders()
+
+    def park_encoders(self) -> None:
+        """With both caches built and the text encoders frozen, free the VAE's and text encoders' memory
+        until samples are drawn (train.free_encoders; see trainers/encoder_parking.py)."""
+        d, t = self.cfg.dataset, self.cfg.train
+        self.parking = None
+        if not (t.free_encoders and d.cache_latents and d.cache_text_embeddings
+                and not self.cfg.network.train_text_encoder and self.acc.num_processes == 1):
+            return
+        modules = {"vae": self.m.vae, **self.family.text_encoders(self.m)}
+        self.parking = EncoderParking(modules, self.out_dir)
+        self.parking.park()
+        log.info("VAE and text encoders parked in %s until samples are drawn", self.parking.path)
 
     def _encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         vae = self.m.vae
@@ -506,6 +522,10 @@ class LoraTrainer:
     def make_samples(self, step: int) -> None:
         if not self.acc.is_main_process or not self.cfg.sample.prompts:
             return
+        with self.parking.unparked() if getattr(self, "parking", None) else contextlib.nullcontext():
+            self._draw_samples(step)
+
+    def _draw_samples(self, step: int) -> None:
         from loramix.atomic import atomic_path
 
         s = self.cfg.sample
@@ -554,7 +574,11 @@ class LoraTrainer:
         start = self.maybe_resume()
         self.start_log(start)
         self.events(TrainEvent("start", start, self.total_steps))
-        return self.train_steps(start)
+        try:
+            return self.train_steps(start)
+        finally:
+            if getattr(self, "parking", None):
+                self.parking.discard()
 
 
 def train(config: LoramixConfig, events: EventSink = no_events, cancel: CancelToken | None = None) -> TrainResult:
