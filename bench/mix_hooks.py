@@ -97,7 +97,7 @@ def stack_bytes(mixer: Mixer) -> int:
 def run_model(args) -> int:
     quiet_libraries()
     torch.set_num_threads(args.threads)
-    mixer = Mixer.from_base(args.base)
+    mixer = Mixer.from_base(args.base, originals=args.originals)
     comps = mixer.components
     model_bytes = sum(p.numel() * p.element_size() for m in comps.models() for p in m.parameters())
     targets = {**kohya_targets(comps), **locon_targets(comps)}
@@ -109,7 +109,7 @@ def run_model(args) -> int:
                          height=args.size)
     print(f"{args.base}: {model_bytes / GiB:.2f} GiB of parameters; {len(targets)} adapted layers per adapter "
           f"({len(targets) - len(locon_targets(comps))} Linear, {len(locon_targets(comps))} LoCon 3x3); "
-          f"{args.size} px, 1 DDIM step with CFG, {args.threads} thread(s)", flush=True)
+          f"{args.size} px, 1 DDIM step with CFG, {args.threads} thread(s), originals: {args.originals}", flush=True)
     stacked_hooked = Mixer._hooked.__get__(mixer)
     old_hooked = types.MethodType(per_adapter_hooked, mixer)
     rows = []
@@ -127,6 +127,10 @@ def run_model(args) -> int:
             mixer.set_weight(next(iter(mixer.slots)), next(weights))
             mixer_preview(mixer, pipe, req, "unfused")
 
+        def change_fused(weights=weights):
+            mixer.set_weight(next(iter(mixer.slots)), next(weights))
+            mixer_preview(mixer, pipe, req, "fused")
+
         def fuse():
             with mixer.applied("fused"):
                 pass
@@ -141,7 +145,10 @@ def run_model(args) -> int:
                  "stacked hooks": (stack, preview("unfused")),
                  "per-adapter hooks (before)": (mixer.restore, preview("unfused", old_hooked)),
                  "fused (unchanged blend)": (fuse, preview("fused")),
-                 "weight change + stacked preview": (stack, change)}
+                 "weight change + stacked preview": (stack, change),
+                 "weight change + fused preview": (fuse, change_fused)}
+        if args.cases:
+            cases = {k: v for k, v in cases.items() if k in args.cases.split(",")}
         for setup, fn in cases.values():  # warm-up: the first fuse copies the originals, the first stack is built
             setup and setup()
             fn()
@@ -152,6 +159,7 @@ def run_model(args) -> int:
                 setup and setup()
                 times[k].append(cpu_s(fn))
         mixer.restore()
+        held_originals = sum(t.numel() * t.element_size() for t in mixer._originals.values())
         mixer._originals.clear()
         trim()
         mixer._hooked = stacked_hooked
@@ -162,7 +170,7 @@ def run_model(args) -> int:
         for k, v in times.items():
             rows.append(f"| {n} | {k} | {statistics.median(v):.2f} | {statistics.median(v) / base:.3f} |")
             print(rows[-1], f"runs {[round(t, 2) for t in v]}", flush=True)
-        print(f"N={n}: stacks hold {held / GiB:.3f} GiB ({100 * held / model_bytes:.1f}% of the model) beyond the "
+        print(f"N={n}: fused originals held {held_originals / GiB:.2f} GiB; stacks hold {held / GiB:.3f} GiB ({100 * held / model_bytes:.1f}% of the model) beyond the "
               f"adapters' tensors; a stacked preview's peak RSS +{(peak.peak - peak.start) / GiB:.2f} GiB", flush=True)
         del mixer._hooked
     print("\n| adapters | case | CPU s / preview (median) | x base |\n| ---: | --- | ---: | ---: |")
@@ -219,6 +227,9 @@ def main(argv=None) -> int:
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--originals", choices=["memory", "file"], default="memory",
+                   help="fused cases: originals held in memory, or read back from the base's files")
+    p.add_argument("--cases", default="", help="comma list of the case names to run (default: all)")
     p.add_argument("--micro", action="store_true", help="one Linear layer only, x a plain Linear")
     args = p.parse_args(argv)
     return run_micro(args) if args.micro or not args.base else run_model(args)

@@ -36,7 +36,7 @@ from trainers.checkpoint import adapter_metadata, check_state_file, load_state, 
 from trainers.encoder_parking import EncoderParking
 from trainers.optim import make_optimizer, make_scheduler
 from trainers.quantize import check_quantize_backend, quantize_unet
-from trainers.speed import attention_backend, check_speed_options, prepare_unet, unet_input
+from trainers.speed import attention_backend, check_speed_options, prepare_unet, resolve_precision, unet_input
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ class LoraTrainer:
         # `accelerate launch --multi_gpu --num_processes N` then works on a CPU-only machine too.
         cpu_group = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
         try:
-            self.acc = Accelerator(mixed_precision=t.mixed_precision, cpu=cpu_group,
+            self.acc = Accelerator(mixed_precision=resolve_precision(t.mixed_precision), cpu=cpu_group,
                                    gradient_accumulation_steps=t.gradient_accumulation_steps)
         except ValueError as e:
             raise ConfigError("train.mixed_precision", f"{t.mixed_precision} is not available here: {e}") from e
