@@ -161,6 +161,7 @@ class Run:
     trainer: str
     step_times: list[float]  # seconds, after the warm-up
     step_cpu: list[float]  # the child's CPU seconds per step, after the warm-up
+    step_rss_mib: float | None  # the largest resident set seen between steps (after each optimizer step)
     first_step_s: float  # from process launch to the end of the first optimizer step
     wall_s: float
     peak_rss_mib: float
@@ -188,7 +189,8 @@ def run_child(trainer: str, cmd: list[str], timings: Path, warmup: int, log_path
     if not times:
         raise SystemExit(f"{trainer}: only {len(ends)} steps ran; use more --steps than --warmup.")
     vram = rep["peak_vram_bytes"]
-    return Run(trainer, times, cpu, rep["first_step_wall"] - launched_wall, wall, usage.ru_maxrss / 1024,
+    rss = rep.get("step_rss") or []
+    return Run(trainer, times, cpu, max(rss) / 2**20 if rss else None, rep["first_step_wall"] - launched_wall, wall, usage.ru_maxrss / 1024,
                vram / 2**20 if vram is not None else None, rep["torch_threads"])
 
 
@@ -258,6 +260,7 @@ def summarize(runs: list[Run], steps_per_epoch: int) -> dict:
         "first_step_s": statistics.median(r.first_step_s for r in runs),
         "wall_s": statistics.median(r.wall_s for r in runs),
         "peak_rss_mib": max(r.peak_rss_mib for r in runs),
+        "step_rss_mib": max((r.step_rss_mib or 0) for r in runs),
         "peak_vram_mib": max(vram) if vram else None,
         "threads": runs[0].threads,
     }
@@ -268,14 +271,14 @@ def markdown_table(rows: list[dict]) -> str:
     vram = any(r["peak_vram_mib"] is not None for r in rows)
     head = ["trainer", "CPU s/step (median)", "steps/s (median)", "step s p10–p90", "s/epoch", "peak RSS MiB"]
     head += ["peak VRAM MiB"] if vram else []
-    head += ["launch→1st step s", "speed vs ref", "RSS vs ref"]
+    head += ["RSS between steps MiB", "launch→1st step s", "speed vs ref", "RSS vs ref"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["trainer"], f"{r['cpu_s_per_step']:.2f}" if r["cpu_s_per_step"] else "–",
                  f"{r['steps_per_s']:.2f}", f"{r['step_s_p10']:.3f}–{r['step_s_p90']:.3f}",
                  f"{r['s_per_epoch']:.2f}", f"{r['peak_rss_mib']:.0f}"]
         cells += [f"{r['peak_vram_mib']:.0f}" if r["peak_vram_mib"] is not None else "–"] if vram else []
-        cells += [f"{r['first_step_s']:.1f}",
+        cells += [f"{r['step_rss_mib']:.0f}", f"{r['first_step_s']:.1f}",
                   f"{r['steps_per_s'] / ref['steps_per_s']:.2f}×" if ref else "–",
                   f"{r['peak_rss_mib'] / ref['peak_rss_mib']:.2f}×" if ref else "–"]
         lines.append("| " + " | ".join(cells) + " |")
@@ -313,7 +316,8 @@ def main(argv: list[str] | None = None) -> None:
             runs[trainer].append(run_trainer(trainer, args, root, model,
                                              {"loramix": ours, "reference": theirs}, i))
             print(f"  {runs[trainer][-1].trainer} #{i + 1}: CPU s/step {[round(c, 2) for c in runs[trainer][-1].step_cpu]}, "
-                  f"peak RSS {runs[trainer][-1].peak_rss_mib:.0f} MiB", file=sys.stderr)
+                  f"peak RSS {runs[trainer][-1].peak_rss_mib:.0f} MiB, between steps "
+                  f"{runs[trainer][-1].step_rss_mib or 0:.0f} MiB", file=sys.stderr)
     rows = [summarize(runs[t], math.ceil(args.images / args.batch)) for t in trainers]
     print(describe(args))
     print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; work dir {root}\n")
