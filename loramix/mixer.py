@@ -9,8 +9,9 @@ Changing a weight touches no file. Two ways to apply a blend, with identical res
 * fused: W <- W_original + sum_i w_i * dW_i is written into the base weights, one layer at a time in
   the weight's dtype. The fused weights stay while the blend is unchanged; a changed weight rewrites
   only the layers whose (layer, coefficient) tuple changed, always from the original (kept once per
-  base, on the host, in the model's dtype, for adapted weights only), so turning every adapter off
-  gives the base back bit for bit.
+  base, on the host, in the model's dtype, for adapted weights only; or, with `originals="file"`, read
+  back from the base folder's safetensors files, `loramix.file_originals`), so turning every adapter
+  off gives the base back bit for bit.
 
 `mode="auto"` fuses while the originals it must keep stay within `fuse_budget` (10% of the model's
 parameter memory): an unchanged blend then costs nothing per preview. Beyond that it uses the hooks,
