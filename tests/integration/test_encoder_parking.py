@@ -59,3 +59,11 @@ def test_samples_are_the_same_with_the_encoders_parked(tiny_model, image_folder,
     assert [p.name for p in pictures[True]] == [p.name for p in pictures[False]] and len(pictures[True]) == 2
     for a, b in zip(pictures[True], pictures[False]):
         assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b))), a.name
+
+
+def test_a_killed_runs_parked_file_is_removed_on_the_next_start(tmp_path):
+    from loramix.runs import remove_stale_temps
+
+    (tmp_path / FILE_NAME).write_bytes(b"left by a killed run")
+    assert tmp_path / FILE_NAME in remove_stale_temps(tmp_path)
+    assert not (tmp_path / FILE_NAME).exists()
