@@ -161,9 +161,16 @@ class TrainConfig:
     batch_size: int = _f(1, "Images per step on each process.", min=1, max=256)
     gradient_accumulation_steps: int = _f(1, "Micro-batches summed before each optimizer step.", min=1,
                                          max=1024)
-    mixed_precision: str = _f("no", "Compute precision of the frozen model (LoRA weights stay fp32).",
-                              choices=["no", "fp16", "bf16"])
+    mixed_precision: str = _f("no", "Compute precision of the frozen model (LoRA weights stay fp32). auto: bf16 on a "
+                                    "CPU with native bf16 (AVX-512-bf16 or AMX), fp32 on other CPUs (bf16 is "
+                                    "emulated and slower there) and on GPUs. On such a CPU an SD 1.5 step measured "
+                                    "1.7x faster in bf16 with the same loss curve: choose auto or bf16 there "
+                                    "(docs/benchmarks.md).",
+                              choices=["no", "fp16", "bf16", "auto"])
     gradient_checkpointing: bool = _f(False, "Trade compute for memory in the UNet.")
+    free_encoders: bool = _f(True, "With cached latents and text embeddings and the text encoder not trained, "
+                                   "write the VAE and text encoders to a temporary file in the run folder and free "
+                                   "their memory until samples are drawn (read back for each round of samples).")
     channels_last: bool = _f(False, "Keep the UNet's conv weights and inputs in channels-last memory layout. "
                                     "Often faster on GPUs with tensor cores; measured slower on a 2-core CPU.")
     sdpa_backend: str = _f("auto", "Attention kernel of torch's scaled_dot_product_attention in the UNet. auto: "

@@ -23,6 +23,7 @@ from loramix.errors import TrainingError
 from loramix.lora_io import modelspec
 from loramix.published import published_config_json, published_model_name
 from loramix.writer import atomic_path
+from trainers.speed import resolve_precision
 
 STATE_FORMAT = "loramix-train-state/1"
 
@@ -85,7 +86,7 @@ def adapter_metadata(cfg: LoramixConfig, family, *, step: int, epoch: int, num_i
         "ss_optimizer": cfg.optim.optimizer,
         "ss_lr_scheduler": cfg.optim.lr_scheduler,
         "ss_lr_warmup_steps": str(cfg.optim.lr_warmup_steps),
-        "ss_mixed_precision": cfg.train.mixed_precision,
+        "ss_mixed_precision": resolve_precision(cfg.train.mixed_precision),  # auto: what it ran as
         "ss_seed": str(cfg.train.seed),
         "ss_noise_offset": str(cfg.train.noise_offset or None),
         "ss_min_snr_gamma": str(cfg.train.min_snr_gamma or None),

@@ -10,6 +10,7 @@ with the same global batch, see the same data and noise as a single uninterrupte
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -33,11 +34,12 @@ from loramix.writer import append_line, make_folder, save_png, write_text
 from trainers import dataset as ds
 from trainers.checkpoint import adapter_metadata, check_state_file, craft_metadata, load_state, save_state
 from trainers.ema import AdapterEMA
+from trainers.encoder_parking import EncoderParking
 from trainers.masks import MASK_SUFFIX, LossMasks, weighted_mse
 from trainers.noise import configure_noise
 from trainers.optim import loraplus_groups, make_optimizer, make_scheduler
 from trainers.quantize import check_quantize_backend, quantize_unet
-from trainers.speed import attention_backend, check_speed_options, prepare_unet, unet_input
+from trainers.speed import attention_backend, check_speed_options, prepare_unet, resolve_precision, unet_input
 from trainers.trackers import accelerator_options, log_samples, start_trackers
 from trainers.validation import best_validation, build_validation_set, validation_loss, validation_metadata
 
@@ -167,7 +169,7 @@ class LoraTrainer:
         # `accelerate launch --multi_gpu --num_processes N` then works on a CPU-only machine too.
         cpu_group = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
         try:
-            self.acc = Accelerator(mixed_precision=t.mixed_precision, cpu=cpu_group,
+            self.acc = Accelerator(mixed_precision=resolve_precision(t.mixed_precision), cpu=cpu_group,
                                    gradient_accumulation_steps=t.gradient_accumulation_steps,
                                    **accelerator_options(self.cfg.output, self.out_dir))  # output.log_with
         except ValueError as e:
@@ -293,6 +295,20 @@ class LoraTrainer:
                 self.text_cache[caption] = {k: v[0] for k, v in self._encode_text([caption]).items()}
         if d.cache_latents:
             self.m.vae.to("cpu")  # not needed again until samples are drawn
+        self.park_encoders()
+
+    def park_encoders(self) -> None:
+        """With both caches built and the text encoders frozen, free the VAE's and text encoders' memory
+        until samples are drawn (train.free_encoders; see trainers/encoder_parking.py)."""
+        d, t = self.cfg.dataset, self.cfg.train
+        self.parking = None
+        if not (t.free_encoders and d.cache_latents and d.cache_text_embeddings
+                and not self.cfg.network.train_text_encoder and self.acc.num_processes == 1):
+            return
+        modules = {"vae": self.m.vae, **self.family.text_encoders(self.m)}
+        self.parking = EncoderParking(modules, self.out_dir)
+        self.parking.park()
+        log.info("VAE and text encoders parked in %s until samples are drawn", self.parking.path)
 
     def _encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         vae = self.m.vae
@@ -612,6 +628,10 @@ class LoraTrainer:
         self.sampled_at = step
         if not self.acc.is_main_process or not self.cfg.sample.prompts:
             return
+        with self.parking.unparked() if getattr(self, "parking", None) else contextlib.nullcontext():
+            self._draw_samples(step)
+
+    def _draw_samples(self, step: int) -> None:
         s = self.cfg.sample
         unwrapped = Components(**{**vars(self.m), "unet": self.acc.unwrap_model(self.m.unet)})
         for prefix, module in self.family.text_encoders(self.m).items():
@@ -660,7 +680,11 @@ class LoraTrainer:
         self.start_log(start)
         start_trackers(self.acc, self.cfg.output, self.out_dir)
         self.events(TrainEvent("start", start, self.total_steps))
-        return self.train_steps(start)
+        try:
+            return self.train_steps(start)
+        finally:
+            if getattr(self, "parking", None):
+                self.parking.discard()
 
 
 def train(config: LoramixConfig, events: EventSink = no_events, cancel: CancelToken | None = None) -> TrainResult:
