@@ -18,6 +18,8 @@ class StepTimer:
 
     def __init__(self) -> None:
         self.step_ends: list[float] = []
+        self.step_cpu_ends: list[float] = []  # process CPU time (all threads) at the same moments
+        self.step_rss: list[int] = []  # resident bytes at the same moments (between steps)
         self.first_step_wall: float | None = None
 
     def install(self) -> StepTimer:
@@ -34,6 +36,9 @@ class StepTimer:
 
             torch.cuda.synchronize()  # a step is over when its kernels are, not when they are queued
         self.step_ends.append(time.perf_counter())
+        self.step_cpu_ends.append(time.process_time())
+        with open("/proc/self/statm") as f:
+            self.step_rss.append(int(f.read().split()[1]) * resource.getpagesize())
         if self.first_step_wall is None:
             self.first_step_wall = time.time()
 
@@ -43,6 +48,8 @@ class StepTimer:
 
         report = {
             "step_ends": self.step_ends,
+            "step_cpu_ends": self.step_cpu_ends,
+            "step_rss": self.step_rss,
             "first_step_wall": self.first_step_wall,
             "end_wall": time.time(),
             "torch_threads": torch.get_num_threads(),

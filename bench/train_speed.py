@@ -64,6 +64,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--work-dir", default="", help="Folder for the model, data and outputs "
                    "(empty = a new temp dir).")
     p.add_argument("--json", default="", help="Also write all measurements to this JSON file.")
+    p.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"],
+                   help="train.mixed_precision of loramix and --mixed_precision of the reference.")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME=KEY=VALUE[,KEY=VALUE]",
+                   help="Also run loramix as NAME with these --set overrides (repeatable), alternated with the "
+                        "rest, e.g. --variant bf16=train.mixed_precision=bf16.")
     p.add_argument("--child", choices=["loramix"], help=argparse.SUPPRESS)
     p.add_argument("--spec", help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -135,7 +140,7 @@ def loramix_overrides(args: argparse.Namespace, model: Path, data: Path, out: Pa
             f"network.rank={args.rank}", f"network.alpha={args.rank}", "optim.optimizer=adamw",
             f"optim.learning_rate={args.lr}", "optim.weight_decay=0.01", "optim.max_grad_norm=1.0",
             "optim.lr_scheduler=constant", f"train.max_steps={args.steps}", f"train.batch_size={args.batch}",
-            "train.mixed_precision=no", f"train.seed={args.seed}", f"output.output_dir={out}",
+            f"train.mixed_precision={args.mixed_precision}", f"train.seed={args.seed}", f"output.output_dir={out}",
             "output.output_name=bench"]
 
 
@@ -145,7 +150,7 @@ def reference_args(args: argparse.Namespace, model: Path, data: Path, out: Path)
             "--center_crop", "--rank", str(args.rank), "--train_batch_size", str(args.batch),
             "--max_train_steps", str(args.steps), "--learning_rate", str(args.lr), "--lr_scheduler", "constant",
             "--lr_warmup_steps", "0", "--adam_weight_decay", "0.01", "--max_grad_norm", "1.0",
-            "--mixed_precision", "no", "--seed", str(args.seed), "--dataloader_num_workers", "0",
+            "--mixed_precision", args.mixed_precision, "--seed", str(args.seed), "--dataloader_num_workers", "0",
             "--checkpointing_steps", str(10 * args.steps + 1), "--output_dir", str(out),
             "--cache_dir", str(out / "datasets-cache")]
 
@@ -155,6 +160,8 @@ def reference_args(args: argparse.Namespace, model: Path, data: Path, out: Path)
 class Run:
     trainer: str
     step_times: list[float]  # seconds, after the warm-up
+    step_cpu: list[float]  # the child's CPU seconds per step, after the warm-up
+    step_rss_mib: float | None  # the largest resident set seen between steps (after each optimizer step)
     first_step_s: float  # from process launch to the end of the first optimizer step
     wall_s: float
     peak_rss_mib: float
@@ -177,10 +184,13 @@ def run_child(trainer: str, cmd: list[str], timings: Path, warmup: int, log_path
     rep = json.loads(timings.read_text(encoding="utf-8"))
     ends = rep["step_ends"]
     times = [b - a for a, b in zip(ends, ends[1:])][max(warmup - 1, 0):]
+    cpu_ends = rep.get("step_cpu_ends") or []
+    cpu = [b - a for a, b in zip(cpu_ends, cpu_ends[1:])][max(warmup - 1, 0):]
     if not times:
         raise SystemExit(f"{trainer}: only {len(ends)} steps ran; use more --steps than --warmup.")
     vram = rep["peak_vram_bytes"]
-    return Run(trainer, times, rep["first_step_wall"] - launched_wall, wall, usage.ru_maxrss / 1024,
+    rss = rep.get("step_rss") or []
+    return Run(trainer, times, cpu, max(rss) / 2**20 if rss else None, rep["first_step_wall"] - launched_wall, wall, usage.ru_maxrss / 1024,
                vram / 2**20 if vram is not None else None, rep["torch_threads"])
 
 
@@ -203,6 +213,15 @@ def loramix_child(spec_path: str) -> None:
         timer.write(spec["timings"])
 
 
+def variants(args: argparse.Namespace) -> dict[str, list[str]]:
+    """--variant NAME=KEY=VALUE,KEY=VALUE -> {NAME: ["KEY=VALUE", ...]}"""
+    out = {}
+    for text in args.variant:
+        name, _, sets = text.partition("=")
+        out[name] = [kv for kv in sets.split(",") if kv]
+    return out
+
+
 def run_trainer(trainer: str, args: argparse.Namespace, root: Path, model: Path, data: dict[str, Path],
                 index: int) -> Run:
     out = root / f"out-{trainer}-{index}"
@@ -211,9 +230,10 @@ def run_trainer(trainer: str, args: argparse.Namespace, root: Path, model: Path,
         out, suffix = root / f"out-{trainer}-{index}-{suffix}", suffix + 1
     out.mkdir(parents=True)
     timings = out / "steps.json"
-    if trainer == "loramix":
+    if trainer != "reference":
         spec = out / "spec.json"
-        spec.write_text(json.dumps({"overrides": loramix_overrides(args, model, data["loramix"], out),
+        extra = variants(args).get(trainer, [])
+        spec.write_text(json.dumps({"overrides": loramix_overrides(args, model, data["loramix"], out) + extra,
                                     "timings": str(timings), "threads": args.threads}), encoding="utf-8")
         cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "loramix", "--spec", str(spec)]
     else:
@@ -233,12 +253,14 @@ def summarize(runs: list[Run], steps_per_epoch: int) -> dict:
         "runs": len(runs),
         "steps_measured": len(times),
         "steps_per_s": 1 / statistics.median(times),
+        "cpu_s_per_step": statistics.median(c for r in runs for c in r.step_cpu) if runs[0].step_cpu else None,
         "step_s_p10": sorted(times)[len(times) // 10],
         "step_s_p90": sorted(times)[min(len(times) - 1, len(times) * 9 // 10)],
         "s_per_epoch": statistics.fmean(times) * steps_per_epoch,  # mean, so epoch-boundary costs count
         "first_step_s": statistics.median(r.first_step_s for r in runs),
         "wall_s": statistics.median(r.wall_s for r in runs),
         "peak_rss_mib": max(r.peak_rss_mib for r in runs),
+        "step_rss_mib": max((r.step_rss_mib or 0) for r in runs),
         "peak_vram_mib": max(vram) if vram else None,
         "threads": runs[0].threads,
     }
@@ -247,15 +269,16 @@ def summarize(runs: list[Run], steps_per_epoch: int) -> dict:
 def markdown_table(rows: list[dict]) -> str:
     ref = next((r for r in rows if r["trainer"] == "reference"), None)
     vram = any(r["peak_vram_mib"] is not None for r in rows)
-    head = ["trainer", "steps/s (median)", "step s p10–p90", "s/epoch", "peak RSS MiB"]
+    head = ["trainer", "CPU s/step (median)", "steps/s (median)", "step s p10–p90", "s/epoch", "peak RSS MiB"]
     head += ["peak VRAM MiB"] if vram else []
-    head += ["launch→1st step s", "speed vs ref", "RSS vs ref"]
+    head += ["RSS between steps MiB", "launch→1st step s", "speed vs ref", "RSS vs ref"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["trainer"], f"{r['steps_per_s']:.2f}", f"{r['step_s_p10']:.3f}–{r['step_s_p90']:.3f}",
+        cells = [r["trainer"], f"{r['cpu_s_per_step']:.2f}" if r["cpu_s_per_step"] else "–",
+                 f"{r['steps_per_s']:.2f}", f"{r['step_s_p10']:.3f}–{r['step_s_p90']:.3f}",
                  f"{r['s_per_epoch']:.2f}", f"{r['peak_rss_mib']:.0f}"]
         cells += [f"{r['peak_vram_mib']:.0f}" if r["peak_vram_mib"] is not None else "–"] if vram else []
-        cells += [f"{r['first_step_s']:.1f}",
+        cells += [f"{r['step_rss_mib']:.0f}", f"{r['first_step_s']:.1f}",
                   f"{r['steps_per_s'] / ref['steps_per_s']:.2f}×" if ref else "–",
                   f"{r['peak_rss_mib'] / ref['peak_rss_mib']:.2f}×" if ref else "–"]
         lines.append("| " + " | ".join(cells) + " |")
@@ -270,7 +293,7 @@ def describe(args: argparse.Namespace) -> str:
                            f"VAE {_ints(args.vae_channels)}, text dim 32")
     return (f"model: {model}; {args.images} images at {args.image_size or args.resolution}px, resolution "
             f"{args.resolution}, rank {args.rank}, batch {args.batch}, {args.steps} steps ({args.warmup} warm-up), "
-            f"fp32, AdamW lr {args.lr}; torch {torch.__version__}, python {sys.executable}")
+            f"mixed_precision {args.mixed_precision}, variants {args.variant or 'none'}, AdamW lr {args.lr}; torch {torch.__version__}, python {sys.executable}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -278,7 +301,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.child == "loramix":
         return loramix_child(args.spec)
     sys.path.insert(0, str(REPO_ROOT))
-    trainers = ([] if args.skip_loramix else ["loramix"]) + (["reference"] if args.reference else [])
+    trainers = ([] if args.skip_loramix else ["loramix", *variants(args)]) + (["reference"] if args.reference else [])
     if not trainers:
         raise SystemExit("Nothing to run: --skip-loramix needs --reference.")
     if args.reference and not Path(args.reference).is_file():
@@ -292,6 +315,9 @@ def main(argv: list[str] | None = None) -> None:
         for trainer in trainers if i % 2 == 0 else trainers[::-1]:
             runs[trainer].append(run_trainer(trainer, args, root, model,
                                              {"loramix": ours, "reference": theirs}, i))
+            print(f"  {runs[trainer][-1].trainer} #{i + 1}: CPU s/step {[round(c, 2) for c in runs[trainer][-1].step_cpu]}, "
+                  f"peak RSS {runs[trainer][-1].peak_rss_mib:.0f} MiB, between steps "
+                  f"{runs[trainer][-1].step_rss_mib or 0:.0f} MiB", file=sys.stderr)
     rows = [summarize(runs[t], math.ceil(args.images / args.batch)) for t in trainers]
     print(describe(args))
     print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; work dir {root}\n")

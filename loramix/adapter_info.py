@@ -28,13 +28,15 @@ class AdapterInfo:
     tags: list[str] = field(default_factory=list)
     steps: str = "?"
     resolution: str = "?"
+    best_step: str = ""  # the step with the lowest validation loss, when the run validated
 
     def markdown(self) -> str:
         tags = ", ".join(self.tags) or "none recorded"
         where = ", last in the prompt" if self.trigger_position == "end" else ""
         trigger = f" · trigger **{self.trigger}**{where}" if self.trigger else ""
+        best = f" · best validation at step {self.best_step}" if self.best_step else ""
         return (f"**{self.name}** · {self.network} for {self.base} · rank {self.rank}, alpha {self.alpha}"
-                f"{trigger} · {self.steps} steps at {self.resolution} · tags: {tags}")
+                f"{trigger} · {self.steps} steps at {self.resolution}{best} · tags: {tags}")
 
 
 def _rank_from_keys(f) -> str:
@@ -65,6 +67,7 @@ def adapter_info(path: str | Path, top_tags: int = 5) -> AdapterInfo:
         info.network = {"loha": "LoHa", "lokr": "LoKr", "locon": "LoCon", "full": "full"}.get(algo, "LyCORIS")
     info.alpha = meta.get("ss_network_alpha", "?")
     info.steps = meta.get("ss_steps", "?")
+    info.best_step = meta.get("loramix_best_validation_step", "")
     res = meta.get("ss_resolution", "")
     info.resolution = res.strip("()").split(",")[0].strip() + " px" if res else "?"
     try:

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 class TrainEvent:
     """One thing that happened during a run.
 
-    kind: "start" | "step" | "sample" | "checkpoint" | "done" | "cancelled" | "error" | "log" | "warning"
+    kind: "start" | "step" | "sample" | "checkpoint" | "done" | "cancelled" | "error" | "log" | "warning" |
+    "validation" (`loss` is the validation loss; `extra` holds "best_step" and "best_loss" so far)
     ("warning": `message` is one sentence for the person training, naming the file it is about: an image
     the scan skipped, a caption cut by the tokenizer, a layer saved wider than asked.)
     """

@@ -3,12 +3,15 @@
 Adapters are read from disk once and bound to the base model's layers (names and shapes checked).
 Changing a weight touches no file. Two ways to apply a blend, with identical results:
 
-* unfused: a forward hook per adapted layer adds sum_i w_i * (alpha_i / r_i) * up_i(down_i(x));
+* unfused: a forward hook per adapted layer adds sum_i w_i * (alpha_i / r_i) * up_i(down_i(x)), the
+  plain LoRA layers stacked into one down and one up with the w_i * alpha_i / r_i folded in, rebuilt
+  only for layers whose coefficients changed (`loramix.stacked_hooks`);
 * fused: W <- W_original + sum_i w_i * dW_i is written into the base weights, one layer at a time in
   the weight's dtype. The fused weights stay while the blend is unchanged; a changed weight rewrites
   only the layers whose (layer, coefficient) tuple changed, always from the original (kept once per
-  base, on the host, in the model's dtype, for adapted weights only), so turning every adapter off
-  gives the base back bit for bit.
+  base, on the host, in the model's dtype, for adapted weights only; or, with `originals="file"`, read
+  back from the base folder's safetensors files, `loramix.file_originals`), so turning every adapter
+  off gives the base back bit for bit.
 
 `mode="auto"` fuses while the originals it must keep stay within `fuse_budget` (10% of the model's
 parameter memory): an unchanged blend then costs nothing per preview. Beyond that it uses the hooks,
@@ -31,7 +34,9 @@ from loramix.adapter_layers import DoraLayer, FullLayer, bias_delta
 from loramix.block_weights import BlockWeights, module_blocks, parse_block_weights
 from loramix.errors import AdapterFormatError, LoramixError
 from loramix.families import Components, load_base_model
+from loramix.file_originals import FileOriginals
 from loramix.lora_io import LoraAdapter, LoraLayer, guess_architecture, module_table, read_lora
+from loramix.stacked_hooks import stacked_hook, update_stacks
 
 log = logging.getLogger(__name__)
 
@@ -212,14 +217,24 @@ class Mixer:
     # `auto` fuses while the originals it keeps on the host stay within this fraction of the model's
     # parameter memory, and uses hooks beyond it (a full-layer kohya LoRA adapts ~33% of SD 1.5).
     fuse_budget: float = 0.10
+    # The hooks' stacks: module -> ModuleStack, kept while unfused previews follow each other.
+    _stacks: dict = field(default_factory=dict, init=False, repr=False)
+    # Where the originals of a base loaded from safetensors files can be read back instead of being held
+    # (`from_base(..., originals="file")`, see loramix.file_originals); None = every original is held.
+    file_originals: FileOriginals | None = None
 
     @classmethod
-    def from_base(cls, base: str = "", revision: str = "", device: str | None = None, **kw) -> Mixer:
+    def from_base(cls, base: str = "", revision: str = "", device: str | None = None, originals: str = "memory",
+                  **kw) -> Mixer:
+        """`originals="file"`: read fused layers' base weights back from the base folder's safetensors files
+        instead of holding copies (`auto` then fuses whatever the budget, since they cost no memory)."""
         components = load_base_model(base, revision)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = torch.float16 if device == "cuda" else torch.float32
         for module in components.models():
             module.to(device, dtype=dtype).eval().requires_grad_(False)
+        if originals == "file" and base:
+            kw.setdefault("file_originals", FileOriginals.for_folder(components, Path(base).expanduser()))
         return cls(components, **kw)
 
     @property
@@ -321,7 +336,7 @@ class Mixer:
                 problems.append(f"{name} (changes a bias this layer does not have)")
                 continue
             if isinstance(layer, DoraLayer):  # ΔW_DoRA against the unmodified base weight (see DoraLayer)
-                base = self._originals.get(module, weight).to(weight.device)
+                base = (self._original(module) if module in self._fused_blend else weight).to(weight.device)
                 with torch.no_grad():
                     full = FullLayer(layer.delta(weight.shape, base=base.detach()).to(weight.dtype))
                 bound.append(BoundLayer(module, targets[prefix][0], None, None, 1.0, adapter_layer=full))
@@ -362,8 +377,10 @@ class Mixer:
         active = self.active()
         if not active:
             self.restore()
+            self._stacks.clear()
             yield "base"
         elif mode == "fused" or mode == "auto" and self._originals_fit(active):
+            self._stacks.clear()
             with self._fused(active):
                 yield "fused"
         else:
@@ -380,7 +397,8 @@ class Mixer:
 
         model = sum(nbytes(p) for m in self.components.models() for p in m.parameters())
         kept = sum(nbytes(t) for t in self._originals.values())
-        new = sum(nbytes(m.weight) for m in {layer.module for layer, _ in active} if m not in self._originals)
+        new = sum(nbytes(m.weight) for m in {layer.module for layer, _ in active}
+                  if m not in self._originals and not self._original_on_disk(m))
         return kept + new <= self.fuse_budget * model
 
     def restore(self) -> None:
@@ -391,9 +409,17 @@ class Mixer:
                 del self._fused_blend[module]
 
     def _put_back(self, module: torch.nn.Module) -> None:
-        module.weight.copy_(self._originals[module])
+        module.weight.copy_(self._original(module))
         if module in self._bias_originals:
             module.bias.copy_(self._bias_originals[module])
+
+    def _original_on_disk(self, module) -> bool:
+        return self.file_originals is not None and module not in self._originals and self.file_originals.has(module)
+
+    def _original(self, module) -> torch.Tensor:
+        """The base weight of a module that was fused: its held copy, or read back from the base's file."""
+        held = self._originals.get(module)
+        return held if held is not None else self.file_originals.read(module)
 
     @contextlib.contextmanager
     def _fused(self, active):
@@ -423,13 +449,13 @@ class Mixer:
         native bf16 run half-precision matrix products ~10x slower (one SDXL layer: 0.21 s against 0.02 s).
         """
         weight = module.weight
-        if module not in self._originals:
+        if module not in self._originals and not self._original_on_disk(module):
             self._originals[module] = weight.detach().to("cpu", copy=True)
         self._fused_blend[module] = None  # half-written until this returns
         if weight.device.type == "cpu" and weight.dtype in (torch.float16, torch.bfloat16):
-            flat = self._originals[module].to(torch.float32)
+            flat = self._original(module).to(torch.float32)
         else:
-            weight.copy_(self._originals[module])
+            weight.copy_(self._original(module))
             flat = weight if weight.is_contiguous() else weight.contiguous()
         flat = flat.view(flat.shape[0], -1)
         low_rank = [(layer, coef) for layer, coef in pairs
@@ -459,15 +485,9 @@ class Mixer:
 
     @contextlib.contextmanager
     def _hooked(self, active):
-        per_module: dict[torch.nn.Module, list[tuple[BoundLayer, float]]] = {}
-        for layer, coef in active:
-            per_module.setdefault(layer.module, []).append((layer, coef))
-
-        def hook(module, args, output):
-            extra = sum(layer.branch(args[0]) * coef for layer, coef in per_module[module])
-            return output + extra
-
-        handles = [m.register_forward_hook(hook) for m in per_module]
+        """One hook per adapted module, adding its stacked branch (see `loramix.stacked_hooks`)."""
+        update_stacks(self._stacks, active)
+        handles = [m.register_forward_hook(stacked_hook(self._stacks)) for m in self._stacks]
         try:
             yield
         finally:

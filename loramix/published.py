@@ -21,8 +21,8 @@ from pathlib import Path, PureWindowsPath
 
 # The config fields that hold a local path (or, for base_model, a hub id). tests/unit/test_published.py
 # classifies every text field of the config, so a new path field cannot slip into the metadata unnoticed.
-PATH_FIELDS = ("model.base_model", "dataset.data_dir", "dataset.reg_data_dir", "train.resume_from",
-               "output.output_dir")
+PATH_FIELDS = ("model.base_model", "dataset.data_dir", "dataset.reg_data_dir", "dataset.validation_dir",
+               "train.resume_from", "output.output_dir")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # org/name, as the Hugging Face hub spells a repo id
 _NAME_KEYS = ("_name_or_path", "name_or_path")  # what diffusers / transformers record of where a model came from
 

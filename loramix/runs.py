@@ -134,6 +134,8 @@ def confine_config(config: LoramixConfig, confinement: Confinement, reserved: It
     d.data_dir = str(confinement.readable_folder("dataset.data_dir", d.data_dir))
     if d.reg_data_dir:
         d.reg_data_dir = str(confinement.readable_folder("dataset.reg_data_dir", d.reg_data_dir))
+    if d.validation_dir:
+        d.validation_dir = str(confinement.readable_folder("dataset.validation_dir", d.validation_dir))
     config.model.base_model = confinement.readable_base("model.base_model", config.model.base_model)
     if config.train.resume_from:
         config.train.resume_from = str(confinement.readable("train.resume_from", config.train.resume_from))

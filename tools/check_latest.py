@@ -2,9 +2,9 @@
 
     python tools/check_latest.py [--keep DIR] [-- PYTEST ARGS]
 
-1. Makes a scratch virtual environment, installs the CPU torch the lock names, then loramix with its test and
-   quant extras *without* the lock, upgrading every dependency to the newest version pyproject.toml's ranges
-   allow (what `pip install loramix` would give a user today).
+1. Makes a scratch virtual environment, installs the CPU torch the lock names, then loramix with its test,
+   quant and tensorboard extras *without* the lock, upgrading every dependency to the newest version
+   pyproject.toml's ranges allow (what `pip install loramix` would give a user today).
 2. Prints one line per package whose version differs from requirements/test.lock.
 3. Runs the default test suite there. If it fails, it goes back to the locked set and upgrades one drifted
    package at a time (with --no-deps), re-running only the failed tests, and prints one line per package
@@ -72,7 +72,7 @@ def main() -> int:
     print(f"scratch environment: {venv}")
     pip(python, "--upgrade", "pip")
     pip(python, f"torch=={locked['torch']}")  # the CPU build; a newer torch is the lock's job to try
-    pip(python, "--upgrade", "--upgrade-strategy", "eager", "-e", ".[test,quant]")
+    pip(python, "--upgrade", "--upgrade-strategy", "eager", "-e", ".[test,quant,tensorboard]")
     pip(python, "--upgrade", "--no-deps", *ORACLES)
     newest = installed(python)
     drifted = {name: (locked.get(name, "-"), version) for name, version in sorted(newest.items())

@@ -23,6 +23,7 @@ from loramix.errors import TrainingError
 from loramix.lora_io import modelspec
 from loramix.published import published_config_json, published_model_name
 from loramix.writer import atomic_path
+from trainers.speed import resolve_precision
 
 STATE_FORMAT = "loramix-train-state/1"
 
@@ -85,7 +86,7 @@ def adapter_metadata(cfg: LoramixConfig, family, *, step: int, epoch: int, num_i
         "ss_optimizer": cfg.optim.optimizer,
         "ss_lr_scheduler": cfg.optim.lr_scheduler,
         "ss_lr_warmup_steps": str(cfg.optim.lr_warmup_steps),
-        "ss_mixed_precision": cfg.train.mixed_precision,
+        "ss_mixed_precision": resolve_precision(cfg.train.mixed_precision),  # auto: what it ran as
         "ss_seed": str(cfg.train.seed),
         "ss_noise_offset": str(cfg.train.noise_offset or None),
         "ss_min_snr_gamma": str(cfg.train.min_snr_gamma or None),
@@ -124,6 +125,16 @@ def folder_counts(items: list) -> dict[str, dict[str, int]]:
     return dirs
 
 
+def craft_metadata(cfg: LoramixConfig, prediction_type: str) -> dict[str, str]:
+    """kohya's keys for the issue-24 training options: LoRA+, zero-terminal SNR and v-parameterization of the
+    trained schedule (an option that is off is the string "None" or "False", as kohya stringifies them)."""
+    ratio = str(cfg.optim.loraplus_lr_ratio or None)
+    return {"ss_loraplus_lr_ratio": ratio, "ss_loraplus_unet_lr_ratio": ratio,
+            "ss_loraplus_text_encoder_lr_ratio": ratio,
+            "ss_zero_terminal_snr": str(cfg.train.zero_terminal_snr),
+            "ss_v_parameterization": str(prediction_type == "v_prediction")}
+
+
 def _first_non_finite(tensors: dict[str, torch.Tensor]) -> str | None:
     for key, value in tensors.items():
         if value.is_floating_point() and not bool(torch.isfinite(value).all()):
@@ -132,10 +143,12 @@ def _first_non_finite(tensors: dict[str, torch.Tensor]) -> str | None:
 
 
 def save_state(path: Path, *, step: int, lora: dict[str, torch.Tensor], optimizer, scheduler,
-               config: LoramixConfig, **rules) -> Path:
-    """Write the resumable state through the writer (`rules`); a NaN or inf anywhere in it is never written."""
+               config: LoramixConfig, ema: dict[str, torch.Tensor] | None = None, **rules) -> Path:
+    """Write the resumable state through the writer (`rules`); a NaN or inf anywhere in it is never written.
+    `ema`: the EMA of the weights (trainers.ema), kept as `ema.*` tensors."""
     path = Path(path)
     tensors = {f"lora.{k}": v.detach().float().contiguous().cpu() for k, v in lora.items()}
+    tensors.update({f"ema.{k}": v.detach().contiguous().cpu() for k, v in (ema or {}).items()})
     opt = optimizer.state_dict()
     scalars: dict[str, dict] = {}
     for idx, entries in opt["state"].items():
@@ -191,8 +204,8 @@ def check_state_file(path: str | Path) -> dict[str, str]:
 
 
 def load_state(path: str | Path) -> dict:
-    """Read a state file: {"step", "lora", "optimizer" (a state_dict), "scheduler", "config"}; the config's paths
-    are base names (a state file may be shared too): the run's `<name>.toml` holds them in full."""
+    """Read a state file: {"step", "lora", "optimizer" (a state_dict), "scheduler", "config", "ema"}; the config's
+    paths are base names (a state file may be shared too): the run's `<name>.toml` holds them in full."""
     path = Path(path).expanduser()
     meta = check_state_file(path)
     with safe_open(str(path), framework="pt") as f:
@@ -211,6 +224,7 @@ def load_state(path: str | Path) -> dict:
     return {
         "step": int(meta["step"]),
         "lora": {k[len("lora."):]: v for k, v in tensors.items() if k.startswith("lora.")},
+        "ema": {k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")},
         "optimizer": {"state": state, "param_groups": json.loads(meta["optimizer_param_groups"])},
         "scheduler": json.loads(meta["scheduler"]),
         "config": json.loads(meta["loramix_config"]),

@@ -16,6 +16,7 @@ skips or doubts becomes a warning sentence naming the file: logged, and returned
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import random
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 BUCKET_STEP = 64
-MASK_SUFFIX = ".mask.png"  # <stem>.mask.png beside an image is its mask (trainers.clipseg_masks), never a training image
+MASK_SUFFIX = ".mask.png"  # `<stem>.mask.png` beside an image is its loss mask (trainers.masks), not an image
 # What PIL raises for a file it cannot read or decode (a truncated PNG fails its CRC check with SyntaxError).
 IMAGE_ERRORS = (Image.UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError,
                 EOFError)
@@ -164,11 +165,6 @@ def write_caption(image: Path, extension: str, text: str, data_dir: str | Path) 
                       field="Captions")
 
 
-def list_images(cfg: DatasetConfig) -> list[tuple[Path, str]]:
-    """Every usable image and its caption, as the caption editor shows them (repeats ignored)."""
-    return [(item.path, item.caption) for item in scan_folder(cfg)]
-
-
 @dataclass
 class ScanReport:
     """What a scan found: the usable images, and one warning sentence per file it skipped or doubts."""
@@ -176,13 +172,17 @@ class ScanReport:
     items: list[ImageItem]
     warnings: list[str] = field(default_factory=list)
     reg_found: list[ImageItem] = field(default_factory=list)  # every regularisation image, before balancing
+    validation: list[ImageItem] = field(default_factory=list)  # held out: never trained on
 
 
 def scan_report(cfg: DatasetConfig) -> ScanReport:
     """Scan `cfg.data_dir` (and `cfg.reg_data_dir`) without training: the images (bucketed; training images
     first, then the balanced regularisation images) and every warning, for the UI to show."""
     warnings: list[str] = []
-    items = scan_folder(cfg, warnings)
+    items, validation = hold_out(scan_folder(cfg, warnings), cfg.validation_split)
+    if cfg.validation_dir:
+        validation = scan_folder(cfg, warnings, validation=True)
+        _refuse_shared("dataset.validation_dir", items, validation)
     reg: list[ImageItem] = []
     if cfg.reg_data_dir:
         reg = scan_folder(cfg, warnings, reg=True)
@@ -192,7 +192,29 @@ def scan_report(cfg: DatasetConfig) -> ScanReport:
             raise DatasetError(f"dataset.reg_data_dir: {both} is also a training image of dataset.data_dir; "
                                "keep the regularisation images in a folder of their own.")
         items += balance_reg(items, reg, warnings)
-    return ScanReport(assign_buckets(items, cfg), warnings, reg)
+    return ScanReport(assign_buckets(items, cfg), warnings, reg, assign_buckets(validation, cfg))
+
+
+def hold_out(items: list[ImageItem], fraction: float) -> tuple[list[ImageItem], list[ImageItem]]:
+    """(training, validation): round(fraction x images), at least one, held out by a hash of each image's folder
+    and file name, so the same images are held out on every run and machine whatever the seed."""
+    if not fraction:
+        return items, []
+    count = max(1, round(fraction * len(items)))
+    if count >= len(items):
+        raise DatasetError(f"dataset.validation_split: {fraction} of {len(items)} images leaves none to train on; "
+                           "add images or lower it.")
+    ranked = sorted(items, key=lambda i: hashlib.sha256(f"{i.path.parent.name}/{i.path.name}".encode()).hexdigest())
+    held = {id(i) for i in ranked[:count]}
+    return [i for i in items if id(i) not in held], [i for i in items if id(i) in held]
+
+
+def _refuse_shared(name: str, items: list[ImageItem], other: list[ImageItem]) -> None:
+    train_paths = {i.path.resolve() for i in items}
+    both = next((i.path for i in other if i.path.resolve() in train_paths), None)
+    if both is not None:
+        raise DatasetError(f"{name}: {both} is also a training image of dataset.data_dir; keep these images in a "
+                           "folder of their own.")
 
 
 def balance_reg(train: list[ImageItem], reg: list[ImageItem], warnings: list[str] | None = None) -> list[ImageItem]:
@@ -243,16 +265,20 @@ def shuffle_tags(caption: str, keep_tokens: int, rng: random.Random) -> str:
 
 
 # ---- scanning --------------------------------------------------------------------------------
-def scan_folder(cfg: DatasetConfig, warnings: list[str] | None = None, reg: bool = False) -> list[ImageItem]:
-    """Find every usable image under `cfg.data_dir` (or `cfg.reg_data_dir`) with its caption and repeat count.
+def scan_folder(cfg: DatasetConfig, warnings: list[str] | None = None, reg: bool = False,
+                validation: bool = False) -> list[ImageItem]:
+    """Find every usable image under `cfg.data_dir` (or `cfg.reg_data_dir`, `cfg.validation_dir`) with its
+    caption and repeat count.
 
     Sizes come from headers; nothing is decoded. Warnings are logged and appended to `warnings`.
     """
     name, folder_text = ("dataset.reg_data_dir", cfg.reg_data_dir) if reg else ("dataset.data_dir", cfg.data_dir)
+    if validation:
+        name, folder_text = "dataset.validation_dir", cfg.validation_dir
     root = Path(folder_text).expanduser()
     if not folder_text or not root.is_dir():
         raise DatasetError(f"{name}: {folder_text!r} is not a folder. Point it at a folder of images.")
-    groups: list[tuple[Path, int, str]] = [(root, 1 if reg else cfg.repeats, "")]  # dataset.repeats: training
+    groups: list[tuple[Path, int, str]] = [(root, 1 if reg or validation else cfg.repeats, "")]  # dataset.repeats: training
     for sub in sorted(p for p in root.iterdir() if p.is_dir()):
         m = _REPEAT_DIR.match(sub.name)
         if m:

@@ -10,18 +10,19 @@ with the same global batch, see the same data and noise as a single uninterrupte
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import random
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from loramix.config import LoramixConfig, to_toml, with_absolute_folders
 from loramix.errors import ConfigError, TrainingError
@@ -31,10 +32,16 @@ from loramix.lora_io import LoraAdapter, from_peft, save_lora
 from loramix.runs import RunLock, check_run_folder, remove_stale_temps
 from loramix.writer import append_line, make_folder, save_png, write_text
 from trainers import dataset as ds
-from trainers.checkpoint import adapter_metadata, check_state_file, load_state, save_state
-from trainers.optim import make_optimizer, make_scheduler
+from trainers.checkpoint import adapter_metadata, check_state_file, craft_metadata, load_state, save_state
+from trainers.ema import AdapterEMA
+from trainers.encoder_parking import EncoderParking
+from trainers.masks import MASK_SUFFIX, LossMasks, weighted_mse
+from trainers.noise import configure_noise
+from trainers.optim import loraplus_groups, make_optimizer, make_scheduler
 from trainers.quantize import check_quantize_backend, quantize_unet
-from trainers.speed import attention_backend, check_speed_options, prepare_unet, unet_input
+from trainers.speed import attention_backend, check_speed_options, prepare_unet, resolve_precision, unet_input
+from trainers.trackers import accelerator_options, log_samples, start_trackers
+from trainers.validation import best_validation, build_validation_set, validation_loss, validation_metadata
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +53,17 @@ class TrainResult:
     steps: int
     cancelled: bool = False
     losses: list[float] = field(default_factory=list)
+    val_losses: list[tuple[int, float]] = field(default_factory=list)  # (step, validation loss)
+    best_step: int | None = None  # the step with the lowest validation loss
 
 
 def _seed_for(*parts) -> int:
     return random.Random(":".join(map(str, parts))).getrandbits(63)
+
+
+def _every(count: int, n: int) -> bool:
+    """`count` is a positive multiple of `n` (an `*_every_n_*` setting; 0 = never)."""
+    return bool(n and count and count % n == 0)
 
 
 def _to_host(value):
@@ -121,6 +135,10 @@ class LoraTrainer:
         # run goes (the state file at every checkpoint); check_run_folder kept other runs' folders out.
         self.own_files = {"replace": True, "within": self.out_dir}
         self.session_id = random.SystemRandom().randint(0, 2**32)  # kohya's ss_session_id: one per launch
+        self.sampled_at = -1  # the step whose samples were drawn last
+        self.val_losses: list[tuple[int, float]] = []  # (step, validation loss), kept across a resume via the log
+        self.vset = None
+        self.masks = None
 
     # ---- 1. data (before any model is loaded, so dataset errors come fast) ------------------
     def scan_data(self) -> None:
@@ -128,6 +146,7 @@ class LoraTrainer:
         for message in report.warnings:
             self.events(TrainEvent("warning", message=message))
         self.items = report.items
+        self.validation_items = report.validation  # held out, never trained on
         self.tag_frequency = ds.tag_frequency(self.items)
         self.num_train = sum(not i.is_reg for i in self.items)
         self.reg_found = report.reg_found
@@ -150,8 +169,9 @@ class LoraTrainer:
         # `accelerate launch --multi_gpu --num_processes N` then works on a CPU-only machine too.
         cpu_group = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
         try:
-            self.acc = Accelerator(mixed_precision=t.mixed_precision, cpu=cpu_group,
-                                   gradient_accumulation_steps=t.gradient_accumulation_steps)
+            self.acc = Accelerator(mixed_precision=resolve_precision(t.mixed_precision), cpu=cpu_group,
+                                   gradient_accumulation_steps=t.gradient_accumulation_steps,
+                                   **accelerator_options(self.cfg.output, self.out_dir))  # output.log_with
         except ValueError as e:
             raise ConfigError("train.mixed_precision", f"{t.mixed_precision} is not available here: {e}") from e
         check_speed_options(t, self.acc.device)
@@ -168,6 +188,10 @@ class LoraTrainer:
         stored in int8 (torchao weight-only) or NF4 (bitsandbytes) before the adapter goes on top of them."""
         check_quantize_backend(self.cfg.model.quantize, self.acc.device)
         self.m: Components = load_base_model(self.cfg.model.base_model, self.cfg.model.revision)
+        configure_noise(self.m, self.cfg.model.prediction_type, self.cfg.train.zero_terminal_snr)
+        if self.cfg.train.zero_terminal_snr and self.m.prediction_type == "epsilon":
+            self.warn("train.zero_terminal_snr with epsilon prediction: the last timestep is pure noise, from which "
+                      "noise cannot be told apart; kohya warns the same. Set model.prediction_type=v_prediction.")
         self.family = self.m.family
         for module in self.m.models():
             module.requires_grad_(False)
@@ -254,6 +278,14 @@ class LoraTrainer:
                 for flip in ((False, True) if d.flip_aug else (False,)):
                     sample = ds.Sample(idx, flip, False, 0)
                     self.latent_cache[(idx, flip)] = self._encode_images(ds.pixels_for(item, sample, d)[None])[0]
+        self.vset = build_validation_set(self, self.validation_items) if self.validation_items else None
+        self.masks = LossMasks(self.items, d, self.cfg.train.unmasked_weight, self.m.vae) \
+            if self.cfg.train.masked_loss else None
+        if self.masks and self.masks.unmasked:
+            names = self.masks.unmasked
+            self.warn(f"train.masked_loss: {len(names)} of {len(self.items)} images ({', '.join(names[:3])}"
+                      f"{', …' if len(names) > 3 else ''}) have no <stem>{MASK_SUFFIX} and no transparency; "
+                      "they are trained whole.")
         self.text_cache: dict[str, dict[str, torch.Tensor]] = {}
         if d.cache_text_embeddings:
             captions = {ds.caption_for(item, ds.Sample(i, False, False, 0), d) for i, item in enumerate(self.items)}
@@ -263,6 +295,20 @@ class LoraTrainer:
                 self.text_cache[caption] = {k: v[0] for k, v in self._encode_text([caption]).items()}
         if d.cache_latents:
             self.m.vae.to("cpu")  # not needed again until samples are drawn
+        self.park_encoders()
+
+    def park_encoders(self) -> None:
+        """With both caches built and the text encoders frozen, free the VAE's and text encoders' memory
+        until samples are drawn (train.free_encoders; see trainers/encoder_parking.py)."""
+        d, t = self.cfg.dataset, self.cfg.train
+        self.parking = None
+        if not (t.free_encoders and d.cache_latents and d.cache_text_embeddings
+                and not self.cfg.network.train_text_encoder and self.acc.num_processes == 1):
+            return
+        modules = {"vae": self.m.vae, **self.family.text_encoders(self.m)}
+        self.parking = EncoderParking(modules, self.out_dir)
+        self.parking.park()
+        log.info("VAE and text encoders parked in %s until samples are drawn", self.parking.path)
 
     def _encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         vae = self.m.vae
@@ -276,9 +322,10 @@ class LoraTrainer:
     def build_optimizer(self) -> None:
         lr = self.cfg.optim.learning_rate
         te_lr = self.cfg.network.text_encoder_lr or lr
-        groups = [{"params": [p for p in module.parameters() if p.requires_grad],
-                   "lr": lr if prefix == self.family.unet_prefix else te_lr}
-                  for prefix, module in self.trained.items()]
+        groups = [group for prefix, module in self.trained.items()
+                  for group in loraplus_groups([(n, p) for n, p in module.named_parameters() if p.requires_grad],
+                                               lr if prefix == self.family.unet_prefix else te_lr,
+                                               self.cfg.optim.loraplus_lr_ratio)]
         self.params = [p for g in groups for p in g["params"]]
         optimizer = make_optimizer(groups, self.cfg.optim)
         self.scheduler = make_scheduler(optimizer, self.cfg.optim, self.total_steps)
@@ -290,6 +337,8 @@ class LoraTrainer:
         for prefix, module in self.models.items():  # text encoding must go through the wrapped modules
             if prefix != self.family.unet_prefix:
                 self.family.set_text_encoder(self.m, prefix, module)
+        t = self.cfg.train
+        self.ema = AdapterEMA(self.params, t.ema_decay, t.ema_on_cpu) if t.ema_decay else None
 
     # ---- 7. resume ---------------------------------------------------------------------------
     def maybe_resume(self) -> int:
@@ -309,6 +358,12 @@ class LoraTrainer:
         self.scheduler.load_state_dict(state["scheduler"])
         if wanted != list(self.scheduler.base_lrs):  # e.g. resuming a NaN stop with a lower learning rate
             self.set_base_lrs(wanted)
+        if self.ema and state["ema"]:
+            self.ema.load(state["ema"])
+        elif self.ema:
+            self.ema = AdapterEMA(self.params, self.ema.decay, self.cfg.train.ema_on_cpu)
+            self.warn(f"train.ema_decay: {Path(self.cfg.train.resume_from).name} holds no EMA; the average starts "
+                      f"from the weights of step {state['step']}.")
         log.info("Resumed from %s at step %d", self.cfg.train.resume_from, state["step"])
         return state["step"]
 
@@ -366,7 +421,8 @@ class LoraTrainer:
         with attention_backend(t):  # train.sdpa_backend
             pred = self.models[self.family.unet_prefix](unet_input(noisy, t), timesteps, **unet_kwargs,
                                                         return_dict=False)[0]
-        loss = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+        weights = self.masks.weights(samples, latents.shape) if self.masks else None  # train.masked_loss
+        loss = weighted_mse(pred, target, weights)
         if t.min_snr_gamma:
             from diffusers.training_utils import compute_snr
 
@@ -427,16 +483,49 @@ class LoraTrainer:
             lr = self.scheduler.get_last_lr()[0]
             self.scheduler.step()
             done = step + 1
+            if self.ema:
+                self.ema.update(self.params, done)
             losses.append(step_loss)
             rate = (done - start) / max(time.time() - t0, 1e-9)
             self.log_step(done, step_loss, lr)
             self.events(TrainEvent("step", done, self.total_steps, loss=step_loss, lr=lr, steps_per_s=rate,
                                    eta_s=(self.total_steps - done) / rate))
-            if cfg.output.save_every_n_steps and done % cfg.output.save_every_n_steps == 0 and done < self.total_steps:
-                self.save_checkpoint(done, final=False)
-            if cfg.sample.sample_every_n_steps and done % cfg.sample.sample_every_n_steps == 0:
-                self.make_samples(done)
+            self.periodic_outputs(done)
         return self.stop(self.total_steps, losses, "done")
+
+    def epoch_ended(self, step: int) -> int:
+        """The number of epochs complete once optimizer step `step` (1-based) is done, if an epoch ended during
+        that step, else 0. An epoch is `micro_per_epoch` micro-batches (repeats and balanced regularisation
+        images counted), so with gradient accumulation an epoch ends during the step holding its last one."""
+        ga = self.cfg.train.gradient_accumulation_steps
+        before, after = ((step - 1) * ga) // self.micro_per_epoch, (step * ga) // self.micro_per_epoch
+        return after if after > before else 0
+
+    def periodic_outputs(self, done: int) -> None:
+        """The checkpoint and samples that `output.save_every_n_*` and `sample.sample_every_n_*` ask for at
+        step `done` (the final step's checkpoint is written by `stop`)."""
+        out, sample, epoch = self.cfg.output, self.cfg.sample, self.epoch_ended(done)
+        if self.vset and _every(done, self.cfg.train.validate_every_n_steps):
+            self.validate(done)  # first, so that a checkpoint's file names the best step so far
+        by_epoch = _every(epoch, out.save_every_n_epochs)
+        if (_every(done, out.save_every_n_steps) or by_epoch) and done < self.total_steps:
+            self.save_checkpoint(done, final=False, epoch=epoch if by_epoch else 0)
+        if _every(done, sample.sample_every_n_steps) or _every(epoch, sample.sample_every_n_epochs):
+            self.make_samples(done)
+
+    def validate(self, step: int) -> None:
+        """Score the held-out images (the weights the main file holds), log and publish the loss."""
+        use_ema = self.ema is not None and self.cfg.output.save_ema == "ema"
+        with self.ema.applied(self.params) if use_ema else nullcontext():
+            loss = validation_loss(self, self.vset)
+        self.val_losses.append((step, loss))
+        best_step, best = best_validation(self.val_losses)
+        if self.acc.is_main_process:
+            append_line(self.out_dir / "log.jsonl", json.dumps({"step": step, "val_loss": loss,
+                                                                 "time": round(time.time(), 3)}), within=self.out_dir)
+        self.acc.log({"val_loss": loss}, step=step)
+        self.events(TrainEvent("validation", step, self.total_steps, loss=loss,
+                               extra={"best_step": best_step, "best_loss": best}))
 
     # ---- 9. outputs --------------------------------------------------------------------------
     def lora_state(self) -> dict[str, torch.Tensor]:
@@ -463,42 +552,62 @@ class LoraTrainer:
                                 batches_per_epoch=self.micro_per_epoch,
                                 num_epochs=math.ceil(self.total_steps / math.ceil(self.micro_per_epoch / accum)),
                                 num_processes=self.acc.num_processes, session_id=self.session_id)
-        return LoraAdapter(layers, meta)
+        return LoraAdapter(layers, {**meta, **craft_metadata(self.cfg, self.m.prediction_type),
+                                    **validation_metadata(self.val_losses, step)})
 
-    def save_checkpoint(self, step: int, final: bool) -> tuple[Path | None, Path | None]:
+    def save_checkpoint(self, step: int, final: bool, epoch: int = 0) -> tuple[Path | None, Path | None]:
+        """The LoRA (named by `epoch` when an epoch setting asked for it, else by step) and the state."""
         if not self.acc.is_main_process:
             self.acc.wait_for_everyone()
             return None, None
-        suffix = "" if final else f"-step{step:06d}"
+        suffix = "" if final else f"-epoch{epoch:06d}" if epoch else f"-step{step:06d}"
         warnings: list[str] = []  # e.g. a layer too large for fp16, saved in fp32 instead
-        lora_path = save_lora(self.out_dir / f"{self.name}{suffix}.safetensors", self.adapter(step),
-                              self.cfg.output.save_precision, warnings=warnings, **self.own_files)
+        lora_paths = self.save_loras(step, f"{self.name}{suffix}", warnings)
         for message in warnings:
             self.events(TrainEvent("warning", step, self.total_steps, message=message))
         state_path = save_state(self.out_dir / f"{self.name}-state.safetensors", step=step, lora=self.lora_state(),
                                 optimizer=self.optimizer, scheduler=self.scheduler, config=self.cfg,
-                                **self.own_files)
-        self.events(TrainEvent("checkpoint", step, self.total_steps, paths=(str(lora_path), str(state_path))))
+                                ema=self.ema.state() if self.ema else None, **self.own_files)
+        self.events(TrainEvent("checkpoint", step, self.total_steps, paths=(*map(str, lora_paths), str(state_path))))
         self.acc.wait_for_everyone()
-        return lora_path, state_path
+        return lora_paths[0], state_path
+
+    def save_loras(self, step: int, stem: str, warnings: list[str]) -> list[Path]:
+        """Write a checkpoint's LoRA files: the trained weights, their EMA, or both (`output.save_ema`); the
+        main file first. Each is written while its weights are in place (an adapter shares their storage)."""
+        mode = self.cfg.output.save_ema if self.ema else "raw"
+        plan = {"ema": [(stem, True)], "raw": [(stem, False)], "both": [(stem, False), (f"{stem}-ema", True)]}[mode]
+        paths = []
+        for name, use_ema in plan:
+            with self.ema.applied(self.params) if use_ema else nullcontext():
+                adapter = self.adapter(step)
+                if use_ema:
+                    adapter.metadata["loramix_ema_decay"] = str(self.ema.decay)
+                paths.append(save_lora(self.out_dir / f"{name}.safetensors", adapter, self.cfg.output.save_precision,
+                                       warnings=warnings, **self.own_files))
+        return paths
 
     def stop(self, step: int, losses: list[float], kind: str) -> TrainResult:
         """End the run as `kind` ("done", "cancelled" or "error"): checkpoint, last samples, event."""
         final = kind == "done"
+        if final and self.vset and step not in dict(self.val_losses):
+            self.validate(step)  # the end is always scored
         lora_path, state_path = self.save_checkpoint(step, final=final)
-        every = self.cfg.sample.sample_every_n_steps
-        if final and (not every or step % every):  # the end always gets samples, once
+        if final and self.sampled_at != step:  # the end always gets samples, once
             self.make_samples(step)
         message = "stopped on a non-finite loss" if kind == "error" else ""
+        self.acc.end_training()  # closes the trackers' files (output.log_with)
         self.events(TrainEvent(kind, step, self.total_steps, message=message,
                                paths=tuple(str(p) for p in (lora_path,) if p)))
-        return TrainResult(lora_path, state_path, step, kind == "cancelled", losses)
+        return TrainResult(lora_path, state_path, step, kind == "cancelled", losses, list(self.val_losses),
+                           best_validation(self.val_losses)[0])
 
     def log_step(self, step: int, loss: float, lr: float) -> None:
         if self.acc.is_main_process:
             append_line(self.out_dir / "log.jsonl",
                         json.dumps({"step": step, "loss": loss, "lr": lr, "time": round(time.time(), 3)}),
                         within=self.out_dir)
+        self.acc.log({"loss": loss, "lr": lr}, step=step)  # output.log_with (nothing without a tracker)
 
     def start_log(self, start: int) -> None:
         """Keep the log lines of the steps before `start` (all of them on resume, none on a fresh run)."""
@@ -510,13 +619,19 @@ class LoraTrainer:
         if start and path.exists():
             kept = [line for line in path.read_text(encoding="utf-8").splitlines()
                     if line.strip() and json.loads(line)["step"] <= start]
+            self.val_losses = [(r["step"], r["val_loss"]) for r in map(json.loads, kept) if "val_loss" in r]
         write_text(path, "".join(line + "\n" for line in kept), **self.own_files)
         write_text(self.out_dir / f"{self.name}.toml", to_toml(with_absolute_folders(self.cfg)), **self.own_files)
 
     @torch.no_grad()
     def make_samples(self, step: int) -> None:
+        self.sampled_at = step
         if not self.acc.is_main_process or not self.cfg.sample.prompts:
             return
+        with self.parking.unparked() if getattr(self, "parking", None) else contextlib.nullcontext():
+            self._draw_samples(step)
+
+    def _draw_samples(self, step: int) -> None:
         s = self.cfg.sample
         unwrapped = Components(**{**vars(self.m), "unet": self.acc.unwrap_model(self.m.unet)})
         for prefix, module in self.family.text_encoders(self.m).items():
@@ -524,9 +639,9 @@ class LoraTrainer:
         self.m.vae.to(self.acc.device)
         pipe = self.family.pipeline(unwrapped)
         pipe.set_progress_bar_config(disable=True)
-        paths = []
+        paths, images = [], []
         res = self.cfg.dataset.resolution
-        with self.acc.autocast():
+        with self.acc.autocast(), self.ema.applied(self.params) if s.use_ema else nullcontext():
             for i, prompt in enumerate(s.prompts):
                 image = pipe(prompt, negative_prompt=s.negative_prompt or None, num_inference_steps=s.steps,
                              guidance_scale=s.guidance_scale, height=res, width=res,
@@ -534,6 +649,8 @@ class LoraTrainer:
                 path = self.out_dir / "samples" / f"{self.name}-step{step:06d}-{i}.png"
                 save_png(image, path, **self.own_files)
                 paths.append(str(path))
+                images.append(image)
+        log_samples(self.acc, step, images)
         if self.cfg.dataset.cache_latents:
             self.m.vae.to("cpu")
         for module in self.models.values():
@@ -561,8 +678,13 @@ class LoraTrainer:
         self.build_optimizer()
         start = self.maybe_resume()
         self.start_log(start)
+        start_trackers(self.acc, self.cfg.output, self.out_dir)
         self.events(TrainEvent("start", start, self.total_steps))
-        return self.train_steps(start)
+        try:
+            return self.train_steps(start)
+        finally:
+            if getattr(self, "parking", None):
+                self.parking.discard()
 
 
 def train(config: LoramixConfig, events: EventSink = no_events, cancel: CancelToken | None = None) -> TrainResult:

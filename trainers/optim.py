@@ -39,6 +39,16 @@ def _prodigy(groups, cfg: OptimConfig):
 OPTIMIZERS: dict[str, Callable] = {"adamw": _adamw, "adamw8bit": _adamw8bit, "prodigy": _prodigy}
 
 
+def loraplus_groups(named_params: list[tuple[str, torch.nn.Parameter]], lr: float, ratio: float) -> list[dict]:
+    """Parameter groups of one trained module: one at `lr`, or with LoRA+ (`ratio` > 0) the PEFT up matrices
+    (`lora_B`) in a second group at `lr * ratio`, as kohya's loraplus_lr_ratio."""
+    if not ratio:
+        return [{"params": [p for _, p in named_params], "lr": lr}]
+    up = [p for name, p in named_params if ".lora_B." in name]
+    rest = [p for name, p in named_params if ".lora_B." not in name]
+    return [g for g in ({"params": rest, "lr": lr}, {"params": up, "lr": lr * ratio}) if g["params"]]
+
+
 def make_optimizer(groups: list[dict], cfg: OptimConfig) -> torch.optim.Optimizer:
     return OPTIMIZERS[cfg.optimizer](groups, cfg)
 

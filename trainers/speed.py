@@ -22,6 +22,16 @@ def check_speed_options(t: TrainConfig, device: torch.device) -> None:
                                                 f"math or flash on {device.type}.")
 
 
+def resolve_precision(mixed_precision: str) -> str:
+    """train.mixed_precision as accelerate takes it: `auto` is bf16 on a CPU that multiplies bf16 natively
+    (AVX-512-bf16 or AMX; loramix.cpu_features), and no (fp32) on other CPUs and on GPUs."""
+    if mixed_precision != "auto":
+        return mixed_precision
+    from loramix.cpu_features import native_bf16
+
+    return "bf16" if not torch.cuda.is_available() and native_bf16() else "no"
+
+
 def prepare_unet(unet: torch.nn.Module, t: TrainConfig) -> torch.nn.Module:
     """The UNet as the training step will call it: channels-last weights and/or compiled, if asked."""
     if t.channels_last:

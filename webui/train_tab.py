@@ -123,7 +123,16 @@ def loss_frame(job: Job | None, ema: float = 0.9) -> pd.DataFrame | None:
     for step, loss in losses:
         smooth = loss if smooth is None else ema * smooth + (1 - ema) * loss
         rows += [(step, loss, "raw"), (step, smooth, "smoothed")]
-    return pd.DataFrame(rows, columns=["step", "loss", "series"])
+    return pd.DataFrame(rows + validation_rows(job), columns=["step", "loss", "series"])
+
+
+def validation_rows(job: Job) -> list[tuple[int, float, str]]:
+    """The run's validation losses as a third series of the loss plot, named with the best step so far."""
+    points = [(e.step, e.loss) for e in list(job.events) if e.kind == "validation"]
+    if not points:
+        return []
+    best = min(points, key=lambda p: (p[1], p[0]))[0]
+    return [(step, loss, f"validation (best: step {best})") for step, loss in points]
 
 
 def sample_gallery(job: Job | None) -> list[tuple[str, str]]:

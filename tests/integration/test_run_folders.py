@@ -97,3 +97,17 @@ def test_bake_refuses_an_existing_folder_that_loramix_did_not_bake(tmp_path, cap
     assert main(["bake", "--lora", str(lora), "--out", str(mine), "--replace"]) == 2
     assert "was not baked by loramix" in capsys.readouterr().err
     assert (mine / "precious").read_text() == "x"
+
+
+def test_a_folder_holding_the_toml_a_run_would_write_is_refused(image_folder, tmp_path):
+    """A run named keepme into a folder that holds someone's keepme.toml (a preset) would overwrite it."""
+    from loramix.errors import ConfigError
+    from loramix.runs import check_run_folder
+
+    folder = tmp_path / "presets"
+    folder.mkdir()
+    (folder / "keepme.toml").write_text("mine")
+    config = tiny_config("unused-model", image_folder, folder, "output.output_name=keepme")
+    with pytest.raises(ConfigError, match=r"already holds another run \(keepme.toml\)"):
+        check_run_folder(config)
+    assert (folder / "keepme.toml").read_text() == "mine"

@@ -45,3 +45,12 @@ def test_a_broken_file_is_one_sentence(tmp_path):
     path.write_bytes(b"\xff" * 20)
     with pytest.raises(AdapterFormatError, match="broken.safetensors: not a readable safetensors file"):
         adapter_info(path)
+
+
+def test_card_names_the_best_validation_step(tmp_path):
+    path = tmp_path / "v.safetensors"
+    save_file({"lora_unet_x.lora_down.weight": torch.zeros(4, 4)}, str(path),
+              metadata={"loramix_best_validation_step": "400"})
+    assert "best validation at step 400" in adapter_info(path).markdown()
+    save_file({"lora_unet_x.lora_down.weight": torch.zeros(4, 4)}, str(path))
+    assert "best validation" not in adapter_info(path).markdown()

@@ -222,3 +222,23 @@ def test_the_ledger_records_what_was_written(roots):
     outputs, _ = roots
     path = writer.write_text(outputs / "recorded.txt", "x")
     assert path in writer.ledger() and Path(path).parent == outputs.resolve()
+
+
+def test_a_file_that_appears_after_the_last_check_is_still_not_replaced(roots, monkeypatch):
+    """The window between the writer's last check and its commit: the hard-link commit refuses to replace."""
+    outputs, _ = roots
+    target = outputs / "race.txt"
+    real_check = writer.check_target
+    calls = []
+
+    def check_then_lose_the_race(path, **kw):
+        final = real_check(path, **kw)
+        calls.append(path)
+        if len(calls) == 2:  # the commit's own check passed; another process writes the file right after it
+            Path(final).write_text("someone else's")
+        return final
+
+    monkeypatch.setattr(writer, "check_target", check_then_lose_the_race)
+    with pytest.raises(WriteRefused, match="appeared while loramix was writing it"):
+        writer.write_text(target, "mine")
+    assert target.read_text() == "someone else's" and len(calls) == 2

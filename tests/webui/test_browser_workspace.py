@@ -64,6 +64,21 @@ class Server:
             self.proc.wait(timeout=30)
 
 
+@pytest.fixture
+def servers():
+    """Start `loramix ui` processes with `servers(outputs)`; every one still running is killed at the end, even
+    when the test fails half-way."""
+    started = []
+
+    def start(outputs: Path) -> Server:
+        started.append(Server(outputs))
+        return started[-1]
+
+    yield start
+    for server in started:
+        server.stop()
+
+
 def job_row(outputs: Path, job_id: int) -> dict:
     with sqlite3.connect(outputs / "loramix.db") as db:
         db.row_factory = sqlite3.Row
@@ -103,8 +118,8 @@ def pick_job(page, job_id: int) -> None:
     page.locator("#train-progress", has_text=f"job {job_id} ").wait_for(timeout=30_000)
 
 
-def test_a_finished_job_reopens_after_another_ran_and_goes_to_mix(browser, tiny_model, tmp_path):  # noqa: F811
-    server = Server(tmp_path / "outputs")
+def test_a_finished_job_reopens_after_another_ran_and_goes_to_mix(browser, servers, tiny_model, tmp_path):  # noqa: F811
+    server = servers(tmp_path / "outputs")
     try:
         page = new_page(browser, server.url)
         first = start_from_page(page, tiny_model, make_folder(tmp_path / "first-style", n=2), 4)
@@ -126,9 +141,9 @@ def test_a_finished_job_reopens_after_another_ran_and_goes_to_mix(browser, tiny_
         server.stop()
 
 
-def test_kill_9_of_the_server_then_resume_is_bit_identical(browser, tiny_model, tmp_path):  # noqa: F811
+def test_kill_9_of_the_server_then_resume_is_bit_identical(browser, servers, tiny_model, tmp_path):  # noqa: F811
     outputs = tmp_path / "outputs"
-    server = Server(outputs)
+    server = servers(outputs)
     page = new_page(browser, server.url)
     data = make_folder(tmp_path / "killed-style", n=4)
     job = start_from_page(page, tiny_model, data, 200, **{"output-save_every_n_steps": 5,
@@ -138,7 +153,7 @@ def test_kill_9_of_the_server_then_resume_is_bit_identical(browser, tiny_model, 
     server.proc.wait(timeout=30)
     page.close()
 
-    server = Server(outputs)
+    server = servers(outputs)
     try:
         assert f"Jobs {job} were running when loramix stopped" in server.log
         page = new_page(browser, server.url)
@@ -164,9 +179,9 @@ def test_kill_9_of_the_server_then_resume_is_bit_identical(browser, tiny_model, 
             assert torch.equal(value, got.layers[name].tensors()[key]), (name, key)
 
 
-def test_ctrl_c_stops_the_server_within_a_step_and_leaves_a_resumable_job(browser, tiny_model, tmp_path):  # noqa: F811
+def test_ctrl_c_stops_the_server_within_a_step_and_leaves_a_resumable_job(browser, servers, tiny_model, tmp_path):  # noqa: F811
     outputs = tmp_path / "outputs"
-    server = Server(outputs)
+    server = servers(outputs)
     page = new_page(browser, server.url)
     job = start_from_page(page, tiny_model, make_folder(tmp_path / "stopped-style", n=4), 400,
                           **{"sample-sample_every_n_steps": 0})
@@ -183,7 +198,7 @@ def test_ctrl_c_stops_the_server_within_a_step_and_leaves_a_resumable_job(browse
     assert f"Job {job} is interrupted at step {row['step']}" in server.log and "Traceback" not in server.log
     assert took < 30, took
 
-    server = Server(outputs)  # a second Ctrl-C while the first is stopping: at once, one sentence
+    server = servers(outputs)  # a second Ctrl-C while the first is stopping: at once, one sentence
     page = new_page(browser, server.url)
     page.locator("#train-progress", has_text=f"Interrupted job {job}").wait_for(timeout=30_000)
     page.locator("#train-resume").click()
@@ -196,3 +211,31 @@ def test_ctrl_c_stops_the_server_within_a_step_and_leaves_a_resumable_job(browse
     server.proc.send_signal(signal.SIGINT)
     assert server.proc.wait(timeout=30) == 130
     assert "Stopping at once" in server.log and "Traceback" not in server.log
+
+
+def test_the_validation_curve_and_best_step_show_and_tensorboard_logs_the_run(browser, servers, tiny_model, tmp_path):  # noqa: F811
+    server = servers(tmp_path / "outputs")
+    try:
+        page = new_page(browser, server.url)
+        job = start_from_page(page, tiny_model, make_folder(tmp_path / "checked-style", n=8), 6,
+                              **{"dataset-validation_split": 0.25, "train-validate_every_n_steps": 2,
+                                 "sample-sample_every_n_steps": 0})
+        page.locator("#train-progress", has_text=f"Done job {job}").wait_for(timeout=180_000)
+        legend = page.locator("#train-loss", has_text=re.compile(r"validation \(best: step [246]\)"))
+        legend.wait_for(timeout=30_000)
+        page.screenshot(path=str(ARTIFACTS / "validation-curve.png"), full_page=True)
+        row = job_row(tmp_path / "outputs", job)
+    finally:
+        server.stop()
+    meta = read_lora(row["lora_path"]).metadata
+    assert meta["loramix_best_validation_step"] in ("2", "4", "6")
+
+
+def test_tensorboard_writes_its_event_files_into_the_run_folder(tiny_model, image_folder, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tests.conftest import tiny_config
+
+    result = train(tiny_config(tiny_model, image_folder, tmp_path / "out", "output.log_with=tensorboard",
+                               "train.max_steps=2"))
+    events = list((Path(result.lora_path).parent / "tensorboard").rglob("events.out.tfevents.*"))
+    assert events and all(e.stat().st_size > 0 for e in events)

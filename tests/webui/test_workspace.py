@@ -154,3 +154,24 @@ def test_two_uploads_in_the_same_second_get_two_folders(tmp_path):
     for t in threads:
         t.join()
     assert len({paths[0].parent for paths in got}) == 4
+
+
+def test_with_listen_every_folder_a_job_reads_is_confined(listening, tmp_path):
+    state, root, secret = listening
+    data = make_folder(root / "style", n=2)
+    for field in ("dataset.validation_dir", "dataset.reg_data_dir"):
+        form, values = form_and_values({"dataset.data_dir": str(data), "output.output_name": "",
+                                        "output.output_dir": "", field: str(secret / "10_private")})
+        message, job_id = train_tab.start_job(state, form, values)
+        assert job_id is None and f"{field}: with --listen loramix reads only inside" in message, message
+
+
+def test_with_listen_captions_outside_every_root_are_neither_shown_nor_saved(listening, tmp_path):
+    state, root, secret = listening
+    outside = make_folder(tmp_path / "elsewhere", n=2)
+    before = (outside / "img0.txt").read_text()
+    _, table, note = train_tab.show_images(state, str(outside), ".txt")
+    assert table.empty and "with --listen loramix reads only inside" in note
+    message = train_tab.write_captions(state, [("img0.png", "overwritten"), ("img1.png", "x")], str(outside), ".txt")
+    assert "with --listen loramix reads only inside" in message
+    assert (outside / "img0.txt").read_text() == before
