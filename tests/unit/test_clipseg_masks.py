@@ -60,3 +60,14 @@ def test_masks_command(tmp_path, clipseg, capsys):
     assert main(["masks", str(data), "--prompt", "cat", "--model", clipseg]) == 0
     err = capsys.readouterr().err
     assert "Wrote 0 masks" in err and "2 kept" in err
+
+
+def test_masked_loss_reads_the_masks_written_here(tmp_path, clipseg):
+    from trainers.masks import load_mask
+
+    data = make_folder(tmp_path / "data", n=1, sizes=[(80, 48)])
+    make_masks(str(data), "cat", clipseg, threshold=0.5)
+    (item,) = scan_folder(DatasetConfig(data_dir=str(data), resolution=64))
+    loaded = load_mask(item)
+    with Image.open(data / "img0.mask.png") as written:
+        assert loaded.size == (80, 48) and np.array_equal(np.asarray(loaded), np.asarray(written))
