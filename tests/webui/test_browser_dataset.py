@@ -66,6 +66,7 @@ def test_caption_tag_and_train_an_uncaptioned_folder(app, browser, tiny_model, t
     page.locator("#train-start").click()
     page.locator("#train-error", has_text="started").wait_for()
     job_id = int(page.locator("#train-error").inner_text().split("Job ")[1].split()[0])
-    page.locator("#train-progress", has_text=f"Done job {job_id}").wait_for(timeout=180_000)
-    job = state.jobs.get(job_id)
+    job = state.jobs.wait(state.jobs.get(job_id), timeout=180)
+    assert job.status == "done", (job.status, job.error)
+    page.locator("#train-progress", has_text=f"Done job {job_id}").wait_for()
     assert job.kind == "train" and job.config.dataset.data_dir == str(data) and job.status == "done"
