@@ -77,18 +77,17 @@ def masked_thumbnail(image: Path) -> Image.Image:
     return Image.composite(thumb, tinted, mask)
 
 
-def image_details(state: AppState, folder: str, ext: str, resolution, image: str) -> str:
-    """One image, as a click on its thumbnail shows it: size, bucket, caption and its near-duplicates."""
-    try:
-        report = dataset_report(_folder(state, folder), ext, int(resolution or 512))
-    except (LoramixError, ValueError) as e:
-        return f"⚠ {e}"
-    row = next((r for r in report.images if r.image == image), None)
+def image_details(images, dups, image: str) -> str:
+    """One image, as a click on its thumbnail shows it: size, bucket, caption and its near-duplicates, read from
+    the tables the page already shows (a click decodes nothing)."""
+    rows = images.values.tolist() if hasattr(images, "values") else list(images or [])
+    row = next((r for r in rows if r[0] == image), None)
     if row is None:
-        return f"⚠ {image} is no longer in the folder; load it again."
-    twins = [f"{b if a == image else a} ({d} bits)" for a, b, d in report.duplicates if image in (a, b)]
-    caption = html.escape(shown_caption(row.caption)) if row.caption else "*no caption*"
-    return (f"**{html.escape(image)}** · {row.width}x{row.height} → bucket {row.bucket[0]}x{row.bucket[1]}"
+        return f"⚠ {image} is not in the table; load the folder again."
+    pairs = dups.values.tolist() if hasattr(dups, "values") else list(dups or [])
+    twins = [f"{b if a == image else a} ({d} bits)" for a, b, d in pairs if image in (a, b)]
+    caption = html.escape(str(row[3])) if row[3] else "*no caption*"
+    return (f"**{html.escape(image)}** · {row[1]} → bucket {row[2]}"
             + (f" · near-duplicate of {html.escape(', '.join(twins))}" if twins else "") + f"\n\n{caption}")
 
 
@@ -264,12 +263,12 @@ def build(state: AppState, poll_s: float = 1.0) -> DatasetTab:
     for event in (load.click, folder.submit):
         event(show, [folder, ext, resolution], show_outputs, **private)
 
-    def clicked(f, e, r, evt: gr.SelectData):
+    def clicked(image_table, dup_table, evt: gr.SelectData):
         value = evt.value or {}
         name = value.get("caption") if isinstance(value, dict) else None
-        return image_details(state, f, e, r, name or "")
+        return image_details(image_table, dup_table, name or "")
 
-    gallery.select(clicked, [folder, ext, resolution], details, **private)
+    gallery.select(clicked, [images, dups], details, **private)
     preview.click(lambda *v: preview_tags(state, *v), [folder, ext, op, tag, new, first, only],
                   [changes, plan, tag_message], **private)
     save.click(lambda f, e, p: save_tags(state, f, e, p), [folder, ext, plan], [plan, tag_message],

@@ -69,7 +69,8 @@ def progress_html(job: Job | None, state: AppState) -> str:
     why = f" · {html.escape(job.error)}" if job.error and job.status == "failed" else ""
     if job.status == "interrupted":
         why = " · the server stopped during this run" + (": Resume continues it" if job.resumable_state() else "")
-    return (f"<div id='train-progress'><b>{STATUS[job.status]}</b> job {job.id} "
+    label = "Captioning" if job.status == "running" and job.kind == "caption" else STATUS[job.status]
+    return (f"<div id='train-progress'><b>{label}</b> job {job.id} "
             f"({html.escape(job.name)} in {html.escape(str(job.folder))}): step {done}/{total}{rate}{queue}{why}"
             f"{bar}</div>")
 

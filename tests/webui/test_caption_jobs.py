@@ -52,6 +52,11 @@ def test_a_captioning_is_cancelled_like_a_training(tmp_path):
     jobs = JobManager(tmp_path / "jobs.db", FakeTrainer(), caption_fn=slow_caption)
     job = jobs.submit(CaptionConfig(data_dir=str(data)))
     until(lambda: job.status == "running")
+    from types import SimpleNamespace
+
+    from webui.train_tab import progress_html
+
+    assert "<b>Captioning</b> job" in progress_html(job, SimpleNamespace(jobs=jobs))  # the Train tab's job view
     jobs.cancel(job.id)
     jobs.wait(job, timeout=5)
     assert job.status == "cancelled" and started == [str(data)]

@@ -37,7 +37,10 @@ def test_caption_then_add_a_trigger_and_the_tag_table_changes(tmp_path, state):
     assert dt.save_tags(state, str(data), ".txt", plan)[1].startswith("⚠ Preview an edit first")
     assert dt.undo_tags(state, str(data)) == "Put back 3 captions."
     assert "ohwx" not in set(dt.show_report(state, str(data), ".txt", 64)[1]["tag"])
-    assert "bucket 64x64" in dt.image_details(state, str(data), ".txt", 64, "img1.png")
+    _, _, images, dups, _ = dt.show_report(state, str(data), ".txt", 64)
+    details = dt.image_details(images, dups, "img1.png")
+    assert "64x64 → bucket 64x64" in details and "near-duplicate of" in details
+    assert details.endswith(images[images["image"] == "img1.png"]["caption"].iloc[0])
 
 
 def test_errors_are_sentences(tmp_path, state):
