@@ -72,7 +72,9 @@ def main() -> int:
     print(f"scratch environment: {venv}")
     pip(python, "--upgrade", "pip")
     pip(python, f"torch=={locked['torch']}")  # the CPU build; a newer torch is the lock's job to try
-    pip(python, "--upgrade", "--upgrade-strategy", "eager", "-e", ".[test,quant,tensorboard]")
+    keep_torch = scratch / "torch-constraint.txt"  # the eager upgrade must not swap in another (CUDA) build
+    keep_torch.write_text(f"torch=={locked['torch']}\n")
+    pip(python, "--upgrade", "--upgrade-strategy", "eager", "-c", str(keep_torch), "-e", ".[test,quant,tensorboard]")
     pip(python, "--upgrade", "--no-deps", *ORACLES)
     newest = installed(python)
     drifted = {name: (locked.get(name, "-"), version) for name, version in sorted(newest.items())
