@@ -3,7 +3,7 @@
     python tools/check_latest.py [--keep DIR] [-- PYTEST ARGS]
 
 1. Makes a scratch virtual environment, installs the CPU torch the lock names, then loramix with its test,
-   quant and tensorboard extras *without* the lock, upgrading every dependency to the newest version
+   quant, tensorboard and tagger extras *without* the lock, upgrading every dependency to the newest version
    pyproject.toml's ranges allow (what `pip install loramix` would give a user today).
 2. Prints one line per package whose version differs from requirements/test.lock.
 3. Runs the default test suite there. If it fails, it goes back to the locked set and upgrades one drifted
@@ -74,7 +74,7 @@ def main() -> int:
     pip(python, f"torch=={locked['torch']}")  # the CPU build; a newer torch is the lock's job to try
     keep_torch = scratch / "torch-constraint.txt"  # the eager upgrade must not swap in another (CUDA) build
     keep_torch.write_text(f"torch=={locked['torch']}\n")
-    pip(python, "--upgrade", "--upgrade-strategy", "eager", "-c", str(keep_torch), "-e", ".[test,quant,tensorboard]")
+    pip(python, "--upgrade", "--upgrade-strategy", "eager", "-c", str(keep_torch), "-e", ".[test,quant,tensorboard,tagger]")
     pip(python, "--upgrade", "--no-deps", *ORACLES)
     newest = installed(python)
     drifted = {name: (locked.get(name, "-"), version) for name, version in sorted(newest.items())

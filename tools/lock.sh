@@ -3,7 +3,7 @@
 # The result is a reviewed commit, never implicit: run the README's test command on the new lock (or
 # `bash .ci/run`) before committing requirements/*.lock.
 #   requirements/app.lock   what `loramix ui` needs (README command 1)
-#   requirements/test.lock  the same set plus the test tools, QLoRA's int8 backend, TensorBoard and the oracles
+#   requirements/test.lock  the same set plus the test tools, QLoRA's int8 backend, TensorBoard, the tagger and the oracles
 #                           (README command 2, .ci/run); app.lock's pins constrain it, so the two agree.
 # Both are installed with `pip install --no-deps -r …`: the lock is the whole set, and --no-deps keeps
 # open-clip-torch from pulling torchvision and timm (see requirements/oracle.in).
@@ -13,7 +13,7 @@ command -v pip-compile >/dev/null || python -m pip install --quiet pip-tools
 common=(--quiet --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links --annotation-style line
         --upgrade --unsafe-package torchvision --unsafe-package timm)
 pip-compile "${common[@]}" -c requirements/torch.in -o requirements/app.lock pyproject.toml
-pip-compile "${common[@]}" -c requirements/app.lock --extra test --extra quant --extra tensorboard -o requirements/test.lock \
+pip-compile "${common[@]}" -c requirements/app.lock --extra test --extra quant --extra tensorboard --extra tagger -o requirements/test.lock \
     pyproject.toml requirements/oracle.in
 # The local CPU wheel is 2.13.0+cpu; pin the plain version, which the CPU and the CUDA builds both satisfy.
 sed -i -E 's/^torch==([0-9.]+)\+[a-z0-9]+/torch==\1/' requirements/app.lock requirements/test.lock
