@@ -33,7 +33,8 @@ CSS = """
 #train-progress progress { height: 14px; }
 #train-error p, #mix-status p { margin: 0.2em 0; }
 #train-queue table { font-size: 0.85em; }
-#mix-image img { image-rendering: pixelated; object-fit: contain; }
+#mix-image img { image-rendering: pixelated; object-fit: scale-down !important; height: 100% !important;
+                 max-height: 100% !important; }
 #mix-lbw-sliders { flex-wrap: wrap; }
 #mix-lbw-sliders > .mix-lbw-slider { flex: 1 1 110px; }
 .mix-card p { font-size: 0.85em; margin: 0 0 0.4em 0; color: var(--body-text-color-subdued); }

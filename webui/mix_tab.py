@@ -119,7 +119,10 @@ def blended(state: AppState, v: MixValues):
 
 
 def describe(mixer, names) -> str:
-    return ", ".join(f"{n} {mixer.slots[n].weight:+.2f}" for n in names if mixer.slots[n].enabled) or "base only"
+    """What a preview drew: each enabled adapter's weight, and its block weights when it has them."""
+    def one(slot):
+        return f"{slot.name} {slot.weight:+.2f}" + (f" (blocks {slot.blocks.text})" if slot.blocks else "")
+    return ", ".join(one(mixer.slots[n]) for n in names if mixer.slots[n].enabled) or "base only"
 
 
 @contextmanager
@@ -441,7 +444,8 @@ def build(state: AppState) -> MixTab:
                           info="A diffusers folder, a single .safetensors checkpoint (SD 1.x, 2.x, SDXL) or a hub id.",
                           scale=3, elem_id="mix-base")
         refresh = gr.Button("Refresh adapter list", scale=1)
-        upload = gr.File(label="Add LoRA files", file_count="multiple", file_types=[".safetensors"], scale=2)
+        upload = gr.File(label="Add LoRA files", file_count="multiple", file_types=[".safetensors"], scale=2,
+                         elem_id="mix-upload")
     adapters_note = gr.Markdown(empty_hint(state), elem_id="mix-adapters-note")
     files, weights, enabled, blocks, cards, rows, removes = _adapter_rows(state)
     count = gr.State(1)
