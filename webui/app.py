@@ -35,8 +35,8 @@ CSS = """
 #train-queue table { font-size: 0.85em; }
 #mix-image img { image-rendering: pixelated; object-fit: scale-down !important; height: 100% !important;
                  max-height: 100% !important; }
-#mix-lbw-sliders { flex-wrap: wrap; }
-#mix-lbw-sliders > .mix-lbw-slider { flex: 1 1 110px; }
+#mix-lbw-sliders .mix-lbw-slider { flex: 0 0 124px !important; margin: 0 !important; }
+#mix-lbw-sliders .min_value, #mix-lbw-sliders .max_value { display: none; }
 .mix-card p { font-size: 0.85em; margin: 0 0 0.4em 0; color: var(--body-text-color-subdued); }
 #train-samples .caption-label, #train-thumbs .caption-label { white-space: normal; overflow: visible; }
 """

@@ -400,7 +400,7 @@ def _block_editor_panel():
             write = gr.Button("Apply to the row", variant="primary", elem_id="mix-lbw-apply")
         message = gr.Markdown(elem_id="mix-lbw-message")
         sliders = []
-        with gr.Row(elem_id="mix-lbw-sliders"):  # wraps (app.CSS): every block stays visible on a narrow page
+        with gr.Row(elem_id="mix-lbw-sliders"):  # a grid (app.CSS): every block visible on a narrow page
             for block in BLOCK_IDS:
                 sliders.append(gr.Slider(-1, 2, value=1.0, step=0.05, label=block, min_width=110,
                                          visible=block in LAYOUTS[17], elem_id=f"mix-lbw-{block}",

@@ -93,6 +93,9 @@ def test_a_newcomers_mix_tab_at_1280_and_1920_px(fresh_app, browser, tmp_path): 
         b = sliders.nth(i).bounding_box()
         assert b["x"] >= edge["x"] - 1 and b["x"] + b["width"] <= edge["x"] + edge["width"] + 1, (i, b, edge)
         assert b["width"] >= 100, f"block slider {i} is squeezed to {b['width']:.0f} px"
+        track = sliders.nth(i).locator("input[type=range]").bounding_box()
+        assert track["x"] + track["width"] <= b["x"] + b["width"] + 1, f"block slider {i}'s track runs past it"
+    assert len({round(sliders.nth(i).bounding_box()["y"]) for i in range(17)}) <= 2, "17 blocks in over 2 rows"
     page.locator("#mix-lbw-OUT11 input[type=number]").fill("0")
     page.locator("#mix-lbw-OUT11 input[type=number]").blur()
     status_after(page, lambda: page.locator("#mix-lbw-apply").click(), "alpha +0.35 (blocks 1,1,")
@@ -121,7 +124,7 @@ def test_a_newcomers_mix_tab_at_1280_and_1920_px(fresh_app, browser, tmp_path): 
     page.wait_for_timeout(500)
     for i in range(17):
         b, edge = sliders.nth(i).bounding_box(), page.locator("#mix-lbw-sliders").bounding_box()
-        assert b["x"] + b["width"] <= edge["x"] + edge["width"] + 1 and b["width"] >= 100, (i, b)
+        assert b["x"] + b["width"] <= edge["x"] + edge["width"] + 1 and 100 <= b["width"] <= 200, (i, b)
     page.screenshot(path=str(ARTIFACTS / "newcomer-mix-1920.png"), full_page=True)
     page.close()
 
