@@ -9,7 +9,6 @@ once (at the draft step count); a preview made stale by a newer move is dropped 
 from __future__ import annotations
 
 import itertools
-import random
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -21,8 +20,6 @@ from loramix.adapter_info import adapter_info
 from loramix.block_weights import (
     BLOCK_IDS,
     LAYOUTS,
-    PRESET_NAMES,
-    UNIFORM_NOTE,
     format_block_weights,
     parse_block_weights,
 )
@@ -35,14 +32,22 @@ from loramix.mix_preset import (
     preset_from_mixer,
     save_mix_preset,
 )
-from loramix.mixer import SAMPLERS, PreviewRequest, check_bake_target
+from loramix.mixer import PreviewRequest, check_bake_target
 from loramix.paths import plain_name, unique_name
 from loramix.writer import check_target, make_folder, write_zip
 from loramix.xy_grid import Axis, xy_grid
+from webui.mix_panels import (
+    LAYOUT_CHOICES,
+    MAX_ROWS,
+    adapter_rows,
+    block_editor_panel,
+    export_panel,
+    grid_panel,
+    mix_preset_panel,
+    request_panel,
+)
 from webui.state import AppState
 
-MAX_ROWS = 6
-DRAFT_STEPS = 8
 SHOWN_PX = 384  # the before/after frame: a smaller picture is shown at the largest whole scale that fits
 
 
@@ -174,9 +179,6 @@ class Previewer:
             before = self.base_image(mixer, v, req)
         return (before, picture), f"Seed {req.seed} · {req.steps} steps · {describe(mixer, names)}." \
                                   f"{_busy_note(self.state)}"
-
-
-LAYOUT_CHOICES = {"SD 1.x / 2.x (17)": 17, "SDXL (12)": 12, "all 26 blocks (tiny models)": 26}
 
 
 def blocks_to_sliders(text: str, layout: int) -> list[float]:
@@ -335,109 +337,6 @@ def remove_row(rows: list[tuple], count: int, i: int) -> tuple[int, list[tuple]]
     return max(count - 1, 1), rows
 
 
-# ---- layout ------------------------------------------------------------------------------------------
-def _adapter_rows(state: AppState):
-    choices = adapter_choices(state)
-    files, weights, enabled, blocks, cards, rows, removes = [], [], [], [], [], [], []
-    for i in range(MAX_ROWS):
-        with gr.Column(visible=i == 0) as row:
-            with gr.Row(equal_height=True):
-                files.append(gr.Dropdown(choices, value=None, label=f"Adapter {i + 1}", interactive=True,
-                                         allow_custom_value=True, scale=4, elem_id=f"mix-file-{i}"))
-                weights.append(gr.Slider(-2, 2, value=1.0, step=0.05, label="Weight", scale=3,
-                                         elem_id=f"mix-weight-{i}"))
-                enabled.append(gr.Checkbox(value=True, label="On", scale=1, min_width=60, elem_id=f"mix-on-{i}"))
-                blocks.append(gr.Dropdown(["", *PRESET_NAMES], value="", label="Blocks", allow_custom_value=True,
-                                          interactive=True, scale=2, min_width=120, elem_id=f"mix-blocks-{i}",
-                                          info="A preset (OUTD, INS, MIDD…) or 17/12 comma-separated weights. "
-                                          + UNIFORM_NOTE))
-                removes.append(gr.Button("✕", scale=0, min_width=40))
-            cards.append(gr.Markdown(elem_id=f"mix-card-{i}", elem_classes=["mix-card"]))
-        rows.append(row)
-    return files, weights, enabled, blocks, cards, rows, removes
-
-
-def _request_panel():
-    prompt = gr.Textbox(label="Prompt", value="a large red circle in the center, blue background", lines=2,
-                        info="Write each adapter's trigger word (on its card) where it was trained.",
-                        elem_id="mix-prompt")
-    negative = gr.Textbox(label="Negative prompt")
-    with gr.Row(equal_height=True):
-        seed = gr.Number(value=1, precision=0, label="Seed", elem_id="mix-seed", scale=3)
-        dice = gr.Button("Random seed", scale=1, size="sm")
-        sampler = gr.Dropdown(SAMPLERS, value="ddim", label="Sampler", scale=3)
-    with gr.Row():
-        steps = gr.Slider(1, 100, value=20, step=1, label="Steps (Generate)")
-        draft = gr.Slider(1, 50, value=DRAFT_STEPS, step=1, label="Preview steps (sliders)", elem_id="mix-draft")
-        cfg = gr.Slider(0, 20, value=6.0, step=0.5, label="CFG")
-        size = gr.Slider(0, 2048, value=0, step=64, label="Size (0 = the model's own)")
-    dice.click(lambda: random.randint(0, 2**31 - 1), None, seed, api_visibility="private")
-    return dict(prompt=prompt, negative=negative, seed=seed, steps=steps, cfg=cfg, size=size, sampler=sampler), draft
-
-
-def _grid_panel():
-    with gr.Accordion("X/Y grid", open=False):
-        with gr.Row():
-            x_axis = gr.Dropdown(axis_choices(), value="weight of Adapter 1", label="X axis", elem_id="mix-grid-x")
-            x_values = gr.Textbox("-1, 0, 0.5, 1", label="X values",
-                                  info="Comma-separated; block presets are separated by ; (e.g. ALL; OUTD; INS)")
-            y_axis = gr.Dropdown(axis_choices(), value="seed", label="Y axis", elem_id="mix-grid-y")
-            y_values = gr.Textbox("1, 2", label="Y values")
-            button = gr.Button("Make grid", elem_id="mix-grid-make")
-        message = gr.Markdown(elem_id="mix-grid-message")
-        image = gr.Image(label="Grid", type="pil", format="png", elem_id="mix-grid-image")
-    return x_axis, x_values, y_axis, y_values, button, image, message
-
-
-def _block_editor_panel():
-    with gr.Accordion("Block weights, one slider per block", open=False):
-        with gr.Row(equal_height=True):
-            row = gr.Dropdown([f"Adapter {i + 1}" for i in range(MAX_ROWS)], value="Adapter 1", label="Edit the row",
-                              elem_id="mix-lbw-row")
-            layout = gr.Dropdown(list(LAYOUT_CHOICES), value="SD 1.x / 2.x (17)", label="Layout",
-                                 elem_id="mix-lbw-layout")
-            read = gr.Button("Read the row", elem_id="mix-lbw-read")
-            write = gr.Button("Apply to the row", variant="primary", elem_id="mix-lbw-apply")
-        message = gr.Markdown(elem_id="mix-lbw-message")
-        sliders = []
-        with gr.Row(elem_id="mix-lbw-sliders"):  # a grid (app.CSS): every block visible on a narrow page
-            for block in BLOCK_IDS:
-                sliders.append(gr.Slider(-1, 2, value=1.0, step=0.05, label=block, min_width=110,
-                                         visible=block in LAYOUTS[17], elem_id=f"mix-lbw-{block}",
-                                         elem_classes=["mix-lbw-slider"]))
-    return row, layout, read, write, sliders, message
-
-
-def _mix_preset_panel(state: AppState):
-    with gr.Accordion("Mix presets", open=False):
-        with gr.Row(equal_height=True):
-            name = gr.Textbox(label="Save blend as", placeholder="my-mix", elem_id="mix-preset-name")
-            replace = gr.Checkbox(False, label="Replace a saved mix of that name", elem_id="mix-preset-replace")
-            save = gr.Button("Save mix", elem_id="mix-preset-save")
-            saved = gr.Dropdown(mix_names(state), label="Saved mixes", interactive=True, allow_custom_value=True,
-                                elem_id="mix-preset-list")  # a mix saved in another tab loads too
-            load = gr.Button("Load mix", elem_id="mix-preset-load")
-        message = gr.Markdown(elem_id="mix-preset-message")
-    return name, replace, save, saved, load, message
-
-
-def _export_panel():
-    with gr.Accordion("Export", open=False):
-        with gr.Row():
-            name = gr.Textbox("blend", label="Name", info="A plain name: the file goes into your LoRA folder, a "
-                                                          "bake into outputs/baked/.", elem_id="mix-export-name")
-            rank = gr.Number(0, precision=0, label="Rank (0 = exact merge)",
-                             info="Exact concatenates ranks; a rank compresses with SVD.")
-            precision = gr.Dropdown(["fp16", "bf16", "fp32"], value="fp16", label="Precision")
-            replace = gr.Checkbox(False, label="Replace an existing file / bake", elem_id="mix-replace")
-        with gr.Row():
-            export = gr.Button("Export merged LoRA", elem_id="mix-export")
-            bake = gr.Button("Bake into model", elem_id="mix-bake")
-        message = gr.Markdown(elem_id="mix-export-message")
-        download = gr.File(label="Download")
-    return name, rank, precision, replace, export, bake, download, message
-
-
 def build(state: AppState) -> MixTab:
     with gr.Row():
         base = gr.Textbox(value="", label="Base model", placeholder="empty = the embedded tiny model",
@@ -447,22 +346,22 @@ def build(state: AppState) -> MixTab:
         upload = gr.File(label="Add LoRA files", file_count="multiple", file_types=[".safetensors"], scale=2,
                          elem_id="mix-upload")
     adapters_note = gr.Markdown(empty_hint(state), elem_id="mix-adapters-note")
-    files, weights, enabled, blocks, cards, rows, removes = _adapter_rows(state)
+    files, weights, enabled, blocks, cards, rows, removes = adapter_rows(adapter_choices(state))
     count = gr.State(1)
     add = gr.Button("+ Add adapter", elem_id="mix-add")
     with gr.Row():
         with gr.Column(scale=2):
-            request, draft = _request_panel()
+            request, draft = request_panel()
             generate = gr.Button("Generate", variant="primary", elem_id="mix-generate")
             status = gr.Markdown(elem_id="mix-status")
         with gr.Column(scale=2):
             image = gr.ImageSlider(label="Before (all adapters off) / after", type="pil", format="png",
                                    elem_id="mix-image", height=SHOWN_PX + 40)
-    lbw_row, lbw_layout, lbw_read, lbw_write, lbw_sliders, lbw_message = _block_editor_panel()
-    mix_name, mix_replace, mix_save, mix_saved, mix_load, mix_message = _mix_preset_panel(state)
-    grid_x, grid_x_values, grid_y, grid_y_values, grid_button, grid_image, grid_message = _grid_panel()
+    lbw_row, lbw_layout, lbw_read, lbw_write, lbw_sliders, lbw_message = block_editor_panel()
+    mix_name, mix_replace, mix_save, mix_saved, mix_load, mix_message = mix_preset_panel(mix_names(state))
+    grid_x, grid_x_values, grid_y, grid_y_values, grid_button, grid_image, grid_message = grid_panel(axis_choices())
     export_name, export_rank, export_precision, replace, export_button, bake_button, download, export_message = \
-        _export_panel()
+        export_panel()
     tab = MixTab(base, files, weights, enabled, blocks, cards, count, rows, request)
     tab.adapters_note = adapters_note
     _wire(state, tab, locals())
