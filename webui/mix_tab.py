@@ -268,7 +268,7 @@ def export_blend(state: AppState, v: MixValues, name: str, rank: int, precision:
         mixer, names = blended(state, v)
         order = {n: i for i, n in enumerate(names)}
         sources = sorted(mixer.sources(), key=lambda src: order.get(src.name, len(order)))  # the rows' order
-        recorded = mix_preset_metadata(preset_from_mixer(mixer, names, request=v.mix_request()))
+        recorded = mix_preset_metadata(preset_from_mixer(mixer, names))  # the rows in order, no prompt
     rank = int(rank or 0)
     adapter, report = save_blend(sources, path, rank=rank, precision=precision, recipe=recorded, **rules)
     note = f" Relative error {report.relative_error:.4f}." if rank else " Exact."
