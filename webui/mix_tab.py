@@ -506,7 +506,7 @@ def _wire(state: AppState, tab: MixTab, w: dict) -> None:
                      [tab.count, *tab.files, *tab.weights, *tab.enabled, *tab.blocks, *tab.rows, *tab.cards],
                      **private).then(**live)
     for f, card in zip(tab.files, tab.cards):
-        f.change(lambda path: card_text(state, path), f, card, **private)
+        f.change(lambda path: (card_text(state, path), empty_hint(state)), f, [card, tab.adapters_note], **private)
         # a file picked: an earlier file's error beside the adapters goes, and the preview redraws
         f.input(lambda: empty_hint(state), None, tab.adapters_note, **private).then(**live)
     w["refresh"].click(on_refresh, None, [*tab.files, tab.adapters_note], **private)

@@ -28,6 +28,7 @@ from trainers.dataset import load_image
 from webui import bindings
 from webui.jobs import Job
 from webui.state import AppState
+from webui.train_times import PACE_KEYS, eta_text, start_estimate
 
 POLL_S = 1.0
 THUMB = 160
@@ -49,13 +50,6 @@ class TrainTab:
     message: gr.Markdown  # the sentence beside Start / Cancel / Resume / Send to Mix
 
 
-def _fmt_time(seconds: float | None) -> str:
-    if seconds is None:
-        return "…"
-    seconds = int(seconds)
-    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
-
-
 # ---- the live view (pure functions of the job state) ---------------------------------------------
 def progress_html(job: Job | None, state: AppState) -> str:
     if job is None:
@@ -72,48 +66,6 @@ def progress_html(job: Job | None, state: AppState) -> str:
     return (f"<div id='train-progress'><b>{STATUS[job.status]}</b> job {job.id} "
             f"({html.escape(job.name)} in {html.escape(str(job.folder))}): step {done}/{total}{rate}{queue}{why}"
             f"{bar}</div>")
-
-
-def _points(every: int, after: int, upto: int, last: bool = True) -> int:
-    """How many multiples of `every` lie in (after, upto] (`last=False`: in (after, upto))."""
-    if not every:
-        return 0
-    n = upto // every - after // every
-    return n - (1 if not last and upto % every == 0 else 0)
-
-
-def eta_text(job: Job) -> str:
-    """The time left, sampling and checkpoint saving included: the steps at their measured pace between pauses,
-    plus each sample pause and save still to come at the length the last one took. Before a pause is measured
-    the sentence says what it leaves out."""
-    events, times = list(job.events), list(job.event_times)
-    n = min(len(events), len(times))
-    timed = [(e, t) for e, t in zip(events[:n], times[:n]) if t == t]  # NaN: read back from the store
-    step = job.latest("step")
-    if step is None:
-        return "ETA …"
-    done, total, cfg = step.step, step.total, job.config
-    gaps = [t1 - t0 for (e0, t0), (e1, t1) in zip(timed, timed[1:]) if e0.kind == e1.kind == "step"]
-    step_s = sorted(gaps[-21:])[len(gaps[-21:]) // 2] if gaps else 1 / max(step.steps_per_s or 1e-9, 1e-9)
-    pauses = {kind: [t1 - t0 for (_, t0), (e1, t1) in zip(timed, timed[1:]) if e1.kind == kind]
-              for kind in ("sample", "checkpoint")}
-    seconds, parts, missing = (total - done) * step_s, [f"steps {_fmt_time((total - done) * step_s)}"], []
-    for kind, count, what in (
-            ("sample", _points(cfg.sample.sample_every_n_steps, done, total), "sample pauses"),
-            ("checkpoint", _points(cfg.output.save_every_n_steps, done, total, last=False), "checkpoint saves")):
-        if not count:
-            continue
-        if pauses[kind]:
-            seconds += count * pauses[kind][-1]
-            parts.append(f"{count} {what} × {_fmt_time(pauses[kind][-1])}")
-        else:
-            missing.append(f"{count} {what}")
-    now = ""
-    if job.status == "running" and events and events[-1].kind == "step" and cfg.sample.sample_every_n_steps \
-            and done % cfg.sample.sample_every_n_steps == 0:
-        now = "making samples · "
-    left_out = f"; not counting {' and '.join(missing)} (not measured yet)" if missing else ""
-    return f"{now}ETA {_fmt_time(seconds)} ({', '.join(parts)}{left_out})"
 
 
 def queue_html(state: AppState, selected: int | None = None) -> str:
@@ -345,35 +297,6 @@ def start_job(state: AppState, form: dict, values: dict) -> tuple[str, int | Non
     return f"Job {job.id} started in {job.folder}.", job.id
 
 
-PACE_KEYS = ("model.base_model", "dataset.resolution", "train.batch_size", "network.rank")
-
-
-def _pace_key(get) -> tuple:
-    return tuple(str(int(float(v))) if isinstance(v, (int, float)) else str(v or "").strip()
-                 for v in map(get, PACE_KEYS))
-
-
-def start_estimate(state: AppState, form: dict, values: dict) -> str:
-    """Before Start: the form's steps at the pace this machine measured, in the newest earlier job with the same
-    base model, resolution, batch size and rank (its whole-run steps/s, sample pauses included)."""
-    try:
-        steps = int(float(values[form["train.max_steps"]] or 0))
-        key = _pace_key(lambda name: values[form[name]])
-    except (TypeError, ValueError):
-        return ""
-    if steps <= 0:
-        return ""
-    for job in state.jobs.listing():
-        step = job.latest("step")
-        if step is None or not step.steps_per_s or _pace_key(job.config.get) != key:
-            continue
-        return (f"⏱ About {_fmt_time(steps / step.steps_per_s)} for {steps} steps: job {job.id} ran "
-                f"{step.steps_per_s:.2f} steps/s on this machine with the same base model, resolution, batch size "
-                "and rank (over its whole run, its sample pauses included); loading the model comes on top.")
-    return ("⏱ No time estimate yet: no earlier run on this machine with this base model, resolution, batch size "
-            "and rank. Once a run starts, the progress line shows its pace and time left.")
-
-
 def stale_message(state: AppState, about: tuple | None):
     """(message, about) for one tick: a sentence about a job (`about` = (job id, the status it described: a status,
     or "active" for queued-or-running)) goes once that job's status changes, e.g. "Job 2 is queued…" when job 2
@@ -552,6 +475,13 @@ def build(state: AppState) -> TrainTab:
     pace = [form[name] for name in (*PACE_KEYS, "train.max_steps")]
     for widget in pace:
         widget.change(lambda values: start_estimate(state, form, values), set(pace), estimate, **private)
+
+    def fresh_estimate(values):  # a run that just finished measured a pace: say it without a field change
+        text = start_estimate(state, form, values)
+        return (gr.skip(), gr.skip()) if text == values[said_estimate] else (text, text)
+    said_estimate = gr.State("")
+    timer.tick(fresh_estimate, {*pace, said_estimate}, [estimate, said_estimate], show_progress="hidden",
+               concurrency_limit=None, **private)
     tab = TrainTab(form, output_file, send, timer, selected, send_message)
     tab.first_view = (show, [data_dir, ext, res], [thumbs, captions, notes])
     tab.estimate = (lambda values: start_estimate(state, form, values), set(pace), estimate)

@@ -157,16 +157,16 @@ def test_before_start_an_estimate_from_this_machines_measured_pace(state, tmp_pa
     data = make_folder(tmp_path / "mystyle", n=2)
     form, values = form_and_values({"dataset.data_dir": str(data), "train.max_steps": 300, "output.output_dir": "",
                                     "output.output_name": ""})
-    assert "No time estimate yet" in train_tab.start_estimate(state, form, values)
+    assert "Time estimate: none yet" in train_tab.start_estimate(state, form, values)
     message, job_id = train_tab.start_job(state, form, values)
     job = state.jobs.get(job_id)
     assert job is not None, message
     state.jobs.wait(job, timeout=10)
     job.events.append(TrainEvent("step", 10, 10, steps_per_s=2.5))
     text = train_tab.start_estimate(state, form, {**values, "train.max_steps": 600})
-    assert text.startswith(f"⏱ About 4m00s for 600 steps: job {job.id} ran 2.50 steps/s on this machine"), text
+    assert text.startswith(f"Time estimate: about 4m00s for 600 steps: job {job.id} ran 2.50 steps/s on this machine"), text
     other = {**values, "dataset.resolution": 128}  # another resolution: that pace says nothing about it
-    assert "No time estimate yet" in train_tab.start_estimate(state, form, other)
+    assert "Time estimate: none yet" in train_tab.start_estimate(state, form, other)
 
 
 # ---- row 11: the README's commands write the file the app writes -----------------------------------------------
