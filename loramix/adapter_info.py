@@ -1,7 +1,7 @@
 """What a LoRA file says about itself, read from its safetensors header only (no tensor is loaded).
 
-The Mix tab shows this as a card per adapter row: base model version, rank and alpha, trigger word,
-top training tags, steps and resolution, as kohya's `ss_*` metadata (and loramix's config) record them.
+The Mix tab shows this as a card per adapter row: base model version, rank and alpha, trigger word (a
+merged blend: every source's, with its position), top training tags, steps and resolution, as kohya's `ss_*` metadata (and loramix's config) record them.
 """
 
 from __future__ import annotations
@@ -29,12 +29,17 @@ class AdapterInfo:
     steps: str = "?"
     resolution: str = "?"
     best_step: str = ""  # the step with the lowest validation loss, when the run validated
+    triggers: list[tuple[str, str, str]] = field(default_factory=list)  # a blend's (word, position, source)
 
     def markdown(self) -> str:
         tags = ", ".join(self.tags) or "none recorded"
         where = ", last in the prompt" if self.trigger_position == "end" else ""
         trigger = f" · trigger **{self.trigger}**{where}" if self.trigger else ""
         best = f" · best validation at step {self.best_step}" if self.best_step else ""
+        if self.triggers:
+            trigger = " · triggers " + ", ".join(
+                f"**{word}** (from {source}{', last in the prompt' if position == 'end' else ''})"
+                for word, position, source in self.triggers)
         return (f"**{self.name}** · {self.network} for {self.base} · rank {self.rank}, alpha {self.alpha}"
                 f"{trigger} · {self.steps} steps at {self.resolution}{best} · tags: {tags}")
 
@@ -75,6 +80,11 @@ def adapter_info(path: str | Path, top_tags: int = 5) -> AdapterInfo:
         info.trigger = config.get("dataset", {}).get("trigger_word", "")
         info.trigger_position = config.get("dataset", {}).get("trigger_position", "start")
     except (json.JSONDecodeError, AttributeError):
+        pass
+    try:
+        info.triggers = [(str(t["word"]), str(t.get("position", "start")), str(t.get("from", "?")))
+                         for t in json.loads(meta.get("loramix_trigger_words", "[]")) if t.get("word")]
+    except (json.JSONDecodeError, AttributeError, TypeError, KeyError):
         pass
     try:
         counts: Counter = Counter()

@@ -13,7 +13,8 @@ Tucker does not record its kernel size; when no other source (or the mixer's bin
 merged layer stays 2-D (out, in·k·k), which loramix reads but other tools may not.
 
 The output carries the first source's `ss_base_model_version`, `ss_v2` and `modelspec.*` keys for that
-base (title "merged: …", `merged_from` naming the sources), and `save_lora` adds the `sshs_*` hashes.
+base (title "merged: …", `merged_from` naming the sources), every source's trigger word with its position
+(`loramix_trigger_words`, which the adapter card shows), and `save_lora` adds the `sshs_*` hashes.
 """
 
 from __future__ import annotations
@@ -165,10 +166,34 @@ def _metadata(sources: list[Source], method: str, layers: dict[str, LoraLayer], 
         "ss_training_comment": f"merged by loramix {__version__} ({method})",
         "loramix_merge_method": method,
         "loramix_merge_relative_error": f"{error:.6g}",
+        "loramix_trigger_words": json.dumps(trigger_words(sources)),
         "loramix_merge_sources": json.dumps([
             {"name": s.name, "weight": s.weight, "te_weight": s.te_weight,
              "ss_output_name": s.adapter.metadata.get("ss_output_name", "")} for s in sources]),
     }
+
+
+def trigger_words(sources: list[Source]) -> list[dict]:
+    """The trigger words of the sources, each with where it was trained (dataset.trigger_position: start or
+    end) and which source it came from; a source that is itself a merge passes on the words it recorded."""
+    words, seen = [], set()
+    for src in sources:
+        meta = src.adapter.metadata
+        try:
+            found = json.loads(meta.get("loramix_trigger_words", "[]"))
+            dataset = json.loads(meta.get("loramix_config", "{}")).get("dataset", {})
+        except (json.JSONDecodeError, AttributeError):
+            found, dataset = [], {}
+        if dataset.get("trigger_word"):
+            found = [{"word": dataset["trigger_word"], "position": dataset.get("trigger_position", "start")}]
+        for item in found if isinstance(found, list) else []:
+            if not isinstance(item, dict) or not str(item.get("word", "")).strip():
+                continue
+            word, position = str(item["word"]), str(item.get("position", "start"))
+            if (word, position) not in seen:
+                seen.add((word, position))
+                words.append({"word": word, "position": position, "from": str(item.get("from", src.name))})
+    return words
 
 
 def save_blend(sources: list[Source], path, *, rank: int = 0, precision: str = "fp16",

@@ -9,7 +9,17 @@
     blocks = "OUTD"                  # optional: block weights, a preset name or 17 (SDXL: 12) numbers
     enabled = true                   # optional
 
-An unknown key is an error naming it. Exported files carry the preset as JSON under the metadata key
+    [request]                        # optional (schema 2): what the Mix tab draws with
+    prompt = "a large red circle in the center, blue background"
+    negative_prompt = ""
+    seed = 1
+    steps = 20
+    cfg_scale = 6.0
+    sampler = "ddim"
+    size = 0                         # 0 = the model's own
+
+The adapters are kept in the order written (the Mix tab's rows, top to bottom). Schema 1 files (no
+`[request]`) still load. An unknown key is an error naming it. Exported files carry the preset as JSON under the metadata key
 `loramix_mix_preset` (`mix_preset_metadata`), so a merged file says how it was blended; there each adapter
 is named by its file name only (a published file holds no local path), and `mix_preset_from_metadata`
 reads those names from a folder the caller gives.
@@ -24,10 +34,12 @@ from pathlib import Path
 from loramix.block_weights import BlockWeights, parse_block_weights
 from loramix.errors import LoramixError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2 added [request]
 METADATA_KEY = "loramix_mix_preset"
-_TOP_KEYS = {"schema_version", "adapter"}
+_TOP_KEYS = {"schema_version", "adapter", "request"}
 _ADAPTER_KEYS = {"path", "weight", "te_weight", "blocks", "enabled"}
+_REQUEST_TYPES = {"prompt": str, "negative_prompt": str, "seed": int, "steps": int, "cfg_scale": float,
+                  "sampler": str, "size": int}
 
 
 @dataclass
@@ -44,9 +56,23 @@ class MixEntry:
 
 
 @dataclass
+class MixRequest:
+    """The picture settings of a blend: what the Mix tab's prompt, seed, steps, CFG, sampler and size hold."""
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    seed: int = 1
+    steps: int = 20
+    cfg_scale: float = 6.0
+    sampler: str = "ddim"
+    size: int = 0
+
+
+@dataclass
 class MixPreset:
     adapters: list[MixEntry] = field(default_factory=list)
     schema_version: int = SCHEMA_VERSION
+    request: MixRequest | None = None
 
     def to_dict(self) -> dict:
         rows = []
@@ -58,7 +84,10 @@ class MixPreset:
                 row["blocks"] = e.blocks.text
             row["enabled"] = bool(e.enabled)
             rows.append(row)
-        return {"schema_version": self.schema_version, "adapter": rows}
+        data = {"schema_version": self.schema_version, "adapter": rows}
+        if self.request is not None:
+            data["request"] = {k: getattr(self.request, k) for k in _REQUEST_TYPES}
+        return data
 
     def rows(self) -> list[tuple]:
         return [e.row() for e in self.adapters]
@@ -70,8 +99,8 @@ def from_dict(data: dict, where: str = "mix preset", base_dir: Path | None = Non
         raise LoramixError(f"{where}: expected a table of keys, got {type(data).__name__}.")
     for key in data:
         if key not in _TOP_KEYS:
-            raise LoramixError(f"{where}: unknown key {key!r}; a mix preset has schema_version and [[adapter]] "
-                               "tables.")
+            raise LoramixError(f"{where}: unknown key {key!r}; a mix preset has schema_version, [[adapter]] "
+                               "tables and a [request] table.")
     version = data.get("schema_version", SCHEMA_VERSION)
     if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= SCHEMA_VERSION:
         raise LoramixError(f"{where}: schema_version {version!r} is not one this loramix reads (1..{SCHEMA_VERSION}); "
@@ -106,7 +135,24 @@ def from_dict(data: dict, where: str = "mix preset", base_dir: Path | None = Non
         if not isinstance(enabled, bool):
             raise LoramixError(f"{at}.enabled: write true or false, not {enabled!r}.")
         entries.append(MixEntry(path, weight, te_weight, blocks, enabled))
-    return MixPreset(entries, SCHEMA_VERSION)
+    request = data.get("request")
+    return MixPreset(entries, SCHEMA_VERSION, None if request is None else _request(where, request))
+
+
+def _request(where: str, data) -> MixRequest:
+    if not isinstance(data, dict):
+        raise LoramixError(f"{where}: request must be a table ([request]).")
+    values = {}
+    for key, value in data.items():
+        kind = _REQUEST_TYPES.get(key)
+        if kind is None:
+            raise LoramixError(f"{where}: request: unknown key {key!r}; use {', '.join(_REQUEST_TYPES)}.")
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise LoramixError(f"{where}: request.{key}: {value!r} is not a {kind.__name__}.")
+        values[key] = value
+    return MixRequest(**values)
 
 
 def _number(at: str, key: str, value) -> float:
@@ -143,10 +189,12 @@ def save_mix_preset(path: str | Path, preset: MixPreset, **rules) -> Path:
     return write_text(path, tomli_w.dumps(preset.to_dict()), **rules)
 
 
-def preset_from_mixer(mixer) -> MixPreset:
-    """The mixer's current blend (every loaded adapter, on or off) as a preset."""
+def preset_from_mixer(mixer, names: list[str] | None = None, request: MixRequest | None = None) -> MixPreset:
+    """The mixer's current blend as a preset: the adapters `names` in that order (as `set_blend` returned them,
+    one per row), or every loaded adapter, on or off; `request`: the picture settings to keep with it."""
+    slots = [mixer.slots[n] for n in names] if names is not None else list(mixer.slots.values())
     return MixPreset([MixEntry(str(Path(s.path).resolve()), s.weight, s.te_weight, s.blocks, s.enabled)
-                      for s in mixer.slots.values()])
+                      for s in slots], request=request)
 
 
 def preset_from_specs(specs) -> MixPreset:

@@ -1,7 +1,8 @@
 """Take the README's screenshots on the embedded model: train the pastel style from the Train tab, send it
 to the Mix tab and draw the before/after preview with a slider. Needs Debian's chromium.
 
-    python tools/screenshots.py --steps 200 --out docs/
+    python tools/screenshots.py --steps 200 --out docs/            # the README's, at 1280 px wide
+    python tools/screenshots.py --width 1920 --out /tmp/shots      # to look at the page wider
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--out", default="docs")
     parser.add_argument("--port", type=int, default=7977)
+    parser.add_argument("--width", type=int, default=1280, help="browser width in px (default 1280)")
     args = parser.parse_args()
     quiet_libraries()
     out = Path(args.out)
@@ -37,7 +39,7 @@ def main() -> int:
                 **launch_kwargs(state))
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page = browser.new_page(viewport={"width": args.width, "height": 1000})
         page.set_default_timeout(60_000)
         page.goto(f"http://127.0.0.1:{args.port}/")
         page.locator("#train-thumbs img").first.wait_for()

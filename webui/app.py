@@ -33,7 +33,10 @@ CSS = """
 #train-progress progress { height: 14px; }
 #train-error p, #mix-status p { margin: 0.2em 0; }
 #train-queue table { font-size: 0.85em; }
-#mix-image img { image-rendering: pixelated; }
+#mix-image img { image-rendering: pixelated; object-fit: scale-down !important; height: 100% !important;
+                 max-height: 100% !important; }
+#mix-lbw-sliders .mix-lbw-slider { flex: 0 0 124px !important; margin: 0 !important; }
+#mix-lbw-sliders .min_value, #mix-lbw-sliders .max_value { display: none; }
 .mix-card p { font-size: 0.85em; margin: 0 0 0.4em 0; color: var(--body-text-color-subdued); }
 #train-samples .caption-label, #train-thumbs .caption-label { white-space: normal; overflow: visible; }
 """
@@ -127,6 +130,10 @@ def build_app(state: AppState, cache_s: int = CACHE_S) -> gr.Blocks:
                                 {mix.count, *mix.files, train.selected},
                                 [mix.count, *mix.files, *mix.rows, train.message, tabs], api_visibility="private")
         demo.load(show, inputs, outputs, api_visibility="private")  # the pre-filled folder's images at once
+        estimate, inputs, outputs = train.estimate
+        demo.load(estimate, inputs, outputs, api_visibility="private")  # the time estimate beside Start
+        refresh, inputs, outputs = mix.first_view
+        demo.load(refresh, inputs, outputs, api_visibility="private")  # adapters trained since the app started
 
         def train_endpoint(preset: str, data_dir: str, output_name: str, overrides: list[str]) -> str:
             return api_train(preset, data_dir, output_name, overrides, state)

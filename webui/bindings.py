@@ -5,6 +5,7 @@ Never by position: the form is `{field name: component}`, handlers get `{compone
 
 from __future__ import annotations
 
+import re
 import typing
 
 import gradio as gr
@@ -21,6 +22,22 @@ PLACEHOLDERS = {"output.output_name": "empty = the data folder's name",
 
 def _label(spec: FieldSpec) -> str:
     return spec.name.split(".", 1)[1].replace("_", " ")
+
+
+def label_of(name: str) -> str:
+    """The label the form shows for a config key (`train.batch_size` -> "batch size")."""
+    return _label(next(s for s in field_specs() if s.name == name))
+
+
+_KEY = re.compile(r"(?<![\w./\\-])([a-z]+\.[a-z_]+)(?![\w./\\(-])")
+
+
+def for_people(message: str) -> str:
+    """An engine sentence as the form speaks: each config key becomes the label a person sees, with the key in
+    brackets for CLI and preset users ("batch size (train.batch_size): 0 is below the minimum 1.").
+    The CLI shows the engine's sentence as it is."""
+    labels = {s.name: _label(s) for s in field_specs()}
+    return _KEY.sub(lambda m: f"{labels[m[1]]} ({m[1]})" if m[1] in labels else m[0], message)
 
 
 def make_widget(spec: FieldSpec, value) -> gr.components.Component:

@@ -40,6 +40,7 @@ class Job:
     started: float = 0.0
     finished: float = 0.0
     stored_step: int = 0  # the last step the store recorded (before the events are read back)
+    event_times: list[float] = field(default_factory=list)  # time.monotonic() of each event this process saw
 
     @property
     def kind(self) -> str:
@@ -232,6 +233,9 @@ class JobManager:
             self._run(job)
 
     def _record(self, job: Job, event: TrainEvent) -> None:
+        if len(job.event_times) != len(job.events):  # events read back from the store carry no time
+            job.event_times = [float("nan")] * len(job.events)
+        job.event_times.append(time.monotonic())
         job.events.append(event)
         try:
             self.store.add_event(job.id, len(job.events) - 1, event)

@@ -9,7 +9,6 @@ once (at the draft step count); a preview made stale by a newer move is dropped 
 from __future__ import annotations
 
 import itertools
-import random
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -21,22 +20,35 @@ from loramix.adapter_info import adapter_info
 from loramix.block_weights import (
     BLOCK_IDS,
     LAYOUTS,
-    PRESET_NAMES,
-    UNIFORM_NOTE,
     format_block_weights,
     parse_block_weights,
 )
 from loramix.errors import LoramixError
 from loramix.merge import save_blend
-from loramix.mix_preset import load_mix_preset, mix_preset_metadata, preset_from_mixer, save_mix_preset
-from loramix.mixer import SAMPLERS, PreviewRequest, check_bake_target
+from loramix.mix_preset import (
+    MixRequest,
+    load_mix_preset,
+    mix_preset_metadata,
+    preset_from_mixer,
+    save_mix_preset,
+)
+from loramix.mixer import PreviewRequest, check_bake_target
 from loramix.paths import plain_name, unique_name
 from loramix.writer import check_target, make_folder, write_zip
 from loramix.xy_grid import Axis, xy_grid
+from webui.mix_panels import (
+    LAYOUT_CHOICES,
+    MAX_ROWS,
+    adapter_rows,
+    block_editor_panel,
+    export_panel,
+    grid_panel,
+    mix_preset_panel,
+    request_panel,
+)
 from webui.state import AppState
 
-MAX_ROWS = 6
-DRAFT_STEPS = 8
+SHOWN_PX = 384  # the before/after frame: a smaller picture is shown at the largest whole scale that fits
 
 
 # ---- named values ----------------------------------------------------------------------------------
@@ -57,6 +69,15 @@ class MixValues:
     def request(self, steps: int | None = None) -> PreviewRequest:
         return PreviewRequest(self.prompt, self.negative, int(self.seed or 0), int(steps or self.steps),
                               float(self.cfg), self.sampler, int(self.size or 0), int(self.size or 0))
+
+    def mix_request(self) -> MixRequest:
+        """The picture settings as a mix preset keeps them."""
+        return MixRequest(self.prompt or "", self.negative or "", int(self.seed or 0), int(self.steps),
+                          float(self.cfg), self.sampler, int(self.size or 0))
+
+
+REQUEST_FIELDS = {"prompt": "prompt", "negative": "negative_prompt", "seed": "seed", "steps": "steps",
+                  "cfg": "cfg_scale", "sampler": "sampler", "size": "size"}  # MixValues name -> MixRequest name
 
 
 @dataclass
@@ -103,7 +124,10 @@ def blended(state: AppState, v: MixValues):
 
 
 def describe(mixer, names) -> str:
-    return ", ".join(f"{n} {mixer.slots[n].weight:+.2f}" for n in names if mixer.slots[n].enabled) or "base only"
+    """What a preview drew: each enabled adapter's weight, and its block weights when it has them."""
+    def one(slot):
+        return f"{slot.name} {slot.weight:+.2f}" + (f" (blocks {slot.blocks.text})" if slot.blocks else "")
+    return ", ".join(one(mixer.slots[n]) for n in names if mixer.slots[n].enabled) or "base only"
 
 
 @contextmanager
@@ -157,9 +181,6 @@ class Previewer:
                                   f"{_busy_note(self.state)}"
 
 
-LAYOUT_CHOICES = {"SD 1.x / 2.x (17)": 17, "SDXL (12)": 12, "all 26 blocks (tiny models)": 26}
-
-
 def blocks_to_sliders(text: str, layout: int) -> list[float]:
     """A row's block text as one value per block of `BLOCK_IDS` (empty text: all 1)."""
     if not (text or "").strip():
@@ -208,13 +229,15 @@ def make_grid(state: AppState, v: MixValues, x_choice: str, x_text: str, y_choic
 
 
 def save_mix(state: AppState, v: MixValues, name: str, replace: bool = False) -> str:
-    """Save the blend (files, weights, block weights, on/off) as a small TOML mix preset in outputs/mixes."""
+    """Save the whole Mix tab as a small TOML mix preset in outputs/mixes: the rows in order (files, weights,
+    block weights, on/off) and the prompt, negative prompt, seed, steps, CFG, sampler and size."""
     name = unique_name("Mix name", plain_name("Mix name", (name or "").strip()), mix_names(state))
     mixes = make_folder(state.outputs / "mixes", within=state.outputs)
     target = check_target(mixes / f"{name}.toml", replace=bool(replace), within=mixes, field="Mix name")
     with state.mixer_lock:
-        mixer, _ = blended(state, v)
-        save_mix_preset(target, preset_from_mixer(mixer), replace=bool(replace), within=mixes, field="Mix name")
+        mixer, names = blended(state, v)
+        preset = preset_from_mixer(mixer, names, request=v.mix_request())
+        save_mix_preset(target, preset, replace=bool(replace), within=mixes, field="Mix name")
     return f"Saved mix {name} ({len(v.rows)} adapters) to {target}."
 
 
@@ -222,15 +245,18 @@ def mix_names(state: AppState) -> list[str]:
     return sorted(p.stem for p in (state.outputs / "mixes").glob("*.toml"))
 
 
-def load_mix(state: AppState, name: str) -> tuple[int, list[tuple[str | None, float, bool, str]]]:
-    """A saved mix by name as (count, rows of (file, weight, on, blocks)) for the adapter rows."""
+def load_mix(state: AppState, name: str) -> tuple[int, list[tuple[str | None, float, bool, str]], dict]:
+    """A saved mix by name as (count, rows of (file, weight, on, blocks) in the saved order, the picture settings
+    by `MixValues` name; empty for a mix saved before they were kept)."""
     name = plain_name("Mix", (name or "").strip())
     preset = load_mix_preset(state.confinement.readable("Mix", state.outputs / "mixes" / f"{name}.toml"))
     if len(preset.adapters) > MAX_ROWS:
         raise LoramixError(f"Mix {name}: {len(preset.adapters)} adapters; the Mix tab shows at most {MAX_ROWS}.")
     rows = [(e.path, e.weight, e.enabled, e.blocks.text if e.blocks else "") for e in preset.adapters]
     rows += [(None, 1.0, True, "")] * (MAX_ROWS - len(rows))
-    return max(len(preset.adapters), 1), rows
+    request = preset.request
+    settings = {ours: getattr(request, theirs) for ours, theirs in REQUEST_FIELDS.items()} if request else {}
+    return max(len(preset.adapters), 1), rows, settings
 
 
 def export_blend(state: AppState, v: MixValues, name: str, rank: int, precision: str, replace: bool):
@@ -239,9 +265,10 @@ def export_blend(state: AppState, v: MixValues, name: str, rank: int, precision:
     rules = dict(replace=bool(replace), within=state.lora_dir, field="Export name")
     path = check_target(state.lora_dir / f"{name}.safetensors", **rules)  # before the merge's work
     with state.mixer_lock:
-        mixer, _ = blended(state, v)
-        sources = mixer.sources()
-        recorded = mix_preset_metadata(preset_from_mixer(mixer))
+        mixer, names = blended(state, v)
+        order = {n: i for i, n in enumerate(names)}
+        sources = sorted(mixer.sources(), key=lambda src: order.get(src.name, len(order)))  # the rows' order
+        recorded = mix_preset_metadata(preset_from_mixer(mixer, names))  # the rows in order, no prompt
     rank = int(rank or 0)
     adapter, report = save_blend(sources, path, rank=rank, precision=precision, recipe=recorded, **rules)
     note = f" Relative error {report.relative_error:.4f}." if rank else " Exact."
@@ -260,6 +287,29 @@ def bake_blend(state: AppState, v: MixValues, name: str, replace: bool):
         folder = mixer.bake(folder, replace=bool(replace), within=baked)
     archive = write_zip(archive, folder, replace=bool(replace), within=baked, field="Bake name")
     return str(archive), f"Baked into {folder} (download the zip, or load the folder as a base model)."
+
+
+def empty_hint(state: AppState) -> str:
+    """The line above the adapter rows when there is no LoRA file to pick yet."""
+    if state.adapters():
+        return ""
+    return ("No LoRA files yet. Train one in the Train tab (then *Send to Mix*), or drop a `.safetensors` file "
+            "on *Add LoRA files*; then pick it under Adapter 1.")
+
+
+def shown(image, box: int = SHOWN_PX):
+    """A picture for the before/after frame: a small one enlarged by the largest whole factor that fits `box`
+    (nearest neighbour, so each pixel stays square and sharp); a larger one as it is (the frame fits it whole)."""
+    factor = box // max(image.size)
+    if factor <= 1:
+        return image
+    from PIL import Image
+
+    return image.resize((image.width * factor, image.height * factor), Image.NEAREST)
+
+
+def shown_pair(pair):
+    return tuple(shown(image) for image in pair)
 
 
 def card_text(state: AppState, path: str | None) -> str:
@@ -287,133 +337,40 @@ def remove_row(rows: list[tuple], count: int, i: int) -> tuple[int, list[tuple]]
     return max(count - 1, 1), rows
 
 
-# ---- layout ------------------------------------------------------------------------------------------
-def _adapter_rows(state: AppState):
-    choices = adapter_choices(state)
-    files, weights, enabled, blocks, cards, rows, removes = [], [], [], [], [], [], []
-    for i in range(MAX_ROWS):
-        with gr.Column(visible=i == 0) as row:
-            with gr.Row(equal_height=True):
-                files.append(gr.Dropdown(choices, value=None, label=f"Adapter {i + 1}", interactive=True,
-                                         allow_custom_value=True, scale=4, elem_id=f"mix-file-{i}"))
-                weights.append(gr.Slider(-2, 2, value=1.0, step=0.05, label="Weight", scale=3,
-                                         elem_id=f"mix-weight-{i}"))
-                enabled.append(gr.Checkbox(value=True, label="On", scale=1, min_width=60, elem_id=f"mix-on-{i}"))
-                blocks.append(gr.Dropdown(["", *PRESET_NAMES], value="", label="Blocks", allow_custom_value=True,
-                                          interactive=True, scale=2, min_width=120, elem_id=f"mix-blocks-{i}",
-                                          info="A preset (OUTD, INS, MIDD…) or 17/12 comma-separated weights. "
-                                          + UNIFORM_NOTE))
-                removes.append(gr.Button("✕", scale=0, min_width=40))
-            cards.append(gr.Markdown(elem_id=f"mix-card-{i}", elem_classes=["mix-card"]))
-        rows.append(row)
-    return files, weights, enabled, blocks, cards, rows, removes
-
-
-def _request_panel():
-    prompt = gr.Textbox(label="Prompt", value="a large red circle in the center, blue background", lines=2,
-                        info="Write each adapter's trigger word (on its card) where it was trained.",
-                        elem_id="mix-prompt")
-    negative = gr.Textbox(label="Negative prompt")
-    with gr.Row(equal_height=True):
-        seed = gr.Number(value=1, precision=0, label="Seed", elem_id="mix-seed", scale=3)
-        dice = gr.Button("Random seed", scale=1, size="sm")
-        sampler = gr.Dropdown(SAMPLERS, value="ddim", label="Sampler", scale=3)
-    with gr.Row():
-        steps = gr.Slider(1, 100, value=20, step=1, label="Steps (Generate)")
-        draft = gr.Slider(1, 50, value=DRAFT_STEPS, step=1, label="Preview steps (sliders)", elem_id="mix-draft")
-        cfg = gr.Slider(0, 20, value=6.0, step=0.5, label="CFG")
-        size = gr.Slider(0, 2048, value=0, step=64, label="Size (0 = the model's own)")
-    dice.click(lambda: random.randint(0, 2**31 - 1), None, seed, api_visibility="private")
-    return dict(prompt=prompt, negative=negative, seed=seed, steps=steps, cfg=cfg, size=size, sampler=sampler), draft
-
-
-def _grid_panel():
-    with gr.Accordion("X/Y grid", open=False):
-        with gr.Row():
-            x_axis = gr.Dropdown(axis_choices(), value="weight of Adapter 1", label="X axis", elem_id="mix-grid-x")
-            x_values = gr.Textbox("-1, 0, 0.5, 1", label="X values",
-                                  info="Comma-separated; block presets are separated by ; (e.g. ALL; OUTD; INS)")
-            y_axis = gr.Dropdown(axis_choices(), value="seed", label="Y axis", elem_id="mix-grid-y")
-            y_values = gr.Textbox("1, 2", label="Y values")
-            button = gr.Button("Make grid", elem_id="mix-grid-make")
-        image = gr.Image(label="Grid", type="pil", format="png", elem_id="mix-grid-image")
-    return x_axis, x_values, y_axis, y_values, button, image
-
-
-def _block_editor_panel():
-    with gr.Accordion("Block weights, one slider per block", open=False):
-        with gr.Row(equal_height=True):
-            row = gr.Dropdown([f"Adapter {i + 1}" for i in range(MAX_ROWS)], value="Adapter 1", label="Edit the row",
-                              elem_id="mix-lbw-row")
-            layout = gr.Dropdown(list(LAYOUT_CHOICES), value="SD 1.x / 2.x (17)", label="Layout",
-                                 elem_id="mix-lbw-layout")
-            read = gr.Button("Read the row", elem_id="mix-lbw-read")
-            write = gr.Button("Apply to the row", variant="primary", elem_id="mix-lbw-apply")
-        sliders = []
-        with gr.Row():
-            for block in BLOCK_IDS:
-                sliders.append(gr.Slider(-1, 2, value=1.0, step=0.05, label=block, min_width=90,
-                                         visible=block in LAYOUTS[17], elem_id=f"mix-lbw-{block}"))
-    return row, layout, read, write, sliders
-
-
-def _mix_preset_panel(state: AppState):
-    with gr.Accordion("Mix presets", open=False):
-        with gr.Row(equal_height=True):
-            name = gr.Textbox(label="Save blend as", placeholder="my-mix", elem_id="mix-preset-name")
-            replace = gr.Checkbox(False, label="Replace a saved mix of that name", elem_id="mix-preset-replace")
-            save = gr.Button("Save mix", elem_id="mix-preset-save")
-            saved = gr.Dropdown(mix_names(state), label="Saved mixes", interactive=True, allow_custom_value=True,
-                                elem_id="mix-preset-list")  # a mix saved in another tab loads too
-            load = gr.Button("Load mix", elem_id="mix-preset-load")
-    return name, replace, save, saved, load
-
-
-def _export_panel():
-    with gr.Accordion("Export", open=False):
-        with gr.Row():
-            name = gr.Textbox("blend", label="Name", info="A plain name: the file goes into your LoRA folder, a "
-                                                          "bake into outputs/baked/.", elem_id="mix-export-name")
-            rank = gr.Number(0, precision=0, label="Rank (0 = exact merge)",
-                             info="Exact concatenates ranks; a rank compresses with SVD.")
-            precision = gr.Dropdown(["fp16", "bf16", "fp32"], value="fp16", label="Precision")
-            replace = gr.Checkbox(False, label="Replace an existing file / bake", elem_id="mix-replace")
-        with gr.Row():
-            export = gr.Button("Export merged LoRA", elem_id="mix-export")
-            bake = gr.Button("Bake into model", elem_id="mix-bake")
-        download = gr.File(label="Download")
-    return name, rank, precision, replace, export, bake, download
-
-
 def build(state: AppState) -> MixTab:
     with gr.Row():
         base = gr.Textbox(value="", label="Base model", placeholder="empty = the embedded tiny model",
                           info="A diffusers folder, a single .safetensors checkpoint (SD 1.x, 2.x, SDXL) or a hub id.",
                           scale=3, elem_id="mix-base")
         refresh = gr.Button("Refresh adapter list", scale=1)
-        upload = gr.File(label="Add LoRA files", file_count="multiple", file_types=[".safetensors"], scale=2)
-    files, weights, enabled, blocks, cards, rows, removes = _adapter_rows(state)
+        upload = gr.File(label="Add LoRA files", file_count="multiple", file_types=[".safetensors"], scale=2,
+                         elem_id="mix-upload")
+    adapters_note = gr.Markdown(empty_hint(state), elem_id="mix-adapters-note")
+    files, weights, enabled, blocks, cards, rows, removes = adapter_rows(adapter_choices(state))
     count = gr.State(1)
     add = gr.Button("+ Add adapter", elem_id="mix-add")
     with gr.Row():
         with gr.Column(scale=2):
-            request, draft = _request_panel()
+            request, draft = request_panel()
             generate = gr.Button("Generate", variant="primary", elem_id="mix-generate")
             status = gr.Markdown(elem_id="mix-status")
         with gr.Column(scale=2):
             image = gr.ImageSlider(label="Before (all adapters off) / after", type="pil", format="png",
-                                   elem_id="mix-image", height=340)
-    lbw_row, lbw_layout, lbw_read, lbw_write, lbw_sliders = _block_editor_panel()
-    mix_name, mix_replace, mix_save, mix_saved, mix_load = _mix_preset_panel(state)
-    grid_x, grid_x_values, grid_y, grid_y_values, grid_button, grid_image = _grid_panel()
-    export_name, export_rank, export_precision, replace, export_button, bake_button, download = _export_panel()
+                                   elem_id="mix-image", height=SHOWN_PX + 40)
+    lbw_row, lbw_layout, lbw_read, lbw_write, lbw_sliders, lbw_message = block_editor_panel()
+    mix_name, mix_replace, mix_save, mix_saved, mix_load, mix_message = mix_preset_panel(mix_names(state))
+    grid_x, grid_x_values, grid_y, grid_y_values, grid_button, grid_image, grid_message = grid_panel(axis_choices())
+    export_name, export_rank, export_precision, replace, export_button, bake_button, download, export_message = \
+        export_panel()
     tab = MixTab(base, files, weights, enabled, blocks, cards, count, rows, request)
+    tab.adapters_note = adapters_note
     _wire(state, tab, locals())
     return tab
 
 
 def _wire(state: AppState, tab: MixTab, w: dict) -> None:
-    """Connect the widgets to the handlers above."""
+    """Connect the widgets to the handlers above. Each action answers beside its own button; every user change
+    that a slider release redraws for (a weight typed or slid, On, Blocks, a file picked, Apply) redraws alike."""
     private = dict(api_visibility="private")
     previewer = Previewer(state)
 
@@ -427,50 +384,52 @@ def _wire(state: AppState, tab: MixTab, w: dict) -> None:
 
     def on_generate(raw):
         picture, text = previewer.preview(tab.values(raw), ticket=previewer.ticket())
-        return (picture, text) if picture else (gr.skip(), gr.skip())
+        return (shown_pair(picture), text) if picture else (gr.skip(), gr.skip())
 
     def on_live(raw):
         ticket = previewer.ticket()
         picture, text = previewer.preview(tab.values(raw), steps=int(raw[w["draft"]]), ticket=ticket)
-        return (picture, text) if picture else (gr.skip(), gr.skip())
+        return (shown_pair(picture), text) if picture else (gr.skip(), gr.skip())
 
     out = [w["image"], w["status"]]
     inputs = tab.inputs()
     w["generate"].click(guarded(on_generate, (gr.skip(),)), inputs, out, concurrency_limit=1,
                         concurrency_id="preview", **private)
     live_inputs = inputs | {w["draft"]}
+    live = dict(fn=guarded(on_live, (gr.skip(),)), inputs=live_inputs, outputs=out, concurrency_limit=1,
+                concurrency_id="preview", trigger_mode="always_last", **private)
     for block in tab.blocks:
-        block.input(guarded(on_live, (gr.skip(),)), live_inputs, out, concurrency_limit=1,
-                    concurrency_id="preview", trigger_mode="always_last", **private)
+        block.input(**live)
     for slider, box in zip(tab.weights, tab.enabled):
-        slider.release(guarded(on_live, (gr.skip(),)), live_inputs, out, concurrency_limit=1,
-                       concurrency_id="preview", trigger_mode="always_last", **private)
-        box.input(guarded(on_live, (gr.skip(),)), live_inputs, out, concurrency_limit=1,
-                  concurrency_id="preview", trigger_mode="always_last", **private)
+        slider.release(**live)  # the range let go, and the number box left (blur)
+        slider.input(**live)  # a number typed (Enter): the range's drag sends release as well, always_last
+        box.input(**live)
     w["grid_button"].click(
         guarded(lambda raw: make_grid(state, tab.values(raw), raw[w["grid_x"]], raw[w["grid_x_values"]],
                                       raw[w["grid_y"]], raw[w["grid_y_values"]]), (gr.skip(),)),
-        inputs | {w["grid_x"], w["grid_x_values"], w["grid_y"], w["grid_y_values"]}, [w["grid_image"], w["status"]],
-        concurrency_limit=1, concurrency_id="preview", **private)
+        inputs | {w["grid_x"], w["grid_x_values"], w["grid_y"], w["grid_y_values"]},
+        [w["grid_image"], w["grid_message"]], concurrency_limit=1, concurrency_id="preview", **private)
 
     def on_save_mix(raw):
         message = save_mix(state, tab.values(raw), raw[w["mix_name"]], raw[w["mix_replace"]])
         return gr.update(choices=mix_names(state), value=raw[w["mix_name"]]), message
 
     def on_load_mix(name):
-        count, rows = load_mix(state, name)
-        out = {tab.count: count, w["status"]: f"Loaded mix {name}."}
+        count, rows, settings = load_mix(state, name)
+        out = {tab.count: count, w["mix_message"]: f"Loaded mix {name}."}
         for j, (f, wt, on, b) in enumerate(rows):
             out[tab.files[j]] = gr.update(choices=adapter_choices(state), value=f)
             out[tab.weights[j]], out[tab.enabled[j]], out[tab.blocks[j]] = wt, on, b
             out[tab.rows[j]] = gr.update(visible=j < count)
+        for key, value in settings.items():
+            out[tab.request[key]] = value
         return out
 
     def load_or_say(name):
         try:
             return on_load_mix(name)
         except LoramixError as e:
-            return {w["status"]: f"⚠ {e}"}
+            return {w["mix_message"]: f"⚠ {e}"}
 
     def on_layout(choice):
         keep = set(LAYOUTS[LAYOUT_CHOICES[choice]])
@@ -481,35 +440,35 @@ def _wire(state: AppState, tab: MixTab, w: dict) -> None:
         try:
             values = blocks_to_sliders(raw[tab.blocks[i]], LAYOUT_CHOICES[raw[w["lbw_layout"]]])
         except LoramixError as e:
-            return {w["status"]: f"⚠ {e}"}
-        return {**dict(zip(w["lbw_sliders"], values)), w["status"]: f"Block weights of Adapter {i + 1} loaded."}
+            return {w["lbw_message"]: f"⚠ {e}"}
+        return {**dict(zip(w["lbw_sliders"], values)), w["lbw_message"]: f"Block weights of Adapter {i + 1} loaded."}
 
     def on_write(raw):
         i = int(raw[w["lbw_row"]].split()[-1]) - 1
         text = sliders_to_blocks([raw[c] for c in w["lbw_sliders"]], LAYOUT_CHOICES[raw[w["lbw_layout"]]])
-        return {tab.blocks[i]: text, w["status"]: f"Adapter {i + 1} blocks: {text}. Generate to see it."}
+        return {tab.blocks[i]: text, w["lbw_message"]: f"Adapter {i + 1} blocks: {text}; the preview redraws."}
 
     w["lbw_layout"].change(on_layout, w["lbw_layout"], w["lbw_sliders"], **private)
-    w["lbw_read"].click(on_read, {w["lbw_row"], w["lbw_layout"], *tab.blocks}, [*w["lbw_sliders"], w["status"]],
+    w["lbw_read"].click(on_read, {w["lbw_row"], w["lbw_layout"], *tab.blocks}, [*w["lbw_sliders"], w["lbw_message"]],
                         **private)
-    w["lbw_write"].click(on_write, {w["lbw_row"], w["lbw_layout"], *w["lbw_sliders"]}, [*tab.blocks, w["status"]],
-                         **private)
+    w["lbw_write"].click(on_write, {w["lbw_row"], w["lbw_layout"], *w["lbw_sliders"]},
+                         [*tab.blocks, w["lbw_message"]], **private).then(**live)
     w["mix_save"].click(guarded(on_save_mix, (gr.skip(),)), inputs | {w["mix_name"], w["mix_replace"]},
-                        [w["mix_saved"], w["status"]],
+                        [w["mix_saved"], w["mix_message"]],
                         concurrency_limit=1, concurrency_id="preview", **private)
     w["mix_saved"].focus(lambda: gr.update(choices=mix_names(state)), None, w["mix_saved"], **private)
     w["mix_load"].click(load_or_say, w["mix_saved"],
-                        [tab.count, w["status"], *tab.files, *tab.weights, *tab.enabled, *tab.blocks, *tab.rows],
-                        **private)
+                        [tab.count, w["mix_message"], *tab.files, *tab.weights, *tab.enabled, *tab.blocks, *tab.rows,
+                         *tab.request.values()], **private).then(**live)
     w["export_button"].click(
         guarded(lambda raw: export_blend(state, tab.values(raw), raw[w["export_name"]], raw[w["export_rank"]],
                                          raw[w["export_precision"]], raw[w["replace"]]), (gr.skip(),)),
         inputs | {w["export_name"], w["export_rank"], w["export_precision"], w["replace"]},
-        [w["download"], w["status"]], concurrency_limit=1, concurrency_id="preview", **private)
+        [w["download"], w["export_message"]], concurrency_limit=1, concurrency_id="preview", **private)
     w["bake_button"].click(
         guarded(lambda raw: bake_blend(state, tab.values(raw), raw[w["export_name"]], raw[w["replace"]]),
                 (gr.skip(),)),
-        inputs | {w["export_name"], w["replace"]}, [w["download"], w["status"]], concurrency_limit=1,
+        inputs | {w["export_name"], w["replace"]}, [w["download"], w["export_message"]], concurrency_limit=1,
         concurrency_id="preview", **private)
 
     def on_add(n):
@@ -530,24 +489,29 @@ def _wire(state: AppState, tab: MixTab, w: dict) -> None:
         return handler
 
     def on_refresh():
-        return [gr.update(choices=adapter_choices(state)) for _ in tab.files]
+        listed = adapter_choices(state)
+        return [*(gr.update(choices=listed) for _ in tab.files), empty_hint(state)]
 
     def on_upload(uploaded):
         try:
             state.import_files([getattr(f, "name", f) for f in uploaded or []], (".safetensors",), state.lora_dir)
         except LoramixError as e:
-            return [*on_refresh(), f"⚠ {e}"]
-        return [*on_refresh(), ""]
+            return [*on_refresh()[:-1], f"⚠ {e}"]
+        return on_refresh()
+
 
     w["add"].click(on_add, tab.count, [tab.count, *tab.rows], **private)
     for i, button in enumerate(w["removes"]):
         button.click(on_remove(i), {tab.count, *tab.files, *tab.weights, *tab.enabled, *tab.blocks},
                      [tab.count, *tab.files, *tab.weights, *tab.enabled, *tab.blocks, *tab.rows, *tab.cards],
-                     **private)
+                     **private).then(**live)
     for f, card in zip(tab.files, tab.cards):
-        f.change(lambda path: card_text(state, path), f, card, **private)
-    w["refresh"].click(on_refresh, None, tab.files, **private)
-    w["upload"].upload(on_upload, w["upload"], [*tab.files, w["status"]], **private)
+        f.change(lambda path: (card_text(state, path), empty_hint(state)), f, [card, tab.adapters_note], **private)
+        # a file picked: an earlier file's error beside the adapters goes, and the preview redraws
+        f.input(lambda: empty_hint(state), None, tab.adapters_note, **private).then(**live)
+    w["refresh"].click(on_refresh, None, [*tab.files, tab.adapters_note], **private)
+    w["upload"].upload(on_upload, w["upload"], [*tab.files, tab.adapters_note], **private)
+    tab.first_view = (on_refresh, None, [*tab.files, tab.adapters_note])
 
 
 def send_to_mix(tab: MixTab, state: AppState, selected, message, tabs):

@@ -28,6 +28,7 @@ from trainers.dataset import load_image
 from webui import bindings
 from webui.jobs import Job
 from webui.state import AppState
+from webui.train_times import PACE_KEYS, eta_text, start_estimate
 
 POLL_S = 1.0
 THUMB = 160
@@ -49,13 +50,6 @@ class TrainTab:
     message: gr.Markdown  # the sentence beside Start / Cancel / Resume / Send to Mix
 
 
-def _fmt_time(seconds: float | None) -> str:
-    if seconds is None:
-        return "…"
-    seconds = int(seconds)
-    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
-
-
 # ---- the live view (pure functions of the job state) ---------------------------------------------
 def progress_html(job: Job | None, state: AppState) -> str:
     if job is None:
@@ -64,9 +58,9 @@ def progress_html(job: Job | None, state: AppState) -> str:
     step = job.latest("step")
     waiting = len(state.jobs.queued()) - (1 if job.status == "queued" else 0)
     queue = f" · {waiting} more queued" if waiting > 0 else ""
-    rate = f" · {step.steps_per_s:.2f} steps/s · ETA {_fmt_time(step.eta_s)}" if step and job.active else ""
+    rate = f" · {step.steps_per_s:.2f} steps/s · {eta_text(job)}" if step and job.active else ""
     bar = f"<progress value='{done}' max='{max(total, 1)}' style='width:100%'></progress>"
-    why = f" · {html.escape(job.error)}" if job.error and job.status == "failed" else ""
+    why = f" · {html.escape(bindings.for_people(job.error))}" if job.error and job.status == "failed" else ""
     if job.status == "interrupted":
         why = " · the server stopped during this run" + (": Resume continues it" if job.resumable_state() else "")
     label = "Captioning" if job.status == "running" and job.kind == "caption" else STATUS[job.status]
@@ -223,7 +217,7 @@ def show_images(state: AppState, folder: str, ext: str, resolution: int | float 
         folder = str(state.confinement.readable_folder("dataset.data_dir", folder))
         table, warnings = captions_table(folder, ext, int(resolution or 512))
     except (LoramixError, ValueError) as e:
-        return [], empty, f"⚠ {e}"
+        return [], empty, f"⚠ {bindings.for_people(str(e))}"
     thumbs = [(thumbnail(p), rel) for rel, p, _ in table[:MAX_THUMBS]]
     frame = pd.DataFrame([(rel, shown_caption(c)) for rel, _, c in table], columns=["image", "caption"])
     warnings = [*(f"{rel}: its caption has {len(c):,} characters; the table shows the first {MAX_CAPTION_SHOWN:,} "
@@ -307,10 +301,22 @@ def start_job(state: AppState, form: dict, values: dict) -> tuple[str, int | Non
     except LoramixError as e:
         if config is not None and not str(values[form["output.output_dir"]] or "").strip():
             drop_if_empty(config.output.output_dir)
-        return f"⚠ {e}", None
+        return f"⚠ {bindings.for_people(str(e))}", None
     if ahead is not None and ahead.active:
         return f"Job {job.id} is queued in {job.folder}: it starts when job {ahead.id} ends.", job.id
     return f"Job {job.id} started in {job.folder}.", job.id
+
+
+def stale_message(state: AppState, about: tuple | None):
+    """(message, about) for one tick: a sentence about a job (`about` = (job id, the status it described: a status,
+    or "active" for queued-or-running)) goes once that job's status changes, e.g. "Job 2 is queued…" when job 2
+    starts, "Job 2 started…" when it ends."""
+    if not about:
+        return gr.skip(), gr.skip()
+    job = state.jobs.get(about[0])
+    if job is not None and (job.status == about[1] or (about[1] == "active" and job.active)):
+        return gr.skip(), gr.skip()
+    return "", None
 
 
 def resume_job(state: AppState, job_id: int | None) -> tuple[str, int | None]:
@@ -365,7 +371,7 @@ def save_as_preset(state: AppState, form: dict, name: str, values: dict, replace
         target = check_target(presets / f"{name}.toml", **rules)
         write_text(target, to_toml(with_absolute_folders(config), only_changed=True), **rules)
     except LoramixError as e:
-        return f"⚠ {e}", gr.skip()
+        return f"⚠ {bindings.for_people(str(e))}", gr.skip()
     return f"Saved preset {name}.", gr.update(choices=list(state.presets()), value=name)
 
 
@@ -375,8 +381,8 @@ def _dataset_panel():
     thumbs = gr.Gallery(label="Images", columns=5, height=230, elem_id="train-thumbs", object_fit="contain")
     notes = gr.Markdown(elem_id="train-dataset-notes")
     captions = gr.Dataframe(headers=["image", "caption"], datatype=["str", "str"], interactive=True,
-                            label="Captions (edit, then save)", wrap=True, column_widths=["28%", "72%"],
-                            elem_id="train-captions")
+                            static_columns=[0], label="Captions (edit, then save)", wrap=True,
+                            column_widths=["28%", "72%"], elem_id="train-captions")
     save = gr.Button("Save captions")
     return upload, thumbs, notes, captions, save
 
@@ -410,6 +416,7 @@ def build(state: AppState) -> TrainTab:
             form = bindings.build_form(preset_config(state, preset.value))
             with gr.Row():
                 start = gr.Button("Start training", variant="primary", elem_id="train-start")
+            estimate = gr.Markdown(elem_id="train-estimate")
             error = gr.Markdown(elem_id="train-error")
         with gr.Column(scale=2):
             upload, thumbs, notes, captions, save_captions_button = _dataset_panel()
@@ -427,12 +434,14 @@ def build(state: AppState) -> TrainTab:
             send = gr.Button("Send to Mix", elem_id="send-to-mix")
             send_message = gr.Markdown(elem_id="train-send-message")
     timer = gr.Timer(POLL_S)
-    seen, selected = gr.State(None), gr.State(None)
+    seen, selected, about = gr.State(None), gr.State(None), gr.State(None)
 
     data_dir, ext, res = form["dataset.data_dir"], form["dataset.caption_extension"], form["dataset.resolution"]
     private = dict(api_visibility="private")
     live = [progress, queue, picker, plot, samples, log, output_file, resume, selected, seen]
     timer.tick(lambda chosen, last: poll(state, chosen, last), [selected, seen], live, show_progress="hidden",
+               concurrency_limit=None, **private)
+    timer.tick(lambda said: stale_message(state, said), about, [error, about], show_progress="hidden",
                concurrency_limit=None, **private)
 
     def take_upload(files):
@@ -463,22 +472,46 @@ def build(state: AppState) -> TrainTab:
     save_preset.click(lambda values: save_as_preset(state, form, values[preset_name], values,
                                                     values[preset_replace]),
                       {preset_name, preset_replace, *form.values()}, [preset_message, preset], **private)
-    start.click(lambda values: _with_selection(start_job(state, form, values)), set(form.values()),
-                [error, selected, seen], **private)
+    with_selection = functools.partial(_with_selection, state)
+    start.click(lambda values: with_selection(start_job(state, form, values)), set(form.values()),
+                [error, selected, seen, about], **private)
     picker.input(pick, picker, [selected, seen], **private)
-    cancel.click(lambda job_id: cancel_job(state, job_id), selected, error, **private)
-    resume.click(lambda job_id: _with_selection(resume_job(state, job_id)), selected, [error, selected, seen],
+    cancel.click(lambda job_id: _about(state, cancel_job(state, job_id), job_id), selected, [error, about],
                  **private)
-    remove.click(lambda job_id: _with_selection(remove_job(state, job_id)), selected, [error, selected, seen],
-                 **private)
+    resume.click(lambda job_id: with_selection(resume_job(state, job_id)), selected,
+                 [error, selected, seen, about], **private)
+    remove.click(lambda job_id: with_selection(remove_job(state, job_id)), selected,
+                 [error, selected, seen, about], **private)
+    pace = [form[name] for name in (*PACE_KEYS, "train.max_steps")]
+    for widget in pace:
+        widget.change(lambda values: start_estimate(state, form, values), set(pace), estimate, **private)
+
+    def fresh_estimate(values):  # a run that just finished measured a pace: say it without a field change
+        text = start_estimate(state, form, values)
+        return (gr.skip(), gr.skip()) if text == values[said_estimate] else (text, text)
+    said_estimate = gr.State("")
+    timer.tick(fresh_estimate, {*pace, said_estimate}, [estimate, said_estimate], show_progress="hidden",
+               concurrency_limit=None, **private)
     tab = TrainTab(form, output_file, send, timer, selected, send_message)
     tab.first_view = (show, [data_dir, ext, res], [thumbs, captions, notes])
+    tab.estimate = (lambda values: start_estimate(state, form, values), set(pace), estimate)
     return tab
 
 
-def _with_selection(result: tuple[str, int | None]):
-    """(message, the job the tab shows next, a reset view signature); keep the selection when no job came."""
+def _about(state: AppState, message: str, job_id: int | None):
+    """(message, what it is about): the shown job and its status now, so the sentence goes when that changes."""
+    job = shown_job(state, job_id)
+    return message, (job.id, job.status) if job is not None and not message.startswith("⚠") else None
+
+
+def _with_selection(state: AppState, result: tuple[str, int | None]):
+    """(message, the job the tab shows next, a reset view signature, what the message is about); keep the
+    selection when no job came."""
     message, job_id = result
     if job_id is None and message.startswith("⚠"):
-        return message, gr.skip(), gr.skip()
-    return message, job_id, None
+        return message, gr.skip(), gr.skip(), None
+    job = state.jobs.get(job_id)
+    if job is None:
+        return message, job_id, None, None
+    said = "queued" if message.startswith(f"Job {job.id} is queued") else "active" if job.active else job.status
+    return message, job_id, None, (job.id, said)

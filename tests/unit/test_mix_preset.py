@@ -34,7 +34,7 @@ def test_round_trip(tmp_path):
     preset = sample(tmp_path)
     path = save_mix_preset(tmp_path / "blend.toml", preset)
     text = path.read_text()
-    assert "schema_version = 1" in text and 'blocks = "OUTD"' in text and "[[adapter]]" in text
+    assert "schema_version = 2" in text and 'blocks = "OUTD"' in text and "[[adapter]]" in text
     assert load_mix_preset(path) == preset
     # an exported file names each adapter by its file name only; a folder given reads them from there
     recorded = mix_preset_from_metadata(mix_preset_metadata(preset))

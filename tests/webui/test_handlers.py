@@ -199,7 +199,7 @@ def test_mix_grid_block_weights_presets_and_export_metadata(tmp_path, tiny_model
                                                                           -0.5, True, None)],
                           "red stripes", "", 1, 2, 3.0, 0, "ddim")
     assert "Saved mix duo" in mix_tab.save_mix(state, v, "duo")
-    count, rows = mix_tab.load_mix(state, "duo")
+    count, rows, _ = mix_tab.load_mix(state, "duo")
     assert count == 2 and rows[0][1:] == (0.8, True, "OUTD") and rows[1][1:] == (-0.5, True, "")
     with pytest.raises(LoramixError, match="plain file name"):
         mix_tab.save_mix(state, v, "../out")
