@@ -30,11 +30,14 @@ class ValidationSet:
     masks: list[torch.Tensor | None]  # (1, h, w) at latent resolution, or None
     noise: list[torch.Tensor]  # (len(TIMESTEP_FRACTIONS), C, h, w) each
     timesteps: torch.Tensor
+    conds: list[dict[str, torch.Tensor]] | None = None  # the captions' embeddings, when the text encoder is frozen
 
 
 @torch.no_grad()
 def build_validation_set(trainer, items: list[ds.ImageItem]) -> ValidationSet:
-    """Encode the held-out images once (the VAE is still loaded) and draw their fixed noise."""
+    """Encode the held-out images once (the VAE is still loaded) and draw their fixed noise; with a frozen text
+    encoder, their captions' embeddings too, so that scoring needs neither the VAE nor the text encoders (they may
+    be parked out of memory: train.free_encoders)."""
     d = trainer.cfg.dataset
     n = trainer.m.noise_scheduler.config.num_train_timesteps
     timesteps = torch.tensor([int(f * n) for f in TIMESTEP_FRACTIONS])
@@ -47,7 +50,10 @@ def build_validation_set(trainer, items: list[ds.ImageItem]) -> ValidationSet:
                      else None)
         g = torch.Generator().manual_seed(random.Random(f"{SEED}:{item.path.name}").getrandbits(63))
         noise.append(torch.randn((len(timesteps), *latent.shape), generator=g))
-    return ValidationSet(items, latents, masks, noise, timesteps)
+    conds = None
+    if not trainer.cfg.network.train_text_encoder:
+        conds = [trainer._encode_text([ds.caption_for(item, sample, d)]) for item in items]
+    return ValidationSet(items, latents, masks, noise, timesteps, conds)
 
 
 @torch.no_grad()
@@ -56,10 +62,10 @@ def validation_loss(trainer, vset: ValidationSet) -> float:
     d, sched, unet = trainer.cfg.dataset, trainer.m.noise_scheduler, trainer.models[trainer.family.unet_prefix]
     plain, sample = replace(d, crop="center"), ds.Sample(0, False, False, 0)
     total = 0.0
-    for item, latent, mask, noise in zip(vset.items, vset.latents, vset.masks, vset.noise):
+    for i, (item, latent, mask, noise) in enumerate(zip(vset.items, vset.latents, vset.masks, vset.noise)):
         k = len(vset.timesteps)
-        caption = ds.caption_for(item, sample, d)
-        cond = {key: v.expand(k, *v.shape[1:]) for key, v in trainer._encode_text([caption]).items()}
+        encoded = vset.conds[i] if vset.conds is not None else trainer._encode_text([ds.caption_for(item, sample, d)])
+        cond = {key: v.expand(k, *v.shape[1:]) for key, v in encoded.items()}
         x0 = latent[None].expand(k, *latent.shape)
         eps = noise.to(latent.device, latent.dtype)
         t = vset.timesteps.to(latent.device)

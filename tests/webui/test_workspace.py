@@ -163,7 +163,7 @@ def test_with_listen_every_folder_a_job_reads_is_confined(listening, tmp_path):
         form, values = form_and_values({"dataset.data_dir": str(data), "output.output_name": "",
                                         "output.output_dir": "", field: str(secret / "10_private")})
         message, job_id = train_tab.start_job(state, form, values)
-        assert job_id is None and f"{field}: with --listen loramix reads only inside" in message, message
+        assert job_id is None and f"({field}): with --listen loramix reads only inside" in message, message
 
 
 def test_with_listen_captions_outside_every_root_are_neither_shown_nor_saved(listening, tmp_path):
