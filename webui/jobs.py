@@ -150,10 +150,14 @@ class JobManager:
         return job
 
     def _set(self, job: Job, **values) -> None:
-        """Change a job in memory and in the store together."""
+        """Change a job in memory and in the store together. A store that fails (a full disk) is reported in the
+        server log and never stops the worker: the app goes on with what it has in memory."""
         for key, value in values.items():
             setattr(job, key, value)
-        self.store.update(job.id, **values)
+        try:
+            self.store.update(job.id, **values)
+        except Exception:
+            traceback.print_exc()
 
     def current(self) -> Job | None:
         """The running job, else the next queued one, else the most recent one."""

@@ -171,3 +171,19 @@ def test_shutdown_stops_the_running_job_after_its_step_and_marks_it_interrupted(
     assert fake.running == ["one"]  # nothing new starts while stopping
     again = JobManager(tmp_path / "jobs.db", FakeTrainer())
     assert again.get(first.id).status == "interrupted"
+
+
+def test_a_failing_job_list_never_stops_the_worker(tmp_path, monkeypatch):
+    import sqlite3
+
+    fake = FakeTrainer()
+    fake.release.set()
+    jobs = JobManager(tmp_path / "jobs.db", fake)
+
+    def full(*_a, **_k):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(jobs.store, "update", full)
+    first = jobs.wait(jobs.submit(cfg("one")), timeout=5)
+    second = jobs.wait(jobs.submit(cfg("two")), timeout=5)
+    assert first.status == "done" and second.status == "done" and fake.running == ["one", "two"]
