@@ -88,7 +88,11 @@ def main() -> int:
     if not failed:
         print("OK: the newest set passes the default suite")
         return 0
-    print(f"{len(failed)} tests fail with the newest set; finding which package breaks them")
+    print(f"{len(failed)} tests fail with the newest set: {', '.join(failed)}")
+    if not drifted:
+        print("FAILED with the locked set itself (nothing drifted): a flaky test or this machine, not the registry")
+        return 1
+    print("finding which package breaks them")
     broke = False
     for name, (old, new) in drifted.items():
         pip(python, "--no-deps", "-r", str(LOCK))
