@@ -282,15 +282,21 @@ def _make_parents(folder: Path, within: Roots) -> None:
         if roots is not None and not is_within(path, roots):
             raise WriteRefused(f"loramix writes only inside {_names(roots)}; {path.name} would land outside "
                                "them.")
-        try:
-            path.mkdir()
-        except FileExistsError:
-            pass
-        except OSError as e:
-            if is_disk_full(e):
-                raise disk_full_error(path) from e
-            raise
+        _mkdir(path)
         _record(path.resolve())
+
+
+def _mkdir(path: Path) -> bool:
+    """Create one folder: True if this call made it, False if it was there; a full disk is the sentence."""
+    try:
+        path.mkdir()
+    except FileExistsError:
+        return False
+    except OSError as e:
+        if is_disk_full(e):
+            raise disk_full_error(path) from e
+        raise
+    return True
 
 
 def make_folder(folder: str | os.PathLike, *, within: Roots = None) -> Path:
@@ -313,14 +319,8 @@ def claim_folder(parent: str | os.PathLike, name: str, *, within: Roots = None, 
     parent = make_folder(parent, within=within)
     for n in range(1, limit):
         folder = parent / (name if n == 1 else f"{name}-{n}")
-        try:
-            folder.mkdir()
-        except FileExistsError:
+        if not _mkdir(folder):
             continue
-        except OSError as e:
-            if is_disk_full(e):
-                raise disk_full_error(folder) from e
-            raise
         _record(folder)
         return folder
     raise LoramixError(f"{field}: {parent} already holds {limit - 1} folders named {name}; pick another name.")
