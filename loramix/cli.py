@@ -6,6 +6,7 @@ Errors from the engine (`LoramixError`) are printed as one sentence, never as a 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import signal
 import sys
@@ -184,17 +185,10 @@ def _caption(args) -> int:
             (bar.write if bar else print)(("warning: " if event.kind == "warning" else "") + event.message,
                                           file=sys.stderr)
 
-    def on_sigint(_sig, _frame):
-        if cancel.cancelled:
-            raise KeyboardInterrupt
-        print("\nStopping after this batch (Ctrl-C again to stop at once).", file=sys.stderr)
-        cancel.cancel()
-
-    previous = signal.signal(signal.SIGINT, on_sigint)
     try:
-        result = caption_folder(config, on_event, cancel)
+        with _ctrl_c_cancels(cancel, "Stopping after this batch (Ctrl-C again to stop at once)."):
+            result = caption_folder(config, on_event, cancel)
     finally:
-        signal.signal(signal.SIGINT, previous)
         if bar is not None:
             bar.close()
     return 130 if result.cancelled else 0
@@ -294,6 +288,23 @@ def _bake(args) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _ctrl_c_cancels(cancel: CancelToken, saying: str):
+    """Inside the block, a first Ctrl-C sets `cancel` (the engine stops after its step or batch) and says so; a
+    second one raises KeyboardInterrupt, which `main` turns into one sentence. The previous handler comes back."""
+    def on_sigint(_sig, _frame):
+        if cancel.cancelled:
+            raise KeyboardInterrupt
+        print("\n" + saying, file=sys.stderr)
+        cancel.cancel()
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _train(args: argparse.Namespace) -> int:
     shortcuts = {"dataset.data_dir": args.data, "output.output_dir": args.output,
                  "output.output_name": args.name, "model.base_model": args.base, "train.resume_from": args.resume}
@@ -302,17 +313,8 @@ def _train(args: argparse.Namespace) -> int:
 
     cancel = CancelToken()
 
-    def on_sigint(_sig, _frame):
-        if cancel.cancelled:
-            raise KeyboardInterrupt
-        print("\nStopping after this step and saving a checkpoint (Ctrl-C again to abort now).", file=sys.stderr)
-        cancel.cancel()
-
-    previous = signal.signal(signal.SIGINT, on_sigint)
-    try:
+    with _ctrl_c_cancels(cancel, "Stopping after this step and saving a checkpoint (Ctrl-C again to abort now)."):
         return _run_training(args, config, cancel)
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def _run_training(args: argparse.Namespace, config, cancel: CancelToken) -> int:
