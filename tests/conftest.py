@@ -97,3 +97,19 @@ def unet_out(unet, seed=0, timesteps=(50, 700)):
     ctx = torch.randn(batch, 77, unet.config.cross_attention_dim, generator=g)
     with torch.no_grad():
         return unet(x, torch.tensor(list(timesteps)), ctx).sample
+
+
+def first_sample_inputs(trainer, micro: int):
+    """(sample, latents, cond, noise, t) that the trainer draws for the first sample of micro-batch `micro`
+    (train.seed 42, cached latents and text): recomputed here for the expected-loss tests."""
+    import torch
+
+    from trainers.lora_trainer import _seed_for
+
+    sample = trainer.micro_batch(micro)[0][0]
+    latents = trainer.latent_cache[(sample.index, False)][None]
+    cond = trainer.text_cache[trainer.items[sample.index].caption]["encoder_hidden_states"][None]
+    g = torch.Generator().manual_seed(_seed_for(42, micro, 0))
+    noise = torch.randn(latents.shape[1:], generator=g)[None]
+    t = torch.randint(0, 1000, (1,), generator=g)
+    return sample, latents, cond, noise, t

@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 from loramix.errors import TrainingError
 from loramix.events import CancelToken
 from loramix.lora_io import module_table, read_lora, save_lora
-from tests.conftest import make_folder, tiny_config
+from tests.conftest import first_sample_inputs, make_folder, tiny_config
 from trainers.checkpoint import load_state
 from trainers.lora_trainer import LoraTrainer, train
 
@@ -409,20 +409,13 @@ def _ready_trainer(model, data, out, *overrides) -> LoraTrainer:
 def test_min_snr_weight_is_applied(tiny_model, image_folder, tmp_path):
     from diffusers.training_utils import compute_snr
 
-    from trainers.lora_trainer import _seed_for
-
     trainer = _ready_trainer(tiny_model, image_folder, tmp_path / "out", "train.batch_size=1",
                              "train.min_snr_gamma=2")
     sched = trainer.m.noise_scheduler
     with torch.no_grad():
         for micro in range(3):
             loss = trainer.compute_loss(micro).item()
-            sample = trainer.micro_batch(micro)[0][0]
-            latents = trainer.latent_cache[(sample.index, False)][None]
-            cond = trainer.text_cache[trainer.items[sample.index].caption]["encoder_hidden_states"][None]
-            g = torch.Generator().manual_seed(_seed_for(42, micro, 0))
-            noise = torch.randn(latents.shape[1:], generator=g)[None]
-            t = torch.randint(0, 1000, (1,), generator=g)
+            sample, latents, cond, noise, t = first_sample_inputs(trainer, micro)
             mse = torch.nn.functional.mse_loss(trainer.m.unet(sched.add_noise(latents, noise, t), t, cond).sample,
                                                noise).item()
             snr = compute_snr(sched, t).item()

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from loramix.lora_io import read_lora
-from tests.conftest import make_folder, tiny_config
+from tests.conftest import first_sample_inputs, make_folder, tiny_config
 from trainers.lora_trainer import LoraTrainer, train
 
 
@@ -88,14 +88,7 @@ def test_loraplus_off_keeps_one_group_per_module_and_is_refused_for_loha(tiny_mo
 
 # ---- 6. noise and prediction ---------------------------------------------------------------------------
 def _expected_loss(trainer, micro, scheduler, velocity):
-    from trainers.lora_trainer import _seed_for
-
-    sample = trainer.micro_batch(micro)[0][0]
-    latents = trainer.latent_cache[(sample.index, False)][None]
-    cond = trainer.text_cache[trainer.items[sample.index].caption]["encoder_hidden_states"][None]
-    g = torch.Generator().manual_seed(_seed_for(42, micro, 0))
-    noise = torch.randn(latents.shape[1:], generator=g)[None]
-    t = torch.randint(0, 1000, (1,), generator=g)
+    sample, latents, cond, noise, t = first_sample_inputs(trainer, micro)
     target = scheduler.get_velocity(latents, noise, t) if velocity else noise
     pred = trainer.m.unet(scheduler.add_noise(latents, noise, t), t, cond).sample
     return torch.nn.functional.mse_loss(pred, target).item()
@@ -273,8 +266,6 @@ def test_masks_follow_bucket_crop_and_flip_and_mask_files_are_not_images(tmp_pat
 
 
 def test_masked_loss_weights_the_pixels_and_is_cached_at_latent_resolution(tiny_model, tmp_path):
-    from trainers.lora_trainer import _seed_for
-
     data = _masked_folder(tmp_path / "data", sizes=((64, 64),) * 3)
     trainer = _ready(tiny_model, data, tmp_path / "out", "train.batch_size=1", "train.masked_loss=true",
                      "train.unmasked_weight=0.25")
@@ -285,12 +276,7 @@ def test_masked_loss_weights_the_pixels_and_is_cached_at_latent_resolution(tiny_
     with torch.no_grad():
         for micro in range(3):
             loss = trainer.compute_loss(micro).item()
-            sample = trainer.micro_batch(micro)[0][0]
-            latents = trainer.latent_cache[(sample.index, False)][None]
-            cond = trainer.text_cache[trainer.items[sample.index].caption]["encoder_hidden_states"][None]
-            g = torch.Generator().manual_seed(_seed_for(42, micro, 0))
-            noise = torch.randn(latents.shape[1:], generator=g)[None]
-            t = torch.randint(0, 1000, (1,), generator=g)
+            sample, latents, cond, noise, t = first_sample_inputs(trainer, micro)
             se = (trainer.m.unet(sched.add_noise(latents, noise, t), t, cond).sample - noise) ** 2
             w = (0.25 + 0.75 * cache[(sample.index, False)]).expand_as(se[0])[None]
             assert loss == pytest.approx(((se * w).sum() / w.sum()).item(), rel=1e-5)
