@@ -13,10 +13,10 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 
-from loramix.block_weights import BLOCK_IDS, format_block_weights, parse_block_weights
-from loramix.lora_io import read_lora, save_lora
-from loramix.merge import merge_concat, merge_svd
-from loramix.mixer import Mixer
+from loramix.formats.lora_io import read_lora, save_lora
+from loramix.mix.block_weights import BLOCK_IDS, format_block_weights, parse_block_weights
+from loramix.mix.merge import merge_concat, merge_svd
+from loramix.mix.mixer import Mixer
 from tests.conftest import random_lora
 
 TEXT = "text"
@@ -153,7 +153,7 @@ def test_lbw_on_the_command_line(tiny_model, files, tmp_path):
     from PIL import Image
 
     from loramix.cli import main
-    from loramix.lora_spec import parse_adapter_spec, parse_lora_spec
+    from loramix.mix.lora_spec import parse_adapter_spec, parse_lora_spec
 
     spec = parse_adapter_spec(f"{files['a']}:0.8:0.5:lbw=OUTD")
     assert (spec.path, spec.weight, spec.te_weight, spec.blocks.text) == (str(files["a"]), 0.8, 0.5, "OUTD")
@@ -173,7 +173,7 @@ def test_lbw_on_the_command_line(tiny_model, files, tmp_path):
 
 
 def test_the_tiny_models_blocks(mixer):
-    from loramix.block_weights import block_labels, present_blocks
+    from loramix.mix.block_weights import block_labels, present_blocks
 
     # conv_in IN00; level 0 IN01 (+ its downsampler IN03); level 1 IN04; up level 0 OUT00, OUT01 (+ upsampler);
     # up level 1 OUT03, OUT04; conv_out and the time embedding are in no block

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from loramix.block_weights import BLOCK_IDS, block_of, parse_block_weights, preset_names
-from loramix.errors import LoramixError
-from loramix.ldm_layout import unet_module_to_ldm
+from loramix.core.errors import LoramixError
+from loramix.formats.ldm_layout import unet_module_to_ldm
+from loramix.mix.block_weights import BLOCK_IDS, block_of, parse_block_weights, preset_names
 
 CONFIGS = Path(__file__).resolve().parents[2] / "loramix" / "configs"
 SD1_ATTENTION = {"IN01", "IN02", "IN04", "IN05", "IN07", "IN08", "MID", "OUT03", "OUT04", "OUT05", "OUT06",

@@ -255,7 +255,7 @@ def test_listen_without_auth_refuses_to_start(capsys):
 
 
 def test_with_listen_reading_is_limited_to_the_app_folders_and_data_roots(tmp_path):
-    from loramix.errors import ConfigError
+    from loramix.core.errors import ConfigError
 
     data = make_folder(tmp_path / "mine", n=1)
     state = AppState.create(tmp_path / "out", listen=True, data_roots=[tmp_path / "mine"])
@@ -282,8 +282,8 @@ def test_export_refuses_an_existing_file_unless_replace_is_ticked(hostile):
 
 
 def test_with_listen_a_reg_folder_outside_the_data_roots_is_refused(tmp_path):
-    from loramix.errors import ConfigError
-    from loramix.runs import confine_config
+    from loramix.core.errors import ConfigError
+    from loramix.core.runs import confine_config
 
     data = make_folder(tmp_path / "mine", n=1)
     make_folder(tmp_path / "elsewhere", n=1)

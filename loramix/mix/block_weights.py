@@ -35,7 +35,7 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
-from loramix.errors import LoramixError
+from loramix.core.errors import LoramixError
 
 BLOCK_IDS = ["BASE"] + [f"IN{i:02d}" for i in range(12)] + ["MID"] + [f"OUT{i:02d}" for i in range(12)]
 MID = BLOCK_IDS.index("MID")

@@ -9,8 +9,8 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
-from loramix.block_weights import LAYOUTS, PRESET_NAMES, BlockWeights, parse_block_weights
-from loramix.errors import LoramixError
+from loramix.core.errors import LoramixError
+from loramix.mix.block_weights import LAYOUTS, PRESET_NAMES, BlockWeights, parse_block_weights
 
 
 class AdapterSpec(NamedTuple):
@@ -106,7 +106,7 @@ def parse_axis(text: str):
     """An X/Y grid axis: `weight:NAME:v1,v2,…`, `lbw:NAME:PRESET,…`, `seed:…`, `cfg:…` or `sampler:…`.
     NAME is an adapter's name (its file stem) or its path; an lbw axis takes preset names separated by
     commas, or presets and comma lists separated by semicolons (`lbw:ink:ALL;1,0,0,…`)."""
-    from loramix.xy_grid import Axis
+    from loramix.mix.xy_grid import Axis
 
     kind, _, rest = text.partition(":")
     kind = kind.strip().lower()
@@ -121,7 +121,7 @@ def parse_axis(text: str):
     if kind in ("seed", "cfg"):
         return Axis(kind, [_number(text, v, int if kind == "seed" else float) for v in rest.split(",")])
     if kind == "sampler":
-        from loramix.mixer import SAMPLERS
+        from loramix.mix.mixer import SAMPLERS
 
         values = [v.strip() for v in rest.split(",")]
         for v in values:
