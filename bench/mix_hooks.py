@@ -86,14 +86,6 @@ def cpu_s(fn) -> float:
     return time.process_time() - c0
 
 
-def stack_bytes(mixer: Mixer) -> int:
-    """Bytes the stacks hold beyond the bound layers' own tensors."""
-    own = {t.data_ptr() for slot in mixer.slots.values() for layer in slot.layers
-           for t in (getattr(layer, "down", None), getattr(layer, "up", None)) if t is not None}
-    return sum(t.numel() * t.element_size() for s in mixer._stacks.values() for t in (s.down, s.up)
-               if t is not None and t.data_ptr() not in own)
-
-
 def run_model(args) -> int:
     quiet_libraries()
     torch.set_num_threads(args.threads)
@@ -104,7 +96,7 @@ def run_model(args) -> int:
     work = Path(tempfile.mkdtemp(prefix="mixhooks-"))
     counts = [int(c) for c in args.counts.split(",")]
     files = [random_adapter(targets, work / f"lora{i}.safetensors", i) for i in range(max(counts))]
-    pipe = mixer._pipeline()
+    pipe = mixer.pipeline()
     req = PreviewRequest("a red circle on the left", seed=1, steps=1, cfg_scale=6.0, width=args.size,
                          height=args.size)
     print(f"{args.base}: {model_bytes / GiB:.2f} GiB of parameters; {len(targets)} adapted layers per adapter "
@@ -159,13 +151,13 @@ def run_model(args) -> int:
                 setup and setup()
                 times[k].append(cpu_s(fn))
         mixer.restore()
-        held_originals = sum(t.numel() * t.element_size() for t in mixer._originals.values())
-        mixer._originals.clear()
+        held_originals = mixer.held_bytes()
+        mixer.release()
         trim()
         mixer._hooked = stacked_hooked
         with PeakRSS() as peak:
             cpu_s(preview("unfused"))
-        held = stack_bytes(mixer)
+        held = mixer.held_bytes()  # originals released above: the stacks alone
         base = statistics.median(times["base"])
         for k, v in times.items():
             rows.append(f"| {n} | {k} | {statistics.median(v):.2f} | {statistics.median(v) / base:.3f} |")

@@ -91,7 +91,7 @@ def run_real_shapes(args) -> int:
           f"{size} px, {args.steps} steps, CFG, {args.threads} thread(s)\n", flush=True)
 
     mixer = Mixer(components)
-    pipe = mixer._pipeline()
+    pipe = mixer.pipeline()
     if args.memory_only:
         preview = None
         base_cpu = 0.0
@@ -158,7 +158,7 @@ def run_real_shapes(args) -> int:
             hooked = [measure(preview("unfused")) for _ in range(args.repeats)]
             table.add("loramix unfused", n, "preview", statistics.median(h[0] for h in hooked),
                       statistics.median(h[1] for h in hooked), max(h[2] for h in hooked), phase, model_bytes)
-        originals = sum(t.numel() * t.element_size() for t in mixer._originals.values())
+        originals = mixer.held_bytes()
         with mixer.applied() as how:
             pass
         print(f"loramix, {n} adapter(s): originals kept on the host {originals / GiB:.2f} GiB "
@@ -171,7 +171,7 @@ def run_real_shapes(args) -> int:
     same = fingerprint(adapted) == before
     print(f"loramix: base bit-identical after every adapter is off: {same}", flush=True)
     mixer.slots.clear()
-    mixer._originals.clear()
+    mixer.release()
 
     # ---- diffusers ----
     for n in () if args.skip_diffusers else (1, 5):

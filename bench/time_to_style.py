@@ -79,7 +79,7 @@ def score(mixer: Mixer, lora: str | None, style: str, scenes, steps: int, trigge
         mixer.remove(name)
     if lora:
         mixer.load(lora, name="style", weight=1.0)
-    pipe = mixer._pipeline()
+    pipe = mixer.pipeline()
     with mixer.applied():
         images = pipe([with_trigger(s.caption, trigger, position) for s in scenes], num_inference_steps=steps,
                       guidance_scale=6.0, height=64, width=64,
@@ -103,7 +103,7 @@ def regularisation_folder(base_model: str, count: int, source: str, seed: int = 
     else:
         mixer = Mixer.from_base(base_model)
         with torch.no_grad():
-            images = mixer._pipeline()([s.caption for s in scenes], num_inference_steps=20, guidance_scale=6.0,
+            images = mixer.pipeline()([s.caption for s in scenes], num_inference_steps=20, guidance_scale=6.0,
                                        height=64, width=64,
                                        generator=[torch.Generator().manual_seed(seed * 1000 + i)
                                                   for i in range(count)]).images

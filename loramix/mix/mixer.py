@@ -1,43 +1,29 @@
 """The mixer: one base model loaded once, any number of LoRA adapters with a weight each, previews.
 
-Adapters are read from disk once and bound to the base model's layers (names and shapes checked).
-Changing a weight touches no file. Two ways to apply a blend, with identical results:
-
-* unfused: a forward hook per adapted layer adds sum_i w_i * (alpha_i / r_i) * up_i(down_i(x)), the
-  plain LoRA layers stacked into one down and one up with the w_i * alpha_i / r_i folded in, rebuilt
-  only for layers whose coefficients changed (`loramix.mix.stacked_hooks`);
-* fused: W <- W_original + sum_i w_i * dW_i is written into the base weights, one layer at a time in
-  the weight's dtype. The fused weights stay while the blend is unchanged; a changed weight rewrites
-  only the layers whose (layer, coefficient) tuple changed, always from the original (kept once per
-  base, on the host, in the model's dtype, for adapted weights only; or, with `originals="file"`, read
-  back from the base folder's safetensors files, `loramix.mix.file_originals`), so turning every adapter
-  off gives the base back bit for bit.
-
-`mode="auto"` fuses while the originals it must keep stay within `fuse_budget` (10% of the model's
-parameter memory): an unchanged blend then costs nothing per preview. Beyond that it uses the hooks,
-which keep no copy and cost the LoRA branches in every UNet call (steps x 2 with guidance).
+Adapters are read from disk once and bound to the base model's layers (`loramix.mix.binding`: names and
+shapes checked). Changing a weight touches no file. A preview applies the blend through
+`loramix.mix.apply` (the Mixer is a `BlendApplier`): fused weights where the originals fit the memory
+budget, one part of the model at a time, stacked hooks for the rest; turning every adapter off gives the
+base back bit for bit. This module holds the public API (load, set_blend, set_weight, remove, generate,
+bake) and the pipeline.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from loramix.adapters.adapter_layers import DoraLayer, FullLayer, bias_delta
-from loramix.core.errors import AdapterFormatError, LoramixError
+from loramix.core.errors import LoramixError
 from loramix.formats.base_model import load_base_model
-from loramix.formats.families import Components
-from loramix.formats.lora_io import LoraAdapter, LoraLayer, guess_architecture, module_table, read_lora
+from loramix.formats.lora_io import LoraAdapter, read_lora
+from loramix.mix.apply import BlendApplier
+from loramix.mix.binding import BoundLayer, Slot, bind_layers
 from loramix.mix.block_weights import BlockWeights, module_blocks, parse_block_weights
 from loramix.mix.file_originals import FileOriginals
-from loramix.mix.stacked_hooks import stacked_hook, update_stacks
 
 log = logging.getLogger(__name__)
 
@@ -125,104 +111,12 @@ def is_baked_folder(folder: Path) -> bool:
 
 
 @dataclass
-class BoundLayer:
-    """One adapter layer attached to one module of the base model.
+class Mixer(BlendApplier):
+    """Slots (the loaded adapters and their sliders) over a `BlendApplier` (the base model's components, the
+    mode, `fuse_budget`, `file_originals`)."""
 
-    Interface for applying it: `delta()` is ΔW (float32, shaped like `module.weight`, the layer's own
-    scale included, the slider coefficient not); `branch(x)` is what the layer adds to the module's
-    output for input x (the unfused hook). A low-rank layer (LoRA / LoCon) carries `down`, `up` and
-    `scale`, already shaped and cast for the module, so callers may use them directly; a LoHa, LoKr
-    or full layer has `down = up = None` and keeps its `adapter_layer` (see `loramix.adapters.adapter_layers`):
-    its branch applies the full ΔW (F.linear / F.conv2d with the module's stride, padding, dilation
-    and groups), computed once in the module's dtype and cached on first use. A DoRA layer is bound
-    as a full layer holding ΔW_DoRA = m·(W + ΔW)/‖W + ΔW‖ − W, computed at `bind` against the
-    unmodified base weight W; so the slider weight w gives W + w·ΔW_DoRA, and a blend adds each
-    adapter's w_i·ΔW_DoRA,i (as A1111 and ComfyUI apply DoRA; see `adapter_layers.DoraLayer`). A LyCORIS
-    full layer with `diff_b` also changes the module's bias (`bias_delta()`): the branch adds it, and a
-    fused blend writes b_original + Σ w_i·diff_b,i into `module.bias`, put back with the weight.
-    """
-
-    module: torch.nn.Module
-    component: str  # "unet" or "text"
-    down: torch.Tensor | None  # shaped for the module: (r, in) for Linear, (r, in, k, k) for Conv2d
-    up: torch.Tensor | None
-    scale: float
-    adapter_layer: object | None = None  # the LoHa / LoKr / full layer when down/up are None
-    _branch_weight: torch.Tensor | None = field(default=None, init=False, repr=False)
-    _branch_bias: torch.Tensor | None = field(default=None, init=False, repr=False)
-
-    def branch(self, x: torch.Tensor) -> torch.Tensor:
-        m = self.module
-        if self.down is None:
-            if self._branch_weight is None:
-                self._branch_weight = self.delta().to(m.weight)
-                bias = self.bias_delta()
-                self._branch_bias = bias.to(m.weight) if bias is not None else None
-            bias = self._branch_bias.to(x) if self._branch_bias is not None else None
-            if isinstance(m, torch.nn.Conv2d):
-                return F.conv2d(x, self._branch_weight.to(x), bias, stride=m.stride, padding=m.padding,
-                                dilation=m.dilation, groups=m.groups)
-            return F.linear(x, self._branch_weight.to(x), bias)
-        if isinstance(m, torch.nn.Conv2d):
-            h = F.conv2d(x, self.down, stride=m.stride, padding=m.padding, dilation=m.dilation)
-            return F.conv2d(h, self.up) * self.scale
-        return F.linear(F.linear(x, self.down), self.up) * self.scale
-
-    def bias_delta(self) -> torch.Tensor | None:
-        """The change to the module's bias (a LyCORIS full layer's `diff_b`), or None."""
-        return bias_delta(self.adapter_layer) if self.adapter_layer is not None else None
-
-    def delta(self) -> torch.Tensor:
-        if self.down is None:
-            return self.adapter_layer.delta(self.module.weight.shape)
-        d = self.up.flatten(1).float() @ self.down.flatten(1).float()
-        return (d * self.scale).reshape(self.module.weight.shape)
-
-
-@dataclass
-class Slot:
-    """A loaded adapter and its sliders."""
-
-    name: str
-    path: Path
-    adapter: LoraAdapter
-    layers: list[BoundLayer]
-    weight: float = 1.0
-    te_weight: float | None = None  # None = same as weight
-    enabled: bool = True
-    blocks: BlockWeights | None = None  # per-block multipliers (lora-block-weight syntax); None = 1 everywhere
-    layer_blocks: dict = field(default_factory=dict, repr=False)  # module -> block index (see block_weights)
-
-    def coef(self, component: str, layer: BoundLayer | None = None) -> float:
-        """The multiplier of one layer: weight (or text encoder weight) x its block's weight."""
-        if not self.enabled:
-            return 0.0
-        weight = self.weight if component == "unet" or self.te_weight is None else self.te_weight
-        if self.blocks is None or layer is None:
-            return weight
-        block = 0 if component == "text" else self.layer_blocks.get(getattr(layer, "module", None))
-        return weight * self.blocks.value(block)
-
-
-@dataclass
-class Mixer:
-    components: Components
     slots: dict[str, Slot] = field(default_factory=dict)
-    mode: str = "auto"  # "auto" | "fused" | "unfused"
-    # The fused-weight cache: module -> ((id(layer), coef) per layer, the (layer, coef) pairs that
-    # keep those ids alive), or None while a module is being rewritten; and the base weight of every
-    # module ever fused, once, on the host, in the model's dtype.
-    _fused_blend: dict = field(default_factory=dict, init=False, repr=False)
-    _originals: dict = field(default_factory=dict, init=False, repr=False)
-    _bias_originals: dict = field(default_factory=dict, init=False, repr=False)  # modules a diff_b changed
-    # `auto` fuses while the originals it keeps on the host stay within this fraction of the model's
-    # parameter memory, and uses hooks beyond it (a full-layer kohya LoRA adapts ~33% of SD 1.5).
-    fuse_budget: float = 0.10
-    # The hooks' stacks: module -> ModuleStack, kept while unfused previews follow each other.
-    _stacks: dict = field(default_factory=dict, init=False, repr=False)
-    # Where the originals of a base loaded from safetensors files can be read back instead of being held
-    # (`from_base(..., originals="file")`, see loramix.mix.file_originals); None = every original is held.
-    file_originals: FileOriginals | None = None
+    base: str = ""  # what `from_base` loaded: a folder, a file or a hub id ("" = the embedded tiny model)
 
     @classmethod
     def from_base(cls, base: str = "", revision: str = "", device: str | None = None, originals: str = "memory",
@@ -236,7 +130,7 @@ class Mixer:
             module.to(device, dtype=dtype).eval().requires_grad_(False)
         if originals == "file" and base:
             kw.setdefault("file_originals", FileOriginals.for_folder(components, Path(base).expanduser()))
-        return cls(components, **kw)
+        return cls(components, base=base, **kw)
 
     @property
     def family(self):
@@ -315,48 +209,7 @@ class Mixer:
 
     def bind(self, adapter: LoraAdapter, file_name: str) -> list[BoundLayer]:
         """Attach every layer of `adapter` to a module of the base model, or refuse the file and say why."""
-        targets = {self.family.unet_prefix: ("unet", self.components.unet)}
-        targets.update({p: ("text", m) for p, m in self.family.text_encoders(self.components).items()})
-        tables = {p: (module_table(m, p, partial(self.family.kohya_path, p, model=m)), dict(m.named_modules()))
-                  for p, (_, m) in targets.items()}
-        bound, problems = [], []
-        for name, layer in adapter.layers.items():
-            prefix = max((p for p in targets if name.startswith(p + "_")), key=len, default=None)
-            path = tables[prefix][0].get(name) if prefix else None
-            if path is None:
-                problems.append(f"{name} (no such layer)")
-                continue
-            module = tables[prefix][1][path]
-            weight = getattr(module, "weight", None)
-            if weight is None or not layer.fits(weight.shape):
-                shape = tuple(weight.shape) if weight is not None else "none"
-                ours = layer.shape or (layer.out_features, layer.in_features)
-                problems.append(f"{name} ({layer.kind} {tuple(ours)} vs layer {shape})")
-                continue
-            if bias_delta(layer) is not None and getattr(module, "bias", None) is None:
-                problems.append(f"{name} (changes a bias this layer does not have)")
-                continue
-            if isinstance(layer, DoraLayer):  # ΔW_DoRA against the unmodified base weight (see DoraLayer)
-                base = (self._original(module) if module in self._fused_blend else weight).to(weight.device)
-                with torch.no_grad():
-                    full = FullLayer(layer.delta(weight.shape, base=base.detach()).to(weight.dtype))
-                bound.append(BoundLayer(module, targets[prefix][0], None, None, 1.0, adapter_layer=full))
-                continue
-            if not isinstance(layer, LoraLayer):
-                if layer.shape is None:  # LoHa / LoKr store a plain conv flattened: the base tells its kernel
-                    layer.shape = tuple(weight.shape)
-                bound.append(BoundLayer(module, targets[prefix][0], None, None, layer.scale, adapter_layer=layer))
-                continue
-            down, up = layer.down, layer.up
-            down = down.reshape(down.shape[0], *weight.shape[1:]) if weight.dim() == 4 else down.flatten(1)
-            up = up.reshape(up.shape[0], up.shape[1], 1, 1) if weight.dim() == 4 else up.flatten(1)
-            bound.append(BoundLayer(module, targets[prefix][0], down.to(weight), up.to(weight), layer.scale))
-        if problems:
-            raise AdapterFormatError(
-                f"{file_name} was made for {guess_architecture(adapter)} and does not fit this base model "
-                f"({self.family.label}): {len(problems)} of {len(adapter.layers)} layers do not match, first "
-                f"{', '.join(problems[:3])}.")
-        return bound
+        return bind_layers(self.components, adapter, file_name, self.base_weight)
 
     # ---- applying a blend --------------------------------------------------------------------
     def active(self) -> list[tuple[BoundLayer, float]]:
@@ -364,136 +217,15 @@ class Mixer:
         pairs = [(layer, slot.coef(layer.component, layer)) for slot in self.slots.values() for layer in slot.layers]
         return [(layer, coef) for layer, coef in pairs if coef != 0.0]
 
-    @contextlib.contextmanager
     def applied(self, mode: str | None = None):
-        """Inside this block the base model computes with the current blend.
+        """A block inside which the base model computes with the current blend (see `BlendApplier.apply`).
 
-        Yields the mode used: "base", "fused" or "unfused" (`auto` picks by `fuse_budget`). Fused
-        weights stay in the model after the block, so the next preview with the same blend costs nothing. A block with no active adapter, an unfused block and `restore()` first put the
-        base weights back, bit for bit.
+        Yields the mode used: "base", "fused", "unfused" or "mixed" (`auto` decides per part of the model
+        by `fuse_budget`). Fused weights stay in the model after the block, so the next preview with the
+        same blend costs nothing. A block with no active adapter, an unfused block and `restore()` first
+        put the base weights back, bit for bit.
         """
-        mode = mode or self.mode
-        if mode not in ("auto", "fused", "unfused"):
-            raise LoramixError(f"mode {mode!r}: choose auto, fused or unfused.")
-        active = self.active()
-        if not active:
-            self.restore()
-            self._stacks.clear()
-            yield "base"
-        elif mode == "fused" or mode == "auto" and self._originals_fit(active):
-            self._stacks.clear()
-            with self._fused(active):
-                yield "fused"
-        else:
-            self.restore()
-            if mode == "auto":  # over budget: hand the host copies back while hooks do the work
-                self._originals.clear()
-            with self._hooked(active):
-                yield "unfused"
-
-    def _originals_fit(self, active) -> bool:
-        """Would fusing `active` keep at most `fuse_budget` of the model's parameter bytes as originals?"""
-        def nbytes(t):
-            return t.numel() * t.element_size()
-
-        model = sum(nbytes(p) for m in self.components.models() for p in m.parameters())
-        kept = sum(nbytes(t) for t in self._originals.values())
-        new = sum(nbytes(m.weight) for m in {layer.module for layer, _ in active}
-                  if m not in self._originals and not self._original_on_disk(m))
-        return kept + new <= self.fuse_budget * model
-
-    def restore(self) -> None:
-        """Put back the base weights of every module a preview fused, bit for bit."""
-        with torch.no_grad():
-            for module in list(self._fused_blend):
-                self._put_back(module)
-                del self._fused_blend[module]
-
-    def _put_back(self, module: torch.nn.Module) -> None:
-        module.weight.copy_(self._original(module))
-        if module in self._bias_originals:
-            module.bias.copy_(self._bias_originals[module])
-
-    def _original_on_disk(self, module) -> bool:
-        return self.file_originals is not None and module not in self._originals and self.file_originals.has(module)
-
-    def _original(self, module) -> torch.Tensor:
-        """The base weight of a module that was fused: its held copy, or read back from the base's file."""
-        held = self._originals.get(module)
-        return held if held is not None else self.file_originals.read(module)
-
-    @contextlib.contextmanager
-    def _fused(self, active):
-        """Bring the fused weights up to date with `active`: a module is rewritten only when its
-        (layer, coefficient) tuple changed, from its original, so no rounding accumulates."""
-        wanted: dict[torch.nn.Module, list[tuple[BoundLayer, float]]] = {}
-        for layer, coef in active:
-            wanted.setdefault(layer.module, []).append((layer, coef))
-        with torch.no_grad():
-            for module in [m for m in self._fused_blend if m not in wanted]:
-                self._put_back(module)
-                del self._fused_blend[module]
-            for module, pairs in wanted.items():
-                key = tuple((id(layer), coef) for layer, coef in pairs)
-                held = self._fused_blend.get(module)
-                if held is None or held[0] != key:
-                    self._fuse_module(module, pairs)
-                    self._fused_blend[module] = (key, pairs)
-        yield
-
-    def _fuse_module(self, module: torch.nn.Module, pairs: list[tuple[BoundLayer, float]]) -> None:
-        """W = W_original + sum of coef * dW over `pairs`, for one module, in the weight's dtype.
-
-        Low-rank layers go through one matrix product (ups scaled and concatenated, downs stacked);
-        other layers (LoHa, LoKr, ...) add their full `delta()`, one layer at a time. fp16 / bf16
-        weights on a CPU are summed in a float32 copy of this one layer and rounded once: CPUs without
-        native bf16 run half-precision matrix products ~10x slower (one SDXL layer: 0.21 s against 0.02 s).
-        """
-        weight = module.weight
-        if module not in self._originals and not self._original_on_disk(module):
-            self._originals[module] = weight.detach().to("cpu", copy=True)
-        self._fused_blend[module] = None  # half-written until this returns
-        if weight.device.type == "cpu" and weight.dtype in (torch.float16, torch.bfloat16):
-            flat = self._original(module).to(torch.float32)
-        else:
-            weight.copy_(self._original(module))
-            flat = weight if weight.is_contiguous() else weight.contiguous()
-        flat = flat.view(flat.shape[0], -1)
-        low_rank = [(layer, coef) for layer, coef in pairs
-                    if getattr(layer, "down", None) is not None and getattr(layer, "up", None) is not None]
-        if low_rank:
-            ups = torch.cat([layer.up.flatten(1).to(flat) * (coef * layer.scale) for layer, coef in low_rank], 1)
-            downs = torch.cat([layer.down.flatten(1).to(flat) for layer, _ in low_rank], 0)
-            flat.addmm_(ups, downs)
-        for layer, coef in pairs:
-            if all(layer is not lr for lr, _ in low_rank):
-                flat.add_(layer.delta().reshape(flat.shape).to(flat), alpha=coef)
-        if flat.data_ptr() != weight.data_ptr():
-            weight.copy_(flat.view_as(weight))
-        self._fuse_bias(module, pairs)
-
-    def _fuse_bias(self, module: torch.nn.Module, pairs: list[tuple[BoundLayer, float]]) -> None:
-        """b = b_original + sum of coef * diff_b over the `pairs` that change the bias (LyCORIS full layers)."""
-        changes = [(bias, coef) for layer, coef in pairs
-                   if hasattr(layer, "bias_delta") and (bias := layer.bias_delta()) is not None]
-        if changes and module not in self._bias_originals:
-            self._bias_originals[module] = module.bias.detach().to("cpu", copy=True)
-        if module in self._bias_originals:
-            total = self._bias_originals[module].to(module.bias.device, torch.float32)
-            for bias, coef in changes:
-                total = total + coef * bias.to(total)
-            module.bias.copy_(total)
-
-    @contextlib.contextmanager
-    def _hooked(self, active):
-        """One hook per adapted module, adding its stacked branch (see `loramix.mix.stacked_hooks`)."""
-        update_stacks(self._stacks, active)
-        handles = [m.register_forward_hook(stacked_hook(self._stacks)) for m in self._stacks]
-        try:
-            yield
-        finally:
-            for h in handles:
-                h.remove()
+        return self.apply(self.active(), mode)
 
     # ---- previews ----------------------------------------------------------------------------
     def native_size(self) -> int:
@@ -506,7 +238,7 @@ class Mixer:
         samplers = _samplers()
         if req.sampler not in samplers:
             raise LoramixError(f"sampler {req.sampler!r}: choose one of {', '.join(SAMPLERS)}.")
-        pipe = self._pipeline()
+        pipe = self.pipeline()
         pipe.scheduler = samplers[req.sampler].from_config(self.components.noise_scheduler.config)
         size = self.native_size()
         with self.applied(mode):
@@ -514,7 +246,8 @@ class Mixer:
                         guidance_scale=req.cfg_scale, width=req.width or size, height=req.height or size,
                         generator=torch.Generator("cpu").manual_seed(req.seed)).images[0]
 
-    def _pipeline(self):
+    def pipeline(self):
+        """The family's diffusers pipeline over the base model's components, built once."""
         if getattr(self, "_pipe", None) is None:
             self._pipe = self.family.pipeline(self.components)
             self._pipe.set_progress_bar_config(disable=True)
@@ -567,7 +300,7 @@ class Mixer:
                                  replace=replace, within=within, field="Bake single file")
         with atomic_folder(out_dir, replace=replace, within=within, field="Bake", replaceable=is_baked_folder) as tmp:
             with self.applied("fused"):
-                self._pipeline().save_pretrained(tmp, safe_serialization=True)
+                self.pipeline().save_pretrained(tmp, safe_serialization=True)
             publish_saved_configs(tmp)  # the configs name the base model by its base name, not its local path
             (tmp / BAKED_MARKER).write_text("baked by loramix\n", encoding="utf-8")
         return out_dir
