@@ -11,13 +11,14 @@ pairs, with identical results:
 * hooked: a forward hook adds the module's stacked low-rank branch (`loramix.mix.stacked_hooks`) on
   the base weight, rebuilt only for modules whose tuple changed; no copy, one low-rank product per call.
 
-`mode="auto"` decides per part of the model, not per blend: the UNet's Linear layers (attention,
-feed-forward, 1x1 projections), the UNet's larger convolutions (LoCon), then the text encoders, in
-that order, because a hook's cost per byte of original kept is highest in the UNet's Linears (every
-step, many tokens against few weights) and lowest in the text encoders (one call per preview on 77
-tokens). Each part is fused if the originals it must hold still fit `fuse_budget` (a fraction of the
-model's parameter memory) beside the parts fused before it, and hooked otherwise; originals read back
-from files cost nothing, so those parts always fit. Originals no longer needed are handed back.
+`mode="auto"` decides per component and, in the UNet, per module: the UNet first, then the text
+encoders (one call per preview on 77 tokens, where a hook costs next to nothing). Within a component
+the modules whose hook costs most per byte of original go first: a hook's work per call is the rows the
+module sees times (fan-in + fan-out) times the rank, its original's size fan-in times fan-out, so the
+UNet's high-resolution layers (many tokens, few channels) gain most from fusing and cost least memory,
+and the deep ones (few tokens, many channels) the reverse. A module is fused while the originals held
+stay within `fuse_budget` (a fraction of the model's parameter memory), else hooked; originals read
+back from files cost nothing, so those modules always fuse. Originals no longer needed are handed back.
 """
 
 from __future__ import annotations
@@ -30,19 +31,40 @@ import torch
 from loramix.core.errors import LoramixError
 from loramix.formats.families import Components
 from loramix.mix.file_originals import FileOriginals
-from loramix.mix.stacked_hooks import stacked_hook, update_stacks
+from loramix.mix.stacked_hooks import is_low_rank, stacked_hook, update_stacks
 
 MODES = ("auto", "fused", "unfused")
-# Parts of the model in the order `auto` fuses them (the first fits first): (component, module kind).
-FUSE_ORDER = (("unet", "linear"), ("unet", "conv"), ("text", "linear"), ("text", "conv"))
+TEXT_TOKENS = 77  # the rows a text encoder's layer sees per prompt
 
 
-def part_of(layer) -> tuple[str, str]:
-    """(component, kind) of the module a bound layer changes: kind "conv" for a convolution with a kernel
-    larger than 1x1, "linear" for a Linear or a 1x1 convolution (a projection)."""
-    m = layer.module
-    kind = "conv" if isinstance(m, torch.nn.Conv2d) and tuple(m.kernel_size) != (1, 1) else "linear"
-    return layer.component, kind
+def unet_rows(unet: torch.nn.Module) -> dict[torch.nn.Module, int]:
+    """Module -> rows (tokens or pixels) it sees per sample in one UNet call at the model's native size.
+
+    From diffusers' UNet2DConditionModel layout, which every family here uses: `down_blocks.i` runs at
+    resolution level i (its downsampler writes level i+1), `mid_block` at the last level, `up_blocks.j`
+    at level (levels - 1 - j) (its upsampler writes the level above); cross-attention keys and values
+    see the text's tokens, the time embedding one row.
+    """
+    size = unet.config.sample_size
+    size = size[0] * size[1] if isinstance(size, (list, tuple)) else size * size
+    levels = len(unet.config.block_out_channels)
+    rows = {}
+    for path, module in unet.named_modules():
+        parts = path.split(".") + ["", "", ""]
+        level = 0
+        if parts[0] == "down_blocks" and parts[1].isdigit():
+            level = int(parts[1]) + (parts[2] == "downsamplers")
+        elif parts[0] == "mid_block":
+            level = levels - 1
+        elif parts[0] == "up_blocks" and parts[1].isdigit():
+            level = levels - 1 - int(parts[1]) - (parts[2] == "upsamplers")
+        if path.endswith(("attn2.to_k", "attn2.to_v")):
+            rows[module] = TEXT_TOKENS
+        elif "time_emb" in path or "add_embedding" in path:
+            rows[module] = 1
+        else:
+            rows[module] = max(1, size // 4 ** max(level, 0))
+    return rows
 
 
 def nbytes(t: torch.Tensor) -> int:
@@ -55,8 +77,8 @@ class BlendApplier:
 
     components: Components
     mode: str = "auto"  # "auto" | "fused" | "unfused"
-    # `auto` fuses a part while the originals held on the host stay within this fraction of the model's
-    # parameter memory (a kohya LoRA on every transformer Linear adapts ~33% of SD 1.5).
+    # `auto` fuses modules while the originals held on the host stay within this fraction of the model's
+    # parameter memory (a kohya LoRA on every transformer Linear adapts ~33% of SD 1.5), and hooks the rest.
     fuse_budget: float = 0.10
     # Where the originals of a base loaded from safetensors files can be read back instead of being held
     # (see loramix.mix.file_originals); None = every original is held.
@@ -69,6 +91,7 @@ class BlendApplier:
     _bias_originals: dict = field(default_factory=dict, init=False, repr=False)
     # The hooks' stacks: module -> ModuleStack, kept while hooked previews follow each other.
     _stacks: dict = field(default_factory=dict, init=False, repr=False)
+    _rows: dict | None = field(default=None, init=False, repr=False)  # unet_rows(), worked out once
 
     @contextlib.contextmanager
     def apply(self, active: list, mode: str | None = None):
@@ -101,12 +124,34 @@ class BlendApplier:
             yield "mixed" if fused else "unfused"
 
     def plan(self, active: list) -> tuple[list, list]:
-        """(pairs to fuse, pairs to hook): all fused while the originals fit `fuse_budget`, else all hooked."""
+        """Split `active` into (pairs to fuse, pairs to hook): modules in order (UNet before text encoders,
+        then by hook cost per byte of original, highest first), each fused while the originals it must
+        hold fit `fuse_budget` beside those of the modules fused before it."""
+        per_module: dict[torch.nn.Module, list] = {}
+        for layer, coef in active:
+            per_module.setdefault(layer.module, []).append((layer, coef))
+        if self._rows is None:
+            self._rows = unet_rows(self.components.unet)
+
+        def order(module):
+            pairs = per_module[module]
+            w = module.weight
+            fan_in, fan_out = w[0].numel(), w.shape[0]
+            rows = self._rows.get(module, TEXT_TOKENS)
+            work = rows * sum(layer.down.shape[0] * (fan_in + fan_out) if is_low_rank(layer) else fan_in * fan_out
+                              for layer, _ in pairs)
+            return (pairs[0][0].component != "unet", -work / w.numel())
+
         limit = self.fuse_budget * sum(nbytes(p) for m in self.components.models() for p in m.parameters())
-        kept = sum(nbytes(t) for t in self._originals.values())
-        new = sum(nbytes(m.weight) for m in {layer.module for layer, _ in active}
-                  if m not in self._originals and not self._on_disk(m))
-        return (active, []) if kept + new <= limit else ([], active)
+        used, fused, hooked = 0, [], []
+        for module in sorted(per_module, key=order):
+            cost = 0 if self._on_disk(module) else nbytes(module.weight)
+            if used + cost <= limit:
+                used += cost
+                fused += per_module[module]
+            else:
+                hooked += per_module[module]
+        return fused, hooked
 
     def held_bytes(self) -> int:
         """Host memory this applier holds beside the model: originals, and stacks beyond the layers' own

@@ -1,0 +1,109 @@
+"""`auto` decides per component and per module: fuse what fits the memory budget, hook the rest."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from loramix.mix import stacked_hooks
+from loramix.mix.mixer import Mixer
+from tests.conftest import random_lora, unet_out
+
+
+@pytest.fixture(scope="module")
+def files(tiny_model, tmp_path_factory):
+    root = tmp_path_factory.mktemp("loras")
+    return {"a": random_lora(tiny_model, root / "a.safetensors", 1, text=True),
+            "b": random_lora(tiny_model, root / "b.safetensors", 2, rank=8, alpha=8.0, text=True, conv=True)}
+
+
+@pytest.fixture
+def mixer(tiny_model, files):
+    mixer = Mixer.from_base(str(tiny_model))
+    mixer.load(files["a"], weight=0.7, te_weight=-1.2)
+    mixer.load(files["b"], weight=-1.3)
+    return mixer
+
+
+def modules(mixer, component=None, name=None):
+    return {layer.module for slot in mixer.slots.values() if name in (None, slot.name)
+            for layer in slot.layers if component in (None, layer.component)}
+
+
+def nbytes(ms):
+    return sum(m.weight.numel() * m.weight.element_size() for m in ms)
+
+
+def model_bytes(mixer):
+    return sum(p.numel() * p.element_size() for m in mixer.components.models() for p in m.parameters())
+
+
+def text_out(mixer):
+    ids = torch.arange(8)[None] % mixer.components.text_encoder.config.vocab_size
+    with torch.no_grad():
+        return mixer.components.text_encoder(ids)[0]
+
+
+def outputs(mixer, mode=None):
+    with mixer.applied(mode) as how:
+        return how, unet_out(mixer.components.unet), text_out(mixer)
+
+
+def assert_close(got, want):
+    for g, w in zip(got[1:], want[1:]):
+        assert (g - w).abs().max().item() < 1e-5 * max(1.0, w.abs().max().item())
+
+
+def fused(mixer):
+    return {m for m, held in mixer._fused_blend.items() if held is not None}
+
+
+def test_auto_fuses_the_unet_and_hooks_the_text_encoder_when_only_the_unet_fits(mixer):
+    unet, text = modules(mixer, "unet"), modules(mixer, "text")
+    base_text = {m: m.weight.detach().clone() for m in text}
+    hooked = outputs(mixer, "unfused")
+    mixer.fuse_budget = nbytes(unet) / model_bytes(mixer)  # room for the UNet's originals, not one text layer more
+    assert nbytes(text) > 0
+    got = outputs(mixer)
+    assert got[0] == "mixed"
+    assert fused(mixer) == unet
+    assert set(mixer._stacks) == text
+    assert all(torch.equal(m.weight, w) for m, w in base_text.items())  # hooked on the base weights
+    assert_close(got, hooked)
+    assert mixer.held_bytes() <= mixer.fuse_budget * model_bytes(mixer) + sum(
+        s.up.numel() * s.up.element_size() + s.down.numel() * s.down.element_size() for s in mixer._stacks.values())
+
+
+def test_a_weight_change_in_a_mixed_blend_rebuilds_only_what_changed(mixer, monkeypatch):
+    mixer.fuse_budget = nbytes(modules(mixer, "unet")) / model_bytes(mixer)
+    outputs(mixer)
+    rewritten, built = [], []
+    real_fuse, real_build = Mixer._fuse_module, stacked_hooks.build_stack
+    monkeypatch.setattr(Mixer, "_fuse_module", lambda self, m, pairs: rewritten.append(m) or real_fuse(self, m, pairs))
+    monkeypatch.setattr(stacked_hooks, "build_stack", lambda m, pairs: built.append(m) or real_build(m, pairs))
+    mixer.set_weight("a", 0.7, te_weight=0.4)  # a's text encoder layers only: hooked, so only their stacks
+    got = outputs(mixer)
+    assert got[0] == "mixed" and rewritten == [] and set(built) == modules(mixer, "text", "a")
+    assert_close(got, outputs(mixer, "unfused"))
+    outputs(mixer)  # back to the mixed blend (the unfused preview put the UNet's base weights back)
+    rewritten.clear(), built.clear()
+    mixer.set_weight("a", 0.2, te_weight=0.4)  # a's UNet layers only: fused, so only those weights
+    got = outputs(mixer)
+    assert got[0] == "mixed" and built == []
+    assert set(rewritten) == modules(mixer, "unet", "a") and len(rewritten) == len(modules(mixer, "unet", "a"))
+    assert_close(got, outputs(mixer, "unfused"))
+
+
+def test_within_the_unet_the_high_resolution_layers_fuse_first(mixer):
+    unet = modules(mixer, "unet")
+    names = {m: path for path, m in mixer.components.unet.named_modules()}
+    mixer.fuse_budget = 0.5 * nbytes(unet) / model_bytes(mixer)
+    got = outputs(mixer)
+    assert got[0] == "mixed" and fused(mixer) & unet < unet  # (text layers may fill what the UNet's left)
+    # the first block's self-attention sees the most tokens per weight: fused; the lowest resolution's
+    # 3x3 convolutions see the fewest: hooked
+    first = {m for m in unet if names[m].startswith("down_blocks.0.") and ".attn1." in names[m]}
+    deepest = {m for m in unet if names[m].startswith("up_blocks.0.resnets.")}
+    assert first and first <= fused(mixer)
+    assert deepest and not deepest & fused(mixer)
+    assert_close(got, outputs(mixer, "unfused"))
