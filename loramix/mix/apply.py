@@ -9,7 +9,8 @@ pairs, with identical results:
   original is held once, on the host, in the model's dtype; or, with `file_originals`, read back from
   the base folder's safetensors files (`loramix.mix.file_originals`), which holds nothing.
 * hooked: a forward hook adds the module's stacked low-rank branch (`loramix.mix.stacked_hooks`) on
-  the base weight, rebuilt only for modules whose tuple changed; no copy, one low-rank product per call.
+  the base weight, rebuilt only for modules whose tuple changed: one low-rank product per call, and
+  the stack held (the scaled ups, and the downs concatenated when there are several), no weight copy.
 
 `mode="auto"` decides per component and, in the UNet, per module: the UNet first, then the text
 encoders (one call per preview on 77 tokens, where a hook costs next to nothing). Within a component
@@ -17,8 +18,10 @@ the modules whose hook costs most per byte of original go first: a hook's work p
 module sees times (fan-in + fan-out) times the rank, its original's size fan-in times fan-out, so the
 UNet's high-resolution layers (many tokens, few channels) gain most from fusing and cost least memory,
 and the deep ones (few tokens, many channels) the reverse. A module is fused while the originals held
-stay within `fuse_budget` (a fraction of the model's parameter memory), else hooked; originals read
-back from files cost nothing, so those modules always fuse. Originals no longer needed are handed back.
+stay within `fuse_budget` (a fraction of the model's parameter memory) with the stacks of the modules
+hooked, else hooked; a module whose original costs no more than its stack (many adapters on a small
+layer) is fused whatever the budget, and originals read back from files cost nothing, so those modules
+always fuse. Originals no longer needed are handed back.
 """
 
 from __future__ import annotations
@@ -69,6 +72,15 @@ def unet_rows(unet: torch.nn.Module) -> dict[torch.nn.Module, int]:
 
 def nbytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
+
+
+def stack_bytes(pairs: list) -> int:
+    """What a module's stack holds beyond its layers' own tensors (see `stacked_hooks.build_stack`): the
+    ups, scaled; the downs too when there are several, concatenated."""
+    low_rank = [layer for layer, _ in pairs if is_low_rank(layer)]
+    if not low_rank:
+        return 0
+    return sum(nbytes(layer.up) + (nbytes(layer.down) if len(low_rank) > 1 else 0) for layer in low_rank)
 
 
 @dataclass
@@ -124,9 +136,10 @@ class BlendApplier:
             yield "mixed" if fused else "unfused"
 
     def plan(self, active: list) -> tuple[list, list]:
-        """Split `active` into (pairs to fuse, pairs to hook): modules in order (UNet before text encoders,
-        then by hook cost per byte of original, highest first), each fused while the originals it must
-        hold fit `fuse_budget` beside those of the modules fused before it."""
+        """Split `active` into (pairs to fuse, pairs to hook). Every module starts hooked (its stack held);
+        in order (UNet before text encoders, then by hook cost per byte of original, highest first) a
+        module is fused when the memory held, its original in place of its stack, stays within
+        `fuse_budget`, or when its original costs no more than its stack."""
         per_module: dict[torch.nn.Module, list] = {}
         for layer, coef in active:
             per_module.setdefault(layer.module, []).append((layer, coef))
@@ -143,11 +156,12 @@ class BlendApplier:
             return (pairs[0][0].component != "unet", -work / w.numel())
 
         limit = self.fuse_budget * sum(nbytes(p) for m in self.components.models() for p in m.parameters())
-        used, fused, hooked = 0, [], []
+        as_hooked = {m: stack_bytes(pairs) for m, pairs in per_module.items()}
+        used, fused, hooked = sum(as_hooked.values()), [], []  # every module hooked to begin with
         for module in sorted(per_module, key=order):
-            cost = 0 if self._on_disk(module) else nbytes(module.weight)
-            if used + cost <= limit:
-                used += cost
+            as_fused = 0 if self._on_disk(module) else nbytes(module.weight)
+            if used - as_hooked[module] + as_fused <= limit or as_fused <= as_hooked[module]:
+                used += as_fused - as_hooked[module]
                 fused += per_module[module]
             else:
                 hooked += per_module[module]

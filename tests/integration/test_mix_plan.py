@@ -54,6 +54,18 @@ def assert_close(got, want):
         assert (g - w).abs().max().item() < 1e-5 * max(1.0, w.abs().max().item())
 
 
+def stacks(mixer, component):
+    """The bytes the hooks' stacks hold for `component`'s modules (every module here has two low-rank layers:
+    downs concatenated, ups scaled)."""
+    return sum(t.numel() * t.element_size() for slot in mixer.slots.values() for layer in slot.layers
+               if layer.component == component for t in (layer.down, layer.up))
+
+
+def only_unet_fits(mixer):
+    """A budget with room for the UNet's originals and the text encoder's stacks, not one text original more."""
+    return (nbytes(modules(mixer, "unet")) + stacks(mixer, "text")) / model_bytes(mixer)
+
+
 def fused(mixer):
     return {m for m, held in mixer._fused_blend.items() if held is not None}
 
@@ -62,20 +74,18 @@ def test_auto_fuses_the_unet_and_hooks_the_text_encoder_when_only_the_unet_fits(
     unet, text = modules(mixer, "unet"), modules(mixer, "text")
     base_text = {m: m.weight.detach().clone() for m in text}
     hooked = outputs(mixer, "unfused")
-    mixer.fuse_budget = nbytes(unet) / model_bytes(mixer)  # room for the UNet's originals, not one text layer more
-    assert nbytes(text) > 0
+    mixer.fuse_budget = only_unet_fits(mixer)
     got = outputs(mixer)
     assert got[0] == "mixed"
     assert fused(mixer) == unet
     assert set(mixer._stacks) == text
     assert all(torch.equal(m.weight, w) for m, w in base_text.items())  # hooked on the base weights
     assert_close(got, hooked)
-    assert mixer.held_bytes() <= mixer.fuse_budget * model_bytes(mixer) + sum(
-        s.up.numel() * s.up.element_size() + s.down.numel() * s.down.element_size() for s in mixer._stacks.values())
+    assert mixer.held_bytes() <= mixer.fuse_budget * model_bytes(mixer)  # originals and stacks
 
 
 def test_a_weight_change_in_a_mixed_blend_rebuilds_only_what_changed(mixer, monkeypatch):
-    mixer.fuse_budget = nbytes(modules(mixer, "unet")) / model_bytes(mixer)
+    mixer.fuse_budget = only_unet_fits(mixer)
     outputs(mixer)
     rewritten, built = [], []
     real_fuse, real_build = Mixer._fuse_module, stacked_hooks.build_stack
