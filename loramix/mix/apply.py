@@ -12,16 +12,17 @@ pairs, with identical results:
   the base weight, rebuilt only for modules whose tuple changed: one low-rank product per call, and
   the stack held (the scaled ups, and the downs concatenated when there are several), no weight copy.
 
-`mode="auto"` decides per component and, in the UNet, per module: the UNet first, then the text
-encoders (one call per preview on 77 tokens, where a hook costs next to nothing). Within a component
-the modules whose hook costs most per byte of original go first: a hook's work per call is the rows the
-module sees times (fan-in + fan-out) times the rank, its original's size fan-in times fan-out, so the
-UNet's high-resolution layers (many tokens, few channels) gain most from fusing and cost least memory,
-and the deep ones (few tokens, many channels) the reverse. A module is fused while the originals held
-stay within `fuse_budget` (a fraction of the model's parameter memory) with the stacks of the modules
-hooked, else hooked; a module whose original costs no more than its stack (many adapters on a small
-layer) is fused whatever the budget, and originals read back from files cost nothing, so those modules
-always fuse. Originals no longer needed are handed back.
+`mode="auto"` decides per component and, in the UNet, per module (`plan`). A hook's work per call is
+the rows the module sees times (fan-in + fan-out) times the rank; rewriting a fused weight after a
+slider change is fan-in times fan-out times the rank, and its original, held, costs fan-in times fan-out
+in memory. So the UNet's high-resolution layers (many tokens, few channels) gain most from fusing and
+cost least, the deep ones (few tokens, many channels) the reverse, and the text encoders (one call per
+preview on 77 tokens) gain next to nothing. `auto` fuses, UNet first and highest hook work per byte
+first, every module whose hook costs more than its rewrite, while the originals held plus the stacks of
+the modules left hooked stay within `fuse_budget` (a fraction of the model's parameter memory); an
+original read back from a file costs nothing. If the stacks alone exceed the budget (many adapters),
+modules whose original is smaller than their stack are fused as well. Originals no longer needed are
+handed back.
 """
 
 from __future__ import annotations
@@ -136,35 +137,42 @@ class BlendApplier:
             yield "mixed" if fused else "unfused"
 
     def plan(self, active: list) -> tuple[list, list]:
-        """Split `active` into (pairs to fuse, pairs to hook). Every module starts hooked (its stack held);
-        in order (UNet before text encoders, then by hook cost per byte of original, highest first) a
-        module is fused when the memory held, its original in place of its stack, stays within
-        `fuse_budget`, or when its original costs no more than its stack."""
+        """Split `active` into (pairs to fuse, pairs to hook).
+
+        Every module starts hooked, its stack held. Time first: in order (UNet before text encoders, then
+        by hook work per byte of original, highest first) a module whose hook does more work per UNet call
+        than rewriting its weight after a slider change is fused, if the memory held (its original in place
+        of its stack) stays within `fuse_budget`. Then memory: while the stacks still exceed the budget,
+        the modules whose original is smaller than their stack are fused too, largest saving first.
+        """
         per_module: dict[torch.nn.Module, list] = {}
         for layer, coef in active:
             per_module.setdefault(layer.module, []).append((layer, coef))
         if self._rows is None:
             self._rows = unet_rows(self.components.unet)
-
-        def order(module):
-            pairs = per_module[module]
+        hook_work, rewrite_work = {}, {}
+        for module, pairs in per_module.items():
             w = module.weight
             fan_in, fan_out = w[0].numel(), w.shape[0]
-            rows = self._rows.get(module, TEXT_TOKENS)
-            work = rows * sum(layer.down.shape[0] * (fan_in + fan_out) if is_low_rank(layer) else fan_in * fan_out
-                              for layer, _ in pairs)
-            return (pairs[0][0].component != "unet", -work / w.numel())
-
+            ranks = [layer.down.shape[0] if is_low_rank(layer) else min(fan_in, fan_out) for layer, _ in pairs]
+            hook_work[module] = self._rows.get(module, TEXT_TOKENS) * (fan_in + fan_out) * sum(ranks)
+            rewrite_work[module] = w.numel() * sum(ranks)
         limit = self.fuse_budget * sum(nbytes(p) for m in self.components.models() for p in m.parameters())
-        as_hooked = {m: stack_bytes(pairs) for m, pairs in per_module.items()}
-        used, fused, hooked = sum(as_hooked.values()), [], []  # every module hooked to begin with
-        for module in sorted(per_module, key=order):
-            as_fused = 0 if self._on_disk(module) else nbytes(module.weight)
-            if used - as_hooked[module] + as_fused <= limit or as_fused <= as_hooked[module]:
-                used += as_fused - as_hooked[module]
-                fused += per_module[module]
-            else:
-                hooked += per_module[module]
+        saving = {m: stack_bytes(pairs) - (0 if self._on_disk(m) else nbytes(m.weight))
+                  for m, pairs in per_module.items()}
+        used = sum(stack_bytes(pairs) for pairs in per_module.values())  # every module hooked to begin with
+        fuse = set()
+        for module in sorted(per_module, key=lambda m: (m not in self._rows, -hook_work[m] / m.weight.numel())):
+            if hook_work[module] >= rewrite_work[module] and (saving[module] >= 0 or used - saving[module] <= limit):
+                fuse.add(module)
+                used -= saving[module]
+        for module in sorted(per_module.keys() - fuse, key=lambda m: -saving[m]):
+            if used <= limit or saving[module] <= 0:
+                break
+            fuse.add(module)
+            used -= saving[module]
+        fused = [pair for m, pairs in per_module.items() if m in fuse for pair in pairs]
+        hooked = [pair for m, pairs in per_module.items() if m not in fuse for pair in pairs]
         return fused, hooked
 
     def held_bytes(self) -> int:

@@ -117,3 +117,31 @@ def test_within_the_unet_the_high_resolution_layers_fuse_first(mixer):
     assert first and first <= fused(mixer)
     assert deepest and not deepest & fused(mixer)
     assert_close(got, outputs(mixer, "unfused"))
+
+
+@pytest.fixture(scope="module")
+def wide(tmp_path_factory):
+    """A tiny model whose low-resolution level is wide (256 channels on 8 x 8 latents) and an adapter for it."""
+    from loramix.embedded.tiny import build_tiny_model
+    from tests.conftest import WORDS
+
+    root = tmp_path_factory.mktemp("wide")
+    model = build_tiny_model(root / "model", seed=0, words=WORDS, unet_channels=(32, 256))
+    return model, random_lora(model, root / "a.safetensors", 1, text=True, conv=True)
+
+
+def test_auto_hooks_the_deep_layers_whose_rewrite_costs_more_than_their_hook(wide):
+    model, lora = wide
+    mixer = Mixer.from_base(str(model), originals="file")  # originals cost nothing: memory does not decide
+    mixer.load(lora, weight=0.8, te_weight=0.5)
+    names = {m: path for path, m in mixer.components.unet.named_modules()}
+    unet = modules(mixer, "unet")
+    deep = {m for m in unet if names[m].startswith(("down_blocks.1.resnets.", "up_blocks.0.resnets.",
+                                                    "mid_block.resnets.")) or names[m].startswith("mid_block.")
+            and ".attn1." in names[m]}
+    high = {m for m in unet if names[m].startswith(("down_blocks.0.", "up_blocks.1."))}
+    got = outputs(mixer)
+    assert got[0] == "mixed" and not mixer._originals
+    assert deep and not deep & fused(mixer)  # 64 rows x 512 or more against 256 x 256 weights and up
+    assert high and high <= fused(mixer)
+    assert_close(got, outputs(mixer, "unfused"))
