@@ -10,8 +10,8 @@ UNet's transformer blocks, the text encoder's attention and MLP) plus LoCon on e
 * hooks: `mode="unfused"`, stacked hooks on every adapted module, nothing held;
 * auto, originals in memory: `mode="auto"` with `fuse_budget` 0.10, per module (UNet first, highest
   hook cost per byte first), host copies of the fused modules' originals held;
-* fused, originals from file: `mode="auto"` with `originals="file"`: every module fused, originals
-  read back from the base's safetensors files, nothing held.
+* auto, originals from file: `mode="auto"` with `originals="file"`: originals read back from the
+  base's safetensors files, nothing held, so only the cost model decides what is fused.
 
 Per way: an unchanged-blend preview, and a weight change (the first adapter's slider) + preview. A
 preview is 1 DDIM step with CFG at `--size` px to the latents (no VAE decode). Times are this
@@ -55,7 +55,7 @@ def main(argv=None) -> int:
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--ways", default="", help="comma list of the ways to run beside the base: hooks, auto, fused "
+    p.add_argument("--ways", default="", help="comma list of the ways to run beside the base: hooks, auto, auto-file "
                    "(default: all)")
     args = p.parse_args(argv)
     quiet_libraries()
@@ -84,9 +84,10 @@ def main(argv=None) -> int:
         return run
 
     ways = {"hooks": (None, "unfused"), "auto, originals in memory": (None, "auto"),
-            "fused, originals from file": (on_disk, "auto")}
+            "auto, originals from file": (on_disk, "auto")}
     if args.ways:
-        ways = {k: v for k, v in ways.items() if k.split(",")[0].split()[0] in args.ways.split(",")}
+        ways = {k: v for k, v in ways.items() if k.split(",")[0] + ("-file" if "file" in k else "")
+                in args.ways.split(",")}
     rows = []
     for n in counts:
         mixer.file_originals = on_disk
@@ -97,7 +98,7 @@ def main(argv=None) -> int:
         times = {"base": []}
         held, picked = {}, {}
         for r in range(args.repeats):
-            order = ["base", *ways] if r % 2 == 0 else [*ways, "base"][::-1]
+            order = ["base", *ways] if r % 2 == 0 else ["base", *ways][::-1]
             for way in order:
                 if way == "base":
                     into(on_disk)()
