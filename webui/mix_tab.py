@@ -517,7 +517,7 @@ def _wire(state: AppState, tab: MixTab, w: dict) -> None:
 def send_to_mix(tab: MixTab, state: AppState, selected, message, tabs):
     """Handler for the Train tab's button: the LoRA of the job that tab shows goes into the first empty row, and
     the Mix tab opens; a job without a LoRA file says so beside the button and the Train tab stays."""
-    from webui.train_tab import finished_lora, shown_job
+    from webui.train_jobs import finished_lora, shown_job
 
     def handler(raw):
         job = shown_job(state, raw[selected])

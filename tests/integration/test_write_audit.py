@@ -17,7 +17,7 @@ from loramix import cli
 from loramix.core import writer
 from loramix.core.errors import LoramixError
 from tests.conftest import make_folder, random_lora
-from webui import mix_tab, train_tab
+from webui import mix_tab, train_data, train_form
 from webui.jobs import JobManager
 from webui.state import AppState
 
@@ -88,14 +88,14 @@ def test_the_train_tab_writes_only_through_the_writer(app, tmp_path):
     data = make_folder(tmp_path / "data", n=2)
     form, values = form_and_values({"dataset.data_dir": str(data)})
     before = snapshot(app.outputs, data)
-    train_tab.save_as_preset(app, form, "mine", values)
-    message, _ = train_tab.save_as_preset(app, form, "mine", values)
+    train_form.save_as_preset(app, form, "mine", values)
+    message, _ = train_form.save_as_preset(app, form, "mine", values)
     assert "already exists" in message
-    assert "ships with loramix" in train_tab.save_as_preset(app, form, "Demo-CPU", values)[0]
-    train_tab.save_as_preset(app, form, "mine", values, replace=True)
-    _, table, _ = train_tab.show_images(app, str(data), ".txt")
+    assert "ships with loramix" in train_form.save_as_preset(app, form, "Demo-CPU", values)[0]
+    train_form.save_as_preset(app, form, "mine", values, replace=True)
+    _, table, _ = train_data.show_images(app, str(data), ".txt")
     table.iloc[0, 1] = "edited"
-    assert train_tab.write_captions(app, table, str(data), ".txt") == "Saved 2 captions."
+    assert train_data.write_captions(app, table, str(data), ".txt") == "Saved 2 captions."
     upload = tmp_path / "gradio-temp" / "new0.png"
     make_folder(upload.parent, n=1, prefix="new")
     first = app.import_files([str(upload)], (".png",))

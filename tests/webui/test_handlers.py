@@ -11,7 +11,7 @@ from loramix.core.errors import LoramixError
 from loramix.core.events import TrainEvent
 from tests.conftest import make_folder
 from trainers.lora_trainer import TrainResult
-from webui import mix_tab, train_tab
+from webui import mix_tab, train_data, train_form, train_jobs, train_live, train_tab
 from webui.jobs import JobManager
 from webui.state import AppState
 
@@ -64,11 +64,11 @@ def test_each_start_gets_its_own_run_folder_named_after_the_data(state, tmp_path
     data = make_folder(tmp_path / "mystyle", n=2)
     form, values = form_and_values({"dataset.data_dir": str(data), "output.output_name": "",
                                     "output.output_dir": "", "train.max_steps": 2})
-    first = train_tab.start_job(state, form, values)[0]
+    first = train_form.start_job(state, form, values)[0]
     assert "started in" in first and str(state.outputs / "mystyle") in first
     state.jobs.wait(state.jobs.current(), timeout=5)
     values["train.seed"] = 7  # other work with the same name: a new folder, the first run's files untouched
-    second = train_tab.start_job(state, form, values)[0]
+    second = train_form.start_job(state, form, values)[0]
     assert str(state.outputs / "mystyle-2") in second, second
     state.jobs.wait(state.jobs.current(), timeout=5)
     assert (state.outputs / "mystyle" / "mystyle.safetensors").read_bytes() == b"lora"
@@ -82,9 +82,9 @@ def test_a_chosen_folder_holding_another_run_is_refused(state, tmp_path):
     (used / "old.safetensors").write_bytes(b"old")
     form, values = form_and_values({"dataset.data_dir": str(data), "output.output_name": "x",
                                     "output.output_dir": str(used)})
-    assert "already holds another run" in train_tab.start_job(state, form, values)[0]
+    assert "already holds another run" in train_form.start_job(state, form, values)[0]
     values["output.output_dir"] = str(tmp_path / "outside")
-    assert "loramix writes only inside" in train_tab.start_job(state, form, values)[0]
+    assert "loramix writes only inside" in train_form.start_job(state, form, values)[0]
     assert (used / "old.safetensors").read_bytes() == b"old" and not (tmp_path / "outside").exists()
 
 
@@ -94,8 +94,8 @@ def test_duplicate_start_is_refused_and_leaves_no_empty_folder(tmp_path):
     data = make_folder(tmp_path / "dup", n=2)
     form, values = form_and_values({"dataset.data_dir": str(data), "output.output_name": "",
                                     "output.output_dir": ""})
-    assert "started" in train_tab.start_job(state, form, values)[0]
-    refused = train_tab.start_job(state, form, values)[0]
+    assert "started" in train_form.start_job(state, form, values)[0]
+    refused = train_form.start_job(state, form, values)[0]
     assert "already" in refused and "⚠" in refused
     assert sorted(p.name for p in state.outputs.iterdir() if p.name.startswith("dup")) == ["dup"]
     recorder.release.set()
@@ -107,32 +107,32 @@ def test_cancel_then_resume_continues_in_the_same_folder(tmp_path):
     data = make_folder(tmp_path / "res", n=2)
     form, values = form_and_values({"dataset.data_dir": str(data), "output.output_name": "",
                                     "output.output_dir": ""})
-    train_tab.start_job(state, form, values)[0]
+    train_form.start_job(state, form, values)[0]
     job = state.jobs.current()
     while job.status != "running" and job.active:
         threading.Event().wait(0.01)
-    assert "Resume: this job is not" in train_tab.resume_job(state, job.id)[0]
-    assert train_tab.cancel_job(state, None).startswith(f"Cancelled job {job.id}")
+    assert "Resume: this job is not" in train_jobs.resume_job(state, job.id)[0]
+    assert train_jobs.cancel_job(state, None).startswith(f"Cancelled job {job.id}")
     state.jobs.wait(job, timeout=5)
-    progress, *_, resume, _, _ = train_tab.poll(state, None, None)
+    progress, *_, resume, _, _ = train_tab.tick(state, None, None)
     assert "Cancelled" in progress and resume["visible"] is True
-    message = train_tab.resume_job(state, None)[0]
+    message = train_jobs.resume_job(state, None)[0]
     assert "resumes job" in message
     recorder.release.set()
     state.jobs.wait(state.jobs.current(), timeout=5)
     resumed = recorder.configs[-1]
     assert resumed.train.resume_from == str(job.folder / "res-state.safetensors")
     assert resumed.output.output_dir == str(job.folder)
-    assert "resumed from step 3" in train_tab.log_text(state.jobs.current())
+    assert "resumed from step 3" in train_live.log_text(state.jobs.current())
 
 
-def test_poll_sends_only_cheap_parts_when_nothing_changed(state):
+def test_a_tick_with_nothing_new_sends_nothing(state):
     import gradio as gr
 
-    first = train_tab.poll(state, None, None)
-    again = train_tab.poll(state, first[-2], first[-1])
-    assert first[0] == again[0] and "No training yet" in again[0]
-    assert all(part == gr.skip() for part in again[3:7])  # plot, samples, log and file are not re-sent
+    first = train_tab.tick(state, None, None)
+    again = train_tab.tick(state, first[-2], first[-1])
+    assert "No training yet" in first[0]
+    assert all(part == gr.skip() for part in again[:8])  # progress, plot, samples, log, file, queue, picker, resume
 
 
 def test_place_in_rows_fills_the_first_empty_shown_row():
@@ -148,7 +148,7 @@ def test_send_to_mix_handler_puts_the_finished_lora_into_a_row(state, tmp_path):
     data = make_folder(tmp_path / "sent", n=2)
     form, values = form_and_values({"dataset.data_dir": str(data), "output.output_name": "",
                                     "output.output_dir": ""})
-    train_tab.start_job(state, form, values)[0]
+    train_form.start_job(state, form, values)[0]
     state.jobs.wait(state.jobs.current(), timeout=5)
 
     class Tab:  # the handler reads and writes components by identity only
@@ -165,15 +165,15 @@ def test_send_to_mix_handler_puts_the_finished_lora_into_a_row(state, tmp_path):
 
 def test_caption_table_saves_only_next_to_scanned_images(state, tmp_path):
     data = make_folder(tmp_path / "caps", n=2)
-    thumbs, table, note = train_tab.show_images(state, str(data), ".txt")
-    assert len(thumbs) == 2 and thumbs[0][0].size[0] <= train_tab.THUMB and "2 images" in note
+    thumbs, table, note = train_data.show_images(state, str(data), ".txt")
+    assert len(thumbs) == 2 and thumbs[0][0].size[0] <= train_data.THUMB and "2 images" in note
     table.iloc[0, 1] = "new caption"
-    assert train_tab.write_captions(state, table, str(data), ".txt") == "Saved 2 captions."
+    assert train_data.write_captions(state, table, str(data), ".txt") == "Saved 2 captions."
     assert (data / "img0.txt").read_text() == "new caption\n"
     table.iloc[0, 0] = "../escape.png"
-    assert "is not an image of" in train_tab.write_captions(state, table, str(data), ".txt")
+    assert "is not an image of" in train_data.write_captions(state, table, str(data), ".txt")
     assert not (tmp_path / "escape.txt").exists()
-    assert "not a caption extension" in train_tab.write_captions(state, table, str(data), ".py")
+    assert "not a caption extension" in train_data.write_captions(state, table, str(data), ".py")
 
 
 def test_adapter_list_shows_step_files_under_their_run(state):
