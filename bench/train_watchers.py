@@ -60,15 +60,15 @@ def chromium_processes() -> list[psutil.Process]:
 
 
 class Server:
-    def __init__(self, outputs: Path):
+    def __init__(self, outputs: Path, root: Path = ROOT):
         self.port = free_port()
         self.log_path = outputs.parent / "server.log"
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        env = {**os.environ, "PYTHONPATH": str(root)}
         env.setdefault("OMP_NUM_THREADS", "1")
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", "loramix.cli", "ui", "--port", str(self.port),
                                           "--outputs", str(outputs)], stdout=log, stderr=subprocess.STDOUT,
-                                         env=env, cwd=ROOT)
+                                         env=env, cwd=root)
         deadline = time.monotonic() + 180
         while "loramix is running" not in self.log_path.read_text(errors="replace"):
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -86,14 +86,14 @@ class Server:
             self.proc.wait()
 
 
-def one_run(browser, tabs: int, steps: int, workdir: Path) -> dict:
+def one_run(browser, tabs: int, steps: int, workdir: Path, root: Path = ROOT) -> dict:
     from gradio_client import Client
 
     from loramix.core.job_store import JobStore
     from loramix.embedded import STYLE_SETS
 
     outputs = workdir / "outputs"
-    server = Server(outputs)
+    server = Server(outputs, root)
     contexts, pages = [], []
     try:
         for _ in range(tabs):
@@ -117,7 +117,7 @@ def one_run(browser, tabs: int, steps: int, workdir: Path) -> dict:
         for page in pages:  # every tab was watching this job
             page.locator("#train-progress", has_text=f"Done job {record.id}").wait_for(timeout=60_000)
         client.close()
-        return dict(tabs=tabs, job_s=record.finished - record.started, server_cpu_s=cpu1 - cpu0,
+        return dict(root=str(root), tabs=tabs, job_s=record.finished - record.started, server_cpu_s=cpu1 - cpu0,
                     browser_cpu_s=browser1 - browser0, visibility=sorted(set(hidden)))
     finally:
         for context in contexts:
@@ -130,6 +130,9 @@ def main(argv=None) -> int:
     p.add_argument("--tabs", type=int, nargs="+", default=[0, 2, 5])
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--roots", nargs="+", type=Path, default=[ROOT],
+                   help="repository checkouts whose `loramix ui` to compare (e.g. this one and an older commit's "
+                        "`git archive` in /tmp); alternated with the tab counts")
     args = p.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     from playwright.sync_api import sync_playwright
@@ -139,27 +142,29 @@ def main(argv=None) -> int:
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         for round_ in range(args.rounds):
-            for tabs in args.tabs:
+            for root, tabs in [(root, tabs) for tabs in args.tabs for root in args.roots]:
                 workdir = Path(tempfile.mkdtemp(prefix="loramix-watchers-"))
                 try:
-                    run = one_run(browser, tabs, args.steps, workdir)
+                    run = one_run(browser, tabs, args.steps, workdir, root.resolve())
                 finally:
                     shutil.rmtree(workdir, ignore_errors=True)
                 loads.append(os.getloadavg()[0])
                 results.append(run)
-                print(f"round {round_ + 1} tabs {tabs}: job {run['job_s']:.1f} s, server CPU "
+                print(f"round {round_ + 1} {root} tabs {tabs}: job {run['job_s']:.1f} s, server CPU "
                       f"{run['server_cpu_s']:.1f} s, browser CPU {run['browser_cpu_s']:.1f} s, load "
                       f"{loads[-1]:.2f}, pages {run['visibility']}", flush=True)
         browser.close()
-    print("\n| tabs | job s (median) | server CPU s (median) | browser CPU s (median) | runs |")
-    print("|---|---|---|---|---|")
-    base = None
-    for tabs in args.tabs:
-        runs = [r for r in results if r["tabs"] == tabs]
-        job = statistics.median(r["job_s"] for r in runs)
-        base = base or job
-        print(f"| {tabs} | {job:.1f} ({job / base:.2f}×) | {statistics.median(r['server_cpu_s'] for r in runs):.1f} | "
-              f"{statistics.median(r['browser_cpu_s'] for r in runs):.1f} | {len(runs)} |")
+    print("\n| code | tabs | job s (median) | server CPU s (median) | browser CPU s (median) | runs |")
+    print("|---|---|---|---|---|---|")
+    for root in args.roots:
+        base = None
+        for tabs in args.tabs:
+            runs = [r for r in results if r["tabs"] == tabs and r["root"] == str(root.resolve())]
+            job = statistics.median(r["job_s"] for r in runs)
+            base = base or job
+            print(f"| {root} | {tabs} | {job:.1f} ({job / base:.2f}×) | "
+                  f"{statistics.median(r['server_cpu_s'] for r in runs):.1f} | "
+                  f"{statistics.median(r['browser_cpu_s'] for r in runs):.1f} | {len(runs)} |")
     print(f"\n1-minute load after each run: min {min(loads):.2f}, median {statistics.median(loads):.2f}, "
           f"max {max(loads):.2f}")
     return 0

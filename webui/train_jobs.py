@@ -25,8 +25,8 @@ SHOWN_JOBS = 12  # rows of the queue table; the picker lists every job
 
 @dataclass
 class Selection:
-    """A tab's own memory: the job it shows, what its live view last received (None: send everything), and what
-    the sentence beside the buttons is about ((job id, status) or None)."""
+    """A tab's own memory: the job it shows, what its ticks last sent it (`train_tab.Sent`; None: send everything),
+    and what the sentence beside the buttons is about ((job id, status) or None)."""
 
     job: gr.State
     shown: gr.State
