@@ -19,7 +19,7 @@ from loramix.core.events import CancelToken, TrainEvent
 from loramix.core.quiet import quiet_libraries
 from loramix.mix.block_weights import UNIFORM_NOTE
 from loramix.mix.lora_spec import parse_axis
-from loramix.mix.mixer import SAMPLERS
+from loramix.mix.mixer import SAMPLERS, PreviewRequest
 
 
 def _fields_help() -> str:
@@ -61,11 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     mix.add_argument("--mix", help="a mix preset TOML (adapters, weights, block weights, on/off); --lora adds to it")
     mix.add_argument("--prompt", required=True)
     mix.add_argument("--negative", default="", help="negative prompt")
-    mix.add_argument("--seed", type=int, default=0)
-    mix.add_argument("--steps", type=int, default=20)
-    mix.add_argument("--cfg", type=float, default=7.0, help="guidance scale")
-    mix.add_argument("--sampler", default="ddim", help=f"one of {', '.join(SAMPLERS)}")
-    mix.add_argument("--size", type=int, default=0, help="image side in pixels (default: the model's)")
+    mix.add_argument("--seed", type=int, default=PreviewRequest.seed)  # the defaults are PreviewRequest's
+    mix.add_argument("--steps", type=int, default=PreviewRequest.steps)
+    mix.add_argument("--cfg", type=float, default=PreviewRequest.cfg_scale, help="guidance scale")
+    mix.add_argument("--sampler", default=PreviewRequest.sampler, help=f"one of {', '.join(SAMPLERS)}")
+    mix.add_argument("--size", type=int, default=PreviewRequest.width,
+                     help="image side in pixels (default: the model's)")
     mix.add_argument("--grid-x", help="X/Y grid axis: weight:NAME:v1,v2,…, lbw:NAME:PRESET,…, seed:s1,s2,…, "
                                       "cfg:c1,c2,… or sampler:ddim,euler (NAME: the adapter's file stem or path)")
     mix.add_argument("--grid-y", help="second grid axis (default: the given seed)")
@@ -237,7 +238,6 @@ def _mixer_with(args, blend=None):
 def _mix(args) -> int:
     from loramix.core.writer import check_target, save_png
     from loramix.mix.mix_preset import adapter_names, build_blend
-    from loramix.mix.mixer import PreviewRequest
     from loramix.mix.xy_grid import Axis, adapter_name, xy_grid
 
     check_target(args.out, replace=args.replace, field="--out")  # before the model loads

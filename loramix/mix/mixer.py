@@ -47,11 +47,15 @@ BAKED_MARKER = ".loramix-baked"
 
 @dataclass
 class PreviewRequest:
+    """One preview's picture settings. Its defaults are the only ones: the Mix tab's widgets and the flags of
+    `loramix mix` start from them. CFG 6: the guidance the embedded model's quality is measured at
+    (loramix/embedded/README.md)."""
+
     prompt: str
     negative_prompt: str = ""
-    seed: int = 0
+    seed: int = 1
     steps: int = 20
-    cfg_scale: float = 7.0
+    cfg_scale: float = 6.0
     sampler: str = "ddim"
     width: int = 0  # 0 = the base model's native size
     height: int = 0
