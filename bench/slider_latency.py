@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.mix_latency import random_adapter  # noqa: E402
 from loramix.core.quiet import quiet_libraries  # noqa: E402
-from loramix.mix.mixer import PreviewRequest  # noqa: E402
+from loramix.mix.request import PreviewRequest  # noqa: E402
 from webui.jobs import JobManager  # noqa: E402
 from webui.mix_actions import MixValues, Previewer  # noqa: E402
 from webui.state import AppState  # noqa: E402

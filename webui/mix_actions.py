@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 import threading
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from loramix.core.errors import LoramixError
@@ -24,13 +24,13 @@ from loramix.mix.block_weights import (
 )
 from loramix.mix.merge import save_blend
 from loramix.mix.mix_preset import (
-    MixRequest,
     load_mix_preset,
     mix_preset_metadata,
     preset_from_mixer,
     save_mix_preset,
 )
-from loramix.mix.mixer import PreviewRequest, check_bake_target
+from loramix.mix.mixer import check_bake_target
+from loramix.mix.request import PreviewRequest
 from loramix.mix.xy_grid import Axis, xy_grid
 from webui.mix_panels import MAX_ROWS
 from webui.state import AppState
@@ -46,11 +46,6 @@ class MixValues:
     base: str = ""
     rows: list[tuple[str, float, bool, str | None]] = field(default_factory=list)  # (file, weight, on, blocks)
     request: PreviewRequest = field(default_factory=lambda: PreviewRequest(""))
-
-    def mix_request(self) -> MixRequest:
-        """The picture settings as a mix preset keeps them (one `size` for the square side)."""
-        r = self.request
-        return MixRequest(r.prompt, r.negative_prompt, r.seed, r.steps, r.cfg_scale, r.sampler, r.width)
 
 
 def adapter_choices(state: AppState) -> list[tuple[str, str]]:
@@ -184,7 +179,7 @@ def save_mix(state: AppState, v: MixValues, name: str, replace: bool = False) ->
     target = check_target(mixes / f"{name}.toml", replace=bool(replace), within=mixes, field="Mix name")
     with state.mixer_lock:
         mixer, names = blended(state, v)
-        preset = preset_from_mixer(mixer, names, request=v.mix_request())
+        preset = preset_from_mixer(mixer, names, request=v.request)
         save_mix_preset(target, preset, replace=bool(replace), within=mixes, field="Mix name")
     return f"Saved mix {name} ({len(v.rows)} adapters) to {target}."
 
@@ -202,7 +197,7 @@ def load_mix(state: AppState, name: str) -> tuple[int, list[tuple[str | None, fl
         raise LoramixError(f"Mix {name}: {len(preset.adapters)} adapters; the Mix tab shows at most {MAX_ROWS}.")
     rows = [(e.path, e.weight, e.enabled, e.blocks.text if e.blocks else "") for e in preset.adapters]
     rows += [(None, 1.0, True, "")] * (MAX_ROWS - len(rows))
-    settings = asdict(preset.request) if preset.request else {}
+    settings = preset.request_table() if preset.request else {}
     return max(len(preset.adapters), 1), rows, settings
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import gradio as gr
 
 from loramix.mix.block_weights import BLOCK_IDS, LAYOUTS, PRESET_NAMES, UNIFORM_NOTE
-from loramix.mix.mixer import SAMPLERS, PreviewRequest
+from loramix.mix.request import SAMPLERS, PreviewRequest
 
 MAX_ROWS = 6
 DRAFT_STEPS = 8

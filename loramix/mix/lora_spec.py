@@ -112,7 +112,7 @@ def parse_axis(text: str):
     if kind in ("seed", "cfg"):
         return Axis(kind, [_number(text, v, int if kind == "seed" else float) for v in rest.split(",")])
     if kind == "sampler":
-        from loramix.mix.mixer import SAMPLERS
+        from loramix.mix.request import SAMPLERS
 
         values = [v.strip() for v in rest.split(",")]
         for v in values:

@@ -39,7 +39,7 @@ def _leaks(texts: dict[str, str], forbidden: list[str]) -> list[str]:
 
 
 def test_trained_merged_exported_and_baked_files_name_no_local_path(tiny_model, tmp_path, tmp_path_factory):
-    from loramix.mix.mixer import PreviewRequest
+    from loramix.mix.request import PreviewRequest
     from webui import mix_actions
     from webui.jobs import JobManager
     from webui.state import AppState

@@ -16,7 +16,7 @@ import pytest
 from loramix import cli
 from loramix.core import writer
 from loramix.core.errors import LoramixError
-from loramix.mix.mixer import PreviewRequest
+from loramix.mix.request import PreviewRequest
 from tests.conftest import make_folder, random_lora
 from webui import mix_actions, train_tab
 from webui.jobs import JobManager

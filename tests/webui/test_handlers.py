@@ -9,7 +9,7 @@ import pytest
 
 from loramix.core.errors import LoramixError
 from loramix.core.events import TrainEvent
-from loramix.mix.mixer import PreviewRequest
+from loramix.mix.request import PreviewRequest
 from tests.conftest import make_folder
 from trainers.lora_trainer import TrainResult
 from webui import mix_actions, mix_tab, train_tab

@@ -4,13 +4,15 @@ UI and 7 in the engine and CLI)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, fields
+from dataclasses import asdict
 
 import gradio as gr
+import pytest
 
 from loramix import cli
-from loramix.mix.mix_preset import MixRequest
-from loramix.mix.mixer import PreviewRequest
+from loramix.core.errors import LoramixError
+from loramix.mix.mix_preset import MixPreset, build_blend, from_dict
+from loramix.mix.request import PreviewRequest
 from tests.webui.test_handlers import Recorder
 from webui import mix_tab
 from webui.jobs import JobManager
@@ -33,13 +35,30 @@ def test_the_mix_form_as_it_opens_asks_for_the_engines_defaults(tmp_path):
 
 def test_the_cli_flags_default_to_the_engines_request():
     args = cli.build_parser().parse_args(["mix", "--prompt", "p", "--out", "x.png"])
-    d = PreviewRequest("p")
-    assert (args.negative, args.seed, args.steps, args.cfg, args.sampler, args.size, args.size) == \
-        (d.negative_prompt, d.seed, d.steps, d.cfg_scale, d.sampler, d.width, d.height)
+    assert cli.preview_request(args, MixPreset()) == PreviewRequest("p")
+
+
+def test_the_cli_takes_a_mix_presets_request_and_each_flag_given_wins(tmp_path):
+    preset = tmp_path / "blend.toml"
+    preset.write_text('schema_version = 2\n[request]\nprompt = "a small blue star on the left, white background"\n'
+                      'seed = 7\ncfg_scale = 4.5\nsize = 128\n')
+    blend = build_blend(preset)
+    args = cli.build_parser().parse_args(["mix", "--mix", str(preset), "--steps", "9", "--seed", "0", "--out", "x.png"])
+    assert cli.preview_request(args, blend) == PreviewRequest("a small blue star on the left, white background",
+                                                              seed=0, steps=9, cfg_scale=4.5, width=128, height=128)
+    args = cli.build_parser().parse_args(["mix", "--mix", str(preset), "--prompt", "red", "--size", "0", "--out", "x"])
+    assert cli.preview_request(args, blend) == PreviewRequest("red", seed=7, cfg_scale=4.5)
+
+
+def test_the_cli_without_any_prompt_says_so_before_the_model_loads():
+    args = cli.build_parser().parse_args(["mix", "--out", "x.png"])
+    with pytest.raises(LoramixError, match="--prompt"):
+        cli.preview_request(args, MixPreset())
 
 
 def test_a_mix_preset_without_a_setting_reads_the_engines_default():
-    d = asdict(PreviewRequest(""))
-    for f in fields(MixRequest):
-        assert getattr(MixRequest(), f.name) == d.get(f.name, d["width"]), f"MixRequest.{f.name}"
-
+    assert from_dict({"request": {}}).request == PreviewRequest("")
+    assert from_dict({"request": {"size": 256}}).request == PreviewRequest("", width=256, height=256)
+    table = from_dict({"request": {"seed": 3}}).request_table()
+    assert table == {"prompt": "", "negative_prompt": "", "seed": 3, "steps": PreviewRequest.steps,
+                     "cfg_scale": PreviewRequest.cfg_scale, "sampler": PreviewRequest.sampler, "size": 0}

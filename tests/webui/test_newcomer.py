@@ -18,7 +18,7 @@ from loramix.core.events import TrainEvent
 from loramix.formats.adapter_info import adapter_info
 from loramix.formats.lora_io import LoraAdapter, LoraLayer
 from loramix.mix.merge import Source, save_blend
-from loramix.mix.mixer import PreviewRequest
+from loramix.mix.request import PreviewRequest
 from tests.conftest import make_folder, random_lora
 from tests.webui.test_handlers import Recorder, form_and_values
 from webui import bindings, mix_actions, train_tab

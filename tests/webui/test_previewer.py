@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from loramix.mix.mixer import PreviewRequest
+from loramix.mix.request import PreviewRequest
 from webui.mix_actions import MixValues, Previewer
 from webui.state import AppState
 
