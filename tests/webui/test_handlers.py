@@ -9,9 +9,10 @@ import pytest
 
 from loramix.core.errors import LoramixError
 from loramix.core.events import TrainEvent
+from loramix.mix.request import PreviewRequest
 from tests.conftest import make_folder
 from trainers.lora_trainer import TrainResult
-from webui import mix_tab, train_data, train_form, train_jobs, train_live, train_tab
+from webui import mix_actions, mix_tab, train_data, train_form, train_jobs, train_live, train_tab
 from webui.jobs import JobManager
 from webui.state import AppState
 
@@ -114,7 +115,8 @@ def test_cancel_then_resume_continues_in_the_same_folder(tmp_path):
     assert "Resume: this job is not" in train_jobs.resume_job(state, job.id)[0]
     assert train_jobs.cancel_job(state, None).startswith(f"Cancelled job {job.id}")
     state.jobs.wait(job, timeout=5)
-    progress, *_, resume, _, _ = train_tab.tick(state, None, None)
+    progress, _, selected, _, due = train_tab.tick(state, None, None)
+    resume = train_tab.catch_up(state, selected, due, None)["resume"]
     assert "Cancelled" in progress and resume["visible"] is True
     message = train_jobs.resume_job(state, None)[0]
     assert "resumes job" in message
@@ -130,18 +132,18 @@ def test_a_tick_with_nothing_new_sends_nothing(state):
     import gradio as gr
 
     first = train_tab.tick(state, None, None)
-    again = train_tab.tick(state, first[-2], first[-1])
-    assert "No training yet" in first[0]
-    assert all(part == gr.skip() for part in again[:8])  # progress, plot, samples, log, file, queue, picker, resume
+    again = train_tab.tick(state, first[2], first[3])
+    assert "No training yet" in first[0] and again[:2] == first[:2]
+    assert again[4] == gr.skip()  # nothing due: no plot, samples, log, file, picker, button or sentence is sent
 
 
 def test_place_in_rows_fills_the_first_empty_shown_row():
-    assert mix_tab.place_in_rows([None] * 6, 1, "a") == (1, ["a", None, None, None, None, None])
-    assert mix_tab.place_in_rows(["x", None, None, None, None, None], 1, "a") == (2, ["x", "a", None, None, None,
+    assert mix_actions.place_in_rows([None] * 6, 1, "a") == (1, ["a", None, None, None, None, None])
+    assert mix_actions.place_in_rows(["x", None, None, None, None, None], 1, "a") == (2, ["x", "a", None, None, None,
                                                                                        None])
-    assert mix_tab.place_in_rows(["x", None, "y", None, None, None], 3, "a")[1][:3] == ["x", "a", "y"]
+    assert mix_actions.place_in_rows(["x", None, "y", None, None, None], 3, "a")[1][:3] == ["x", "a", "y"]
     full = [str(i) for i in range(6)]
-    assert mix_tab.place_in_rows(full, 6, "a") == (6, ["0", "1", "2", "3", "4", "a"])
+    assert mix_actions.place_in_rows(full, 6, "a") == (6, ["0", "1", "2", "3", "4", "a"])
 
 
 def test_send_to_mix_handler_puts_the_finished_lora_into_a_row(state, tmp_path):
@@ -181,7 +183,7 @@ def test_adapter_list_shows_step_files_under_their_run(state):
     run.mkdir()
     for name in ("mystyle.safetensors", "mystyle-step000050.safetensors", "mystyle-state.safetensors"):
         (run / name).write_bytes(b"x")
-    labels = [label for label, _ in mix_tab.adapter_choices(state)]
+    labels = [label for label, _ in mix_actions.adapter_choices(state)]
     assert sorted(labels) == ["mystyle/mystyle-step000050.safetensors", "mystyle/mystyle.safetensors"]
 
 
@@ -195,26 +197,26 @@ def test_mix_grid_block_weights_presets_and_export_metadata(tmp_path, tiny_model
     state = AppState.create(tmp_path / "outputs", jobs=JobManager(tmp_path / "jobs.db", Recorder()))
     a = random_lora(tiny_model, state.lora_dir / "a.safetensors", 1)
     random_lora(tiny_model, state.lora_dir / "b.safetensors", 2)
-    v = mix_tab.MixValues(str(tiny_model), [(str(a), 0.8, True, "OUTD"), (str(state.lora_dir / "b.safetensors"),
+    v = mix_actions.MixValues(str(tiny_model), [(str(a), 0.8, True, "OUTD"), (str(state.lora_dir / "b.safetensors"),
                                                                           -0.5, True, None)],
-                          "red stripes", "", 1, 2, 3.0, 0, "ddim")
-    assert "Saved mix duo" in mix_tab.save_mix(state, v, "duo")
-    count, rows, _ = mix_tab.load_mix(state, "duo")
+                          PreviewRequest("red stripes", "", 1, 2, 3.0, "ddim", 0, 0))
+    assert "Saved mix duo" in mix_actions.save_mix(state, v, "duo")
+    count, rows, _ = mix_actions.load_mix(state, "duo")
     assert count == 2 and rows[0][1:] == (0.8, True, "OUTD") and rows[1][1:] == (-0.5, True, "")
     with pytest.raises(LoramixError, match="plain file name"):
-        mix_tab.save_mix(state, v, "../out")
-    image, message = mix_tab.make_grid(state, v, "blocks of Adapter 1", "ALL; OUTD", "cfg", "1, 4")
+        mix_actions.save_mix(state, v, "../out")
+    image, message = mix_actions.make_grid(state, v, "blocks of Adapter 1", "ALL; OUTD", "cfg", "1, 4")
     assert message == "Grid done: 2 × 2 images." and image.size[0] > 2 * 64
     with pytest.raises(LoramixError, match="Adapter 3 has no adapter"):
-        mix_tab.make_grid(state, v, "weight of Adapter 3", "0, 1", "seed", "1")
-    path, note = mix_tab.export_blend(state, v, "duo-merged", 0, "fp32", False)
+        mix_actions.make_grid(state, v, "weight of Adapter 3", "0, 1", "seed", "1")
+    path, note = mix_actions.export_blend(state, v, "duo-merged", 0, "fp32", False)
     recorded = json.loads(read_lora(path).metadata[METADATA_KEY])
     assert [r["weight"] for r in recorded["adapter"]] == [0.8, -0.5] and recorded["adapter"][0]["blocks"] == "OUTD"
 
 
 def test_block_sliders_round_trip_a_rows_text():
-    values = mix_tab.blocks_to_sliders("OUTD", 17)
-    assert mix_tab.sliders_to_blocks(values, 17) == "1,0,0,0,0,0,0,0,1,1,1,1,0,0,0,0,0"
-    assert mix_tab.blocks_to_sliders("", 17) == [1.0] * 26
-    sdxl = mix_tab.sliders_to_blocks(mix_tab.blocks_to_sliders("1,0,0,0,0,0.5,1,1,1,1,1,1", 12), 12)
+    values = mix_actions.blocks_to_sliders("OUTD", 17)
+    assert mix_actions.sliders_to_blocks(values, 17) == "1,0,0,0,0,0,0,0,1,1,1,1,0,0,0,0,0"
+    assert mix_actions.blocks_to_sliders("", 17) == [1.0] * 26
+    sdxl = mix_actions.sliders_to_blocks(mix_actions.blocks_to_sliders("1,0,0,0,0,0.5,1,1,1,1,1,1", 12), 12)
     assert sdxl == "1,0,0,0,0,0.5,1,1,1,1,1,1"

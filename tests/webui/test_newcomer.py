@@ -19,9 +19,10 @@ from loramix.core.events import TrainEvent
 from loramix.formats.adapter_info import adapter_info
 from loramix.formats.lora_io import LoraAdapter, LoraLayer
 from loramix.mix.merge import Source, save_blend
+from loramix.mix.request import PreviewRequest
 from tests.conftest import make_folder, random_lora
 from tests.webui.test_handlers import Recorder, form_and_values
-from webui import bindings, mix_tab, train_form, train_jobs, train_live, train_times
+from webui import bindings, mix_actions, train_form, train_jobs, train_live, train_times
 from webui.jobs import Job, JobManager
 from webui.state import AppState
 
@@ -37,27 +38,28 @@ def state(tmp_path):
 def test_a_mix_preset_round_trips_the_rows_in_order_and_the_picture_settings(state, tiny_model):
     a = random_lora(tiny_model, state.lora_dir / "a.safetensors", 1)
     b = random_lora(tiny_model, state.lora_dir / "b.safetensors", 2)
-    first = mix_tab.MixValues(str(tiny_model), [(str(a), 0.5, True, None), (str(b), 0.5, True, None)])
+    first = mix_actions.MixValues(str(tiny_model), [(str(a), 0.5, True, None), (str(b), 0.5, True, None)])
     with state.mixer_lock:
-        mix_tab.blended(state, first)  # the mixer now holds a, then b
-    saved = mix_tab.MixValues(str(tiny_model), [(str(b), -0.7, True, "OUTD"), (str(a), 1.3, False, None)],
-                              "a small yellow star, pastelz", "blurry", 1234, 33, 7.5, 128, "euler")
-    assert "Saved mix two" in mix_tab.save_mix(state, saved, "two")
-    changed = mix_tab.MixValues(str(tiny_model), [(str(a), 0.1, True, None)], "other", "", 1, 5, 1.0, 0, "ddim")
+        mix_actions.blended(state, first)  # the mixer now holds a, then b
+    saved = mix_actions.MixValues(str(tiny_model), [(str(b), -0.7, True, "OUTD"), (str(a), 1.3, False, None)],
+                              PreviewRequest("a small yellow star, pastelz", "blurry", 1234, 33, 7.5, "euler", 128,
+                                             128))
+    assert "Saved mix two" in mix_actions.save_mix(state, saved, "two")
+    changed = mix_actions.MixValues(str(tiny_model), [(str(a), 0.1, True, None)], PreviewRequest("other", "", 1, 5, 1.0))
     with state.mixer_lock:
-        mix_tab.blended(state, changed)  # everything changed before the load
-    count, rows, settings = mix_tab.load_mix(state, "two")
+        mix_actions.blended(state, changed)  # everything changed before the load
+    count, rows, settings = mix_actions.load_mix(state, "two")
     assert count == 2
     assert [(Path(f).name, w, on, blocks) for f, w, on, blocks in rows[:2]] == \
         [("b.safetensors", -0.7, True, "OUTD"), ("a.safetensors", 1.3, False, "")]
-    assert settings == dict(prompt="a small yellow star, pastelz", negative="blurry", seed=1234, steps=33, cfg=7.5,
-                            size=128, sampler="euler")
+    assert settings == dict(prompt="a small yellow star, pastelz", negative_prompt="blurry", seed=1234, steps=33,
+                            cfg_scale=7.5, size=128, sampler="euler")
 
 
 def test_a_mix_saved_before_the_settings_were_kept_still_loads(state):
     (state.outputs / "mixes" / "old.toml").write_text(
         f'schema_version = 1\n[[adapter]]\npath = "{state.lora_dir / "x.safetensors"}"\nweight = 0.25\n')
-    count, rows, settings = mix_tab.load_mix(state, "old")
+    count, rows, settings = mix_actions.load_mix(state, "old")
     assert count == 1 and rows[0][1:] == (0.25, True, "") and settings == {}
 
 
@@ -122,10 +124,10 @@ def test_the_queued_message_goes_once_that_job_starts_and_the_started_one_when_i
 
 # ---- row 10: the first Mix tab says where adapters come from --------------------------------------------------
 def test_an_empty_mix_tab_says_how_to_get_an_adapter_and_stops_once_there_is_one(state, tiny_model):
-    hint = mix_tab.empty_hint(state)
+    hint = mix_actions.empty_hint(state)
     assert "Train tab" in hint and "Send to Mix" in hint and "Add LoRA files" in hint
     random_lora(tiny_model, state.lora_dir / "a.safetensors", 1)
-    assert mix_tab.empty_hint(state) == ""
+    assert mix_actions.empty_hint(state) == ""
 
 
 # ---- row 12: the ETA counts sample pauses and checkpoint saves ---------------------------------------------------

@@ -90,13 +90,13 @@ def test_a_new_job_does_not_take_a_tab_away_from_the_job_it_shows(tmp_path):
                                     "output.output_name": "", "output.output_dir": ""})
     _, first = train_form.start_job(state, form, values)
     view = train_tab.tick(state, None, None)  # a tab that had picked nothing: it shows job 1 and keeps it
-    assert view[-2] == first
+    assert view[2] == first
     recorder.release.set()
     state.jobs.wait(state.jobs.get(first), timeout=5)
     recorder.release.clear()
     values["dataset.data_dir"] = str(make_folder(tmp_path / "two", n=2))
     _, second = train_form.start_job(state, form, values)  # from another tab
-    progress, *_, selected, _ = train_tab.tick(state, view[-2], view[-1])
+    progress, _, selected, _, _ = train_tab.tick(state, view[2], view[3])
     assert selected == first and f"job {first}" in progress and "Done" in progress
     assert "is done; nothing to cancel" in train_jobs.cancel_job(state, first)
     assert state.jobs.get(second).active  # Cancel acted on the shown job, not the running one
