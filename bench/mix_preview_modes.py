@@ -37,7 +37,8 @@ from bench.mix_hooks import locon_targets, random_adapter  # noqa: E402
 from bench.mix_real_shapes import mixer_preview, pipe_preview, trim  # noqa: E402
 from bench.real_shapes import kohya_targets  # noqa: E402
 from loramix.core.quiet import quiet_libraries  # noqa: E402
-from loramix.mix.mixer import Mixer, PreviewRequest  # noqa: E402
+from loramix.mix.mixer import Mixer  # noqa: E402
+from loramix.mix.request import PreviewRequest  # noqa: E402
 
 GiB = 1024 ** 3
 
