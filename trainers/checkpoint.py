@@ -86,7 +86,7 @@ def adapter_metadata(cfg: LoramixConfig, family, *, step: int, epoch: int, num_i
         "ss_optimizer": cfg.optim.optimizer,
         "ss_lr_scheduler": cfg.optim.lr_scheduler,
         "ss_lr_warmup_steps": str(cfg.optim.lr_warmup_steps),
-        "ss_mixed_precision": resolve_precision(cfg.train.mixed_precision),  # auto: what it ran as
+        "ss_mixed_precision": resolve_precision(cfg.train.mixed_precision, cfg.model.base_model),  # auto: what it ran as
         "ss_seed": str(cfg.train.seed),
         "ss_noise_offset": str(cfg.train.noise_offset or None),
         "ss_min_snr_gamma": str(cfg.train.min_snr_gamma or None),

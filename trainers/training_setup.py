@@ -68,7 +68,8 @@ class TrainingSetup:
         # `accelerate launch --multi_gpu --num_processes N` then works on a CPU-only machine too.
         cpu_group = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
         try:
-            self.accelerator = Accelerator(mixed_precision=resolve_precision(train.mixed_precision), cpu=cpu_group,
+            precision = resolve_precision(train.mixed_precision, self.cfg.model.base_model)
+            self.accelerator = Accelerator(mixed_precision=precision, cpu=cpu_group,
                                            gradient_accumulation_steps=train.gradient_accumulation_steps,
                                            **accelerator_options(self.cfg.output, self.out_dir))  # output.log_with
         except ValueError as e:

@@ -161,11 +161,11 @@ class TrainConfig:
     batch_size: int = _f(1, "Images per step on each process.", min=1, max=256)
     gradient_accumulation_steps: int = _f(1, "Micro-batches summed before each optimizer step.", min=1,
                                          max=1024)
-    mixed_precision: str = _f("no", "Compute precision of the frozen model (LoRA weights stay fp32). auto: bf16 on a "
-                                    "CPU with native bf16 (AVX-512-bf16 or AMX), fp32 on other CPUs (bf16 is "
-                                    "emulated and slower there) and on GPUs. On such a CPU an SD 1.5 step measured "
-                                    "1.7x faster in bf16 with the same loss curve: choose auto or bf16 there "
-                                    "(docs/benchmarks.md).",
+    mixed_precision: str = _f("auto", "Compute precision of the frozen model (LoRA weights stay fp32). auto: bf16 "
+                                      "on a CPU with native bf16 (AVX-512-bf16 or AMX) for a full-size model (SD "
+                                      "1.5 measured 1.9x faster per step there, same loss curve); fp32 for the "
+                                      "tiny demo model (bf16 is slower at its size), on other CPUs (bf16 is "
+                                      "emulated) and on GPUs (docs/benchmarks.md).",
                               choices=["no", "fp16", "bf16", "auto"])
     gradient_checkpointing: bool = _f(False, "Trade compute for memory in the UNet.")
     free_encoders: bool = _f(True, "With cached latents and text embeddings and the text encoder not trained, "

@@ -55,3 +55,23 @@ def load_checkpoint_file(path: Path, allow_unsafe: bool = False) -> Components:
                       text_encoder=parts["text_encoder"], tokenizer=parts["tokenizer"],
                       noise_scheduler=DDPMScheduler.from_config(parts["scheduler"].config),
                       text_encoder_2=parts.get("text_encoder_2"), tokenizer_2=parts.get("tokenizer_2"))
+
+
+def unet_config_of(source: str = "") -> dict | None:
+    """The UNet config of a diffusers folder (empty: the embedded model), read without loading a weight; None
+    for a hub id, a single-file checkpoint or a folder without one."""
+    import json
+
+    path = Path(source or default_base_model()).expanduser() / "unet" / "config.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def is_tiny_base(source: str = "") -> bool:
+    """Is this base one of the toy-sized models (the embedded demo model, test models)?"""
+    from loramix.formats.families import TinyFamily
+
+    config = unet_config_of(source)
+    return config is not None and TinyFamily.matches(config)
