@@ -164,7 +164,8 @@ class TrainConfig:
     mixed_precision: str = _f("no", "Compute precision of the frozen model (LoRA weights stay fp32). auto: bf16 on a "
                                     "CPU with native bf16 (AVX-512-bf16 or AMX), fp32 on other CPUs (bf16 is "
                                     "emulated and slower there) and on GPUs. On such a CPU an SD 1.5 step measured "
-                                    "1.7x faster in bf16 with the same loss curve: choose auto or bf16 there "
+                                    "1.9x faster in bf16 with a loss curve like fp32's, while the small embedded "
+                                    "demo model ran 0.7x: choose auto or bf16 there for SD-sized models "
                                     "(docs/benchmarks.md).",
                               choices=["no", "fp16", "bf16", "auto"])
     gradient_checkpointing: bool = _f(False, "Trade compute for memory in the UNet.")
