@@ -25,7 +25,7 @@ from bench.mix_real_shapes import pipe_preview  # noqa: E402
 from loramix.core.cpu_features import native_bf16  # noqa: E402
 from loramix.core.quiet import quiet_libraries  # noqa: E402
 from loramix.formats.base_model import load_base_model  # noqa: E402
-from loramix.mix.mixer import PreviewRequest  # noqa: E402
+from loramix.mix.request import PreviewRequest  # noqa: E402
 
 
 def cpu(fn) -> float:

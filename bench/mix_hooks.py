@@ -36,7 +36,8 @@ from bench.mix_real_shapes import mixer_preview, pipe_preview, trim  # noqa: E40
 from bench.real_shapes import PeakRSS, kohya_targets  # noqa: E402
 from loramix.core.quiet import quiet_libraries  # noqa: E402
 from loramix.formats.lora_io import LoraAdapter, LoraLayer, module_table, save_lora  # noqa: E402
-from loramix.mix.mixer import Mixer, PreviewRequest  # noqa: E402
+from loramix.mix.mixer import Mixer  # noqa: E402
+from loramix.mix.request import PreviewRequest
 
 GiB = 1024 ** 3
 

@@ -30,7 +30,8 @@ from loramix.core.quiet import quiet_libraries  # noqa: E402
 from loramix.embedded.tiny import build_tiny_model  # noqa: E402
 from loramix.formats import lora_io  # noqa: E402
 from loramix.formats.lora_io import LoraAdapter, LoraLayer, module_table, save_lora  # noqa: E402
-from loramix.mix.mixer import Mixer, PreviewRequest  # noqa: E402
+from loramix.mix.mixer import Mixer  # noqa: E402
+from loramix.mix.request import PreviewRequest
 
 TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 

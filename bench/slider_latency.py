@@ -4,7 +4,7 @@
     python bench/slider_latency.py --draft 8 --repeats 7 --threads 2
     python bench/slider_latency.py --arch sd15 --size 256 --repeats 3   # random SD 1.5 built offline
 
-Runs the Mix tab's own preview handler (`webui.mix_tab.Previewer`) without a browser: each "release"
+Runs the Mix tab's own preview handler (`webui.mix_actions.Previewer`) without a browser: each "release"
 sets one adapter's weight and draws the blend at the draft step count; the base image (all adapters
 off) comes from the cache after the first draw. Reports medians of: the first preview (base and blend
 drawn), a release (blend only), and a Generate at full steps. The browser and network add to this;
@@ -26,8 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.mix_latency import random_adapter  # noqa: E402
 from loramix.core.quiet import quiet_libraries  # noqa: E402
+from loramix.mix.request import PreviewRequest  # noqa: E402
 from webui.jobs import JobManager  # noqa: E402
-from webui.mix_tab import MixValues, Previewer  # noqa: E402
+from webui.mix_actions import MixValues, Previewer  # noqa: E402
 from webui.state import AppState  # noqa: E402
 
 
@@ -57,8 +58,8 @@ def main(argv=None) -> int:
 
     def values(weight: float, seed: int) -> MixValues:
         return MixValues(base, [(str(files[0]), weight, True, None), (str(files[1]), 0.5, True, None)],
-                         "a large red circle on the left, white background", "", seed, args.steps, 6.0, args.size,
-                         "ddim")
+                         PreviewRequest("a large red circle on the left, white background", seed=seed,
+                                        steps=args.steps, cfg_scale=6.0, width=args.size, height=args.size))
 
     first, release, generate = [], [], []
     for r in range(args.repeats):

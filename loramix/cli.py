@@ -10,6 +10,7 @@ import contextlib
 import logging
 import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from loramix.core.config import field_specs, load_config
@@ -19,7 +20,7 @@ from loramix.core.events import CancelToken, TrainEvent
 from loramix.core.quiet import quiet_libraries
 from loramix.mix.block_weights import UNIFORM_NOTE
 from loramix.mix.lora_spec import parse_axis
-from loramix.mix.mixer import SAMPLERS
+from loramix.mix.request import SAMPLERS, PreviewRequest
 
 
 def _fields_help() -> str:
@@ -59,13 +60,16 @@ def build_parser() -> argparse.ArgumentParser:
     mix.add_argument("--base", default="", help="base model folder or hub id (default: the embedded model)")
     mix.add_argument("--lora", action="append", default=[], help=lora_help)
     mix.add_argument("--mix", help="a mix preset TOML (adapters, weights, block weights, on/off); --lora adds to it")
-    mix.add_argument("--prompt", required=True)
-    mix.add_argument("--negative", default="", help="negative prompt")
-    mix.add_argument("--seed", type=int, default=0)
-    mix.add_argument("--steps", type=int, default=20)
-    mix.add_argument("--cfg", type=float, default=7.0, help="guidance scale")
-    mix.add_argument("--sampler", default="ddim", help=f"one of {', '.join(SAMPLERS)}")
-    mix.add_argument("--size", type=int, default=0, help="image side in pixels (default: the model's)")
+    # Picture settings: a flag wins, then the --mix preset's [request] table, then PreviewRequest's defaults
+    # (the only defaults; the Mix tab starts from them too).
+    d = PreviewRequest("")
+    mix.add_argument("--prompt", help="what to draw (default: the --mix preset's prompt)")
+    mix.add_argument("--negative", help="negative prompt")
+    mix.add_argument("--seed", type=int, help=f"default {d.seed}")
+    mix.add_argument("--steps", type=int, help=f"default {d.steps}")
+    mix.add_argument("--cfg", type=float, help=f"guidance scale, default {d.cfg_scale:g}")
+    mix.add_argument("--sampler", help=f"one of {', '.join(SAMPLERS)}; default {d.sampler}")
+    mix.add_argument("--size", type=int, help="image side in pixels (default: the model's)")
     mix.add_argument("--grid-x", help="X/Y grid axis: weight:NAME:v1,v2,…, lbw:NAME:PRESET,…, seed:s1,s2,…, "
                                       "cfg:c1,c2,… or sampler:ddim,euler (NAME: the adapter's file stem or path)")
     mix.add_argument("--grid-y", help="second grid axis (default: the given seed)")
@@ -234,24 +238,35 @@ def _mixer_with(args, blend=None):
     return mixer
 
 
+def preview_request(args, blend) -> PreviewRequest:
+    """`loramix mix`'s request: each flag given wins, then the --mix preset's [request], then the defaults;
+    checked before any model loads."""
+    flags = {"prompt": args.prompt, "negative_prompt": args.negative, "seed": args.seed, "steps": args.steps,
+             "cfg_scale": args.cfg, "sampler": args.sampler}
+    req = replace(blend.request or PreviewRequest(""), **{k: v for k, v in flags.items() if v is not None})
+    if args.size is not None:
+        req = replace(req, width=args.size, height=args.size)
+    if not req.prompt.strip():
+        raise LoramixError("--prompt: say what to draw (or give a --mix preset whose [request] has a prompt).")
+    return req.validate()
+
+
 def _mix(args) -> int:
     from loramix.core.writer import check_target, save_png
     from loramix.mix.mix_preset import adapter_names, build_blend
-    from loramix.mix.mixer import PreviewRequest
     from loramix.mix.xy_grid import Axis, adapter_name, xy_grid
 
     check_target(args.out, replace=args.replace, field="--out")  # before the model loads
     blend = build_blend(args.mix, args.lora)
+    req = preview_request(args, blend)
     if args.grid_y and not args.grid_x:
         raise LoramixError("--grid-y needs --grid-x.")
-    axes = [parse_axis(args.grid_x), parse_axis(args.grid_y) if args.grid_y else Axis("seed", [args.seed])] \
+    axes = [parse_axis(args.grid_x), parse_axis(args.grid_y) if args.grid_y else Axis("seed", [req.seed])] \
         if args.grid_x else []
     for axis in axes:  # before the model loads: a wrong adapter name costs no wait
         if axis.kind in ("weight", "lbw"):
             axis.adapter = adapter_name(axis.adapter, adapter_names(blend))
     mixer = _mixer_with(args, blend)
-    req = PreviewRequest(args.prompt, args.negative, args.seed, args.steps, args.cfg, args.sampler, args.size,
-                         args.size)
     if axes:
         image = xy_grid(mixer, req, *axes)
     else:

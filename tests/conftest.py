@@ -104,12 +104,12 @@ def first_sample_inputs(trainer, micro: int):
     (train.seed 42, cached latents and text): recomputed here for the expected-loss tests."""
     import torch
 
-    from trainers.lora_trainer import _seed_for
+    from trainers.training_step import seed_for
 
     sample = trainer.micro_batch(micro)[0][0]
     latents = trainer.latent_cache[(sample.index, False)][None]
     cond = trainer.text_cache[trainer.items[sample.index].caption]["encoder_hidden_states"][None]
-    g = torch.Generator().manual_seed(_seed_for(42, micro, 0))
+    g = torch.Generator().manual_seed(seed_for(42, micro, 0))
     noise = torch.randn(latents.shape[1:], generator=g)[None]
     t = torch.randint(0, 1000, (1,), generator=g)
     return sample, latents, cond, noise, t

@@ -14,7 +14,8 @@ import numpy as np
 from loramix.embedded.quality import held_out_scenes
 from loramix.embedded.style_metrics import style_statistic, style_target
 from loramix.formats.adapter_info import adapter_info
-from loramix.mix.mixer import Mixer, PreviewRequest
+from loramix.mix.mixer import Mixer
+from loramix.mix.request import PreviewRequest
 from trainers.dataset import with_trigger
 
 

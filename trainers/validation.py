@@ -38,13 +38,13 @@ def build_validation_set(trainer, items: list[ds.ImageItem]) -> ValidationSet:
     """Encode the held-out images once (the VAE is still loaded) and draw their fixed noise; with a frozen text
     encoder, their captions' embeddings too, so that scoring needs neither the VAE nor the text encoders (they may
     be parked out of memory: train.free_encoders)."""
-    d = trainer.cfg.dataset
-    n = trainer.m.noise_scheduler.config.num_train_timesteps
+    dataset = trainer.cfg.dataset
+    n = trainer.components.noise_scheduler.config.num_train_timesteps
     timesteps = torch.tensor([int(f * n) for f in TIMESTEP_FRACTIONS])
     latents, masks, noise = [], [], []
-    plain, sample = replace(d, crop="center"), ds.Sample(0, False, False, 0)
+    plain, sample = replace(dataset, crop="center"), ds.Sample(0, False, False, 0)
     for item in items:
-        latent = trainer._encode_images(ds.pixels_for(item, sample, plain)[None])[0]
+        latent = trainer.encode_images(ds.pixels_for(item, sample, plain)[None])[0]
         latents.append(latent)
         masks.append(mask_for(item, sample, plain, tuple(latent.shape[-2:])) if trainer.cfg.train.masked_loss
                      else None)
@@ -52,26 +52,27 @@ def build_validation_set(trainer, items: list[ds.ImageItem]) -> ValidationSet:
         noise.append(torch.randn((len(timesteps), *latent.shape), generator=g))
     conds = None
     if not trainer.cfg.network.train_text_encoder:
-        conds = [trainer._encode_text([ds.caption_for(item, sample, d)]) for item in items]
+        conds = [trainer.encode_text([ds.caption_for(item, sample, dataset)]) for item in items]
     return ValidationSet(items, latents, masks, noise, timesteps, conds)
 
 
 @torch.no_grad()
 def validation_loss(trainer, vset: ValidationSet) -> float:
     """The mean validation loss of the weights now in the model."""
-    d, sched, unet = trainer.cfg.dataset, trainer.m.noise_scheduler, trainer.models[trainer.family.unet_prefix]
-    plain, sample = replace(d, crop="center"), ds.Sample(0, False, False, 0)
+    dataset, noise_scheduler = trainer.cfg.dataset, trainer.components.noise_scheduler
+    unet = trainer.models[trainer.family.unet_prefix]
+    plain, sample = replace(dataset, crop="center"), ds.Sample(0, False, False, 0)
     total = 0.0
     for i, (item, latent, mask, noise) in enumerate(zip(vset.items, vset.latents, vset.masks, vset.noise)):
         k = len(vset.timesteps)
-        encoded = vset.conds[i] if vset.conds is not None else trainer._encode_text([ds.caption_for(item, sample, d)])
+        encoded = vset.conds[i] if vset.conds is not None else trainer.encode_text([ds.caption_for(item, sample, dataset)])
         cond = {key: v.expand(k, *v.shape[1:]) for key, v in encoded.items()}
         x0 = latent[None].expand(k, *latent.shape)
         eps = noise.to(latent.device, latent.dtype)
         t = vset.timesteps.to(latent.device)
-        target = eps if trainer.m.prediction_type == "epsilon" else sched.get_velocity(x0, eps, t)
+        target = eps if trainer.components.prediction_type == "epsilon" else noise_scheduler.get_velocity(x0, eps, t)
         geometry = [ds.geometry(item, sample, plain)] * k
-        pred = unet(sched.add_noise(x0, eps, t), t, **trainer.family.unet_kwargs(cond, geometry),
+        pred = unet(noise_scheduler.add_noise(x0, eps, t), t, **trainer.family.unet_kwargs(cond, geometry),
                     return_dict=False)[0]
         weights = None if mask is None else (trainer.cfg.train.unmasked_weight
                                              + (1 - trainer.cfg.train.unmasked_weight) * mask)[None]

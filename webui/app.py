@@ -23,7 +23,7 @@ from loramix.core.environment import check_environment
 from loramix.core.errors import LoramixError
 from loramix.core.runs import confine_config, drop_if_empty, new_run_folder
 from loramix.mix.lora_spec import parse_adapter_spec
-from loramix.mix.mixer import PreviewRequest
+from loramix.mix.request import PreviewRequest
 from trainers.captions import captions_table
 from webui import dataset_tab, mix_tab, train_tab
 from webui.guard import HostCheck, LoginThrottle

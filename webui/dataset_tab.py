@@ -22,7 +22,7 @@ from trainers.clipseg_masks import DEFAULT_CLIPSEG, make_masks, mask_path
 from trainers.dataset_report import DatasetReport, dataset_report
 from trainers.tags import OPS, TagChange, TagEdit, plan_edits, save_changes, undo_last
 from webui.state import AppState
-from webui.train_tab import MAX_THUMBS, SHORTENED, shown_caption, thumbnail
+from webui.train_data import MAX_THUMBS, SHORTENED, shown_caption, thumbnail
 
 TAG_COLUMNS = ["tag", "count", "images"]
 IMAGE_COLUMNS = ["image", "size", "bucket", "caption"]

@@ -111,6 +111,12 @@ class AppState:
         return [writer.copy_file(source, folder / name, within=folder, field="upload") for source, name in checked]
 
     # ---- mixer -------------------------------------------------------------------------------
+    @property
+    def loaded_base(self) -> str | None:
+        """The base model the mixer holds (the confined path or hub id `mixer()` resolved); None before the first
+        preview. A cached picture of the base is only good while this stays the same."""
+        return self._mixer_base
+
     def mixer(self, base: str) -> Mixer:
         """The mixer for `base`, loaded once and kept until another base is asked for."""
         base = self.confinement.readable_base("base model", base)

@@ -28,11 +28,12 @@ reads those names from a folder the caller gives.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from loramix.core.errors import LoramixError
 from loramix.mix.block_weights import BlockWeights, parse_block_weights
+from loramix.mix.request import PreviewRequest
 
 SCHEMA_VERSION = 2  # 2 added [request]
 METADATA_KEY = "loramix_mix_preset"
@@ -56,23 +57,10 @@ class MixEntry:
 
 
 @dataclass
-class MixRequest:
-    """The picture settings of a blend: what the Mix tab's prompt, seed, steps, CFG, sampler and size hold."""
-
-    prompt: str = ""
-    negative_prompt: str = ""
-    seed: int = 1
-    steps: int = 20
-    cfg_scale: float = 6.0
-    sampler: str = "ddim"
-    size: int = 0
-
-
-@dataclass
 class MixPreset:
     adapters: list[MixEntry] = field(default_factory=list)
     schema_version: int = SCHEMA_VERSION
-    request: MixRequest | None = None
+    request: PreviewRequest | None = None  # the picture settings (schema 2's [request] table)
 
     def to_dict(self) -> dict:
         rows = []
@@ -86,8 +74,13 @@ class MixPreset:
             rows.append(row)
         data = {"schema_version": self.schema_version, "adapter": rows}
         if self.request is not None:
-            data["request"] = {k: getattr(self.request, k) for k in _REQUEST_TYPES}
+            data["request"] = self.request_table()
         return data
+
+    def request_table(self) -> dict:
+        """The picture settings as the `[request]` table writes them (`size`: the square side, 0 = native)."""
+        r = self.request or PreviewRequest("")
+        return {k: (r.width if k == "size" else getattr(r, k)) for k in _REQUEST_TYPES}
 
     def rows(self) -> list[tuple]:
         return [e.row() for e in self.adapters]
@@ -139,7 +132,8 @@ def from_dict(data: dict, where: str = "mix preset", base_dir: Path | None = Non
     return MixPreset(entries, SCHEMA_VERSION, None if request is None else _request(where, request))
 
 
-def _request(where: str, data) -> MixRequest:
+def _request(where: str, data) -> PreviewRequest:
+    """A `[request]` table as the engine's request; a key left out keeps the engine's default."""
     if not isinstance(data, dict):
         raise LoramixError(f"{where}: request must be a table ([request]).")
     values = {}
@@ -152,7 +146,9 @@ def _request(where: str, data) -> MixRequest:
         if not isinstance(value, kind) or isinstance(value, bool):
             raise LoramixError(f"{where}: request.{key}: {value!r} is not a {kind.__name__}.")
         values[key] = value
-    return MixRequest(**values)
+    size = values.pop("size", None)
+    request = PreviewRequest(**{"prompt": "", **values})
+    return request if size is None else replace(request, width=size, height=size)
 
 
 def _number(at: str, key: str, value) -> float:
@@ -189,7 +185,7 @@ def save_mix_preset(path: str | Path, preset: MixPreset, **rules) -> Path:
     return write_text(path, tomli_w.dumps(preset.to_dict()), **rules)
 
 
-def preset_from_mixer(mixer, names: list[str] | None = None, request: MixRequest | None = None) -> MixPreset:
+def preset_from_mixer(mixer, names: list[str] | None = None, request: PreviewRequest | None = None) -> MixPreset:
     """The mixer's current blend as a preset: the adapters `names` in that order (as `set_blend` returned them,
     one per row), or every loaded adapter, on or off; `request`: the picture settings to keep with it."""
     slots = [mixer.slots[n] for n in names] if names is not None else list(mixer.slots.values())

@@ -37,50 +37,13 @@ from loramix.formats.families import Components
 from loramix.formats.lora_io import LoraAdapter, LoraLayer, guess_architecture, module_table, read_lora
 from loramix.mix.block_weights import BlockWeights, module_blocks, parse_block_weights
 from loramix.mix.file_originals import FileOriginals
+from loramix.mix.request import SAMPLERS, PreviewRequest
 from loramix.mix.stacked_hooks import stacked_hook, update_stacks
 
 log = logging.getLogger(__name__)
 
 WEIGHT_RANGE = (-2.0, 2.0)
 BAKED_MARKER = ".loramix-baked"
-
-
-@dataclass
-class PreviewRequest:
-    prompt: str
-    negative_prompt: str = ""
-    seed: int = 0
-    steps: int = 20
-    cfg_scale: float = 7.0
-    sampler: str = "ddim"
-    width: int = 0  # 0 = the base model's native size
-    height: int = 0
-
-    def validate(self) -> PreviewRequest:
-        """Check every field (a web client can send anything); a LoramixError names the field. Returns self."""
-        def bad(field_name: str, value, rule: str) -> LoramixError:
-            return LoramixError(f"preview {field_name}: {value!r} is not allowed; {rule}.")
-
-        def is_int(v) -> bool:
-            return isinstance(v, int) and not isinstance(v, bool)
-
-        if not isinstance(self.prompt, str) or not isinstance(self.negative_prompt, str):
-            raise bad("prompt", self.prompt if not isinstance(self.prompt, str) else self.negative_prompt,
-                      "a prompt is text")
-        if not is_int(self.steps) or not 1 <= self.steps <= 150:
-            raise bad("steps", self.steps, "use a whole number from 1 to 150")
-        for name in ("width", "height"):
-            v = getattr(self, name)
-            if not is_int(v) or not (v == 0 or (64 <= v <= 2048 and v % 8 == 0)):
-                raise bad(name, v, "use 0 (the model's native size) or a multiple of 8 from 64 to 2048")
-        if isinstance(self.cfg_scale, bool) or not isinstance(self.cfg_scale, (int, float)) or \
-                not 0 <= self.cfg_scale <= 30:  # NaN fails this too
-            raise bad("cfg_scale", self.cfg_scale, "use a number from 0 to 30")
-        if not is_int(self.seed) or not 0 <= self.seed < 2**63:
-            raise bad("seed", self.seed, "use a whole number from 0 up")
-        if self.sampler not in SAMPLERS:
-            raise bad("sampler", self.sampler, f"choose one of {', '.join(SAMPLERS)}")
-        return self
 
 
 def _samplers() -> dict:
@@ -97,7 +60,6 @@ def _samplers() -> dict:
             "dpm++_2m": DPMSolverMultistepScheduler, "unipc": UniPCMultistepScheduler, "pndm": PNDMScheduler}
 
 
-SAMPLERS = ["ddim", "euler", "euler_a", "dpm++_2m", "unipc", "pndm"]
 
 
 def check_bake_target(out_dir: str | Path, single_file: str | Path | None = None, replace: bool = False,

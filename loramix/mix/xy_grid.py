@@ -10,7 +10,8 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 from loramix.core.errors import LoramixError
-from loramix.mix.mixer import Mixer, PreviewRequest
+from loramix.mix.mixer import Mixer
+from loramix.mix.request import PreviewRequest
 
 AXIS_KINDS = ("weight", "lbw", "seed", "cfg", "sampler")
 _TITLES = {"weight": "weight of {}", "lbw": "block weights of {}", "seed": "seed", "cfg": "CFG", "sampler": "sampler"}

@@ -7,14 +7,18 @@ from PIL import Image
 
 from loramix.cli import main
 from loramix.formats.lora_io import read_lora
-from loramix.mix.lora_spec import parse_lora_spec
+from loramix.mix.lora_spec import parse_adapter_spec
 from tests.conftest import random_lora
 
 
-def test_parse_lora_spec():
-    assert parse_lora_spec("a.safetensors") == ("a.safetensors", 1.0, None)
-    assert parse_lora_spec("dir/a.safetensors:-0.3") == ("dir/a.safetensors", -0.3, None)
-    assert parse_lora_spec("C:/x/a.safetensors:0.8:0.5") == ("C:/x/a.safetensors", 0.8, 0.5)
+def test_parse_adapter_spec():
+    def plain(spec):
+        s = parse_adapter_spec(spec)
+        return s.path, s.weight, s.te_weight, s.blocks
+
+    assert plain("a.safetensors") == ("a.safetensors", 1.0, None, None)
+    assert plain("dir/a.safetensors:-0.3") == ("dir/a.safetensors", -0.3, None, None)
+    assert plain("C:/x/a.safetensors:0.8:0.5") == ("C:/x/a.safetensors", 0.8, 0.5, None)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,8 @@ from loramix.formats import lora_io
 from loramix.formats.base_model import load_base_model
 from loramix.formats.lora_io import LoraAdapter, LoraLayer, read_lora, save_lora
 from loramix.mix.merge import blend_delta, merge_concat, merge_svd
-from loramix.mix.mixer import Mixer, PreviewRequest
+from loramix.mix.mixer import Mixer
+from loramix.mix.request import PreviewRequest
 from loramix.mix.xy_grid import Axis, xy_grid
 from tests.conftest import WORDS, random_lora, unet_out
 

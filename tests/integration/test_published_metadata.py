@@ -39,7 +39,8 @@ def _leaks(texts: dict[str, str], forbidden: list[str]) -> list[str]:
 
 
 def test_trained_merged_exported_and_baked_files_name_no_local_path(tiny_model, tmp_path, tmp_path_factory):
-    from webui import mix_tab
+    from loramix.mix.request import PreviewRequest
+    from webui import mix_actions
     from webui.jobs import JobManager
     from webui.state import AppState
 
@@ -63,9 +64,9 @@ def test_trained_merged_exported_and_baked_files_name_no_local_path(tiny_model, 
 
     state = AppState.create(home / "outputs", jobs=JobManager(home / "jobs.db", lambda *_: None))
     rows = [(str(shutil.copy(p, state.lora_dir / p.name)), w, True, None) for p, w in ((a, 0.5), (b, 0.5))]
-    v = mix_tab.MixValues(str(tiny_model), rows, "red stripes", "", 1, 2, 3.0, 0, "ddim")
-    exported, _ = mix_tab.export_blend(state, v, "duo", 0, "fp32", False)
-    bake_zip, _ = mix_tab.bake_blend(state, v, "web-bake", False)
+    v = mix_actions.MixValues(str(tiny_model), rows, PreviewRequest("red stripes", "", 1, 2, 3.0))
+    exported, _ = mix_actions.export_blend(state, v, "duo", 0, "fp32", False)
+    bake_zip, _ = mix_actions.bake_blend(state, v, "web-bake", False)
     shutil.unpack_archive(bake_zip, home / "unzipped")
 
     texts = _published_texts(home)

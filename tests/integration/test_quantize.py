@@ -25,7 +25,7 @@ def test_int8_base_trains_an_ordinary_lora(tiny_model, image_folder, tmp_path):
     trainer = LoraTrainer(tiny_config(tiny_model, image_folder, tmp_path / "out", "model.quantize=int8",
                                       "train.max_steps=3"))
     result = trainer.run()
-    to_q = trainer.m.unet.down_blocks[0].attentions[0].transformer_blocks[0].attn1.to_q
+    to_q = trainer.components.unet.down_blocks[0].attentions[0].transformer_blocks[0].attn1.to_q
     assert "Int8" in type(to_q.base_layer.weight).__name__  # the frozen base really is int8
     assert to_q.lora_A["default"].weight.dtype == torch.float32
     adapter = read_lora(result.lora_path)

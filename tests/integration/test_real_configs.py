@@ -24,7 +24,7 @@ from loramix.formats.families import Components, detect_family
 from loramix.formats.lora_io import read_lora
 from loramix.mix.mixer import Mixer
 from tests.conftest import WORDS, make_folder, tiny_config
-from trainers import lora_trainer
+from trainers import lora_trainer, training_setup
 
 pytestmark = pytest.mark.slow
 CONFIGS = Path(__file__).resolve().parents[2] / "loramix" / "configs"
@@ -70,7 +70,7 @@ def build(family: str, tmp_path: Path) -> Components:
 def test_one_step_on_real_config_exports_kohya_names(family, expected, tmp_path, monkeypatch):
     models = {"base": build(family, tmp_path)}  # several GB: dropped at the end
     components = models["base"]
-    monkeypatch.setattr(lora_trainer, "load_base_model", lambda *a, **k: models["base"])
+    monkeypatch.setattr(training_setup, "load_base_model", lambda *a, **k: models["base"])
     data = make_folder(tmp_path / "data", n=1)
     result = lora_trainer.train(tiny_config("unused", data, tmp_path / "out", "train.max_steps=1",
                                             "train.batch_size=1", "dataset.resolution=64"))

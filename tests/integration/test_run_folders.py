@@ -66,9 +66,9 @@ def test_stale_temp_files_of_a_killed_run_are_removed_when_a_run_starts(tiny_mod
 
 
 def test_an_output_that_is_a_file_is_refused_before_the_model_loads(image_folder, tmp_path, monkeypatch):
-    import trainers.lora_trainer as lt
+    import trainers.training_setup as setup
 
-    monkeypatch.setattr(lt, "load_base_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(setup, "load_base_model", lambda *a, **k: pytest.fail("the model was loaded"))
     target = tmp_path / "a-file"
     target.write_text("mine")
     start = time.time()

@@ -36,10 +36,10 @@ def test_channels_last_puts_the_unet_convs_in_channels_last_while_training(on, t
         conv_inputs.append(args[0].is_contiguous(memory_format=torch.channels_last))
 
     def spy(trainer):
-        convs = [m.weight for m in trainer.m.unet.modules() if isinstance(m, torch.nn.Conv2d)]
+        convs = [m.weight for m in trainer.components.unet.modules() if isinstance(m, torch.nn.Conv2d)]
         seen.append(all(w.is_contiguous(memory_format=torch.channels_last) for w in convs))
         if len(seen) == 1:
-            trainer.m.unet.conv_in.register_forward_pre_hook(record)
+            trainer.components.unet.conv_in.register_forward_pre_hook(record)
 
     run_spied(cfg, monkeypatch, spy)
     assert seen and all(s == on for s in seen)
@@ -57,7 +57,7 @@ def test_sdpa_backend_is_the_one_enabled_inside_the_unet(backend, flash, math, t
 
     def spy(trainer):
         if not enabled:
-            attention = next(m for n, m in trainer.m.unet.named_modules() if n.endswith("attn1"))
+            attention = next(m for n, m in trainer.components.unet.named_modules() if n.endswith("attn1"))
             attention.register_forward_pre_hook(record)
 
     run_spied(cfg, monkeypatch, spy)
@@ -121,5 +121,5 @@ def test_compile_unet_compiles_the_unet_the_step_calls(on, tiny_model, image_fol
     if not on:
         assert compiled == []
         return
-    assert len(compiled) == 1 and compiled[0].model is trainer.m.unet
+    assert len(compiled) == 1 and compiled[0].model is trainer.components.unet
     assert compiled[0].calls == cfg.train.max_steps  # every training step goes through the compiled UNet

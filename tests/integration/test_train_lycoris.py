@@ -28,7 +28,7 @@ def _train(tiny_model, image_folder, out, *overrides):
 
 def _peft_layers(trainer):
     """kohya layer name -> the trained PEFT layer of the UNet."""
-    unet, prefix = trainer.m.unet, trainer.family.unet_prefix
+    unet, prefix = trainer.components.unet, trainer.family.unet_prefix
     modules = dict(unet.named_modules())
     table = module_table(unet, prefix, partial(trainer.family.kohya_path, prefix, model=unet))
     return {name: modules[path] for name, path in table.items() if hasattr(modules[path], "get_delta_weight")}
@@ -95,7 +95,7 @@ def test_conv_rank_and_alpha_reach_the_conv_layers(tiny_model, image_folder, tmp
         torch.testing.assert_close(layer.delta(peft_layers[name].get_base_layer().weight.shape),
                                    peft_layers[name].get_delta_weight("default").detach(), rtol=1e-5, atol=1e-7)
     assert any("time_emb_proj" in n for n in layers) and any("conv_shortcut" in n for n in layers) or \
-        all("conv_shortcut" not in n for n in module_table(trainer.m.unet, "lora_unet"))
+        all("conv_shortcut" not in n for n in module_table(trainer.components.unet, "lora_unet"))
     args = json.loads(read_lora(result.lora_path).metadata["ss_network_args"])
     assert (args["conv_dim"], args["conv_alpha"]) == ("2", "0.5")
 

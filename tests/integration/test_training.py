@@ -73,7 +73,7 @@ def test_loss_is_finite_and_falls(trained, tiny_model):
     trainer, result, _, out = trained
     assert all(math.isfinite(x) for x in result.losses)
     # The training loss is noisy (random timesteps); measure on fixed noise and timesteps instead.
-    unet = trainer.m.unet.eval()
+    unet = trainer.components.unet.eval()
     x0 = torch.stack([trainer.latent_cache[(i, False)] for i in range(4)])
     captions = [trainer.items[i].caption for i in range(4)]
     cond = torch.stack([trainer.text_cache[c]["encoder_hidden_states"] for c in captions])
@@ -85,7 +85,7 @@ def test_loss_is_finite_and_falls(trained, tiny_model):
         for t in (100, 300, 600, 900):
             noise = torch.randn(x0.shape, generator=g)
             ts = torch.full((4,), t)
-            noisy = trainer.m.noise_scheduler.add_noise(x0, noise, ts)
+            noisy = trainer.components.noise_scheduler.add_noise(x0, noise, ts)
             with torch.no_grad():
                 total += torch.nn.functional.mse_loss(unet(noisy, ts, cond).sample, noise).item()
         losses[label] = total / 4
@@ -98,16 +98,16 @@ def test_base_weights_unchanged_only_lora_trained(trained, tiny_model):
     trainer, _, _, _ = trained
     fresh = UNet2DConditionModel.from_pretrained(tiny_model, subfolder="unet").state_dict()
     lora_names = []
-    for name, tensor in trainer.m.unet.state_dict().items():
+    for name, tensor in trainer.components.unet.state_dict().items():
         if ".lora_" in name:
             lora_names.append(name)
             continue
         assert torch.equal(tensor, fresh[name.replace(".base_layer", "")]), name
     assert lora_names
-    ups = [t for n, t in trainer.m.unet.state_dict().items() if ".lora_B." in n]
+    ups = [t for n, t in trainer.components.unet.state_dict().items() if ".lora_B." in n]
     assert all(t.abs().sum() > 0 for t in ups)  # B started at zero and was trained
-    assert all(not p.requires_grad for n, p in trainer.m.unet.named_parameters() if ".lora_" not in n)
-    assert all(not p.requires_grad for p in trainer.m.text_encoder.parameters())
+    assert all(not p.requires_grad for n, p in trainer.components.unet.named_parameters() if ".lora_" not in n)
+    assert all(not p.requires_grad for p in trainer.components.text_encoder.parameters())
 
 
 def test_adapter_is_identity_at_step_zero(tiny_model, image_folder, tmp_path):
@@ -117,10 +117,10 @@ def test_adapter_is_identity_at_step_zero(tiny_model, image_folder, tmp_path):
     trainer.load_model()
     base = UNet2DConditionModel.from_pretrained(tiny_model, subfolder="unet").eval()
     trainer.inject_lora()
-    assert any(".lora_B." in n for n in trainer.m.unet.state_dict())
+    assert any(".lora_B." in n for n in trainer.components.unet.state_dict())
     x, t, ctx = unet_inputs(base)
     with torch.no_grad():
-        assert torch.equal(trainer.m.unet.eval()(x, t, ctx).sample, base(x, t, ctx).sample)
+        assert torch.equal(trainer.components.unet.eval()(x, t, ctx).sample, base(x, t, ctx).sample)
 
 
 def test_file_loads_in_diffusers_and_matches_our_reader(trained, tiny_model):
@@ -249,7 +249,7 @@ def test_uncached_flip_and_accumulation_paths_train(tiny_model, tmp_path):
 def test_loss_target_follows_the_scheduler_prediction_type(prediction, tmp_path, image_folder):
     from loramix.embedded.tiny import build_tiny_model
     from tests.conftest import WORDS
-    from trainers.lora_trainer import _seed_for
+    from trainers.training_step import seed_for
 
     model = build_tiny_model(tmp_path / "m", words=WORDS, prediction_type=prediction)
     trainer = LoraTrainer(tiny_config(model, image_folder, tmp_path / "out", "train.batch_size=1"))
@@ -264,13 +264,13 @@ def test_loss_target_follows_the_scheduler_prediction_type(prediction, tmp_path,
         sample = trainer.micro_batch(0)[0][0]
         latents = trainer.latent_cache[(sample.index, False)][None]
         cond = trainer.text_cache[trainer.items[sample.index].caption]["encoder_hidden_states"][None]
-        g = torch.Generator().manual_seed(_seed_for(42, 0, 0))
+        g = torch.Generator().manual_seed(seed_for(42, 0, 0))
         noise = torch.randn(latents.shape[1:], generator=g)[None]
         t = torch.randint(0, 1000, (1,), generator=g)
-        sched = trainer.m.noise_scheduler
+        sched = trainer.components.noise_scheduler
         noisy = sched.add_noise(latents, noise, t)
         target = noise if prediction == "epsilon" else sched.get_velocity(latents, noise, t)
-        expected = torch.nn.functional.mse_loss(trainer.m.unet(noisy, t, cond).sample, target).item()
+        expected = torch.nn.functional.mse_loss(trainer.components.unet(noisy, t, cond).sample, target).item()
     assert loss == pytest.approx(expected, rel=1e-5)
 
 
@@ -411,12 +411,12 @@ def test_min_snr_weight_is_applied(tiny_model, image_folder, tmp_path):
 
     trainer = _ready_trainer(tiny_model, image_folder, tmp_path / "out", "train.batch_size=1",
                              "train.min_snr_gamma=2")
-    sched = trainer.m.noise_scheduler
+    sched = trainer.components.noise_scheduler
     with torch.no_grad():
         for micro in range(3):
             loss = trainer.compute_loss(micro).item()
             sample, latents, cond, noise, t = first_sample_inputs(trainer, micro)
-            mse = torch.nn.functional.mse_loss(trainer.m.unet(sched.add_noise(latents, noise, t), t, cond).sample,
+            mse = torch.nn.functional.mse_loss(trainer.components.unet(sched.add_noise(latents, noise, t), t, cond).sample,
                                                noise).item()
             snr = compute_snr(sched, t).item()
             weight = min(snr, 2.0) / snr  # epsilon prediction: min(SNR, gamma) / SNR

@@ -90,7 +90,7 @@ def test_loraplus_off_keeps_one_group_per_module_and_is_refused_for_loha(tiny_mo
 def _expected_loss(trainer, micro, scheduler, velocity):
     sample, latents, cond, noise, t = first_sample_inputs(trainer, micro)
     target = scheduler.get_velocity(latents, noise, t) if velocity else noise
-    pred = trainer.m.unet(scheduler.add_noise(latents, noise, t), t, cond).sample
+    pred = trainer.components.unet(scheduler.add_noise(latents, noise, t), t, cond).sample
     return torch.nn.functional.mse_loss(pred, target).item()
 
 
@@ -101,7 +101,7 @@ def test_zero_terminal_snr_rescales_the_schedule_trained_and_sampled_with(tiny_m
     base = DDPMScheduler.from_pretrained(tiny_model, subfolder="scheduler")
     trainer = _ready(tiny_model, image_folder, tmp_path / "out", "train.batch_size=1", "train.zero_terminal_snr=true",
                      "model.prediction_type=v_prediction")
-    sched = trainer.m.noise_scheduler
+    sched = trainer.components.noise_scheduler
     expected = torch.cumprod(1 - rescale_zero_terminal_snr(base.betas), dim=0)
     assert base.alphas_cumprod[-1] > 1e-3 and sched.alphas_cumprod[-1] < 1e-7
     torch.testing.assert_close(sched.alphas_cumprod[:-1], expected[:-1])
@@ -109,7 +109,7 @@ def test_zero_terminal_snr_rescales_the_schedule_trained_and_sampled_with(tiny_m
         for micro in range(2):
             assert trainer.compute_loss(micro).item() == pytest.approx(
                 _expected_loss(trainer, micro, sched, velocity=True), rel=1e-5)
-    sampler = trainer.family.pipeline(trainer.m).scheduler
+    sampler = trainer.family.pipeline(trainer.components).scheduler
     assert sampler.config.rescale_betas_zero_snr and sampler.config.timestep_spacing == "trailing"
     assert sampler.config.prediction_type == "v_prediction"
     meta = trainer.adapter(0).metadata
@@ -118,13 +118,13 @@ def test_zero_terminal_snr_rescales_the_schedule_trained_and_sampled_with(tiny_m
 
 def test_prediction_type_override_sets_the_target_and_the_metadata(tiny_model, image_folder, tmp_path):
     trainer = _ready(tiny_model, image_folder, tmp_path / "out", "train.batch_size=1")
-    assert trainer.m.prediction_type == "epsilon" and trainer.adapter(0).metadata["ss_v_parameterization"] == "False"
+    assert trainer.components.prediction_type == "epsilon" and trainer.adapter(0).metadata["ss_v_parameterization"] == "False"
     trainer = _ready(tiny_model, image_folder, tmp_path / "out2", "train.batch_size=1",
                      "model.prediction_type=v_prediction")
     with torch.no_grad():
         loss = trainer.compute_loss(0).item()
-        assert loss == pytest.approx(_expected_loss(trainer, 0, trainer.m.noise_scheduler, velocity=True), rel=1e-5)
-        assert loss != pytest.approx(_expected_loss(trainer, 0, trainer.m.noise_scheduler, velocity=False), rel=1e-3)
+        assert loss == pytest.approx(_expected_loss(trainer, 0, trainer.components.noise_scheduler, velocity=True), rel=1e-5)
+        assert loss != pytest.approx(_expected_loss(trainer, 0, trainer.components.noise_scheduler, velocity=False), rel=1e-3)
     meta = trainer.adapter(0).metadata
     assert meta["ss_v_parameterization"] == "True" and meta["ss_zero_terminal_snr"] == "False"
     assert meta["modelspec.prediction_type"] == "v"
@@ -137,8 +137,8 @@ def test_sdxl_v_prediction_trains_and_samples_with_velocity(tmp_path):
     xl = build_tiny_sdxl(tmp_path / "xl", words=WORDS)
     data = make_folder(tmp_path / "data", n=2)
     trainer = _ready(xl, data, tmp_path / "out", "model.prediction_type=v_prediction", "train.zero_terminal_snr=true")
-    assert trainer.family.name == "sdxl" and trainer.m.prediction_type == "v_prediction"
-    assert trainer.family.pipeline(trainer.m).scheduler.config.prediction_type == "v_prediction"
+    assert trainer.family.name == "sdxl" and trainer.components.prediction_type == "v_prediction"
+    assert trainer.family.pipeline(trainer.components).scheduler.config.prediction_type == "v_prediction"
     meta = trainer.adapter(0).metadata
     assert meta["ss_v_parameterization"] == "True" and meta["ss_zero_terminal_snr"] == "True"
     # the other options run on SDXL's conditioning (two encoders, time ids) too
@@ -272,12 +272,12 @@ def test_masked_loss_weights_the_pixels_and_is_cached_at_latent_resolution(tiny_
     cache = trainer.masks.cache
     assert cache.keys() == trainer.latent_cache.keys()
     assert all(cache[k].shape[-2:] == trainer.latent_cache[k].shape[-2:] for k in cache)
-    sched = trainer.m.noise_scheduler
+    sched = trainer.components.noise_scheduler
     with torch.no_grad():
         for micro in range(3):
             loss = trainer.compute_loss(micro).item()
             sample, latents, cond, noise, t = first_sample_inputs(trainer, micro)
-            se = (trainer.m.unet(sched.add_noise(latents, noise, t), t, cond).sample - noise) ** 2
+            se = (trainer.components.unet(sched.add_noise(latents, noise, t), t, cond).sample - noise) ** 2
             w = (0.25 + 0.75 * cache[(sample.index, False)]).expand_as(se[0])[None]
             assert loss == pytest.approx(((se * w).sum() / w.sum()).item(), rel=1e-5)
             assert loss != pytest.approx(se.mean().item(), rel=1e-3)

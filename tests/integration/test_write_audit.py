@@ -16,8 +16,9 @@ import pytest
 from loramix import cli
 from loramix.core import writer
 from loramix.core.errors import LoramixError
+from loramix.mix.request import PreviewRequest
 from tests.conftest import make_folder, random_lora
-from webui import mix_tab, train_tab
+from webui import mix_actions, train_data, train_form
 from webui.jobs import JobManager
 from webui.state import AppState
 
@@ -54,31 +55,31 @@ def app(tmp_path):
 
 def test_the_mix_tab_writes_only_through_the_writer_and_replaces_only_when_asked(app, tmp_path, tiny_model):
     a = random_lora(tiny_model, app.lora_dir / "a.safetensors", 1)
-    v = mix_tab.MixValues(str(tiny_model), [(str(a), 0.8, True, "")], "red stripes", "", 1, 2, 3.0, 0, "ddim")
+    v = mix_actions.MixValues(str(tiny_model), [(str(a), 0.8, True, "")], PreviewRequest("red stripes", "", 1, 2, 3.0))
     before = snapshot(app.outputs)
-    mix_tab.save_mix(app, v, "duo")
+    mix_actions.save_mix(app, v, "duo")
     with pytest.raises(LoramixError, match="already exists"):
-        mix_tab.save_mix(app, v, "duo")
-    mix_tab.save_mix(app, v, "duo", replace=True)
-    mix_tab.export_blend(app, v, "merged", 0, "fp32", False)
+        mix_actions.save_mix(app, v, "duo")
+    mix_actions.save_mix(app, v, "duo", replace=True)
+    mix_actions.export_blend(app, v, "merged", 0, "fp32", False)
     with pytest.raises(LoramixError, match="already exists"):
-        mix_tab.export_blend(app, v, "merged", 0, "fp32", False)
-    archive, _ = mix_tab.bake_blend(app, v, "baked", False)
+        mix_actions.export_blend(app, v, "merged", 0, "fp32", False)
+    archive, _ = mix_actions.bake_blend(app, v, "baked", False)
     with pytest.raises(LoramixError, match="already exists"):
-        mix_tab.bake_blend(app, v, "baked", False)
-    mix_tab.bake_blend(app, v, "baked", True)
+        mix_actions.bake_blend(app, v, "baked", False)
+    mix_actions.bake_blend(app, v, "baked", True)
     assert Path(archive).is_file() and unrecorded(before, app.outputs) == []
 
 
 def test_a_bake_never_writes_its_zip_through_a_link(app, tmp_path, tiny_model):
     a = random_lora(tiny_model, app.lora_dir / "a.safetensors", 1)
-    v = mix_tab.MixValues(str(tiny_model), [(str(a), 0.8, True, "")], "red stripes", "", 1, 2, 3.0, 0, "ddim")
+    v = mix_actions.MixValues(str(tiny_model), [(str(a), 0.8, True, "")], PreviewRequest("red stripes", "", 1, 2, 3.0))
     victim = tmp_path / "victim.zip"
     victim.write_bytes(b"outside file")
     (app.outputs / "baked" / "evil.zip").symlink_to(victim)
     for replace in (False, True):
         with pytest.raises(LoramixError, match="is a link"):
-            mix_tab.bake_blend(app, v, "evil", replace)
+            mix_actions.bake_blend(app, v, "evil", replace)
     assert victim.read_bytes() == b"outside file" and not (app.outputs / "baked" / "evil").exists()
 
 
@@ -88,14 +89,14 @@ def test_the_train_tab_writes_only_through_the_writer(app, tmp_path):
     data = make_folder(tmp_path / "data", n=2)
     form, values = form_and_values({"dataset.data_dir": str(data)})
     before = snapshot(app.outputs, data)
-    train_tab.save_as_preset(app, form, "mine", values)
-    message, _ = train_tab.save_as_preset(app, form, "mine", values)
+    train_form.save_as_preset(app, form, "mine", values)
+    message, _ = train_form.save_as_preset(app, form, "mine", values)
     assert "already exists" in message
-    assert "ships with loramix" in train_tab.save_as_preset(app, form, "Demo-CPU", values)[0]
-    train_tab.save_as_preset(app, form, "mine", values, replace=True)
-    _, table, _ = train_tab.show_images(app, str(data), ".txt")
+    assert "ships with loramix" in train_form.save_as_preset(app, form, "Demo-CPU", values)[0]
+    train_form.save_as_preset(app, form, "mine", values, replace=True)
+    _, table, _ = train_data.show_images(app, str(data), ".txt")
     table.iloc[0, 1] = "edited"
-    assert train_tab.write_captions(app, table, str(data), ".txt") == "Saved 2 captions."
+    assert train_data.write_captions(app, table, str(data), ".txt") == "Saved 2 captions."
     upload = tmp_path / "gradio-temp" / "new0.png"
     make_folder(upload.parent, n=1, prefix="new")
     first = app.import_files([str(upload)], (".png",))

@@ -104,8 +104,8 @@ def test_trainer_writes_ss_epoch_one_based_as_kohya(tmp_path):
     trainer = LoraTrainer(cfg)
     trainer.trained, trainer.family, trainer.items, trainer.reg_found = {}, ModelFamily(), [], []
     trainer.num_train, trainer.tag_frequency = 4, {}
-    trainer.acc = SimpleNamespace(num_processes=1)
-    trainer.m = SimpleNamespace(prediction_type="epsilon")  # the craft keys read the loaded model's prediction
+    trainer.accelerator = SimpleNamespace(num_processes=1)
+    trainer.components = SimpleNamespace(prediction_type="epsilon")  # the craft keys read the loaded model's prediction
     trainer.micro_per_epoch = 8  # 4 optimizer steps per epoch
     trainer.total_steps = 10
     for step in (1, 3, 4, 5, 8, 9, 10):

@@ -3,7 +3,7 @@
 import pytest
 
 from loramix.core.errors import LoramixError
-from loramix.mix.mixer import SAMPLERS, PreviewRequest
+from loramix.mix.request import SAMPLERS, PreviewRequest
 
 
 @pytest.mark.parametrize("field, value, words", [

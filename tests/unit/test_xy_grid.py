@@ -11,7 +11,7 @@ from PIL import Image
 from loramix.core.errors import LoramixError
 from loramix.mix.block_weights import parse_block_weights
 from loramix.mix.lora_spec import parse_axis
-from loramix.mix.mixer import PreviewRequest
+from loramix.mix.request import PreviewRequest
 from loramix.mix.xy_grid import MIN_CELL, adapter_name, xy_grid
 
 

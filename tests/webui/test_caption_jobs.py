@@ -54,7 +54,7 @@ def test_a_captioning_is_cancelled_like_a_training(tmp_path):
     until(lambda: job.status == "running")
     from types import SimpleNamespace
 
-    from webui.train_tab import progress_html
+    from webui.train_live import progress_html
 
     assert "<b>Captioning</b> job" in progress_html(job, SimpleNamespace(jobs=jobs))  # the Train tab's job view
     jobs.cancel(job.id)

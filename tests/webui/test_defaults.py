@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from webui.state import AppState
-from webui.train_tab import preset_config
+from webui.train_form import preset_config
 
 
 def test_first_run_form_is_ready_to_train(tmp_path):

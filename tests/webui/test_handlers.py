@@ -9,9 +9,10 @@ import pytest
 
 from loramix.core.errors import LoramixError
 from loramix.core.events import TrainEvent
+from loramix.mix.request import PreviewRequest
 from tests.conftest import make_folder
 from trainers.lora_trainer import TrainResult
-from webui import mix_tab, train_tab
+from webui import mix_actions, mix_tab, train_data, train_form, train_jobs, train_live, train_tab
 from webui.jobs import JobManager
 from webui.state import AppState
 
@@ -64,11 +65,11 @@ def test_each_start_gets_its_own_run_folder_named_after_the_data(state, tmp_path
     data = make_folder(tmp_path / "mystyle", n=2)
     form, values = form_and_values({"dataset.data_dir": str(data), "output.output_name": "",
                                     "output.output_dir": "", "train.max_steps": 2})
-    first = train_tab.start_job(state, form, values)[0]
+    first = train_form.start_job(state, form, values)[0]
     assert "started in" in first and str(state.outputs / "mystyle") in first
     state.jobs.wait(state.jobs.current(), timeout=5)
     values["train.seed"] = 7  # other work with the same name: a new folder, the first run's files untouched
-    second = train_tab.start_job(state, form, values)[0]
+    second = train_form.start_job(state, form, values)[0]
     assert str(state.outputs / "mystyle-2") in second, second
     state.jobs.wait(state.jobs.current(), timeout=5)
     assert (state.outputs / "mystyle" / "mystyle.safetensors").read_bytes() == b"lora"
@@ -82,9 +83,9 @@ def test_a_chosen_folder_holding_another_run_is_refused(state, tmp_path):
     (used / "old.safetensors").write_bytes(b"old")
     form, values = form_and_values({"dataset.data_dir": str(data), "output.output_name": "x",
                                     "output.output_dir": str(used)})
-    assert "already holds another run" in train_tab.start_job(state, form, values)[0]
+    assert "already holds another run" in train_form.start_job(state, form, values)[0]
     values["output.output_dir"] = str(tmp_path / "outside")
-    assert "loramix writes only inside" in train_tab.start_job(state, form, values)[0]
+    assert "loramix writes only inside" in train_form.start_job(state, form, values)[0]
     assert (used / "old.safetensors").read_bytes() == b"old" and not (tmp_path / "outside").exists()
 
 
@@ -94,8 +95,8 @@ def test_duplicate_start_is_refused_and_leaves_no_empty_folder(tmp_path):
     data = make_folder(tmp_path / "dup", n=2)
     form, values = form_and_values({"dataset.data_dir": str(data), "output.output_name": "",
                                     "output.output_dir": ""})
-    assert "started" in train_tab.start_job(state, form, values)[0]
-    refused = train_tab.start_job(state, form, values)[0]
+    assert "started" in train_form.start_job(state, form, values)[0]
+    refused = train_form.start_job(state, form, values)[0]
     assert "already" in refused and "⚠" in refused
     assert sorted(p.name for p in state.outputs.iterdir() if p.name.startswith("dup")) == ["dup"]
     recorder.release.set()
@@ -107,48 +108,49 @@ def test_cancel_then_resume_continues_in_the_same_folder(tmp_path):
     data = make_folder(tmp_path / "res", n=2)
     form, values = form_and_values({"dataset.data_dir": str(data), "output.output_name": "",
                                     "output.output_dir": ""})
-    train_tab.start_job(state, form, values)[0]
+    train_form.start_job(state, form, values)[0]
     job = state.jobs.current()
     while job.status != "running" and job.active:
         threading.Event().wait(0.01)
-    assert "Resume: this job is not" in train_tab.resume_job(state, job.id)[0]
-    assert train_tab.cancel_job(state, None).startswith(f"Cancelled job {job.id}")
+    assert "Resume: this job is not" in train_jobs.resume_job(state, job.id)[0]
+    assert train_jobs.cancel_job(state, None).startswith(f"Cancelled job {job.id}")
     state.jobs.wait(job, timeout=5)
-    progress, *_, resume, _, _ = train_tab.poll(state, None, None)
+    progress, _, selected, _, due = train_tab.tick(state, None, None)
+    resume = train_tab.catch_up(state, selected, due, None)["resume"]
     assert "Cancelled" in progress and resume["visible"] is True
-    message = train_tab.resume_job(state, None)[0]
+    message = train_jobs.resume_job(state, None)[0]
     assert "resumes job" in message
     recorder.release.set()
     state.jobs.wait(state.jobs.current(), timeout=5)
     resumed = recorder.configs[-1]
     assert resumed.train.resume_from == str(job.folder / "res-state.safetensors")
     assert resumed.output.output_dir == str(job.folder)
-    assert "resumed from step 3" in train_tab.log_text(state.jobs.current())
+    assert "resumed from step 3" in train_live.log_text(state.jobs.current())
 
 
-def test_poll_sends_only_cheap_parts_when_nothing_changed(state):
+def test_a_tick_with_nothing_new_sends_nothing(state):
     import gradio as gr
 
-    first = train_tab.poll(state, None, None)
-    again = train_tab.poll(state, first[-2], first[-1])
-    assert first[0] == again[0] and "No training yet" in again[0]
-    assert all(part == gr.skip() for part in again[3:7])  # plot, samples, log and file are not re-sent
+    first = train_tab.tick(state, None, None)
+    again = train_tab.tick(state, first[2], first[3])
+    assert "No training yet" in first[0] and again[:2] == first[:2]
+    assert again[4] == gr.skip()  # nothing due: no plot, samples, log, file, picker, button or sentence is sent
 
 
 def test_place_in_rows_fills_the_first_empty_shown_row():
-    assert mix_tab.place_in_rows([None] * 6, 1, "a") == (1, ["a", None, None, None, None, None])
-    assert mix_tab.place_in_rows(["x", None, None, None, None, None], 1, "a") == (2, ["x", "a", None, None, None,
+    assert mix_actions.place_in_rows([None] * 6, 1, "a") == (1, ["a", None, None, None, None, None])
+    assert mix_actions.place_in_rows(["x", None, None, None, None, None], 1, "a") == (2, ["x", "a", None, None, None,
                                                                                        None])
-    assert mix_tab.place_in_rows(["x", None, "y", None, None, None], 3, "a")[1][:3] == ["x", "a", "y"]
+    assert mix_actions.place_in_rows(["x", None, "y", None, None, None], 3, "a")[1][:3] == ["x", "a", "y"]
     full = [str(i) for i in range(6)]
-    assert mix_tab.place_in_rows(full, 6, "a") == (6, ["0", "1", "2", "3", "4", "a"])
+    assert mix_actions.place_in_rows(full, 6, "a") == (6, ["0", "1", "2", "3", "4", "a"])
 
 
 def test_send_to_mix_handler_puts_the_finished_lora_into_a_row(state, tmp_path):
     data = make_folder(tmp_path / "sent", n=2)
     form, values = form_and_values({"dataset.data_dir": str(data), "output.output_name": "",
                                     "output.output_dir": ""})
-    train_tab.start_job(state, form, values)[0]
+    train_form.start_job(state, form, values)[0]
     state.jobs.wait(state.jobs.current(), timeout=5)
 
     class Tab:  # the handler reads and writes components by identity only
@@ -165,15 +167,15 @@ def test_send_to_mix_handler_puts_the_finished_lora_into_a_row(state, tmp_path):
 
 def test_caption_table_saves_only_next_to_scanned_images(state, tmp_path):
     data = make_folder(tmp_path / "caps", n=2)
-    thumbs, table, note = train_tab.show_images(state, str(data), ".txt")
-    assert len(thumbs) == 2 and thumbs[0][0].size[0] <= train_tab.THUMB and "2 images" in note
+    thumbs, table, note = train_data.show_images(state, str(data), ".txt")
+    assert len(thumbs) == 2 and thumbs[0][0].size[0] <= train_data.THUMB and "2 images" in note
     table.iloc[0, 1] = "new caption"
-    assert train_tab.write_captions(state, table, str(data), ".txt") == "Saved 2 captions."
+    assert train_data.write_captions(state, table, str(data), ".txt") == "Saved 2 captions."
     assert (data / "img0.txt").read_text() == "new caption\n"
     table.iloc[0, 0] = "../escape.png"
-    assert "is not an image of" in train_tab.write_captions(state, table, str(data), ".txt")
+    assert "is not an image of" in train_data.write_captions(state, table, str(data), ".txt")
     assert not (tmp_path / "escape.txt").exists()
-    assert "not a caption extension" in train_tab.write_captions(state, table, str(data), ".py")
+    assert "not a caption extension" in train_data.write_captions(state, table, str(data), ".py")
 
 
 def test_adapter_list_shows_step_files_under_their_run(state):
@@ -181,7 +183,7 @@ def test_adapter_list_shows_step_files_under_their_run(state):
     run.mkdir()
     for name in ("mystyle.safetensors", "mystyle-step000050.safetensors", "mystyle-state.safetensors"):
         (run / name).write_bytes(b"x")
-    labels = [label for label, _ in mix_tab.adapter_choices(state)]
+    labels = [label for label, _ in mix_actions.adapter_choices(state)]
     assert sorted(labels) == ["mystyle/mystyle-step000050.safetensors", "mystyle/mystyle.safetensors"]
 
 
@@ -195,26 +197,26 @@ def test_mix_grid_block_weights_presets_and_export_metadata(tmp_path, tiny_model
     state = AppState.create(tmp_path / "outputs", jobs=JobManager(tmp_path / "jobs.db", Recorder()))
     a = random_lora(tiny_model, state.lora_dir / "a.safetensors", 1)
     random_lora(tiny_model, state.lora_dir / "b.safetensors", 2)
-    v = mix_tab.MixValues(str(tiny_model), [(str(a), 0.8, True, "OUTD"), (str(state.lora_dir / "b.safetensors"),
+    v = mix_actions.MixValues(str(tiny_model), [(str(a), 0.8, True, "OUTD"), (str(state.lora_dir / "b.safetensors"),
                                                                           -0.5, True, None)],
-                          "red stripes", "", 1, 2, 3.0, 0, "ddim")
-    assert "Saved mix duo" in mix_tab.save_mix(state, v, "duo")
-    count, rows, _ = mix_tab.load_mix(state, "duo")
+                          PreviewRequest("red stripes", "", 1, 2, 3.0, "ddim", 0, 0))
+    assert "Saved mix duo" in mix_actions.save_mix(state, v, "duo")
+    count, rows, _ = mix_actions.load_mix(state, "duo")
     assert count == 2 and rows[0][1:] == (0.8, True, "OUTD") and rows[1][1:] == (-0.5, True, "")
     with pytest.raises(LoramixError, match="plain file name"):
-        mix_tab.save_mix(state, v, "../out")
-    image, message = mix_tab.make_grid(state, v, "blocks of Adapter 1", "ALL; OUTD", "cfg", "1, 4")
+        mix_actions.save_mix(state, v, "../out")
+    image, message = mix_actions.make_grid(state, v, "blocks of Adapter 1", "ALL; OUTD", "cfg", "1, 4")
     assert message == "Grid done: 2 × 2 images." and image.size[0] > 2 * 64
     with pytest.raises(LoramixError, match="Adapter 3 has no adapter"):
-        mix_tab.make_grid(state, v, "weight of Adapter 3", "0, 1", "seed", "1")
-    path, note = mix_tab.export_blend(state, v, "duo-merged", 0, "fp32", False)
+        mix_actions.make_grid(state, v, "weight of Adapter 3", "0, 1", "seed", "1")
+    path, note = mix_actions.export_blend(state, v, "duo-merged", 0, "fp32", False)
     recorded = json.loads(read_lora(path).metadata[METADATA_KEY])
     assert [r["weight"] for r in recorded["adapter"]] == [0.8, -0.5] and recorded["adapter"][0]["blocks"] == "OUTD"
 
 
 def test_block_sliders_round_trip_a_rows_text():
-    values = mix_tab.blocks_to_sliders("OUTD", 17)
-    assert mix_tab.sliders_to_blocks(values, 17) == "1,0,0,0,0,0,0,0,1,1,1,1,0,0,0,0,0"
-    assert mix_tab.blocks_to_sliders("", 17) == [1.0] * 26
-    sdxl = mix_tab.sliders_to_blocks(mix_tab.blocks_to_sliders("1,0,0,0,0,0.5,1,1,1,1,1,1", 12), 12)
+    values = mix_actions.blocks_to_sliders("OUTD", 17)
+    assert mix_actions.sliders_to_blocks(values, 17) == "1,0,0,0,0,0,0,0,1,1,1,1,0,0,0,0,0"
+    assert mix_actions.blocks_to_sliders("", 17) == [1.0] * 26
+    sdxl = mix_actions.sliders_to_blocks(mix_actions.blocks_to_sliders("1,0,0,0,0,0.5,1,1,1,1,1,1", 12), 12)
     assert sdxl == "1,0,0,0,0,0.5,1,1,1,1,1,1"

@@ -1,4 +1,4 @@
-"""The Mix tab's live preview (`webui.mix_tab.Previewer`): stale previews are dropped before they draw, and the
+"""The Mix tab's live preview (`webui.mix_actions.Previewer`): stale previews are dropped before they draw, and the
 cached base image ("before") is keyed by everything that changes it, the seed included."""
 
 from __future__ import annotations
@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from webui.mix_tab import MixValues, Previewer
+from loramix.mix.request import PreviewRequest
+from webui.mix_actions import MixValues, Previewer
 from webui.state import AppState
 
 
@@ -17,13 +18,13 @@ def previewer(tmp_path_factory, tiny_model):
 
 
 def values(base: str, seed: int) -> MixValues:
-    return MixValues(base=base, rows=[], prompt="a red circle", seed=seed, steps=2, cfg=1.0, size=0)
+    return MixValues(base=base, rows=[], request=PreviewRequest("a red circle", seed=seed, steps=2, cfg_scale=1.0))
 
 
 def test_a_preview_made_stale_by_a_newer_request_is_dropped_before_it_draws(previewer, monkeypatch):
     p, base = previewer
     drawn = []
-    monkeypatch.setattr("webui.mix_tab.blended", lambda *a: drawn.append(a) or pytest.fail("a stale preview drew"))
+    monkeypatch.setattr("webui.mix_actions.blended", lambda *a: drawn.append(a) or pytest.fail("a stale preview drew"))
     older, newer = p.ticket(), p.ticket()
     assert newer > older
     assert p.preview(values(base, 1), ticket=older) == (None, None)

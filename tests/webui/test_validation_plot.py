@@ -3,7 +3,7 @@
 from types import SimpleNamespace
 
 from loramix.core.events import TrainEvent
-from webui.train_tab import loss_frame
+from webui.train_live import loss_frame
 
 
 def test_loss_frame_has_a_validation_series_naming_the_best_step():

@@ -11,7 +11,7 @@ from loramix.core.runs import RunLock
 from loramix.core.writer import DiskFullError
 from tests.conftest import make_folder
 from tests.webui.test_handlers import Recorder, form_and_values
-from webui import train_tab
+from webui import train_data, train_form, train_jobs, train_tab
 from webui.jobs import JobManager
 from webui.state import AppState
 
@@ -38,13 +38,13 @@ def test_with_listen_a_link_out_of_the_data_folder_is_never_read_or_written(list
         (data / "img0.txt").symlink_to(secret / "env.txt")
     else:
         (data / "10_sub").symlink_to(secret / "10_private", target_is_directory=True)
-    thumbs, table, note = train_tab.show_images(state, str(data), ".txt")
+    thumbs, table, note = train_data.show_images(state, str(data), ".txt")
     assert thumbs == [] and "leads outside the folders this app may read" in note and "hunter2" not in note
     rows = [("img0.png", "overwritten"), ("img1.png", "x")]
-    assert "leads outside" in train_tab.write_captions(state, rows, str(data), ".txt")
+    assert "leads outside" in train_data.write_captions(state, rows, str(data), ".txt")
     form, values = form_and_values({"dataset.data_dir": str(data), "output.output_name": "",
                                     "output.output_dir": ""})
-    message, job_id = train_tab.start_job(state, form, values)
+    message, job_id = train_form.start_job(state, form, values)
     assert "leads outside" in message and job_id is None
     assert (secret / "env.txt").read_text() == "API_KEY=hunter2"
     assert not (state.outputs / "style").exists()  # no run folder was made
@@ -64,8 +64,8 @@ def test_an_unusable_data_folder_is_refused_at_start_before_a_run_folder_exists(
         (data / "broken.png").write_bytes(b"not a png at all")
     form, values = form_and_values({"dataset.data_dir": str(data), "output.output_name": "",
                                    "output.output_dir": ""})
-    _, _, page_note = train_tab.show_images(state, str(data), ".txt")
-    message, job_id = train_tab.start_job(state, form, values)
+    _, _, page_note = train_data.show_images(state, str(data), ".txt")
+    message, job_id = train_form.start_job(state, form, values)
     assert message.startswith("⚠") and job_id is None and state.jobs.listing() == []
     assert page_note.lstrip("⚠ ").split(".")[0] in message  # the sentence the page already showed
     assert not (state.outputs / "bad").exists()
@@ -79,7 +79,7 @@ def test_the_apps_own_folders_are_never_a_run_folder(tmp_path, folder):
     data = make_folder(tmp_path / "data", n=2)
     form, values = form_and_values({"dataset.data_dir": str(data), "output.output_name": "keepme",
                                     "output.output_dir": str(state.outputs / folder)})
-    message, job_id = train_tab.start_job(state, form, values)
+    message, job_id = train_form.start_job(state, form, values)
     assert "never a run folder" in message and job_id is None and keep.read_text() == "mine"
 
 
@@ -88,17 +88,17 @@ def test_a_new_job_does_not_take_a_tab_away_from_the_job_it_shows(tmp_path):
     state = AppState.create(tmp_path / "outputs", jobs=JobManager(tmp_path / "jobs.db", recorder))
     form, values = form_and_values({"dataset.data_dir": str(make_folder(tmp_path / "one", n=2)),
                                     "output.output_name": "", "output.output_dir": ""})
-    _, first = train_tab.start_job(state, form, values)
-    view = train_tab.poll(state, None, None)  # a tab that had picked nothing: it shows job 1 and keeps it
-    assert view[-2] == first
+    _, first = train_form.start_job(state, form, values)
+    view = train_tab.tick(state, None, None)  # a tab that had picked nothing: it shows job 1 and keeps it
+    assert view[2] == first
     recorder.release.set()
     state.jobs.wait(state.jobs.get(first), timeout=5)
     recorder.release.clear()
     values["dataset.data_dir"] = str(make_folder(tmp_path / "two", n=2))
-    _, second = train_tab.start_job(state, form, values)  # from another tab
-    progress, *_, selected, _ = train_tab.poll(state, view[-2], view[-1])
+    _, second = train_form.start_job(state, form, values)  # from another tab
+    progress, _, selected, _, _ = train_tab.tick(state, view[2], view[3])
     assert selected == first and f"job {first}" in progress and "Done" in progress
-    assert "is done; nothing to cancel" in train_tab.cancel_job(state, first)
+    assert "is done; nothing to cancel" in train_jobs.cancel_job(state, first)
     assert state.jobs.get(second).active  # Cancel acted on the shown job, not the running one
     recorder.release.set()
 
@@ -136,7 +136,7 @@ def test_a_full_disk_on_save_preset_is_the_sentence(tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(writer, "_commit", full)
-    message, _ = train_tab.save_as_preset(state, form, "mine", values)
+    message, _ = train_form.save_as_preset(state, form, "mine", values)
     monkeypatch.setattr(writer, "_commit", real)
     assert message.startswith("⚠ The disk is full: saving") and "mine.toml" in message
     assert not (state.outputs / "presets" / "mine.toml").exists()
@@ -162,7 +162,7 @@ def test_with_listen_every_folder_a_job_reads_is_confined(listening, tmp_path):
     for field in ("dataset.validation_dir", "dataset.reg_data_dir"):
         form, values = form_and_values({"dataset.data_dir": str(data), "output.output_name": "",
                                         "output.output_dir": "", field: str(secret / "10_private")})
-        message, job_id = train_tab.start_job(state, form, values)
+        message, job_id = train_form.start_job(state, form, values)
         assert job_id is None and f"({field}): with --listen loramix reads only inside" in message, message
 
 
@@ -170,8 +170,8 @@ def test_with_listen_captions_outside_every_root_are_neither_shown_nor_saved(lis
     state, root, secret = listening
     outside = make_folder(tmp_path / "elsewhere", n=2)
     before = (outside / "img0.txt").read_text()
-    _, table, note = train_tab.show_images(state, str(outside), ".txt")
+    _, table, note = train_data.show_images(state, str(outside), ".txt")
     assert table.empty and "with --listen loramix reads only inside" in note
-    message = train_tab.write_captions(state, [("img0.png", "overwritten"), ("img1.png", "x")], str(outside), ".txt")
+    message = train_data.write_captions(state, [("img0.png", "overwritten"), ("img1.png", "x")], str(outside), ".txt")
     assert "with --listen loramix reads only inside" in message
     assert (outside / "img0.txt").read_text() == before
