@@ -8,7 +8,10 @@ UNet attention projections, noise at a random timestep, MSE on epsilon, backward
 changes one thing against `baseline`; levers run in turns (round-robin, `--rounds` times) so a busy
 neighbour slows all of them alike. `reference-like` adds what diffusers' train_text_to_image_lora.py
 does every step on top (VAE encode of the batch and the text encoder forward): the work of the
-reference script's step in this same process, not the script itself.
+reference script's step in this same process, not the script itself. `bf16_autocast` runs the step
+under `torch.autocast("cpu", bfloat16)` with fp32 weights; `bf16` also stores the frozen UNet weights
+in bf16 (the LoRA stays fp32), as the trainer's `train.mixed_precision = bf16` does, and the `bf16_*`
+levers combine that with one more lever.
 
 Reports the median CPU seconds per step (wall in parentheses), images/s, the gain over baseline and
 the peak RSS a step adds over the RSS before it (activations, gradients, optimizer state).
@@ -34,7 +37,8 @@ from bench.mix_real_shapes import trim  # noqa: E402
 from bench.real_shapes import PeakRSS, build_components, clock  # noqa: E402
 from loramix.core.quiet import quiet_libraries  # noqa: E402
 
-LEVERS = ["baseline", "channels_last", "sdpa_math", "adamw_foreach_off", "adamw_fused", "bf16_autocast",
+LEVERS = ["baseline", "channels_last", "sdpa_math", "adamw_foreach_off", "adamw_fused", "bf16_autocast", "bf16",
+           "bf16_channels_last", "bf16_batch2",
           "grad_checkpointing", "batch2", "reference-like", "compile"]
 MiB = 1024 ** 2
 
@@ -46,6 +50,7 @@ class Lever:
     sdpa: str = "default"
     adamw: dict | None = None
     autocast: bool = False
+    bf16_weights: bool = False  # the frozen UNet weights stored in bf16, the LoRA in fp32: what the trainer does
     checkpointing: bool = False
     encode_every_step: bool = False
     compile: bool = False
@@ -59,6 +64,9 @@ def lever(name: str, batch: int) -> Lever:
         "adamw_foreach_off": Lever(batch, adamw={"foreach": False}),
         "adamw_fused": Lever(batch, adamw={"fused": True}),
         "bf16_autocast": Lever(batch, autocast=True),
+        "bf16": Lever(batch, autocast=True, bf16_weights=True),
+        "bf16_channels_last": Lever(batch, autocast=True, bf16_weights=True, channels_last=True),
+        "bf16_batch2": Lever(2 * batch, autocast=True, bf16_weights=True),
         "grad_checkpointing": Lever(batch, checkpointing=True),
         "batch2": Lever(2 * batch),
         "reference-like": Lever(batch, encode_every_step=True),
@@ -72,7 +80,7 @@ class Bench:
 
         self.args = args
         if args.arch == "tiny":  # the embedded demo model: where a real-shape compile is too slow to wait for
-            from loramix.formats.families import load_base_model
+            from loramix.formats.base_model import load_base_model
 
             self.c = load_base_model("")
             for module in self.c.models():
@@ -141,6 +149,10 @@ class Bench:
     def run(self, name: str, steps: int, warmup: int):
         lv = lever(name, self.args.batch)
         unet = self.c.unet
+        frozen = torch.bfloat16 if lv.bf16_weights else torch.float32
+        for param in unet.parameters():
+            if not param.requires_grad and param.dtype != frozen:
+                param.data = param.data.to(frozen)
         unet.to(memory_format=torch.channels_last if lv.channels_last else torch.contiguous_format)
         if lv.checkpointing:
             unet.enable_gradient_checkpointing()
@@ -200,8 +212,8 @@ def main(argv=None) -> int:
                   f"peak +{peak / MiB:.0f} MiB", flush=True)
     base = results.get("baseline")
     base_ips = base and base["batch"] / statistics.median(c for c, _ in base["steps"])
-    print(f"\n{args.arch}, {args.size} px, batch {args.batch}, rank {args.rank} attention LoRA, fp32 weights, "
-          f"{args.threads} thread(s), {args.rounds} round(s) x {args.steps} steps (+{args.warmup} warm-up); "
+    print(f"\n{args.arch}, {args.size} px, batch {args.batch}, rank {args.rank} attention LoRA, fp32 weights (bf16 levers: frozen "
+          f"UNet weights in bf16), {args.threads} thread(s), {args.rounds} round(s) x {args.steps} steps (+{args.warmup} warm-up); "
           f"process peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB\n")
     print("| lever | CPU s / step (wall) | images/s | × baseline | first step CPU s (wall) | peak RSS added MiB |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")

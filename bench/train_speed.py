@@ -3,6 +3,8 @@
     python bench/train_speed.py                                  # loramix only
     python bench/train_speed.py --reference /tmp/ref/train_text_to_image_lora.py
     python bench/train_speed.py --arch sd15 --resolution 256 --batch 1 --rank 16   # real SD 1.5 shapes
+    python bench/train_speed.py --reference REF --variant bf16=train.mixed_precision=bf16 \
+        --reference-precision bf16                          # both trainers in fp32 and in bf16, alternated
 
 Builds a random-weight tiny SD model and a folder of generated captioned images, then trains each
 trainer in its own subprocess (with `sys.executable`, so run this with the venv both should use).
@@ -66,6 +68,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json", default="", help="Also write all measurements to this JSON file.")
     p.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"],
                    help="train.mixed_precision of loramix and --mixed_precision of the reference.")
+    p.add_argument("--reference-precision", action="append", default=[], choices=["no", "fp16", "bf16"],
+                   help="Also run the reference with this --mixed_precision (repeatable), as trainer "
+                        "reference-<value>, alternated with the rest, e.g. --reference-precision bf16.")
     p.add_argument("--variant", action="append", default=[], metavar="NAME=KEY=VALUE[,KEY=VALUE]",
                    help="Also run loramix as NAME with these --set overrides (repeatable), alternated with the "
                         "rest, e.g. --variant bf16=train.mixed_precision=bf16.")
@@ -144,13 +149,13 @@ def loramix_overrides(args: argparse.Namespace, model: Path, data: Path, out: Pa
             "output.output_name=bench"]
 
 
-def reference_args(args: argparse.Namespace, model: Path, data: Path, out: Path) -> list[str]:
+def reference_args(args: argparse.Namespace, model: Path, data: Path, out: Path, precision: str) -> list[str]:
     return ["--pretrained_model_name_or_path", str(model), "--train_data_dir", str(data),
             "--image_column", "image", "--caption_column", "text", "--resolution", str(args.resolution),
             "--center_crop", "--rank", str(args.rank), "--train_batch_size", str(args.batch),
             "--max_train_steps", str(args.steps), "--learning_rate", str(args.lr), "--lr_scheduler", "constant",
             "--lr_warmup_steps", "0", "--adam_weight_decay", "0.01", "--max_grad_norm", "1.0",
-            "--mixed_precision", args.mixed_precision, "--seed", str(args.seed), "--dataloader_num_workers", "0",
+            "--mixed_precision", precision, "--seed", str(args.seed), "--dataloader_num_workers", "0",
             "--checkpointing_steps", str(10 * args.steps + 1), "--output_dir", str(out),
             "--cache_dir", str(out / "datasets-cache")]
 
@@ -222,6 +227,15 @@ def variants(args: argparse.Namespace) -> dict[str, list[str]]:
     return out
 
 
+def reference_precisions(args: argparse.Namespace) -> dict[str, str]:
+    """Trainer name -> --mixed_precision of each reference run: "reference" at --mixed-precision, then
+    "reference-<p>" for each --reference-precision."""
+    if not args.reference:
+        return {}
+    extra = [p for p in args.reference_precision if p != args.mixed_precision]
+    return {"reference": args.mixed_precision, **{f"reference-{p}": p for p in extra}}
+
+
 def run_trainer(trainer: str, args: argparse.Namespace, root: Path, model: Path, data: dict[str, Path],
                 index: int) -> Run:
     out = root / f"out-{trainer}-{index}"
@@ -230,7 +244,7 @@ def run_trainer(trainer: str, args: argparse.Namespace, root: Path, model: Path,
         out, suffix = root / f"out-{trainer}-{index}-{suffix}", suffix + 1
     out.mkdir(parents=True)
     timings = out / "steps.json"
-    if trainer != "reference":
+    if not trainer.startswith("reference"):
         spec = out / "spec.json"
         extra = variants(args).get(trainer, [])
         spec.write_text(json.dumps({"overrides": loramix_overrides(args, model, data["loramix"], out) + extra,
@@ -239,7 +253,7 @@ def run_trainer(trainer: str, args: argparse.Namespace, root: Path, model: Path,
     else:
         cmd = [sys.executable, str(BENCH_DIR / "reference_wrapper.py"), "--timings", str(timings),
                "--threads", str(args.threads), str(Path(args.reference).resolve()),
-               *reference_args(args, model, data["reference"], out)]
+               *reference_args(args, model, data["reference"], out, reference_precisions(args)[trainer])]
     print(f"[{trainer} #{index + 1}] {' '.join(cmd[:4])} ...  (log: {out / 'train.log'})", file=sys.stderr)
     return run_child(trainer, cmd, timings, args.warmup, out / "train.log")
 
@@ -271,7 +285,7 @@ def markdown_table(rows: list[dict]) -> str:
     vram = any(r["peak_vram_mib"] is not None for r in rows)
     head = ["trainer", "CPU s/step (median)", "steps/s (median)", "step s p10–p90", "s/epoch", "peak RSS MiB"]
     head += ["peak VRAM MiB"] if vram else []
-    head += ["RSS between steps MiB", "launch→1st step s", "speed vs ref", "RSS vs ref"]
+    head += ["RSS between steps MiB", "launch→1st step s", "speed vs ref", "CPU speed vs ref", "RSS vs ref"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["trainer"], f"{r['cpu_s_per_step']:.2f}" if r["cpu_s_per_step"] else "–",
@@ -280,6 +294,7 @@ def markdown_table(rows: list[dict]) -> str:
         cells += [f"{r['peak_vram_mib']:.0f}" if r["peak_vram_mib"] is not None else "–"] if vram else []
         cells += [f"{r['step_rss_mib']:.0f}", f"{r['first_step_s']:.1f}",
                   f"{r['steps_per_s'] / ref['steps_per_s']:.2f}×" if ref else "–",
+                  f"{ref['cpu_s_per_step'] / r['cpu_s_per_step']:.2f}×" if ref and r["cpu_s_per_step"] else "–",
                   f"{r['peak_rss_mib'] / ref['peak_rss_mib']:.2f}×" if ref else "–"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -293,7 +308,7 @@ def describe(args: argparse.Namespace) -> str:
                            f"VAE {_ints(args.vae_channels)}, text dim 32")
     return (f"model: {model}; {args.images} images at {args.image_size or args.resolution}px, resolution "
             f"{args.resolution}, rank {args.rank}, batch {args.batch}, {args.steps} steps ({args.warmup} warm-up), "
-            f"mixed_precision {args.mixed_precision}, variants {args.variant or 'none'}, AdamW lr {args.lr}; torch {torch.__version__}, python {sys.executable}")
+            f"mixed_precision {args.mixed_precision}, reference also at {args.reference_precision or 'none'}, variants {args.variant or 'none'}, AdamW lr {args.lr}; torch {torch.__version__}, python {sys.executable}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -301,7 +316,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.child == "loramix":
         return loramix_child(args.spec)
     sys.path.insert(0, str(REPO_ROOT))
-    trainers = ([] if args.skip_loramix else ["loramix", *variants(args)]) + (["reference"] if args.reference else [])
+    trainers = ([] if args.skip_loramix else ["loramix", *variants(args)]) + list(reference_precisions(args))
     if not trainers:
         raise SystemExit("Nothing to run: --skip-loramix needs --reference.")
     if args.reference and not Path(args.reference).is_file():
