@@ -73,7 +73,8 @@ def test_one_step_on_real_config_exports_kohya_names(family, expected, tmp_path,
     monkeypatch.setattr(training_setup, "load_base_model", lambda *a, **k: models["base"])
     data = make_folder(tmp_path / "data", n=1)
     result = lora_trainer.train(tiny_config("unused", data, tmp_path / "out", "train.max_steps=1",
-                                            "train.batch_size=1", "dataset.resolution=64"))
+                                            "train.batch_size=1", "dataset.resolution=64",
+                                            "train.mixed_precision=no"))  # key names, not precision
     adapter = read_lora(result.lora_path)
     assert set(adapter.layers) == expected()
     assert adapter.metadata["ss_base_model_version"] == components.family.ss_base_model_version
