@@ -22,6 +22,10 @@ from PIL import Image
 
 from loramix.embedded import EMBEDDED_MODEL
 from loramix.embedded.quality import (
+    MIX_DEFAULT,
+    MIX_DEFAULT_CFG,
+    MIX_DEFAULT_SEED,
+    MIX_DEFAULT_STEPS,
     SLOTS,
     generate,
     judge_slots,
@@ -29,12 +33,6 @@ from loramix.embedded.quality import (
     measure_slots,
     slot_rates,
 )
-from loramix.embedded.scenes import Scene, ShapeSpec
-
-# The Mix tab's defaults (webui/mix_panels.py `request_panel`; loramix.mix_preset.MixRequest: seed 1, 20
-# steps, CFG 6, DDIM) and the scene its prompt asks for.
-MIX_DEFAULT = Scene((ShapeSpec("circle", "red", "center", "large"),), "blue")
-MIX_DEFAULT_SEED, MIX_DEFAULT_STEPS, MIX_DEFAULT_CFG = 1, 20, 6.0
 
 
 def contact_sheet(images: list, columns: int = 20) -> Image.Image:

@@ -4,14 +4,33 @@ from __future__ import annotations
 
 import random
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from loramix.embedded.quality import fidelity_scenes, judge_slots, slot_rates
+from loramix.embedded.quality import (
+    MIX_DEFAULT,
+    MIX_DEFAULT_CFG,
+    MIX_DEFAULT_SEED,
+    MIX_DEFAULT_STEPS,
+    fidelity_scenes,
+    judge_slots,
+    slot_rates,
+)
 from loramix.embedded.scenes import COLOURS, POSITIONS, SHAPES, Scene, ShapeSpec, random_scene, render
+from loramix.mix_preset import MixRequest
 
-DEFAULT = Scene((ShapeSpec("circle", "red", "center", "large"),), "blue")  # the Mix tab's default prompt
+DEFAULT = MIX_DEFAULT
+ROOT = Path(__file__).parents[2]
+
+
+def test_the_mix_default_is_the_mix_tabs_prompt_seed_steps_and_cfg():
+    panel = (ROOT / "webui" / "mix_panels.py").read_text()
+    assert f'value="{MIX_DEFAULT.caption}"' in panel
+    request = MixRequest()
+    assert (request.seed, request.steps, request.cfg_scale) == (MIX_DEFAULT_SEED, MIX_DEFAULT_STEPS, MIX_DEFAULT_CFG)
+    assert "seed = gr.Number(value=1," in panel
 
 
 def test_ground_truth_renders_of_the_held_out_prompts_pass_every_slot():
