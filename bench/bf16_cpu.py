@@ -22,10 +22,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.mix_real_shapes import pipe_preview  # noqa: E402
-from loramix.cpu_features import native_bf16  # noqa: E402
-from loramix.families import load_base_model  # noqa: E402
-from loramix.mixer import PreviewRequest  # noqa: E402
-from loramix.quiet import quiet_libraries  # noqa: E402
+from loramix.core.cpu_features import native_bf16  # noqa: E402
+from loramix.core.quiet import quiet_libraries  # noqa: E402
+from loramix.formats.base_model import load_base_model  # noqa: E402
+from loramix.mix.mixer import PreviewRequest  # noqa: E402
 
 
 def cpu(fn) -> float:

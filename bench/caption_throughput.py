@@ -28,7 +28,7 @@ def main() -> None:
 
     import torch
 
-    from loramix.tiny import build_tiny_captioner
+    from loramix.embedded.tiny import build_tiny_captioner
     from tests.conftest import draw_image
     from trainers.captioner import Captioner
 

@@ -26,9 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 
 from make_styles import STYLES  # noqa: E402
 
+from loramix.core.writer import write_bytes, write_text  # noqa: E402
 from loramix.embedded import STYLE_SETS  # noqa: E402
 from loramix.embedded.scenes import IMAGE_SIZE, SUPERSAMPLE, draw_shape, random_scene  # noqa: E402
-from loramix.writer import write_bytes, write_text  # noqa: E402
 
 
 def _png(image: Image.Image) -> bytes:

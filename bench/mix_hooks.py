@@ -34,9 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.mix_real_shapes import mixer_preview, pipe_preview, trim  # noqa: E402
 from bench.real_shapes import PeakRSS, kohya_targets  # noqa: E402
-from loramix.lora_io import LoraAdapter, LoraLayer, module_table, save_lora  # noqa: E402
-from loramix.mixer import Mixer, PreviewRequest  # noqa: E402
-from loramix.quiet import quiet_libraries  # noqa: E402
+from loramix.core.quiet import quiet_libraries  # noqa: E402
+from loramix.formats.lora_io import LoraAdapter, LoraLayer, module_table, save_lora  # noqa: E402
+from loramix.mix.mixer import Mixer, PreviewRequest  # noqa: E402
 
 GiB = 1024 ** 3
 

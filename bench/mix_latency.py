@@ -26,11 +26,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from loramix import lora_io  # noqa: E402
-from loramix.lora_io import LoraAdapter, LoraLayer, module_table, save_lora  # noqa: E402
-from loramix.mixer import Mixer, PreviewRequest  # noqa: E402
-from loramix.quiet import quiet_libraries  # noqa: E402
-from loramix.tiny import build_tiny_model  # noqa: E402
+from loramix.core.quiet import quiet_libraries  # noqa: E402
+from loramix.embedded.tiny import build_tiny_model  # noqa: E402
+from loramix.formats import lora_io  # noqa: E402
+from loramix.formats.lora_io import LoraAdapter, LoraLayer, module_table, save_lora  # noqa: E402
+from loramix.mix.mixer import Mixer, PreviewRequest  # noqa: E402
 
 TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 

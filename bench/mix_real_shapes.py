@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 
 from bench.real_shapes import PeakRSS, build_components, clock, kohya_targets, random_kohya_lora, rss_bytes
-from loramix.mixer import Mixer, PreviewRequest
-from loramix.quiet import quiet_libraries
+from loramix.core.quiet import quiet_libraries
+from loramix.mix.mixer import Mixer, PreviewRequest
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 GiB = 1024 ** 3

@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.mix_real_shapes import trim  # noqa: E402
 from bench.real_shapes import kohya_targets  # noqa: E402
-from loramix.families import load_base_model  # noqa: E402
-from loramix.quiet import quiet_libraries  # noqa: E402
+from loramix.core.quiet import quiet_libraries  # noqa: E402
+from loramix.formats.base_model import load_base_model  # noqa: E402
 
 GiB = 1024 ** 3
 FILES = {"unet": "unet/diffusion_pytorch_model.safetensors", "text_encoder": "text_encoder/model.safetensors"}

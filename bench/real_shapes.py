@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from loramix.families import Components, detect_family
-from loramix.lora_io import LoraAdapter, LoraLayer, module_table, save_lora
+from loramix.formats.families import Components, detect_family
+from loramix.formats.lora_io import LoraAdapter, LoraLayer, module_table, save_lora
 
 CONFIGS = Path(__file__).resolve().parents[1] / "loramix" / "configs"
 FAMILY_DIRS = {"sd15": "sd1", "sdxl": "sdxl"}
@@ -59,7 +59,7 @@ def build_components(arch: str, dtype=torch.float32, work: Path | None = None, s
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-    from loramix.tiny import write_clip_tokenizer
+    from loramix.embedded.tiny import write_clip_tokenizer
 
     work = Path(work or "/tmp/loramix-real-shapes")
     tokenizer = CLIPTokenizer.from_pretrained(write_clip_tokenizer(work / "tokenizer", words or WORDS))

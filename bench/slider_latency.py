@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.mix_latency import random_adapter  # noqa: E402
-from loramix.quiet import quiet_libraries  # noqa: E402
+from loramix.core.quiet import quiet_libraries  # noqa: E402
 from webui.jobs import JobManager  # noqa: E402
 from webui.mix_tab import MixValues, Previewer  # noqa: E402
 from webui.state import AppState  # noqa: E402

@@ -39,12 +39,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from loramix.config import load_config  # noqa: E402
+from loramix.core.config import load_config  # noqa: E402
+from loramix.core.events import TrainEvent  # noqa: E402
+from loramix.core.quiet import quiet_libraries  # noqa: E402
 from loramix.embedded import STYLE_SETS  # noqa: E402
 from loramix.embedded.style_metrics import content_scenes, style_and_content, style_target  # noqa: E402
-from loramix.events import TrainEvent  # noqa: E402
-from loramix.mixer import Mixer  # noqa: E402
-from loramix.quiet import quiet_libraries  # noqa: E402
+from loramix.mix.mixer import Mixer  # noqa: E402
 from trainers.dataset import with_trigger  # noqa: E402
 from trainers.lora_trainer import train  # noqa: E402
 

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.mix_real_shapes import trim  # noqa: E402
 from bench.real_shapes import PeakRSS, build_components, clock  # noqa: E402
-from loramix.quiet import quiet_libraries  # noqa: E402
+from loramix.core.quiet import quiet_libraries  # noqa: E402
 
 LEVERS = ["baseline", "channels_last", "sdpa_math", "adamw_foreach_off", "adamw_fused", "bf16_autocast",
           "grad_checkpointing", "batch2", "reference-like", "compile"]
@@ -72,7 +72,7 @@ class Bench:
 
         self.args = args
         if args.arch == "tiny":  # the embedded demo model: where a real-shape compile is too slow to wait for
-            from loramix.families import load_base_model
+            from loramix.formats.families import load_base_model
 
             self.c = load_base_model("")
             for module in self.c.models():

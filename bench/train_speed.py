@@ -121,7 +121,7 @@ def _name(rgb) -> str:
 
 
 def make_model(root: Path, args: argparse.Namespace) -> Path:
-    from loramix.tiny import build_tiny_model
+    from loramix.embedded.tiny import build_tiny_model
 
     words = [STYLE_WORD, "on", *COLOURS, *SHAPES]
     if args.arch != "tiny":
@@ -201,7 +201,7 @@ def loramix_child(spec_path: str) -> None:
     import torch
     from step_timer import StepTimer
 
-    from loramix.config import load_config
+    from loramix.core.config import load_config
     from trainers.lora_trainer import train
 
     if spec["threads"]:

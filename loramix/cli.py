@@ -12,14 +12,14 @@ import signal
 import sys
 from pathlib import Path
 
-from loramix.block_weights import UNIFORM_NOTE
-from loramix.config import field_specs, load_config
-from loramix.environment import check_environment
-from loramix.errors import LoramixError
-from loramix.events import CancelToken, TrainEvent
-from loramix.lora_spec import parse_axis
-from loramix.mixer import SAMPLERS
-from loramix.quiet import quiet_libraries
+from loramix.core.config import field_specs, load_config
+from loramix.core.environment import check_environment
+from loramix.core.errors import LoramixError
+from loramix.core.events import CancelToken, TrainEvent
+from loramix.core.quiet import quiet_libraries
+from loramix.mix.block_weights import UNIFORM_NOTE
+from loramix.mix.lora_spec import parse_axis
+from loramix.mix.mixer import SAMPLERS
 
 
 def _fields_help() -> str:
@@ -143,7 +143,7 @@ def _add_dataset_commands(sub) -> None:
 def _add_caption_command(sub) -> None:
     import dataclasses
 
-    from loramix.config import CaptionConfig
+    from loramix.core.config import CaptionConfig
 
     caption = sub.add_parser("caption", help="caption every image of a folder with a captioner model",
                              description="Write <image stem><extension> beside each image of DIR. An existing "
@@ -163,7 +163,7 @@ def _add_caption_command(sub) -> None:
 
 
 def _caption(args) -> int:
-    from loramix.config import CaptionConfig
+    from loramix.core.config import CaptionConfig
     from trainers.captioner import caption_folder
 
     values = {k: v for k, v in vars(args).items() if k in CaptionConfig.__dataclass_fields__}
@@ -224,8 +224,8 @@ def _tags(args) -> int:
 
 
 def _mixer_with(args, blend=None):
-    from loramix.mix_preset import apply_mix_preset, build_blend
-    from loramix.mixer import Mixer
+    from loramix.mix.mix_preset import apply_mix_preset, build_blend
+    from loramix.mix.mixer import Mixer
 
     if blend is None:
         blend = build_blend(getattr(args, "mix", None), args.lora)
@@ -235,10 +235,10 @@ def _mixer_with(args, blend=None):
 
 
 def _mix(args) -> int:
-    from loramix.mix_preset import adapter_names, build_blend
-    from loramix.mixer import PreviewRequest
-    from loramix.writer import check_target, save_png
-    from loramix.xy_grid import Axis, adapter_name, xy_grid
+    from loramix.core.writer import check_target, save_png
+    from loramix.mix.mix_preset import adapter_names, build_blend
+    from loramix.mix.mixer import PreviewRequest
+    from loramix.mix.xy_grid import Axis, adapter_name, xy_grid
 
     check_target(args.out, replace=args.replace, field="--out")  # before the model loads
     blend = build_blend(args.mix, args.lora)
@@ -262,10 +262,10 @@ def _mix(args) -> int:
 
 
 def _merge(args) -> int:
-    from loramix.lora_io import read_lora
-    from loramix.merge import Source, save_blend
-    from loramix.mix_preset import build_blend, mix_preset_metadata
-    from loramix.writer import check_target
+    from loramix.core.writer import check_target
+    from loramix.formats.lora_io import read_lora
+    from loramix.mix.merge import Source, save_blend
+    from loramix.mix.mix_preset import build_blend, mix_preset_metadata
 
     check_target(args.out, replace=args.replace, field="--out")  # before any file is read
     blend = build_blend(None, args.lora)
@@ -280,7 +280,7 @@ def _merge(args) -> int:
 
 
 def _bake(args) -> int:
-    from loramix.mixer import check_bake_target
+    from loramix.mix.mixer import check_bake_target
 
     check_bake_target(args.out, args.single_file, args.replace)  # before the model loads
     out = _mixer_with(args).bake(args.out, args.single_file, replace=args.replace)

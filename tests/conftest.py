@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 
-from loramix.config import LoramixConfig, load_config
+from loramix.core.config import LoramixConfig, load_config
 
 WORDS = ["a", "red", "blue", "green", "circle", "square", "stripes", "on", "the", "left", "right", "picture"]
 
 
 @pytest.fixture(autouse=True, scope="session")
 def _quiet_libraries():
-    from loramix.quiet import quiet_libraries
+    from loramix.core.quiet import quiet_libraries
 
     quiet_libraries()
     logging.getLogger("trainers").setLevel(logging.INFO)
@@ -24,7 +24,7 @@ def _quiet_libraries():
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
-    from loramix.tiny import build_tiny_model
+    from loramix.embedded.tiny import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-sd"), seed=0, words=WORDS)
 
@@ -72,7 +72,7 @@ def random_lora(model_dir, path, seed, rank=4, alpha=2.0, text=False, conv=False
     from peft.utils import get_peft_model_state_dict
     from transformers import CLIPTextModel
 
-    from loramix.lora_io import LoraAdapter, from_peft, save_lora
+    from loramix.formats.lora_io import LoraAdapter, from_peft, save_lora
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel.from_pretrained(model_dir, subfolder="unet")

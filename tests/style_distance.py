@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from loramix.adapter_info import adapter_info
 from loramix.embedded.quality import held_out_scenes
 from loramix.embedded.style_metrics import style_statistic, style_target
-from loramix.mixer import Mixer, PreviewRequest
+from loramix.formats.adapter_info import adapter_info
+from loramix.mix.mixer import Mixer, PreviewRequest
 from trainers.dataset import with_trigger
 
 

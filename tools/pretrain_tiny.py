@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from make_corpus import CORPUS_KINDS, make_corpus
 
 from loramix.embedded.scenes import VOCABULARY
-from loramix.tiny import tiny_configs, write_clip_tokenizer
+from loramix.embedded.tiny import tiny_configs, write_clip_tokenizer
 
 log = logging.getLogger("pretrain_tiny")
 

@@ -21,7 +21,7 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-f
 def main() -> int:
     from playwright.sync_api import sync_playwright
 
-    from loramix.quiet import quiet_libraries
+    from loramix.core.quiet import quiet_libraries
     from webui.app import build_app, launch_kwargs
     from webui.state import AppState
 

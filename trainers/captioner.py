@@ -21,9 +21,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from loramix.config import CaptionConfig
-from loramix.errors import LoramixError
-from loramix.events import CancelToken, EventSink, TrainEvent, no_events
+from loramix.core.config import CaptionConfig
+from loramix.core.errors import LoramixError
+from loramix.core.events import CancelToken, EventSink, TrainEvent, no_events
 from trainers.captions import captions_table
 from trainers.dataset import IMAGE_ERRORS, decode_caption, load_image
 
@@ -128,7 +128,7 @@ def _existing(image: Path, ext: str) -> str | None:
 def caption_folder(cfg: CaptionConfig, on_event: EventSink = no_events, cancel: CancelToken | None = None,
                    captioner: Captioner | None = None) -> CaptionResult:
     """Caption the folder as `cfg` says; returns what was written, skipped and failed."""
-    from loramix.writer import write_text
+    from loramix.core.writer import write_text
 
     cfg.validate()
     cancel = cancel or CancelToken()

@@ -1,7 +1,7 @@
 """Editing the captions of an image folder (the web app's caption table), confined to that folder.
 
 A caption is written only as `<image stem><ext>` next to an image that a scan of the folder found,
-and only with a caption extension from the allow-list (`loramix.paths.CAPTION_EXTENSIONS`); a row
+and only with a caption extension from the allow-list (`loramix.core.paths.CAPTION_EXTENSIONS`); a row
 naming any other file is refused before anything is written.
 """
 
@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from loramix.config import DatasetConfig
-from loramix.errors import DatasetError
-from loramix.paths import caption_extension
+from loramix.core.config import DatasetConfig
+from loramix.core.errors import DatasetError
+from loramix.core.paths import caption_extension
 from trainers.dataset import scan_report, write_caption
 
 

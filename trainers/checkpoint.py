@@ -18,11 +18,11 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from loramix import __version__
-from loramix.config import LoramixConfig
-from loramix.errors import TrainingError
-from loramix.lora_io import modelspec
-from loramix.published import published_config_json, published_model_name
-from loramix.writer import atomic_path
+from loramix.core.config import LoramixConfig
+from loramix.core.errors import TrainingError
+from loramix.core.writer import atomic_path
+from loramix.formats.lora_io import modelspec
+from loramix.formats.published import published_config_json, published_model_name
 from trainers.speed import resolve_precision
 
 STATE_FORMAT = "loramix-train-state/1"
@@ -39,13 +39,13 @@ def adapter_metadata(cfg: LoramixConfig, family, *, step: int, epoch: int, num_i
     min-SNR gamma and clip skip is None, stringified); `epoch` is 1-based, the epoch the save falls in
     (kohya sets `ss_epoch = epoch + 1` as each epoch starts); `bucket_info` is `trainers.dataset.bucket_info`
     (None without bucketing, written "null" as kohya does); `session_id` a random integer per run.
-    `save_lora` adds the `sshs_*` hashes. No local path goes in (loramix.published): folders and the base model
+    `save_lora` adds the `sshs_*` hashes. No local path goes in (loramix.formats.published): folders and the base model
     by their base names, a hub id as given.
     """
     res = cfg.dataset.resolution
     te_lr = cfg.network.text_encoder_lr or cfg.optim.learning_rate
     version = getattr(family, "base_model_version", family.ss_base_model_version)
-    from loramix.lora_io import lycoris_metadata
+    from loramix.formats.lora_io import lycoris_metadata
 
     finished_at = time.time()
     net = cfg.network

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from loramix.errors import LoramixError
-from loramix.events import CancelToken, EventSink, TrainEvent, no_events
+from loramix.core.errors import LoramixError
+from loramix.core.events import CancelToken, EventSink, TrainEvent, no_events
 from trainers.captions import captions_table
 from trainers.dataset import IMAGE_ERRORS, MASK_SUFFIX, load_image
 
@@ -73,7 +73,7 @@ def make_masks(data_dir: str, prompt: str, model: str = DEFAULT_CLIPSEG, thresho
                replace: bool = False, batch_size: int = 4, on_event: EventSink = no_events,
                cancel: CancelToken | None = None, segmenter: ClipSeg | None = None) -> MaskResult:
     """Write `<stem>.mask.png` for every image of the folder (those with a mask only with `replace`)."""
-    from loramix.writer import save_png
+    from loramix.core.writer import save_png
 
     if not prompt.strip():
         raise LoramixError("masks.prompt: name what the mask should cover, e.g. 'person' or 'the cat'.")

@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from loramix.config import DatasetConfig
-from loramix.errors import DatasetError
+from loramix.core.config import DatasetConfig
+from loramix.core.errors import DatasetError
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +157,7 @@ def _warn(warnings: list[str] | None, message: str) -> None:
 def write_caption(image: Path, extension: str, text: str, data_dir: str | Path) -> Path:
     """Save a caption next to its image through the writer: inside `data_dir` after links, replacing the old
     caption (the user pressed Save), never through a link."""
-    from loramix.writer import write_text
+    from loramix.core.writer import write_text
 
     ext = extension if extension.startswith(".") else "." + extension
     path = Path(image).with_suffix(ext)

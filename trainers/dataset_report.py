@@ -21,8 +21,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from loramix.config import DatasetConfig
-from loramix.paths import caption_extension
+from loramix.core.config import DatasetConfig
+from loramix.core.paths import caption_extension
 from trainers.dataset import IMAGE_ERRORS, count_tags, load_image, scan_report
 
 DUPLICATE_BITS = 6  # dHash distance at or below which two images are reported as near-duplicates

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 
 import torch
 
-from loramix.errors import TrainingError
+from loramix.core.errors import TrainingError
 
 
 class AdapterEMA:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from loramix.writer import atomic_path, remove_file
+from loramix.core.writer import atomic_path, remove_file
 
 FILE_NAME = ".frozen-encoders.parked.tmp"  # the writer's temp-name form: swept after a kill
 

@@ -24,13 +24,14 @@ from pathlib import Path
 
 import torch
 
-from loramix.config import LoramixConfig, to_toml, with_absolute_folders
-from loramix.errors import ConfigError, TrainingError
-from loramix.events import CancelToken, EventSink, TrainEvent, no_events
-from loramix.families import Components, load_base_model
-from loramix.lora_io import LoraAdapter, from_peft, save_lora
-from loramix.runs import RunLock, check_run_folder, remove_stale_temps
-from loramix.writer import append_line, make_folder, save_png, write_text
+from loramix.core.config import LoramixConfig, to_toml, with_absolute_folders
+from loramix.core.errors import ConfigError, TrainingError
+from loramix.core.events import CancelToken, EventSink, TrainEvent, no_events
+from loramix.core.runs import RunLock, check_run_folder, remove_stale_temps
+from loramix.core.writer import append_line, make_folder, save_png, write_text
+from loramix.formats.base_model import load_base_model
+from loramix.formats.families import Components
+from loramix.formats.lora_io import LoraAdapter, from_peft, save_lora
 from trainers import dataset as ds
 from trainers.checkpoint import adapter_metadata, check_state_file, craft_metadata, load_state, save_state
 from trainers.ema import AdapterEMA

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
-from loramix.config import DatasetConfig
-from loramix.errors import DatasetError
+from loramix.core.config import DatasetConfig
+from loramix.core.errors import DatasetError
 from trainers import dataset as ds
 
 MASK_SUFFIX = ds.MASK_SUFFIX  # "<stem>.mask.png"

@@ -6,8 +6,8 @@ from collections.abc import Callable
 
 import torch
 
-from loramix.config import OptimConfig
-from loramix.errors import ConfigError
+from loramix.core.config import OptimConfig
+from loramix.core.errors import ConfigError
 
 ADAMW_IMPLS = {"auto": {}, "foreach": {"foreach": True}, "fused": {"fused": True}, "for_loop": {"foreach": False}}
 

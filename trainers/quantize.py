@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from loramix.errors import ConfigError
+from loramix.core.errors import ConfigError
 
 
 def check_quantize_backend(quantize: str, device: torch.device) -> None:

@@ -9,8 +9,8 @@ import contextlib
 
 import torch
 
-from loramix.config import TrainConfig
-from loramix.errors import ConfigError
+from loramix.core.config import TrainConfig
+from loramix.core.errors import ConfigError
 
 CUDA_ONLY_SDPA = ("efficient", "cudnn")
 
@@ -24,10 +24,10 @@ def check_speed_options(t: TrainConfig, device: torch.device) -> None:
 
 def resolve_precision(mixed_precision: str) -> str:
     """train.mixed_precision as accelerate takes it: `auto` is bf16 on a CPU that multiplies bf16 natively
-    (AVX-512-bf16 or AMX; loramix.cpu_features), and no (fp32) on other CPUs and on GPUs."""
+    (AVX-512-bf16 or AMX; loramix.core.cpu_features), and no (fp32) on other CPUs and on GPUs."""
     if mixed_precision != "auto":
         return mixed_precision
-    from loramix.cpu_features import native_bf16
+    from loramix.core.cpu_features import native_bf16
 
     return "bf16" if not torch.cuda.is_available() and native_bf16() else "no"
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from loramix.config import CaptionConfig
-from loramix.errors import LoramixError
+from loramix.core.config import CaptionConfig
+from loramix.core.errors import LoramixError
 
 GENERAL, CHARACTER, RATING = 0, 4, 9
 FILES = ("model.onnx", "selected_tags.csv")

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from fnmatch import fnmatch
 from pathlib import Path
 
-from loramix.errors import DatasetError
-from loramix.paths import caption_extension
+from loramix.core.errors import DatasetError
+from loramix.core.paths import caption_extension
 from trainers.captions import captions_table
 from trainers.dataset import write_caption
 
@@ -153,7 +153,7 @@ def _file_text(path: Path) -> str | None:
 def save_changes(data_dir: str, ext: str, changes: list[TagChange]) -> list[Path]:
     """Write the planned captions. The previous text of each (None: there was no caption file) is saved first in
     the folder's undo file; a caption that changed since the preview stops the save before anything is written."""
-    from loramix.writer import check_target, write_text
+    from loramix.core.writer import check_target, write_text
 
     ext = caption_extension("dataset.caption_extension", ext or ".txt")
     root = Path(data_dir).expanduser()
@@ -175,7 +175,7 @@ def save_changes(data_dir: str, ext: str, changes: list[TagChange]) -> list[Path
 
 def undo_last(data_dir: str) -> list[str]:
     """Put back the captions the last save changed; returns their images. The undo file is used up."""
-    from loramix.writer import remove_file
+    from loramix.core.writer import remove_file
 
     root = Path(data_dir).expanduser()
     undo = root / UNDO_FILE

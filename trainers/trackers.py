@@ -3,7 +3,7 @@
 
 TensorBoard's event files go to `<run folder>/tensorboard/` (open them with
 `tensorboard --logdir <run folder>`); a resumed run adds a new event file beside the first. The files are
-written by the tracker library itself, not through loramix.atomic: an event file is appended as it goes.
+written by the tracker library itself, not through loramix.core.writer: an event file is appended as it goes.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from loramix.config import OutputConfig
-from loramix.errors import ConfigError
+from loramix.core.config import OutputConfig
+from loramix.core.errors import ConfigError
 
 PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}
 TENSORBOARD_FOLDER = "tensorboard"

@@ -4,7 +4,7 @@ Security (docs/security.md): 127.0.0.1 by default; every request's Host and Orig
 machine (DNS rebinding) and failed logins are throttled (`webui.guard`); uploads are capped and gradio's
 cache is cleaned; `--listen` needs `--auth` (or the explicit `--insecure-no-auth`) and then reads only the
 app's folders and `--data-root`s, and takes hub ids only with `--allow-hub-download`; every path or name
-a handler takes goes through `loramix.paths`.
+a handler takes goes through `loramix.core.paths`.
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ from pathlib import Path
 import gradio as gr
 from starlette.middleware import Middleware
 
-from loramix import writer
-from loramix.config import load_config
-from loramix.environment import check_environment
-from loramix.errors import LoramixError
-from loramix.lora_spec import parse_adapter_spec
-from loramix.mixer import PreviewRequest
-from loramix.runs import confine_config, drop_if_empty, new_run_folder
+from loramix.core import writer
+from loramix.core.config import load_config
+from loramix.core.environment import check_environment
+from loramix.core.errors import LoramixError
+from loramix.core.runs import confine_config, drop_if_empty, new_run_folder
+from loramix.mix.lora_spec import parse_adapter_spec
+from loramix.mix.mixer import PreviewRequest
 from trainers.captions import captions_table
 from webui import dataset_tab, mix_tab, train_tab
 from webui.guard import HostCheck, LoginThrottle
@@ -172,7 +172,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
-    from loramix.quiet import quiet_libraries
+    from loramix.core.quiet import quiet_libraries
 
     args = parse_args(argv)
     try:

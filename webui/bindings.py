@@ -10,7 +10,7 @@ import typing
 
 import gradio as gr
 
-from loramix.config import FieldSpec, LoramixConfig, coerce, field_specs
+from loramix.core.config import FieldSpec, LoramixConfig, coerce, field_specs
 
 COMMON = ["model.base_model", "dataset.data_dir", "output.output_dir", "output.output_name",
           "dataset.resolution", "network.rank", "network.alpha", "optim.learning_rate", "train.max_steps",

@@ -16,8 +16,8 @@ import gradio as gr
 import pandas as pd
 from PIL import Image
 
-from loramix.config import DEFAULT_CAPTIONER, CaptionConfig
-from loramix.errors import LoramixError
+from loramix.core.config import DEFAULT_CAPTIONER, CaptionConfig
+from loramix.core.errors import LoramixError
 from trainers.clipseg_masks import DEFAULT_CLIPSEG, make_masks, mask_path
 from trainers.dataset_report import DatasetReport, dataset_report
 from trainers.tags import OPS, TagChange, TagEdit, plan_edits, save_changes, undo_last

@@ -1,7 +1,7 @@
 """Jobs for the app — trainings and captionings — one runs at a time in a worker thread, the rest wait in a
 visible queue.
 
-Every job and every event it publishes are recorded in the job store (`loramix.job_store`, SQLite in
+Every job and every event it publishes are recorded in the job store (`loramix.core.job_store`, SQLite in
 outputs/loramix.db) the moment they exist, so the list survives a restart or a kill -9: a job that was running
 then is *interrupted* (resumable from its state file), and queued jobs start again by themselves, in order.
 Any number of browser tabs read a job by polling (a viewer never holds a worker slot). Cancel is the engine's
@@ -17,11 +17,11 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from loramix.config import CaptionConfig, LoramixConfig
-from loramix.errors import LoramixError
-from loramix.events import CancelToken, TrainEvent
-from loramix.job_store import JobRecord, JobStore, kind_of
-from loramix.runs import drop_if_empty
+from loramix.core.config import CaptionConfig, LoramixConfig
+from loramix.core.errors import LoramixError
+from loramix.core.events import CancelToken, TrainEvent
+from loramix.core.job_store import JobRecord, JobStore, kind_of
+from loramix.core.runs import drop_if_empty
 
 FINISHED = ("done", "cancelled", "failed", "interrupted")
 

@@ -7,8 +7,8 @@ import random
 
 import gradio as gr
 
-from loramix.block_weights import BLOCK_IDS, LAYOUTS, PRESET_NAMES, UNIFORM_NOTE
-from loramix.mixer import SAMPLERS
+from loramix.mix.block_weights import BLOCK_IDS, LAYOUTS, PRESET_NAMES, UNIFORM_NOTE
+from loramix.mix.mixer import SAMPLERS
 
 MAX_ROWS = 6
 DRAFT_STEPS = 8

@@ -16,26 +16,26 @@ from pathlib import Path
 
 import gradio as gr
 
-from loramix.adapter_info import adapter_info
-from loramix.block_weights import (
+from loramix.core.errors import LoramixError
+from loramix.core.paths import plain_name, unique_name
+from loramix.core.writer import check_target, make_folder, write_zip
+from loramix.formats.adapter_info import adapter_info
+from loramix.mix.block_weights import (
     BLOCK_IDS,
     LAYOUTS,
     format_block_weights,
     parse_block_weights,
 )
-from loramix.errors import LoramixError
-from loramix.merge import save_blend
-from loramix.mix_preset import (
+from loramix.mix.merge import save_blend
+from loramix.mix.mix_preset import (
     MixRequest,
     load_mix_preset,
     mix_preset_metadata,
     preset_from_mixer,
     save_mix_preset,
 )
-from loramix.mixer import PreviewRequest, check_bake_target
-from loramix.paths import plain_name, unique_name
-from loramix.writer import check_target, make_folder, write_zip
-from loramix.xy_grid import Axis, xy_grid
+from loramix.mix.mixer import PreviewRequest, check_bake_target
+from loramix.mix.xy_grid import Axis, xy_grid
 from webui.mix_panels import (
     LAYOUT_CHOICES,
     MAX_ROWS,

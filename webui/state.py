@@ -7,11 +7,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from loramix import writer
-from loramix.errors import LoramixError
-from loramix.mixer import Mixer
-from loramix.paths import Confinement
-from loramix.runs import clean_app_folders
+from loramix.core import writer
+from loramix.core.errors import LoramixError
+from loramix.core.paths import Confinement
+from loramix.core.runs import clean_app_folders
+from loramix.mix.mixer import Mixer
 from webui.jobs import JobManager
 
 APP_FOLDERS = ("presets", "mixes", "loras", "uploads", "baked")  # under outputs; never a run folder
@@ -94,7 +94,7 @@ class AppState:
         """Copy uploaded files (gradio's own temp files) by plain name only into `folder` (one of the app's), or
         into a new folder of their own under outputs/uploads, claimed with mkdir so that two uploads in one second
         never share one. An existing file is never replaced."""
-        from loramix.paths import plain_name
+        from loramix.core.paths import plain_name
 
         checked = []
         for path in paths:  # every name checked before anything is written

@@ -18,11 +18,11 @@ import gradio as gr
 import pandas as pd
 from PIL import Image, ImageDraw
 
-from loramix.config import LoramixConfig, load_config, to_toml, with_absolute_folders
-from loramix.errors import LoramixError
-from loramix.paths import plain_name, unique_name
-from loramix.runs import check_run_folder, confine_config, drop_if_empty, new_run_folder
-from loramix.writer import check_target, make_folder, write_text
+from loramix.core.config import LoramixConfig, load_config, to_toml, with_absolute_folders
+from loramix.core.errors import LoramixError
+from loramix.core.paths import plain_name, unique_name
+from loramix.core.runs import check_run_folder, confine_config, drop_if_empty, new_run_folder
+from loramix.core.writer import check_target, make_folder, write_text
 from trainers.captions import captions_table, save_captions
 from trainers.dataset import load_image
 from webui import bindings

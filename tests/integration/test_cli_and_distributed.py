@@ -6,8 +6,8 @@ import os
 import subprocess
 import sys
 
-from loramix.config import field_specs
-from loramix.lora_io import read_lora
+from loramix.core.config import field_specs
+from loramix.formats.lora_io import read_lora
 from tests.conftest import make_folder
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}

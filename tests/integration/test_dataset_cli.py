@@ -4,7 +4,7 @@ undo puts the captions back; captioning an uncaptioned folder with a tiny offlin
 from __future__ import annotations
 
 from loramix.cli import main
-from loramix.tiny import build_tiny_captioner
+from loramix.embedded.tiny import build_tiny_captioner
 from tests.conftest import make_folder
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from loramix.families import load_base_model
+from loramix.formats.base_model import load_base_model
 from tests.conftest import tiny_config
 from trainers.encoder_parking import FILE_NAME, EncoderParking
 from trainers.lora_trainer import train
@@ -62,7 +62,7 @@ def test_samples_are_the_same_with_the_encoders_parked(tiny_model, image_folder,
 
 
 def test_a_killed_runs_parked_file_is_removed_on_the_next_start(tmp_path):
-    from loramix.runs import remove_stale_temps
+    from loramix.core.runs import remove_stale_temps
 
     (tmp_path / FILE_NAME).write_bytes(b"left by a killed run")
     assert tmp_path / FILE_NAME in remove_stale_temps(tmp_path)

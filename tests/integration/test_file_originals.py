@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from loramix.mixer import Mixer
+from loramix.mix.mixer import Mixer
 from tests.conftest import random_lora, unet_out
 
 

@@ -12,14 +12,14 @@ import time
 import pytest
 import torch
 
-from loramix.lora_io import read_lora
+from loramix.formats.lora_io import read_lora
 from tests.conftest import tiny_config
 from trainers.checkpoint import load_state
 from trainers.lora_trainer import train
 
 CHILD = """
 import pathlib, sys, time
-from loramix.config import load_config
+from loramix.core.config import load_config
 from trainers import checkpoint
 from trainers.lora_trainer import train
 

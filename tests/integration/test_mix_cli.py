@@ -6,15 +6,19 @@ import pytest
 from PIL import Image
 
 from loramix.cli import main
-from loramix.lora_io import read_lora
-from loramix.lora_spec import parse_lora_spec
+from loramix.formats.lora_io import read_lora
+from loramix.mix.lora_spec import parse_adapter_spec
 from tests.conftest import random_lora
 
 
-def test_parse_lora_spec():
-    assert parse_lora_spec("a.safetensors") == ("a.safetensors", 1.0, None)
-    assert parse_lora_spec("dir/a.safetensors:-0.3") == ("dir/a.safetensors", -0.3, None)
-    assert parse_lora_spec("C:/x/a.safetensors:0.8:0.5") == ("C:/x/a.safetensors", 0.8, 0.5)
+def test_parse_adapter_spec():
+    def plain(spec):
+        s = parse_adapter_spec(spec)
+        return s.path, s.weight, s.te_weight, s.blocks
+
+    assert plain("a.safetensors") == ("a.safetensors", 1.0, None, None)
+    assert plain("dir/a.safetensors:-0.3") == ("dir/a.safetensors", -0.3, None, None)
+    assert plain("C:/x/a.safetensors:0.8:0.5") == ("C:/x/a.safetensors", 0.8, 0.5, None)
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +56,7 @@ def test_mix_refusal_is_one_line(tiny_model, tmp_path, capsys):
 def test_mix_file_drives_the_same_blend_and_merge_records_it(tiny_model, two, tmp_path):
     import json
 
-    from loramix.mix_preset import METADATA_KEY
+    from loramix.mix.mix_preset import METADATA_KEY
 
     a, b = two
     (tmp_path / "blend.toml").write_text(
@@ -71,8 +75,8 @@ def test_mix_file_drives_the_same_blend_and_merge_records_it(tiny_model, two, tm
 
 
 def test_grid_adapter_is_checked_before_the_model_loads(two, tmp_path, capsys, monkeypatch):
-    from loramix.errors import LoramixError
-    from loramix.mixer import Mixer
+    from loramix.core.errors import LoramixError
+    from loramix.mix.mixer import Mixer
 
     def no_model(*a, **k):
         raise LoramixError("the model would load now")

@@ -8,14 +8,14 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
-from loramix import lora_io
-from loramix.errors import AdapterFormatError, LoramixError
-from loramix.families import load_base_model
-from loramix.lora_io import LoraAdapter, LoraLayer, read_lora, save_lora
-from loramix.merge import blend_delta, merge_concat, merge_svd
-from loramix.mixer import Mixer, PreviewRequest
-from loramix.tiny import build_tiny_model
-from loramix.xy_grid import Axis, xy_grid
+from loramix.core.errors import AdapterFormatError, LoramixError
+from loramix.embedded.tiny import build_tiny_model
+from loramix.formats import lora_io
+from loramix.formats.base_model import load_base_model
+from loramix.formats.lora_io import LoraAdapter, LoraLayer, read_lora, save_lora
+from loramix.mix.merge import blend_delta, merge_concat, merge_svd
+from loramix.mix.mixer import Mixer, PreviewRequest
+from loramix.mix.xy_grid import Axis, xy_grid
 from tests.conftest import WORDS, random_lora, unet_out
 
 
@@ -149,7 +149,7 @@ def test_pickle_refused_unless_allowed(mixer, files, tmp_path):
 
 
 def test_merges_reproduce_the_blend(files):
-    from loramix.merge import Source
+    from loramix.mix.merge import Source
 
     sources = [Source("a", read_lora(files["a"]), 0.8), Source("b", read_lora(files["b"]), -0.5, te_weight=0.3),
                Source("c", read_lora(files["c"]), 1.3)]
@@ -171,7 +171,7 @@ def test_merges_reproduce_the_blend(files):
 
 
 def test_merged_file_and_baked_model_match_the_blend(mixer, files, tmp_path):
-    from loramix.merge import merge_concat
+    from loramix.mix.merge import merge_concat
 
     mixer.load(files["a"], weight=0.6)
     mixer.load(files["b"], weight=-0.8)
@@ -225,7 +225,7 @@ def test_set_blend_loads_once_and_drops_removed(mixer, files, monkeypatch):
     assert names == ["a", "b"]
     calls = []
     real = lora_io.read_lora
-    monkeypatch.setattr("loramix.mixer.read_lora", lambda *a, **k: calls.append(a) or real(*a, **k))
+    monkeypatch.setattr("loramix.mix.mixer.read_lora", lambda *a, **k: calls.append(a) or real(*a, **k))
     assert mixer.set_blend([(files["b"], 0.2, False), (files["c"], 1.0, True)]) == ["b", "c"]
     assert len(calls) == 1  # only c was read
     assert list(mixer.slots) == ["b", "c"] and mixer.slots["b"].weight == 0.2 and not mixer.slots["b"].enabled

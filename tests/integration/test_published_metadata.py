@@ -9,10 +9,10 @@ from pathlib import Path
 
 from safetensors import safe_open
 
-from loramix.adapter_info import adapter_info
 from loramix.cli import main
-from loramix.lora_io import read_lora
-from loramix.mix_preset import mix_preset_from_metadata
+from loramix.formats.adapter_info import adapter_info
+from loramix.formats.lora_io import read_lora
+from loramix.mix.mix_preset import mix_preset_from_metadata
 from tests.conftest import make_folder, tiny_config
 from trainers.lora_trainer import train
 

@@ -9,11 +9,11 @@ import sys
 import pytest
 import torch
 
-from loramix.adapter_layers import LoraLayer
-from loramix.config import load_config
+from loramix.adapters.adapter_layers import LoraLayer
+from loramix.core.config import load_config
+from loramix.core.errors import ConfigError
 from loramix.embedded import STYLE_SETS
-from loramix.errors import ConfigError
-from loramix.lora_io import read_lora
+from loramix.formats.lora_io import read_lora
 from tests.conftest import tiny_config
 from tests.style_distance import style_distances
 from trainers.lora_trainer import LoraTrainer, train
@@ -35,7 +35,7 @@ def test_int8_base_trains_an_ordinary_lora(tiny_model, image_folder, tmp_path):
     assert bool(adapter.layers[name].delta().abs().max() > 0)
     assert all(torch.isfinite(torch.tensor(result.losses)))
 
-    from loramix.mixer import Mixer
+    from loramix.mix.mixer import Mixer
 
     mixer = Mixer.from_base(str(tiny_model), device="cpu")  # the unquantized base takes the file as usual
     mixer.load(result.lora_path)

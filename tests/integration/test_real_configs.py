@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from loramix.families import Components, detect_family
-from loramix.lora_io import read_lora
-from loramix.mixer import Mixer
-from loramix.tiny import write_clip_tokenizer
+from loramix.embedded.tiny import write_clip_tokenizer
+from loramix.formats.families import Components, detect_family
+from loramix.formats.lora_io import read_lora
+from loramix.mix.mixer import Mixer
 from tests.conftest import WORDS, make_folder, tiny_config
 from trainers import lora_trainer
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from loramix.cli import main
-from loramix.errors import ConfigError, LoramixError
-from loramix.runs import RunLock, new_run_folder
+from loramix.core.errors import ConfigError, LoramixError
+from loramix.core.runs import RunLock, new_run_folder
 from tests.conftest import tiny_config
 from trainers.lora_trainer import train
 
@@ -34,7 +34,7 @@ def test_a_second_run_into_the_same_folder_is_refused_and_the_first_is_untouched
 
 def test_a_locked_folder_refuses_a_second_process_naming_it(tiny_model, image_folder, tmp_path, capsys):
     out = tmp_path / "busy"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from loramix.runs import RunLock; "
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from loramix.core.runs import RunLock; "
                                f"lock = RunLock({str(out)!r}).acquire(); print('held', flush=True); time.sleep(60)"],
                               stdout=subprocess.PIPE, text=True)
     try:
@@ -54,7 +54,7 @@ def test_a_locked_folder_refuses_a_second_process_naming_it(tiny_model, image_fo
 def test_stale_temp_files_of_a_killed_run_are_removed_when_a_run_starts(tiny_model, image_folder, tmp_path):
     out = tmp_path / "stale"
     (out / "samples").mkdir(parents=True)
-    # the names loramix.writer makes (tempfile's 8 random characters); only those are ever removed
+    # the names loramix.core.writer makes (tempfile's 8 random characters); only those are ever removed
     leftovers = [out / ".my-lora.safetensors.abc123de.tmp", out / "samples" / ".x.png.def456gh.tmp"]
     for p in leftovers:
         p.write_bytes(b"half")
@@ -101,8 +101,8 @@ def test_bake_refuses_an_existing_folder_that_loramix_did_not_bake(tmp_path, cap
 
 def test_a_folder_holding_the_toml_a_run_would_write_is_refused(image_folder, tmp_path):
     """A run named keepme into a folder that holds someone's keepme.toml (a preset) would overwrite it."""
-    from loramix.errors import ConfigError
-    from loramix.runs import check_run_folder
+    from loramix.core.errors import ConfigError
+    from loramix.core.runs import check_run_folder
 
     folder = tmp_path / "presets"
     folder.mkdir()

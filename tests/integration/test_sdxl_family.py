@@ -7,10 +7,10 @@ import pytest
 import torch
 from diffusers import StableDiffusionXLPipeline
 
-from loramix.families import load_base_model
-from loramix.lora_io import read_lora
-from loramix.mixer import Mixer
-from loramix.tiny import build_tiny_sdxl
+from loramix.embedded.tiny import build_tiny_sdxl
+from loramix.formats.base_model import load_base_model
+from loramix.formats.lora_io import read_lora
+from loramix.mix.mixer import Mixer
 from tests.conftest import WORDS, make_folder, tiny_config
 from trainers.lora_trainer import train
 

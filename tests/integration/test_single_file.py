@@ -20,21 +20,21 @@ from diffusers.loaders import single_file_utils as reference
 from safetensors.torch import load_file, save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from loramix import single_file
-from loramix.ldm_layout import (
+from loramix.embedded.tiny import write_clip_tokenizer
+from loramix.formats import single_file
+from loramix.formats.ldm_layout import (
     TEXT_ENCODERS,
     text_encoder_state_to_ldm,
     unet_module_to_ldm,
     vae_state_to_ldm,
 )
-from loramix.single_file import (
+from loramix.formats.single_file import (
     CONFIG_DIR,
     CheckpointFormatError,
     detect_family,
     load_single_file,
     save_single_file,
 )
-from loramix.tiny import write_clip_tokenizer
 
 VAE = dict(block_out_channels=[32, 64], down_block_types=["DownEncoderBlock2D"] * 2,
            up_block_types=["UpDecoderBlock2D"] * 2, layers_per_block=1, norm_num_groups=8, latent_channels=4)

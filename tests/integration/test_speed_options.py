@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from loramix.config import load_config
-from loramix.errors import ConfigError
+from loramix.core.config import load_config
+from loramix.core.errors import ConfigError
 from tests.conftest import tiny_config
 from trainers.lora_trainer import LoraTrainer
 

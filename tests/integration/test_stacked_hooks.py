@@ -7,8 +7,8 @@ import contextlib
 import pytest
 import torch
 
-from loramix import stacked_hooks
-from loramix.mixer import Mixer
+from loramix.mix import stacked_hooks
+from loramix.mix.mixer import Mixer
 from tests.conftest import random_lora, unet_out
 
 

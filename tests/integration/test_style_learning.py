@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from loramix.config import load_config
+from loramix.core.config import load_config
 from loramix.embedded import STYLE_SETS
 from tests.style_distance import scene_scores, style_distances
 from trainers.lora_trainer import train
@@ -39,7 +39,7 @@ def test_regularisation_and_a_trigger_keep_the_content_the_plain_run_loses(tmp_p
     them given the trigger too (planted) it still passed (ratio 0.496, content 10 of 12): what keeps the
     content is the regularisation pictures; that they get no trigger is pinned in tests/unit/test_dataset.py."""
     from loramix.embedded.style_metrics import style_target
-    from loramix.mixer import Mixer
+    from loramix.mix.mixer import Mixer
 
     style = STYLE_SETS / "pastel"
     runs = {"reg": [], "plain": ["dataset.reg_data_dir=", "dataset.trigger_word="]}

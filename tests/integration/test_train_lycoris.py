@@ -11,8 +11,8 @@ from functools import partial
 import pytest
 import torch
 
-from loramix.adapter_layers import LohaLayer, LokrLayer, LoraLayer
-from loramix.lora_io import module_table, read_lora
+from loramix.adapters.adapter_layers import LohaLayer, LokrLayer, LoraLayer
+from loramix.formats.lora_io import module_table, read_lora
 from tests.conftest import tiny_config
 from trainers.lora_trainer import LoraTrainer, train
 
@@ -51,7 +51,7 @@ def test_lycoris_training_writes_the_delta_peft_trained(tiny_model, image_folder
                                    msg=name)
     assert any(bool(peft_layer.get_delta_weight("default").abs().max() > 0) for peft_layer in peft_layers.values())
 
-    from loramix.mixer import Mixer
+    from loramix.mix.mixer import Mixer
 
     mixer = Mixer.from_base(str(tiny_model), device="cpu")
     mixer.load(result.lora_path)  # every layer binds to a module of the base model
@@ -115,7 +115,7 @@ def test_lycoris_resume_reproduces_the_uninterrupted_run(tiny_model, image_folde
 
 
 def test_dora_training_writes_dora_scale_and_the_weight_peft_merges(tiny_model, image_folder, tmp_path):
-    from loramix.adapter_layers import DoraLayer
+    from loramix.adapters.adapter_layers import DoraLayer
 
     trainer, result = _train(tiny_model, image_folder, tmp_path / "out", "network.use_dora=true")
     adapter = read_lora(result.lora_path)
@@ -138,8 +138,8 @@ def test_mixer_applies_a_dora_file_as_peft_forward(tiny_model, tmp_path):
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
-    from loramix.lora_io import LoraAdapter, from_peft, save_lora
-    from loramix.mixer import Mixer
+    from loramix.formats.lora_io import LoraAdapter, from_peft, save_lora
+    from loramix.mix.mixer import Mixer
 
     torch.manual_seed(0)
     peft_unet = UNet2DConditionModel.from_pretrained(tiny_model, subfolder="unet")

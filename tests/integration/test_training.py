@@ -11,9 +11,9 @@ import torch
 from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 from safetensors.torch import save_file
 
-from loramix.errors import TrainingError
-from loramix.events import CancelToken
-from loramix.lora_io import module_table, read_lora, save_lora
+from loramix.core.errors import TrainingError
+from loramix.core.events import CancelToken
+from loramix.formats.lora_io import module_table, read_lora, save_lora
 from tests.conftest import first_sample_inputs, make_folder, tiny_config
 from trainers.checkpoint import load_state
 from trainers.lora_trainer import LoraTrainer, train
@@ -247,7 +247,7 @@ def test_uncached_flip_and_accumulation_paths_train(tiny_model, tmp_path):
 
 @pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
 def test_loss_target_follows_the_scheduler_prediction_type(prediction, tmp_path, image_folder):
-    from loramix.tiny import build_tiny_model
+    from loramix.embedded.tiny import build_tiny_model
     from tests.conftest import WORDS
     from trainers.lora_trainer import _seed_for
 

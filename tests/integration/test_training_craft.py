@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from loramix.lora_io import read_lora
+from loramix.formats.lora_io import read_lora
 from tests.conftest import first_sample_inputs, make_folder, tiny_config
 from trainers.lora_trainer import LoraTrainer, train
 
@@ -77,7 +77,7 @@ def test_loraplus_ratio_moves_the_up_matrices_at_that_multiple_of_the_rate(tiny_
 
 
 def test_loraplus_off_keeps_one_group_per_module_and_is_refused_for_loha(tiny_model, image_folder, tmp_path):
-    from loramix.errors import ConfigError
+    from loramix.core.errors import ConfigError
 
     trainer = _ready(tiny_model, image_folder, tmp_path / "out")
     assert len(trainer.optimizer.param_groups) == 1
@@ -131,7 +131,7 @@ def test_prediction_type_override_sets_the_target_and_the_metadata(tiny_model, i
 
 
 def test_sdxl_v_prediction_trains_and_samples_with_velocity(tmp_path):
-    from loramix.tiny import build_tiny_sdxl
+    from loramix.embedded.tiny import build_tiny_sdxl
     from tests.conftest import WORDS
 
     xl = build_tiny_sdxl(tmp_path / "xl", words=WORDS)
@@ -177,7 +177,7 @@ def test_ema_follows_the_weights_with_warm_up_and_both_files_are_saved(tiny_mode
 
 
 def test_resume_with_ema_loraplus_and_validation_is_bit_exact(tiny_model, image_folder, tmp_path):
-    from loramix.events import CancelToken
+    from loramix.core.events import CancelToken
 
     opts = ("train.ema_decay=0.9", "output.save_ema=both", "optim.loraplus_lr_ratio=4", "optim.lr_scheduler=cosine",
             "dataset.validation_split=0.25", "train.validate_every_n_steps=2")
@@ -243,7 +243,7 @@ def _masked_folder(root, sizes=((96, 64), (64, 96), (64, 64)), alpha_index=1):
 def test_masks_follow_bucket_crop_and_flip_and_mask_files_are_not_images(tmp_path):
     import random
 
-    from loramix.config import DatasetConfig
+    from loramix.core.config import DatasetConfig
     from trainers import dataset as ds
     from trainers.masks import mask_for
 
@@ -364,7 +364,7 @@ def test_a_tracker_whose_package_is_missing_is_refused_naming_the_field(tiny_mod
                                                                        monkeypatch):
     import importlib.util
 
-    from loramix.errors import ConfigError
+    from loramix.core.errors import ConfigError
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))

@@ -1,7 +1,7 @@
 """At run time, every file the app's handlers and the CLI leave on disk came through the one writer.
 
 Each flow runs for real (tiny model, real files); afterwards every file that appeared or changed under the
-folders it writes to must be one the writer recorded (`loramix.writer.ledger()`), or sit inside a folder the
+folders it writes to must be one the writer recorded (`loramix.core.writer.ledger()`), or sit inside a folder the
 writer committed whole (a bake). A handler that writes around the writer — a zip made in place, a preset
 written with `open` — fails here even where the static scan (tests/unit/test_write_sites.py) cannot see it,
 for example inside a library call. The same flows pin the rules the issue named: no replacing unasked.
@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from loramix import cli, writer
-from loramix.errors import LoramixError
+from loramix import cli
+from loramix.core import writer
+from loramix.core.errors import LoramixError
 from tests.conftest import make_folder, random_lora
 from webui import mix_tab, train_tab
 from webui.jobs import JobManager

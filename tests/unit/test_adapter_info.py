@@ -6,8 +6,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from loramix.adapter_info import adapter_info
-from loramix.errors import AdapterFormatError
+from loramix.core.errors import AdapterFormatError
+from loramix.formats.adapter_info import adapter_info
 
 
 def test_card_shows_base_rank_alpha_trigger_tags_steps_resolution(tmp_path):

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import pytest
 
-from loramix.block_weights import parse_block_weights
-from loramix.errors import LoramixError
-from loramix.lora_spec import parse_adapter_spec
+from loramix.core.errors import LoramixError
+from loramix.mix.block_weights import parse_block_weights
+from loramix.mix.lora_spec import parse_adapter_spec
 
 
 def syntaxdealer(items, target, index):  # type "unet=", "x=", "lwbe="

@@ -11,9 +11,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from loramix.block_weights import BLOCK_IDS, DEPTH_PRESETS, UNIFORM_NOTE, block_of, parse_block_weights
-from loramix.errors import LoramixError
-from loramix.ldm_layout import unet_module_to_ldm
+from loramix.core.errors import LoramixError
+from loramix.formats.ldm_layout import unet_module_to_ldm
+from loramix.mix.block_weights import BLOCK_IDS, DEPTH_PRESETS, UNIFORM_NOTE, block_of, parse_block_weights
 from tests.unit.test_block_weight_syntax import SD1_ATTENTION, _unet
 
 BLOCKID26 = ["BASE", "IN00", "IN01", "IN02", "IN03", "IN04", "IN05", "IN06", "IN07", "IN08", "IN09", "IN10", "IN11",

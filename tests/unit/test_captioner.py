@@ -3,10 +3,10 @@ preprocess, generate, post-process, write; the modes never replace a caption una
 
 import pytest
 
-from loramix.config import CaptionConfig
-from loramix.errors import ConfigError, LoramixError
-from loramix.events import CancelToken
-from loramix.tiny import CAPTION_WORDS, build_tiny_captioner
+from loramix.core.config import CaptionConfig
+from loramix.core.errors import ConfigError, LoramixError
+from loramix.core.events import CancelToken
+from loramix.embedded.tiny import CAPTION_WORDS, build_tiny_captioner
 from tests.conftest import draw_image, make_folder
 from trainers.captioner import Captioner, caption_folder, merge_caption
 
@@ -88,7 +88,7 @@ def test_skip_refuses_a_caption_that_appears_meanwhile(tmp_path, tiny_blip):
             (data / "img0.txt").write_text("written by hand meanwhile\n")
             return super().caption(images)
 
-    from loramix.writer import WriteRefused
+    from loramix.core.writer import WriteRefused
 
     with pytest.raises(WriteRefused):
         caption_folder(_config(data, tiny_blip), captioner=Racing(str(tiny_blip), max_new_tokens=3))

@@ -4,8 +4,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from loramix.config import LoramixConfig
-from loramix.errors import TrainingError
+from loramix.core.config import LoramixConfig
+from loramix.core.errors import TrainingError
 from trainers.checkpoint import STATE_FORMAT, check_state_file, load_state, save_state
 
 

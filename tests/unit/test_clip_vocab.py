@@ -6,8 +6,8 @@ import importlib.util
 
 import pytest
 
-from loramix import clip_vocab
-from loramix.errors import LoramixError
+from loramix.core.errors import LoramixError
+from loramix.formats import clip_vocab
 
 PROMPTS = ["a photo of a cat", "A Red Circle, on the LEFT!", "masterpiece, best quality, 1girl, (blue hair:1.2)",
            "naïve café — ünïcödé 東京 🙂", "don't   stop\tbelieving", "", "<lora:style:0.8> sks dog, 8k uhd, dslr"]

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from loramix.config import DatasetConfig
-from loramix.errors import LoramixError
-from loramix.events import CancelToken
-from loramix.tiny import build_tiny_clipseg
+from loramix.core.config import DatasetConfig
+from loramix.core.errors import LoramixError
+from loramix.core.events import CancelToken
+from loramix.embedded.tiny import build_tiny_clipseg
 from tests.conftest import make_folder
 from trainers.clipseg_masks import make_masks, mask_image
 from trainers.dataset import scan_folder

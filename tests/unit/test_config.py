@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from loramix.config import (
+from loramix.core.config import (
     DEFAULT_TARGET_MODULES,
     LoramixConfig,
     field_specs,
@@ -11,7 +11,7 @@ from loramix.config import (
     set_value,
     to_toml,
 )
-from loramix.errors import ConfigError
+from loramix.core.errors import ConfigError
 
 PRESETS = Path(__file__).resolve().parents[2] / "presets"
 
@@ -132,7 +132,7 @@ def test_set_value_with_a_wrong_section_is_a_config_error():
 
 
 def test_caption_extension_allow_list_is_the_engine_rule():
-    from loramix.paths import CAPTION_EXTENSIONS
+    from loramix.core.paths import CAPTION_EXTENSIONS
 
     for ext in CAPTION_EXTENSIONS:
         assert load_config(overrides=[f"dataset.caption_extension={ext}"]).dataset.caption_extension == ext
@@ -183,7 +183,7 @@ def test_resume_from_help_asks_for_the_state_file():
 
 
 def test_a_tomls_relative_folders_are_relative_to_the_file(tmp_path, monkeypatch):
-    from loramix.config import with_absolute_folders
+    from loramix.core.config import with_absolute_folders
 
     (tmp_path / "presets").mkdir()
     preset = tmp_path / "presets" / "p.toml"

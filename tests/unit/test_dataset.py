@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from loramix.config import DatasetConfig
-from loramix.errors import DatasetError
+from loramix.core.config import DatasetConfig
+from loramix.core.errors import DatasetError
 from tests.conftest import draw_image, make_folder
 from trainers import dataset as ds
 

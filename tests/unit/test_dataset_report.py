@@ -5,7 +5,7 @@ import random
 
 from PIL import Image, ImageDraw
 
-from loramix.config import DatasetConfig
+from loramix.core.config import DatasetConfig
 from tests.conftest import draw_image
 from trainers import dataset as ds
 from trainers.dataset_report import DUPLICATE_BITS, dataset_report, dhash, near_duplicates, tag_table

@@ -11,9 +11,9 @@ import torch
 import torch.nn as nn
 from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
 
-from loramix.adapter_layers import DoraLayer
-from loramix.errors import AdapterFormatError
-from loramix.lora_io import LoraAdapter, from_peft, read_lora, save_lora
+from loramix.adapters.adapter_layers import DoraLayer
+from loramix.core.errors import AdapterFormatError
+from loramix.formats.lora_io import LoraAdapter, from_peft, read_lora, save_lora
 
 
 class Small(nn.Module):

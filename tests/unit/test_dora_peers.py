@@ -14,7 +14,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from loramix.adapter_layers import DoraLayer
+from loramix.adapters.adapter_layers import DoraLayer
 
 
 def comfy_weight_decompose(dora_scale, weight, lora_diff, alpha, strength):

@@ -8,8 +8,8 @@ import pytest
 from packaging.requirements import Requirement
 
 from loramix import cli
-from loramix.environment import check_environment, environment_problems, runtime_requirements
-from loramix.errors import LoramixError
+from loramix.core.environment import check_environment, environment_problems, runtime_requirements
+from loramix.core.errors import LoramixError
 
 
 def test_the_installed_set_passes_and_the_rule_is_pyprojects_own():
@@ -33,7 +33,7 @@ def test_a_missing_package_is_named(monkeypatch):
 
 
 def test_the_cli_says_it_in_one_line_before_anything_loads(monkeypatch, capsys):
-    monkeypatch.setattr("loramix.environment.runtime_requirements",
+    monkeypatch.setattr("loramix.core.environment.runtime_requirements",
                         lambda: [Requirement("peft>=999")])
     assert cli.main(["train", "--data", "nowhere"]) == 2
     err = capsys.readouterr().err.strip()

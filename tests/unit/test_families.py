@@ -1,7 +1,8 @@
 import pytest
 
-from loramix.errors import LoramixError
-from loramix.families import SD2Family, SDXLFamily, TinyFamily, detect_family, load_base_model
+from loramix.core.errors import LoramixError
+from loramix.formats.base_model import load_base_model
+from loramix.formats.families import SD2Family, SDXLFamily, TinyFamily, detect_family
 
 
 def test_family_detection_from_unet_config():

@@ -10,8 +10,8 @@ import math
 from pathlib import Path
 from types import SimpleNamespace
 
-from loramix.config import load_config
-from loramix.families import ModelFamily
+from loramix.core.config import load_config
+from loramix.formats.families import ModelFamily
 from trainers import dataset as ds
 from trainers.checkpoint import adapter_metadata
 from trainers.lora_trainer import LoraTrainer

@@ -5,7 +5,7 @@ import torch
 from accelerate import init_empty_weights
 from diffusers import UNet2DConditionModel
 
-from loramix.ldm_layout import unet_module_to_ldm
+from loramix.formats.ldm_layout import unet_module_to_ldm
 
 SD15 = dict(sample_size=64, block_out_channels=[320, 640, 1280, 1280], layers_per_block=2,
             down_block_types=["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],

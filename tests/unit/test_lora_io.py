@@ -2,8 +2,16 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from loramix.errors import AdapterFormatError
-from loramix.lora_io import LoraAdapter, LoraLayer, from_peft, kohya_name, module_table, read_lora, save_lora
+from loramix.core.errors import AdapterFormatError
+from loramix.formats.lora_io import (
+    LoraAdapter,
+    LoraLayer,
+    from_peft,
+    kohya_name,
+    module_table,
+    read_lora,
+    save_lora,
+)
 
 
 def test_kohya_names_follow_sd_scripts():
@@ -91,7 +99,7 @@ def test_guess_architecture_from_metadata_names_and_shapes():
     def adapter(name, width, meta=None):
         return LoraAdapter({name: LoraLayer(torch.zeros(4, width), torch.zeros(320, 4), 4.0)}, meta or {})
 
-    from loramix.lora_io import guess_architecture
+    from loramix.formats.lora_io import guess_architecture
 
     k = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k"
     assert guess_architecture(adapter(k, 768)) == "SD 1.x"

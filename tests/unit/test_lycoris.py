@@ -13,9 +13,17 @@ import torch.nn.functional as F
 lycoris = pytest.importorskip("lycoris", reason="lycoris-lora is the oracle (pip install lycoris-lora)")
 from lycoris import LycorisNetwork, create_lycoris  # noqa: E402
 
-from loramix.errors import AdapterFormatError, LoramixError  # noqa: E402
-from loramix.lora_io import FullLayer, LohaLayer, LokrLayer, LoraAdapter, LoraLayer, read_lora, save_lora  # noqa: E402
-from loramix.merge import Source, merge_concat, merge_svd  # noqa: E402
+from loramix.core.errors import AdapterFormatError, LoramixError  # noqa: E402
+from loramix.formats.lora_io import (  # noqa: E402
+    FullLayer,
+    LohaLayer,
+    LokrLayer,
+    LoraAdapter,
+    LoraLayer,
+    read_lora,
+    save_lora,
+)
+from loramix.mix.merge import Source, merge_concat, merge_svd  # noqa: E402
 from tests.conftest import unet_out  # noqa: E402
 
 _PRESET_ATTRS = ("ENABLE_CONV", "TARGET_REPLACE_MODULE", "TARGET_REPLACE_NAME", "LORA_PREFIX", "MODULE_ALGO_MAP",
@@ -226,7 +234,7 @@ UNET_TARGETS = (r".*attn1\.to_q", r".*attn2\.to_k", r"down_blocks\.0\.resnets\.0
 def test_mixer_applies_it_as_lycoris_does(tmp_path, tiny_model, case):
     from diffusers import UNet2DConditionModel
 
-    from loramix.mixer import Mixer
+    from loramix.mix.mixer import Mixer
 
     algo, kw, kind = CASES[case]
     theirs_unet = UNet2DConditionModel.from_pretrained(tiny_model, subfolder="unet").eval()
@@ -251,7 +259,7 @@ def test_mixer_applies_it_as_lycoris_does(tmp_path, tiny_model, case):
 def test_bake_writes_the_lycoris_delta_into_the_model(tmp_path, tiny_model):
     from diffusers import UNet2DConditionModel
 
-    from loramix.mixer import Mixer
+    from loramix.mix.mixer import Mixer
 
     theirs_unet = UNet2DConditionModel.from_pretrained(tiny_model, subfolder="unet").eval()
     _, net, path = lycoris_file(tmp_path, "loha", model=theirs_unet, targets=UNET_TARGETS, use_tucker=True)

@@ -15,10 +15,10 @@ import torch.nn.functional as F
 
 pytest.importorskip("lycoris", reason="lycoris-lora is the oracle (pip install lycoris-lora)")
 
-from loramix.adapter_layers import FullLayer, LoconTuckerLayer, LoraLayer  # noqa: E402
-from loramix.errors import AdapterFormatError  # noqa: E402
-from loramix.lora_io import LoraAdapter, read_lora, save_lora  # noqa: E402
-from loramix.merge import Source, merge_svd  # noqa: E402
+from loramix.adapters.adapter_layers import FullLayer, LoconTuckerLayer, LoraLayer  # noqa: E402
+from loramix.core.errors import AdapterFormatError  # noqa: E402
+from loramix.formats.lora_io import LoraAdapter, read_lora, save_lora  # noqa: E402
+from loramix.mix.merge import Source, merge_svd  # noqa: E402
 from tests.conftest import unet_out  # noqa: E402
 from tests.unit.test_lycoris import _file, _lycoris_preset, lycoris_file  # noqa: E402, F401
 
@@ -134,7 +134,7 @@ UNET_TARGETS = (r"down_blocks\.0\.resnets\.0\.conv1", r"mid_block\.attentions\.0
 def test_mixer_applies_them_as_lycoris_does(tmp_path, tiny_model, algo, kw):
     from diffusers import UNet2DConditionModel
 
-    from loramix.mixer import Mixer
+    from loramix.mix.mixer import Mixer
 
     theirs_unet = UNet2DConditionModel.from_pretrained(tiny_model, subfolder="unet").eval()
     _, net, path = lycoris_file(tmp_path, algo, model=theirs_unet, targets=UNET_TARGETS, dim=2, alpha=1.0, **kw)
@@ -158,7 +158,7 @@ def test_mixer_applies_them_as_lycoris_does(tmp_path, tiny_model, algo, kw):
 
 
 def test_mixer_refuses_a_bias_change_for_a_layer_without_bias(tmp_path, tiny_model):
-    from loramix.mixer import Mixer
+    from loramix.mix.mixer import Mixer
 
     mixer = Mixer.from_base(str(tiny_model), device="cpu")
     to_q = mixer.components.unet.down_blocks[0].attentions[0].transformer_blocks[0].attn1.to_q
@@ -172,7 +172,7 @@ def test_mixer_refuses_a_bias_change_for_a_layer_without_bias(tmp_path, tiny_mod
 def test_bake_writes_the_bias_change_into_the_model(tmp_path, tiny_model):
     from diffusers import UNet2DConditionModel
 
-    from loramix.mixer import Mixer
+    from loramix.mix.mixer import Mixer
 
     theirs_unet = UNet2DConditionModel.from_pretrained(tiny_model, subfolder="unet").eval()
     _, net, path = lycoris_file(tmp_path, "full", model=theirs_unet, targets=UNET_TARGETS)

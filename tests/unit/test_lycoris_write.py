@@ -14,8 +14,8 @@ pytest.importorskip("lycoris", reason="lycoris-lora is the oracle (pip install l
 from lycoris import LycorisNetwork, create_lycoris_from_weights  # noqa: E402
 from peft import LoHaConfig, LoKrConfig, get_peft_model_state_dict, inject_adapter_in_model  # noqa: E402
 
-from loramix.errors import AdapterFormatError  # noqa: E402
-from loramix.lora_io import (  # noqa: E402
+from loramix.core.errors import AdapterFormatError  # noqa: E402
+from loramix.formats.lora_io import (  # noqa: E402
     LohaLayer,
     LokrLayer,
     LoraAdapter,

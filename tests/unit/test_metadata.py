@@ -13,10 +13,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save
 
-from loramix.config import load_config
-from loramix.families import Components, ModelFamily, SD2Family, SDXLFamily
-from loramix.lora_io import LoraAdapter, LoraLayer, file_hashes, modelspec, read_lora, save_lora
-from loramix.merge import Source, merge_concat, merge_svd
+from loramix.core.config import load_config
+from loramix.formats.families import Components, ModelFamily, SD2Family, SDXLFamily
+from loramix.formats.lora_io import LoraAdapter, LoraLayer, file_hashes, modelspec, read_lora, save_lora
+from loramix.mix.merge import Source, merge_concat, merge_svd
 from trainers.checkpoint import adapter_metadata
 
 
@@ -157,7 +157,7 @@ def test_merge_of_sd1_files_says_not_v2(tmp_path):
 
 # ---- bakes carry ss_v2, modelspec, the hashes and what was baked in -------------------------------------
 def test_baked_single_file_carries_identification_hashes_and_what_was_baked_in(tmp_path, tiny_model):
-    from loramix.mixer import Mixer
+    from loramix.mix.mixer import Mixer
     from tests.conftest import random_lora
 
     a = random_lora(tiny_model, tmp_path / "a.safetensors", seed=1)

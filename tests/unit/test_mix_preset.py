@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from loramix.errors import LoramixError
-from loramix.mix_preset import (
+from loramix.core.errors import LoramixError
+from loramix.mix.mix_preset import (
     METADATA_KEY,
     MixEntry,
     MixPreset,
@@ -21,7 +21,7 @@ from loramix.mix_preset import (
 
 
 def sample(tmp_path) -> MixPreset:
-    from loramix.block_weights import parse_block_weights
+    from loramix.mix.block_weights import parse_block_weights
 
     return MixPreset([
         MixEntry(str(tmp_path / "ink.safetensors"), 0.8, 0.5, parse_block_weights("OUTD")),

@@ -9,9 +9,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from loramix.errors import AdapterFormatError
-from loramix.lora_io import LohaLayer, LoraAdapter, LoraLayer, read_lora, save_lora
-from loramix.merge import Source, merge_svd
+from loramix.core.errors import AdapterFormatError
+from loramix.formats.lora_io import LohaLayer, LoraAdapter, LoraLayer, read_lora, save_lora
+from loramix.mix.merge import Source, merge_svd
 
 
 def _kohya(path, **bad):
@@ -67,7 +67,7 @@ def test_a_finite_file_still_reads(tmp_path):
 
 def test_the_mixer_refuses_it_before_binding(tmp_path):
     """Mixer.load is the way in for previews, the Mix tab and bake; the file is refused before any model work."""
-    from loramix.mixer import Mixer
+    from loramix.mix.mixer import Mixer
 
     path = _kohya(tmp_path / "nan.safetensors", lora_unet_b_to_k__alpha=float("nan"))
     with pytest.raises(AdapterFormatError, match=r"nan\.safetensors: lora_unet_b_to_k\.alpha holds NaN"):
@@ -120,7 +120,7 @@ def test_fp16_overflow_is_saved_in_fp32_with_a_warning(tmp_path, caplog):
     adapter = _adapter(lora_unet_small=LoraLayer(torch.ones(2, 8) * 0.5, torch.ones(8, 2), 2.0),
                        lora_unet_big=LoraLayer(torch.ones(2, 8), big, 2.0))
     warnings: list[str] = []
-    with caplog.at_level(logging.WARNING, logger="loramix.lora_io"):
+    with caplog.at_level(logging.WARNING, logger="loramix.formats.lora_io"):
         path = save_lora(tmp_path / "wide.safetensors", adapter, "fp16", warnings=warnings)
     assert path == tmp_path / "wide.safetensors"
     with safe_open(str(path), framework="pt") as f:

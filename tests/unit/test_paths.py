@@ -1,11 +1,11 @@
-"""loramix/paths.py, the one confinement rule: the write check after links, names, and base models under --listen."""
+"""loramix/core/paths.py, the one confinement rule: the write check after links, names, and base models under --listen."""
 
 from __future__ import annotations
 
 import pytest
 
-from loramix.errors import ConfigError
-from loramix.paths import Confinement, is_within, plain_name, unique_name
+from loramix.core.errors import ConfigError
+from loramix.core.paths import Confinement, is_within, plain_name, unique_name
 
 
 @pytest.fixture

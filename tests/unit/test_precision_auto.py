@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from loramix import cpu_features
+from loramix.core import cpu_features
 from trainers.speed import resolve_precision
 
 

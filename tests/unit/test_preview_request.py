@@ -2,8 +2,8 @@
 
 import pytest
 
-from loramix.errors import LoramixError
-from loramix.mixer import SAMPLERS, PreviewRequest
+from loramix.core.errors import LoramixError
+from loramix.mix.mixer import SAMPLERS, PreviewRequest
 
 
 @pytest.mark.parametrize("field, value, words", [

@@ -7,9 +7,9 @@ import json
 import pytest
 from safetensors import safe_open
 
-from loramix.config import field_specs, load_config
-from loramix.families import ModelFamily
-from loramix.published import PATH_FIELDS, base_name, published_config, published_model_name
+from loramix.core.config import field_specs, load_config
+from loramix.formats.families import ModelFamily
+from loramix.formats.published import PATH_FIELDS, base_name, published_config, published_model_name
 from tests.conftest import make_folder
 from trainers.checkpoint import adapter_metadata
 from trainers.dataset import scan_folder

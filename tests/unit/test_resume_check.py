@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from loramix.config import LoramixConfig
-from loramix.errors import ConfigError
-from loramix.runs import check_run_folder
+from loramix.core.config import LoramixConfig
+from loramix.core.errors import ConfigError
+from loramix.core.runs import check_run_folder
 
 
 def config_for(output_dir: str, resume_from: str = "") -> LoramixConfig:

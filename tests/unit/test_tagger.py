@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from loramix.config import CaptionConfig
-from loramix.errors import LoramixError
+from loramix.core.config import CaptionConfig
+from loramix.core.errors import LoramixError
 from tests.conftest import make_folder
 from trainers.captioner import caption_folder
 from trainers.tagger import WDTagger, is_wd_tagger

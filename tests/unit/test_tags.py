@@ -3,8 +3,8 @@ refuses stale previews, undo puts back the previous text (and removes captions t
 
 import pytest
 
-from loramix.errors import DatasetError
-from loramix.writer import WriteRefused
+from loramix.core.errors import DatasetError
+from loramix.core.writer import WriteRefused
 from tests.conftest import make_folder
 from trainers.tags import TagEdit, edit_caption, plan_edits, save_changes, undo_last
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from loramix import writer
-from loramix.writer import DiskFullError, WriteRefused
+from loramix.core import writer
+from loramix.core.writer import DiskFullError, WriteRefused
 
 
 @pytest.fixture

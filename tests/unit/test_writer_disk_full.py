@@ -8,8 +8,8 @@ import pytest
 import torch
 from safetensors import SafetensorError
 
-from loramix.errors import LoramixError
-from loramix.writer import DiskFullError, atomic_path, write_text
+from loramix.core.errors import LoramixError
+from loramix.core.writer import DiskFullError, atomic_path, write_text
 
 
 def test_disk_full_names_the_file_needed_and_free_space_and_keeps_the_old_file(tmp_path, monkeypatch):
@@ -69,7 +69,7 @@ def test_save_state_on_a_full_disk_keeps_the_previous_state(tmp_path, monkeypatc
         def state_dict(self):
             return {}
 
-    from loramix.config import LoramixConfig
+    from loramix.core.config import LoramixConfig
 
     path = tmp_path / "my-lora-state.safetensors"
     lora = {"lora_unet.x.lora_A.weight": torch.ones(4, 8)}
@@ -100,7 +100,7 @@ def test_kill_9_mid_write_leaves_the_previous_file(tmp_path):
     target = tmp_path / "my-lora-state.safetensors"
     target.write_bytes(b"previous state")
     started = tmp_path / "started"
-    code = (f"from loramix.writer import atomic_path\nimport pathlib, time\n"
+    code = (f"from loramix.core.writer import atomic_path\nimport pathlib, time\n"
             f"with atomic_path({str(target)!r}, replace=True) as tmp:\n"
             f"    with open(tmp, 'wb') as f:\n"
             f"        f.write(b'half' * 100000); f.flush()\n"

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from loramix.block_weights import parse_block_weights
-from loramix.errors import LoramixError
-from loramix.lora_spec import parse_axis
-from loramix.mixer import PreviewRequest
-from loramix.xy_grid import MIN_CELL, adapter_name, xy_grid
+from loramix.core.errors import LoramixError
+from loramix.mix.block_weights import parse_block_weights
+from loramix.mix.lora_spec import parse_axis
+from loramix.mix.mixer import PreviewRequest
+from loramix.mix.xy_grid import MIN_CELL, adapter_name, xy_grid
 
 
 def test_parse_axis_forms():
@@ -109,7 +109,7 @@ def test_labels_sit_in_the_margins_and_long_ones_wrap():
         assert len(set(cell.getdata())) == 1
     assert min(grid.crop((0, 0, grid.size[0], top)).convert("L").getdata()) < 100  # column labels above
     assert min(grid.crop((0, top, left, grid.size[1])).convert("L").getdata()) < 100  # row label at the left
-    from loramix.xy_grid import compose
+    from loramix.mix.xy_grid import compose
 
     cells = [[Image.new("RGB", (64, 64), "gray")] * 2]
     wide = compose(cells, ["ALL", vector], ["seed 1"], "x: block weights of ink")

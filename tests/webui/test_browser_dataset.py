@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from loramix.tiny import build_tiny_captioner, build_tiny_clipseg
+from loramix.embedded.tiny import build_tiny_captioner, build_tiny_clipseg
 from tests.conftest import make_folder
 from tests.webui.test_browser import ARTIFACTS, browser, fill, new_page  # noqa: F401 (browser is a fixture)
 

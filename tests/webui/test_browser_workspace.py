@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from loramix.config import from_dict
-from loramix.lora_io import read_lora
+from loramix.core.config import from_dict
+from loramix.formats.lora_io import read_lora
 from tests.conftest import make_folder
 from tests.webui.conftest import free_port
 from tests.webui.test_browser import ARTIFACTS, browser, fill, new_page  # noqa: F401 - the browser fixture

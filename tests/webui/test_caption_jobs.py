@@ -6,10 +6,10 @@ import sqlite3
 
 import pytest
 
-from loramix.config import CaptionConfig
-from loramix.errors import LoramixError
-from loramix.job_store import JobStore
-from loramix.tiny import build_tiny_captioner
+from loramix.core.config import CaptionConfig
+from loramix.core.errors import LoramixError
+from loramix.core.job_store import JobStore
+from loramix.embedded.tiny import build_tiny_captioner
 from tests.conftest import make_folder
 from tests.webui.test_jobs import FakeTrainer, cfg, until
 from webui.jobs import JobManager

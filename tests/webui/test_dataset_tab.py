@@ -3,7 +3,7 @@ captioner, bulk tag preview / save / undo changing the tag table, and confinemen
 
 import pytest
 
-from loramix.tiny import build_tiny_captioner
+from loramix.embedded.tiny import build_tiny_captioner
 from tests.conftest import make_folder
 from webui import dataset_tab as dt
 from webui.state import AppState
@@ -65,7 +65,7 @@ def test_masks_from_the_tab_tint_the_thumbnails(tmp_path, state):
     import numpy as np
     from PIL import Image
 
-    from loramix.tiny import build_tiny_clipseg
+    from loramix.embedded.tiny import build_tiny_clipseg
 
     model = build_tiny_clipseg(tmp_path / "clipseg")
     data = make_folder(tmp_path / "data", n=2)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from loramix.errors import LoramixError
-from loramix.events import TrainEvent
+from loramix.core.errors import LoramixError
+from loramix.core.events import TrainEvent
 from tests.conftest import make_folder
 from trainers.lora_trainer import TrainResult
 from webui import mix_tab, train_tab
@@ -44,7 +44,7 @@ class FakeForm(dict):
 
 
 def form_and_values(config_values: dict):
-    from loramix.config import LoramixConfig, field_specs
+    from loramix.core.config import LoramixConfig, field_specs
 
     base = LoramixConfig()
     form = FakeForm({spec.name: spec.name for spec in field_specs()})
@@ -188,8 +188,8 @@ def test_adapter_list_shows_step_files_under_their_run(state):
 def test_mix_grid_block_weights_presets_and_export_metadata(tmp_path, tiny_model):
     import json
 
-    from loramix.lora_io import read_lora
-    from loramix.mix_preset import METADATA_KEY
+    from loramix.formats.lora_io import read_lora
+    from loramix.mix.mix_preset import METADATA_KEY
     from tests.conftest import random_lora
 
     state = AppState.create(tmp_path / "outputs", jobs=JobManager(tmp_path / "jobs.db", Recorder()))

@@ -7,16 +7,14 @@ Handlers are enumerated from `/config`, so a handler added later is probed too.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import uuid
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.conftest import make_folder, random_lora, tiny_config
-from tests.webui.conftest import serve
+from tests.webui.conftest import config_of, dependency, inputs_for, message_of, queue_call, refused, serve
 from webui.state import AppState
 
 
@@ -55,24 +53,8 @@ def hostile(tmp_path_factory, tiny_model):
 
 def call(url: str, fn_index: int, data: list, timeout: float = 120) -> dict:
     """Run handler `fn_index` through the queue protocol, as any web page could; returns the final message."""
-    session = uuid.uuid4().hex
     with httpx.Client(base_url=url, timeout=timeout) as client:
-        joined = client.post("gradio_api/queue/join", json={"data": data, "fn_index": fn_index,
-                                                            "session_hash": session, "event_data": None,
-                                                            "trigger_id": None})
-        if joined.status_code != 200:
-            return {"msg": "rejected", "status": joined.status_code, "output": {"error": joined.text}}
-        with client.stream("GET", "gradio_api/queue/data", params={"session_hash": session}) as stream:
-            for line in stream.iter_lines():
-                if line.startswith("data:"):
-                    msg = json.loads(line[5:])
-                    if msg.get("msg") == "process_completed":
-                        return msg
-    raise AssertionError("no completion message")
-
-
-def config_of(url: str) -> dict:
-    return httpx.get(url + "config", timeout=30).json()
+        return queue_call(client, fn_index, data)
 
 
 def payloads(sentinel: Path, state: AppState) -> list[str]:
@@ -118,35 +100,10 @@ def test_every_handler_refuses_escapes_and_leaves_outside_untouched(hostile):
     assert (state.outputs / "loras" / "inside.safetensors").is_file()  # nothing of ours was deleted either
 
 
-def _dep(config: dict, label: str) -> dict:
-    """The dependency triggered by the button labelled `label`."""
-    ids = {c["id"] for c in config["components"] if c["type"] == "button" and c["props"].get("value") == label}
-    return next(d for d in config["dependencies"] if any(t[0] in ids for t in d["targets"]))
-
-
-def _data(config: dict, dep: dict, **by_label) -> list:
-    components = {c["id"]: c for c in config["components"]}
-    out = []
-    for i in dep["inputs"]:
-        comp = components[i]
-        label = comp["props"].get("label") or comp["props"].get("elem_id") or ""
-        out.append(by_label[label] if label in by_label else comp["props"].get("value"))
-    return out
-
-
-def _message(msg: dict) -> str:
-    return json.dumps(msg.get("output", {}), ensure_ascii=False)
-
-
-def refused(msg: dict) -> bool:
-    """A refusal the user reads: our ⚠ sentence, or gradio's own error for a value outside a widget's choices."""
-    return "⚠" in _message(msg) or msg.get("success") is False
-
-
 def test_caption_save_refuses_other_files_and_code_extensions(hostile):
     url, state, sentinel = hostile
     config = config_of(url)
-    dep = _dep(config, "Save captions")
+    dep = dependency(config, "Save captions")
     images = sentinel / "images"
     before = tree_digest(sentinel)
     cases = [  # (data dir, image column, caption extension): each must be refused with a sentence
@@ -157,7 +114,7 @@ def test_caption_save_refuses_other_files_and_code_extensions(hostile):
         (str(images), "nothere.png", ".txt"),
     ]
     for folder, image, ext in cases:
-        data = _data(config, dep, **{"data dir": folder, "caption extension": ext})
+        data = inputs_for(config, dep, **{"data dir": folder, "caption extension": ext})
         data = [{"headers": ["image", "caption"], "data": [[image, "pwned"]], "metadata": None}
                 if isinstance(v, dict) else v for v in data]
         msg = call(url, dep["id"], data)
@@ -168,7 +125,7 @@ def test_caption_save_refuses_other_files_and_code_extensions(hostile):
 def test_export_and_bake_names_stay_inside_and_never_replace_unasked(hostile):
     url, state, sentinel = hostile
     config = config_of(url)
-    export, bake = _dep(config, "Export merged LoRA"), _dep(config, "Bake into model")
+    export, bake = dependency(config, "Export merged LoRA"), dependency(config, "Bake into model")
     (state.outputs / "baked").mkdir(exist_ok=True)
     keep = state.outputs / "baked" / "mine"
     keep.mkdir()
@@ -180,20 +137,20 @@ def test_export_and_bake_names_stay_inside_and_never_replace_unasked(hostile):
     outputs_before = {p for p in state.outputs.rglob("*")}
     for name in [str(sentinel / "victim"), "..", ".", "", "a/b", "../loras", "/tmp/x", "link"]:
         for dep in (export, bake):
-            data = _data(config, dep, Name=name, **{"Adapter 1": str(state.lora_dir / "inside.safetensors"),
+            data = inputs_for(config, dep, Name=name, **{"Adapter 1": str(state.lora_dir / "inside.safetensors"),
                                                     "Base model": state.test_base})
             msg = call(url, dep["id"], data)
             assert refused(msg), (name, msg)
             if name == "link":  # even with replace ticked, a symlink out is never followed
                 tick = {"Replace an existing file / bake": True}
-                data = _data(config, dep, Name=name, **{"Adapter 1": str(state.lora_dir / "inside.safetensors"),
+                data = inputs_for(config, dep, Name=name, **{"Adapter 1": str(state.lora_dir / "inside.safetensors"),
                                                         "Base model": state.test_base, **tick})
                 assert refused(call(url, dep["id"], data))
     # a folder loramix did not bake is never replaced, even with "replace" ticked
-    data = _data(config, bake, Name="mine", **{"Adapter 1": str(state.lora_dir / "inside.safetensors"),
+    data = inputs_for(config, bake, Name="mine", **{"Adapter 1": str(state.lora_dir / "inside.safetensors"),
                                                "Base model": state.test_base,
                                                "Replace an existing file / bake": True})
-    assert "was not baked by loramix" in _message(call(url, bake["id"], data))
+    assert "was not baked by loramix" in message_of(call(url, bake["id"], data))
     assert (keep / "precious.txt").read_text() == "mine\n"
     assert tree_digest(sentinel) == before
     assert {p for p in state.outputs.rglob("*")} == outputs_before
@@ -255,7 +212,7 @@ def test_listen_without_auth_refuses_to_start(capsys):
 
 
 def test_with_listen_reading_is_limited_to_the_app_folders_and_data_roots(tmp_path):
-    from loramix.errors import ConfigError
+    from loramix.core.errors import ConfigError
 
     data = make_folder(tmp_path / "mine", n=1)
     state = AppState.create(tmp_path / "out", listen=True, data_roots=[tmp_path / "mine"])
@@ -269,21 +226,21 @@ def test_with_listen_reading_is_limited_to_the_app_folders_and_data_roots(tmp_pa
 def test_export_refuses_an_existing_file_unless_replace_is_ticked(hostile):
     url, state, _ = hostile
     config = config_of(url)
-    export = _dep(config, "Export merged LoRA")
+    export = dependency(config, "Export merged LoRA")
     common = {"Adapter 1": str(state.lora_dir / "inside.safetensors"), "Base model": state.test_base, "Name": "kept"}
-    first = call(url, export["id"], _data(config, export, **common))
-    assert "Saved kept.safetensors" in _message(first), first
+    first = call(url, export["id"], inputs_for(config, export, **common))
+    assert "Saved kept.safetensors" in message_of(first), first
     target = state.lora_dir / "kept.safetensors"
     stamp = target.read_bytes()
-    again = call(url, export["id"], _data(config, export, **common))
-    assert "already exists" in _message(again) and target.read_bytes() == stamp
-    replaced = call(url, export["id"], _data(config, export, **common, **{"Replace an existing file / bake": True}))
-    assert "Saved kept.safetensors" in _message(replaced)
+    again = call(url, export["id"], inputs_for(config, export, **common))
+    assert "already exists" in message_of(again) and target.read_bytes() == stamp
+    replaced = call(url, export["id"], inputs_for(config, export, **common, **{"Replace an existing file / bake": True}))
+    assert "Saved kept.safetensors" in message_of(replaced)
 
 
 def test_with_listen_a_reg_folder_outside_the_data_roots_is_refused(tmp_path):
-    from loramix.errors import ConfigError
-    from loramix.runs import confine_config
+    from loramix.core.errors import ConfigError
+    from loramix.core.runs import confine_config
 
     data = make_folder(tmp_path / "mine", n=1)
     make_folder(tmp_path / "elsewhere", n=1)

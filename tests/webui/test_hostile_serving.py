@@ -16,7 +16,6 @@ import shutil
 import signal
 import socket
 import time
-import uuid
 from pathlib import Path
 
 import httpx
@@ -24,8 +23,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import make_folder, random_lora
-from tests.webui.conftest import serve
-from tests.webui.test_hostile import _data, _dep, _message, config_of, refused
+from tests.webui.conftest import config_of, dependency, inputs_for, message_of, queue_call, refused, serve
 from webui.state import REPO, AppState
 
 USER, PASSWORD = "alice", "correct horse"
@@ -37,18 +35,9 @@ def cpu_s() -> float:
 
 
 def call(client: httpx.Client, fn_index: int, data: list) -> dict:
-    """Handler `fn_index` through the queue protocol with this client's cookies; the final message."""
-    session = uuid.uuid4().hex
-    joined = client.post("gradio_api/queue/join", json={"data": data, "fn_index": fn_index, "session_hash": session,
-                                                        "event_data": None, "trigger_id": None})
-    assert joined.status_code == 200, joined.text
-    with client.stream("GET", "gradio_api/queue/data", params={"session_hash": session}) as stream:
-        for line in stream.iter_lines():
-            if line.startswith("data:"):
-                msg = json.loads(line[5:])
-                if msg.get("msg") == "process_completed":
-                    return msg
-    raise AssertionError("no completion message")
+    msg = queue_call(client, fn_index, data)
+    assert msg.get("msg") != "rejected", msg
+    return msg
 
 
 @contextlib.contextmanager
@@ -227,12 +216,12 @@ def test_thumbnails_of_huge_pngs_do_not_decode_them(local, tmp_path):
     with httpx.Client(base_url=url, timeout=120) as client:
         config = config_of(url)
         show = next(d for d in config["dependencies"] if d["targets"][0][1] == "blur")
-        data = _data(config, show, **{"data dir": str(folder)})
+        data = inputs_for(config, show, **{"data dir": str(folder)})
         before = cpu_s()
         msg = call(client, show["id"], data)
         spent = cpu_s() - before
     assert msg.get("success"), msg
-    assert "4 images" in _message(msg)
+    assert "4 images" in message_of(msg)
     assert spent < 1.0, f"{spent:.2f} CPU-s to show 4 images of 64 MP (a full decode is about 0.6 s each)"
 
 
@@ -245,15 +234,15 @@ def test_a_huge_caption_is_shown_as_a_bounded_prefix_and_never_saved_shortened(l
     with httpx.Client(base_url=url, timeout=120) as client:
         config = config_of(url)
         show = next(d for d in config["dependencies"] if d["targets"][0][1] == "blur")
-        msg = call(client, show["id"], _data(config, show, **{"data dir": str(folder)}))
-        sent = _message(msg)
+        msg = call(client, show["id"], inputs_for(config, show, **{"data dir": str(folder)}))
+        sent = message_of(msg)
         assert len(sent) < 200_000, len(sent)
         assert "its caption has" in sent and "shortened" in sent
         table = next(o for o in msg["output"]["data"] if isinstance(o, dict) and "headers" in o)
-        save = _dep(config, "Save captions")
-        data = [table if isinstance(v, dict) else v for v in _data(config, save, **{"data dir": str(folder)})]
+        save = dependency(config, "Save captions")
+        data = [table if isinstance(v, dict) else v for v in inputs_for(config, save, **{"data dir": str(folder)})]
         saved = call(client, save["id"], data)
-    assert "Left 1 shortened" in _message(saved), saved
+    assert "Left 1 shortened" in message_of(saved), saved
     assert caption.read_bytes() == stamp
     from trainers.captions import captions_table
 
@@ -267,19 +256,19 @@ BAD_NAMES = ["\u202eevil", "a\u200bb", "a\x7fb", "a\x85b", "a\u2028b", "\ufeffna
 def test_preset_and_mix_names_refuse_invisible_characters_and_case_clashes(local):
     url, state, _ = local
     config = config_of(url)
-    preset, mix = _dep(config, "Save preset"), _dep(config, "Save mix")
+    preset, mix = dependency(config, "Save preset"), dependency(config, "Save mix")
     mix_values = {"Adapter 1": str(state.lora_dir / "inside.safetensors"), "Base model": state.test_base}
     with httpx.Client(base_url=url, timeout=120) as client:
         for name in BAD_NAMES:
-            assert refused(call(client, preset["id"], _data(config, preset, **{"Save as preset": name}))), name
-            assert refused(call(client, mix["id"], _data(config, mix, **{"Save blend as": name}, **mix_values))), name
-        assert "Saved preset mine" in _message(call(client, preset["id"], _data(config, preset,
+            assert refused(call(client, preset["id"], inputs_for(config, preset, **{"Save as preset": name}))), name
+            assert refused(call(client, mix["id"], inputs_for(config, mix, **{"Save blend as": name}, **mix_values))), name
+        assert "Saved preset mine" in message_of(call(client, preset["id"], inputs_for(config, preset,
                                                                                 **{"Save as preset": "mine"})))
-        assert "Saved mix mixA" in _message(call(client, mix["id"], _data(config, mix, **{"Save blend as": "mixA"},
+        assert "Saved mix mixA" in message_of(call(client, mix["id"], inputs_for(config, mix, **{"Save blend as": "mixA"},
                                                                           **mix_values)))
         for dep, label, name in [(preset, "Save as preset", "MINE"), (mix, "Save blend as", "MIXA"),
                                  (mix, "Save blend as", "mixa"), (preset, "Save as preset", "Demo-CPU")]:
-            msg = _message(call(client, dep["id"], _data(config, dep, **{label: name}, **mix_values)))
+            msg = message_of(call(client, dep["id"], inputs_for(config, dep, **{label: name}, **mix_values)))
             wanted = "ships with loramix" if name == "Demo-CPU" else "only in case"  # a shipped name is its own rule
             assert wanted in msg, (name, msg)
     names = [p.stem for p in (state.outputs / "presets").glob("*.toml")] + \
@@ -322,10 +311,10 @@ def test_with_listen_a_hub_id_needs_the_flag_and_refusals_name_no_server_path(li
     url, state, root = listening
     with logged_in(url) as client:
         hub = _generate(client, url, "someone/some-model")
-        assert refused(hub) and "--allow-hub-download" in _message(hub), hub  # refused before any fetch
+        assert refused(hub) and "--allow-hub-download" in message_of(hub), hub  # refused before any fetch
         for base in ["someone/some-model", "/etc", str(root.parent), "../elsewhere"]:
             msg = _generate(client, url, base)
-            text = _message(msg)
+            text = message_of(msg)
             assert refused(msg) and "base model" in text, (base, msg)
             leaked = [p for p in _server_paths(state, root) if p in text.replace(base, "")]
             assert not leaked, (base, text)
@@ -340,8 +329,8 @@ def test_with_listen_a_refusal_never_says_whether_a_relative_path_exists(listeni
     (tmp_path / "someone" / "model" / "model_index.json").write_text("{}")
     monkeypatch.chdir(tmp_path)  # the server's working folder (it runs in this process)
     with logged_in(url) as client:
-        there = _message(_generate(client, url, "someone/model")).replace("someone/model", "NAME")
-        absent = _message(_generate(client, url, "nobody/model")).replace("nobody/model", "NAME")
+        there = message_of(_generate(client, url, "someone/model")).replace("someone/model", "NAME")
+        absent = message_of(_generate(client, url, "nobody/model")).replace("nobody/model", "NAME")
     assert there == absent, (there, absent)
 
 
@@ -349,15 +338,15 @@ def test_with_listen_a_refusal_never_says_whether_a_relative_path_exists(listeni
 def test_a_mix_saved_in_one_tab_is_listed_and_loads_in_another(local):
     url, state, _ = local
     config = config_of(url)
-    save, load = _dep(config, "Save mix"), _dep(config, "Load mix")
+    save, load = dependency(config, "Save mix"), dependency(config, "Load mix")
     listing = next(c["id"] for c in config["components"] if c["props"].get("elem_id") == "mix-preset-list")
     focus = next((d for d in config["dependencies"] if d["targets"] == [[listing, "focus"]]), {"id": -1})
     values = {"Adapter 1": str(state.lora_dir / "inside.safetensors"), "Base model": state.test_base}
     with httpx.Client(base_url=url, timeout=120) as tab_a, httpx.Client(base_url=url, timeout=120) as tab_b:
-        assert "Saved mix shared" in _message(call(tab_a, save["id"], _data(config, save, **{"Save blend as": "shared"},
+        assert "Saved mix shared" in message_of(call(tab_a, save["id"], inputs_for(config, save, **{"Save blend as": "shared"},
                                                                             **values)))
         loaded = call(tab_b, load["id"], ["shared"])  # tab B's list was made before the save
-        assert "Loaded mix shared" in _message(loaded), loaded
+        assert "Loaded mix shared" in message_of(loaded), loaded
         listed = call(tab_b, focus["id"], [])  # opening the list in tab B shows the new mix
         assert "shared" in json.dumps(listed["output"]), listed
 
@@ -365,12 +354,12 @@ def test_a_mix_saved_in_one_tab_is_listed_and_loads_in_another(local):
 def test_a_preset_saved_in_one_tab_is_listed_and_chosen_in_another(local):
     url, state, _ = local
     config = config_of(url)
-    save = _dep(config, "Save preset")
+    save = dependency(config, "Save preset")
     menu = next(c["id"] for c in config["components"] if c["props"].get("label") == "Preset")
     change = next(d for d in config["dependencies"] if d["targets"] == [[menu, "change"]])
     focus = next((d for d in config["dependencies"] if d["targets"] == [[menu, "focus"]]), {"id": -1})
     with httpx.Client(base_url=url, timeout=120) as tab_a, httpx.Client(base_url=url, timeout=120) as tab_b:
-        assert "Saved preset tab-a" in _message(call(tab_a, save["id"], _data(config, save,
+        assert "Saved preset tab-a" in message_of(call(tab_a, save["id"], inputs_for(config, save,
                                                                               **{"Save as preset": "tab-a"})))
         chosen = call(tab_b, change["id"], ["tab-a"])  # tab B's list was made before the save
         assert chosen.get("success"), chosen

@@ -6,10 +6,10 @@ import time
 
 import pytest
 
-from loramix.config import LoramixConfig
-from loramix.errors import DatasetError, LoramixError
-from loramix.events import TrainEvent
-from loramix.job_store import JobStore
+from loramix.core.config import LoramixConfig
+from loramix.core.errors import DatasetError, LoramixError
+from loramix.core.events import TrainEvent
+from loramix.core.job_store import JobStore
 from trainers.lora_trainer import TrainResult
 from webui.jobs import JobManager
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from loramix.adapter_info import adapter_info
-from loramix.events import TrainEvent
-from loramix.lora_io import LoraAdapter, LoraLayer
-from loramix.merge import Source, save_blend
+from loramix.core.events import TrainEvent
+from loramix.formats.adapter_info import adapter_info
+from loramix.formats.lora_io import LoraAdapter, LoraLayer
+from loramix.mix.merge import Source, save_blend
 from tests.conftest import make_folder, random_lora
 from tests.webui.test_handlers import Recorder, form_and_values
 from webui import bindings, mix_tab, train_tab
@@ -76,7 +76,7 @@ def test_an_exported_blend_records_every_trigger_word_and_its_card_shows_them(tm
     card = info.markdown()
     assert "**pastelz** (from pastel)" in card and "**style** (from ink, last in the prompt)" in card, card
     again = tmp_path / "again.safetensors"  # a blend of a blend passes the words on
-    from loramix.lora_io import read_lora
+    from loramix.formats.lora_io import read_lora
 
     save_blend([Source("blend", read_lora(path), 1.0)], again)
     assert adapter_info(again).triggers == info.triggers
@@ -129,7 +129,7 @@ def test_an_empty_mix_tab_says_how_to_get_an_adapter_and_stops_once_there_is_one
 
 # ---- row 12: the ETA counts sample pauses and checkpoint saves ---------------------------------------------------
 def _timed_job(sample_s: float, events: list[tuple[str, int, float]]) -> Job:
-    from loramix.config import LoramixConfig
+    from loramix.core.config import LoramixConfig
 
     config = LoramixConfig()
     config.train.max_steps, config.sample.sample_every_n_steps, config.output.save_every_n_steps = 400, 100, 0
@@ -172,7 +172,7 @@ def test_before_start_an_estimate_from_this_machines_measured_pace(state, tmp_pa
 # ---- row 11: the README's commands write the file the app writes -----------------------------------------------
 def test_the_readmes_demo_commands_write_the_file_the_train_tab_writes(state):
     from loramix.cli import build_parser
-    from loramix.config import load_config
+    from loramix.core.config import load_config
 
     readme = (REPO / "README.md").read_text()
     block = readme[readme.index("## The embedded demo model"):]

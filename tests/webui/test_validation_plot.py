@@ -2,7 +2,7 @@
 
 from types import SimpleNamespace
 
-from loramix.events import TrainEvent
+from loramix.core.events import TrainEvent
 from webui.train_tab import loss_frame
 
 

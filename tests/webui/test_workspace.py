@@ -7,8 +7,8 @@ import threading
 
 import pytest
 
-from loramix.runs import RunLock
-from loramix.writer import DiskFullError
+from loramix.core.runs import RunLock
+from loramix.core.writer import DiskFullError
 from tests.conftest import make_folder
 from tests.webui.test_handlers import Recorder, form_and_values
 from webui import train_tab
@@ -104,7 +104,7 @@ def test_a_new_job_does_not_take_a_tab_away_from_the_job_it_shows(tmp_path):
 
 
 def test_a_full_disk_when_the_lock_is_taken_leaves_no_empty_lock_file(tmp_path, monkeypatch):
-    import loramix.writer as writer
+    import loramix.core.writer as writer
 
     folder = tmp_path / "run"
     real_open = writer.open_lock_file
@@ -128,7 +128,7 @@ def test_a_full_disk_when_the_lock_is_taken_leaves_no_empty_lock_file(tmp_path, 
 def test_a_full_disk_on_save_preset_is_the_sentence(tmp_path, monkeypatch):
     state = AppState.create(tmp_path / "outputs", jobs=JobManager(tmp_path / "jobs.db", Recorder()))
     form, values = form_and_values({})
-    import loramix.writer as writer
+    import loramix.core.writer as writer
 
     real = writer._commit
 

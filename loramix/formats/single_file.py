@@ -55,9 +55,10 @@ from typing import Any
 
 import torch
 
-from loramix.errors import LoramixError
-from loramix.families import FAMILIES, ModelFamily
-from loramix.ldm_layout import (
+from loramix.core.errors import LoramixError
+from loramix.core.writer import atomic_path
+from loramix.formats.families import FAMILIES, ModelFamily
+from loramix.formats.ldm_layout import (
     TEXT_ENCODERS,
     UNET_PREFIX,
     VAE_PREFIX,
@@ -65,12 +66,11 @@ from loramix.ldm_layout import (
     unet_state_to_ldm,
     vae_state_to_ldm,
 )
-from loramix.lora_io import file_hashes_of, hashed_metadata, modelspec
-from loramix.writer import atomic_path
+from loramix.formats.lora_io import file_hashes_of, hashed_metadata, modelspec
 
 log = logging.getLogger(__name__)
 
-CONFIG_DIR = Path(__file__).parent / "configs"
+CONFIG_DIR = Path(__file__).parents[1] / "configs"
 UNSAFE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 # where a tokenizer may already sit in the local Hugging Face cache: family -> (repo, subfolder) per tokenizer
 _CACHED_TOKENIZERS = {
@@ -338,7 +338,7 @@ def _tokenizer(given: Any, folder: Path, cached: tuple[str, str] | None, family:
     from huggingface_hub import try_to_load_from_cache
     from transformers import CLIPTokenizer
 
-    from loramix.clip_vocab import CLIP_VOCAB_SIZE, sd_clip_tokenizer
+    from loramix.formats.clip_vocab import CLIP_VOCAB_SIZE, sd_clip_tokenizer
 
     if given is not None and not isinstance(given, (str, Path)):
         return given

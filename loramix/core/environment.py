@@ -11,7 +11,7 @@ from importlib import metadata
 
 from packaging.requirements import Requirement
 
-from loramix.errors import LoramixError
+from loramix.core.errors import LoramixError
 
 LOCK_HINT = "pip install --no-deps -r requirements/app.lock (the set CI tested; see the README)"
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from safetensors import safe_open
 
-from loramix.errors import AdapterFormatError
+from loramix.core.errors import AdapterFormatError
 
 
 @dataclass

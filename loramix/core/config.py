@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from loramix.errors import ConfigError
-from loramix.paths import CAPTION_EXTENSIONS, caption_extension, plain_name
+from loramix.core.errors import ConfigError
+from loramix.core.paths import CAPTION_EXTENSIONS, caption_extension, plain_name
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from loramix.errors import ConfigError
+from loramix.core.errors import ConfigError
 
 CAPTION_EXTENSIONS = (".txt", ".caption")
 MAX_NAME_LENGTH = 120

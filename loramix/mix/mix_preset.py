@@ -31,8 +31,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from loramix.block_weights import BlockWeights, parse_block_weights
-from loramix.errors import LoramixError
+from loramix.core.errors import LoramixError
+from loramix.mix.block_weights import BlockWeights, parse_block_weights
 
 SCHEMA_VERSION = 2  # 2 added [request]
 METADATA_KEY = "loramix_mix_preset"
@@ -184,7 +184,7 @@ def save_mix_preset(path: str | Path, preset: MixPreset, **rules) -> Path:
     """Write `preset` as TOML through the writer (`rules`: replace, within); adapter paths are written as given."""
     import tomli_w
 
-    from loramix.writer import write_text
+    from loramix.core.writer import write_text
 
     return write_text(path, tomli_w.dumps(preset.to_dict()), **rules)
 
@@ -198,14 +198,14 @@ def preset_from_mixer(mixer, names: list[str] | None = None, request: MixRequest
 
 
 def preset_from_specs(specs) -> MixPreset:
-    """A preset from parsed `--lora` specs (`loramix.lora_spec.AdapterSpec`)."""
+    """A preset from parsed `--lora` specs (`loramix.mix.lora_spec.AdapterSpec`)."""
     return MixPreset([MixEntry(str(Path(s.path).resolve()), s.weight, s.te_weight, s.blocks) for s in specs])
 
 
 def mix_preset_metadata(preset: MixPreset) -> dict[str, str]:
     """The metadata entry an exported (merged) file carries: {"loramix_mix_preset": JSON}, each adapter by its
     file name, not its local path."""
-    from loramix.published import base_name
+    from loramix.formats.published import base_name
 
     data = preset.to_dict()
     for row in data["adapter"]:
@@ -223,7 +223,7 @@ def mix_preset_from_metadata(metadata: dict, base_dir: str | Path | None = None)
 
 def build_blend(mix_file: str | Path | None, lora_specs: list[str] = ()) -> MixPreset:
     """The blend a command asks for: the adapters of `mix_file` (if any), then each `--lora` spec."""
-    from loramix.lora_spec import parse_adapter_spec
+    from loramix.mix.lora_spec import parse_adapter_spec
 
     preset = load_mix_preset(mix_file) if mix_file else MixPreset()
     preset.adapters += preset_from_specs([parse_adapter_spec(s) for s in lora_specs]).adapters

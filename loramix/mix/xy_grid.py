@@ -9,8 +9,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from loramix.errors import LoramixError
-from loramix.mixer import Mixer, PreviewRequest
+from loramix.core.errors import LoramixError
+from loramix.mix.mixer import Mixer, PreviewRequest
 
 AXIS_KINDS = ("weight", "lbw", "seed", "cfg", "sampler")
 _TITLES = {"weight": "weight of {}", "lbw": "block weights of {}", "seed": "seed", "cfg": "CFG", "sampler": "sampler"}

@@ -18,9 +18,9 @@ import threading
 import time
 from pathlib import Path
 
-from loramix.config import CaptionConfig, LoramixConfig, from_dict
-from loramix.errors import LoramixError
-from loramix.events import TrainEvent
+from loramix.core.config import CaptionConfig, LoramixConfig, from_dict
+from loramix.core.errors import LoramixError
+from loramix.core.events import TrainEvent
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -96,7 +96,7 @@ class JobStore:
     """One SQLite file; safe to use from the worker thread and the request threads together."""
 
     def __init__(self, path: str | Path):
-        from loramix.writer import check_target, make_folder
+        from loramix.core.writer import check_target, make_folder
 
         # SQLite keeps its own file atomic (journal); the writer's rule still decides where: not through a link.
         make_folder(Path(path).expanduser().parent)

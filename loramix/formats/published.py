@@ -63,7 +63,7 @@ def published_config_json(config) -> str:
 def publish_saved_configs(folder: str | Path) -> None:
     """Rewrite the JSON files that `save_pretrained` wrote under `folder` so that `_name_or_path` names the
     source model as `published_model_name` does, not by its local path."""
-    from loramix.writer import write_text
+    from loramix.core.writer import write_text
 
     folder = Path(folder)
     for path in sorted(folder.rglob("*.json")):

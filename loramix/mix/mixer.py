@@ -5,12 +5,12 @@ Changing a weight touches no file. Two ways to apply a blend, with identical res
 
 * unfused: a forward hook per adapted layer adds sum_i w_i * (alpha_i / r_i) * up_i(down_i(x)), the
   plain LoRA layers stacked into one down and one up with the w_i * alpha_i / r_i folded in, rebuilt
-  only for layers whose coefficients changed (`loramix.stacked_hooks`);
+  only for layers whose coefficients changed (`loramix.mix.stacked_hooks`);
 * fused: W <- W_original + sum_i w_i * dW_i is written into the base weights, one layer at a time in
   the weight's dtype. The fused weights stay while the blend is unchanged; a changed weight rewrites
   only the layers whose (layer, coefficient) tuple changed, always from the original (kept once per
   base, on the host, in the model's dtype, for adapted weights only; or, with `originals="file"`, read
-  back from the base folder's safetensors files, `loramix.file_originals`), so turning every adapter
+  back from the base folder's safetensors files, `loramix.mix.file_originals`), so turning every adapter
   off gives the base back bit for bit.
 
 `mode="auto"` fuses while the originals it must keep stay within `fuse_budget` (10% of the model's
@@ -30,13 +30,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from loramix.adapter_layers import DoraLayer, FullLayer, bias_delta
-from loramix.block_weights import BlockWeights, module_blocks, parse_block_weights
-from loramix.errors import AdapterFormatError, LoramixError
-from loramix.families import Components, load_base_model
-from loramix.file_originals import FileOriginals
-from loramix.lora_io import LoraAdapter, LoraLayer, guess_architecture, module_table, read_lora
-from loramix.stacked_hooks import stacked_hook, update_stacks
+from loramix.adapters.adapter_layers import DoraLayer, FullLayer, bias_delta
+from loramix.core.errors import AdapterFormatError, LoramixError
+from loramix.formats.base_model import load_base_model
+from loramix.formats.families import Components
+from loramix.formats.lora_io import LoraAdapter, LoraLayer, guess_architecture, module_table, read_lora
+from loramix.mix.block_weights import BlockWeights, module_blocks, parse_block_weights
+from loramix.mix.file_originals import FileOriginals
+from loramix.mix.stacked_hooks import stacked_hook, update_stacks
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ def check_bake_target(out_dir: str | Path, single_file: str | Path | None = None
                       within=None) -> Path:
     """Refuse, before any work, a bake target that exists (unless `replace`) or that loramix did not bake,
     and any target the writer would refuse (a link, outside `within`)."""
-    from loramix.writer import check_target, final_path
+    from loramix.core.writer import check_target, final_path
 
     out_dir = Path(out_dir)
     if out_dir.exists() or out_dir.is_symlink():
@@ -131,7 +132,7 @@ class BoundLayer:
     scale included, the slider coefficient not); `branch(x)` is what the layer adds to the module's
     output for input x (the unfused hook). A low-rank layer (LoRA / LoCon) carries `down`, `up` and
     `scale`, already shaped and cast for the module, so callers may use them directly; a LoHa, LoKr
-    or full layer has `down = up = None` and keeps its `adapter_layer` (see `loramix.adapter_layers`):
+    or full layer has `down = up = None` and keeps its `adapter_layer` (see `loramix.adapters.adapter_layers`):
     its branch applies the full ΔW (F.linear / F.conv2d with the module's stride, padding, dilation
     and groups), computed once in the module's dtype and cached on first use. A DoRA layer is bound
     as a full layer holding ΔW_DoRA = m·(W + ΔW)/‖W + ΔW‖ − W, computed at `bind` against the
@@ -220,7 +221,7 @@ class Mixer:
     # The hooks' stacks: module -> ModuleStack, kept while unfused previews follow each other.
     _stacks: dict = field(default_factory=dict, init=False, repr=False)
     # Where the originals of a base loaded from safetensors files can be read back instead of being held
-    # (`from_base(..., originals="file")`, see loramix.file_originals); None = every original is held.
+    # (`from_base(..., originals="file")`, see loramix.mix.file_originals); None = every original is held.
     file_originals: FileOriginals | None = None
 
     @classmethod
@@ -485,7 +486,7 @@ class Mixer:
 
     @contextlib.contextmanager
     def _hooked(self, active):
-        """One hook per adapted module, adding its stacked branch (see `loramix.stacked_hooks`)."""
+        """One hook per adapted module, adding its stacked branch (see `loramix.mix.stacked_hooks`)."""
         update_stacks(self._stacks, active)
         handles = [m.register_forward_hook(stacked_hook(self._stacks)) for m in self._stacks]
         try:
@@ -522,7 +523,7 @@ class Mixer:
     # ---- export ------------------------------------------------------------------------------
     def sources(self):
         """The enabled adapters with their weights, for merging."""
-        from loramix.merge import Source
+        from loramix.mix.merge import Source
 
         per_block = self.components.unet.config.layers_per_block
         per_block = per_block[0] if isinstance(per_block, (list, tuple)) else per_block
@@ -530,7 +531,7 @@ class Mixer:
                 for s in self.slots.values() if s.enabled]
 
     def _baked_from(self) -> dict[str, str]:
-        from loramix.published import published_model_name
+        from loramix.formats.published import published_model_name
 
         slots = [s for s in self.slots.values() if s.enabled]
         titles = [s.adapter.metadata.get("modelspec.title", s.name) for s in slots]
@@ -552,14 +553,14 @@ class Mixer:
         enabled adapter) and `modelspec.merged_from` (the base, then the adapters' titles), beside the
         identification `save_single_file` writes (`ss_base_model_version`, `ss_v2`, `modelspec.*`, hashes).
         Neither names a local path: the folder's configs and the file name the base model as
-        `loramix.published.published_model_name` does.
+        `loramix.formats.published.published_model_name` does.
         """
-        from loramix.published import publish_saved_configs
-        from loramix.writer import atomic_folder
+        from loramix.core.writer import atomic_folder
+        from loramix.formats.published import publish_saved_configs
 
         out_dir = check_bake_target(out_dir, single_file, replace, within)
         if single_file:
-            from loramix.single_file import save_single_file
+            from loramix.formats.single_file import save_single_file
 
             with self.applied("fused"):
                 save_single_file(self.components, single_file, self.family, metadata=self._baked_from(),

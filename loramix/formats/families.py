@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from loramix.errors import LoramixError
+from loramix.core.errors import LoramixError
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +48,7 @@ class ModelFamily:
     """SD 1.x-shaped models: one CLIP text encoder, epsilon or v prediction, diffusers UNet names."""
 
     name = "sd1"
-    ldm_layout = "sd1"  # how loramix.single_file writes this family as one checkpoint
+    ldm_layout = "sd1"  # how loramix.formats.single_file writes this family as one checkpoint
     label = "SD 1.x"
     ss_base_model_version = "sd_v1"
     v_suffix = True  # kohya writes sd_v1_v / sd_v2_v for a v-prediction model of this family
@@ -74,7 +73,7 @@ class ModelFamily:
         from transformers import CLIPTextModel, CLIPTokenizer
 
         kw = {"revision": revision} if revision else {}
-        with _friendly_load_errors(source):
+        with friendly_load_errors(source):
             return Components(
                 family=self,
                 source=source,
@@ -167,7 +166,7 @@ class SDXLFamily(ModelFamily):
         from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
         kw = {"revision": revision} if revision else {}
-        with _friendly_load_errors(source):
+        with friendly_load_errors(source):
             return Components(
                 family=self, source=source,
                 unet=UNet2DConditionModel.from_pretrained(source, subfolder="unet", **kw),
@@ -200,7 +199,7 @@ class SDXLFamily(ModelFamily):
     def kohya_path(self, prefix: str, module_path: str, model) -> str:
         if prefix != self.unet_prefix:
             return module_path
-        from loramix.ldm_layout import unet_module_to_ldm
+        from loramix.formats.ldm_layout import unet_module_to_ldm
 
         return unet_module_to_ldm(module_path, dict(model.config))
 
@@ -235,48 +234,7 @@ def detect_family(unet_config: dict) -> ModelFamily:
         f"({', '.join(f.name for f in FAMILIES)}).")
 
 
-def default_base_model() -> str:
-    from loramix.embedded import EMBEDDED_MODEL
-
-    return str(EMBEDDED_MODEL)
-
-
-def load_base_model(source: str = "", revision: str = "") -> Components:
-    """Load a base model from a diffusers folder or a hub id; the family is read from its UNet config."""
-    source = source or default_base_model()
-    path = Path(source).expanduser()
-    if path.suffix.lower() in (".safetensors", ".ckpt", ".pt"):
-        return load_checkpoint_file(path)
-    if path.exists() and not (path / "unet" / "config.json").is_file():
-        raise LoramixError(f"model.base_model: {path} is not a diffusers model folder (no unet/config.json).")
-    from diffusers import UNet2DConditionModel
-
-    with _friendly_load_errors(source):
-        kw = {"revision": revision} if revision else {}
-        unet_config = UNet2DConditionModel.load_config(str(path) if path.exists() else source,
-                                                       subfolder="unet", **kw)
-    family = detect_family(unet_config)
-    log.info("Base model %s: family %s", source, family.name)
-    return family.load(str(path) if path.exists() else source, revision)
-
-
-def load_checkpoint_file(path: Path, allow_unsafe: bool = False) -> Components:
-    """A single-file checkpoint in the original (LDM) layout, as model sites distribute them, read offline
-    by diffusers with the family configs shipped in loramix/configs. The tokenizers come from folders next
-    to the file, or are built from the vendored CLIP vocabulary (see `loramix.single_file`)."""
-    from diffusers import DDPMScheduler
-
-    from loramix.single_file import load_single_file
-
-    parts = load_single_file(path, allow_unsafe=allow_unsafe)
-    family = detect_family(dict(parts["unet"].config))
-    return Components(family=family, source=str(path), unet=parts["unet"], vae=parts["vae"],
-                      text_encoder=parts["text_encoder"], tokenizer=parts["tokenizer"],
-                      noise_scheduler=DDPMScheduler.from_config(parts["scheduler"].config),
-                      text_encoder_2=parts.get("text_encoder_2"), tokenizer_2=parts.get("tokenizer_2"))
-
-
-class _friendly_load_errors:
+class friendly_load_errors:
     """Turn hub / file errors while loading a base model into one sentence naming the source."""
 
     def __init__(self, source: str):

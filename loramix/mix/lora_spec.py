@@ -9,8 +9,8 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
-from loramix.block_weights import LAYOUTS, PRESET_NAMES, BlockWeights, parse_block_weights
-from loramix.errors import LoramixError
+from loramix.core.errors import LoramixError
+from loramix.mix.block_weights import LAYOUTS, PRESET_NAMES, BlockWeights, parse_block_weights
 
 
 class AdapterSpec(NamedTuple):
@@ -90,15 +90,6 @@ def _named_number(spec: str, key: str, value: str) -> float:
     return float(value)
 
 
-def parse_lora_spec(spec: str) -> tuple[str, float, float | None]:
-    """`path.safetensors:0.8` or `path:0.8:0.5` (text-encoder weight) as (path, weight, te_weight).
-    Callers that apply block weights use `parse_adapter_spec`; this one refuses `lbw=` rather than drop it."""
-    path, weight, te_weight, blocks = parse_adapter_spec(spec)
-    if blocks is not None:
-        raise LoramixError(f"{spec!r}: block weights (lbw=) are not taken here; write PATH:WEIGHT[:TE_WEIGHT].")
-    return path, weight, te_weight
-
-
 AXIS_FORMS = "weight:NAME:-1,0,1, lbw:NAME:ALL,OUTD, seed:1,2,3, cfg:5,7 or sampler:ddim,euler"
 
 
@@ -106,7 +97,7 @@ def parse_axis(text: str):
     """An X/Y grid axis: `weight:NAME:v1,v2,…`, `lbw:NAME:PRESET,…`, `seed:…`, `cfg:…` or `sampler:…`.
     NAME is an adapter's name (its file stem) or its path; an lbw axis takes preset names separated by
     commas, or presets and comma lists separated by semicolons (`lbw:ink:ALL;1,0,0,…`)."""
-    from loramix.xy_grid import Axis
+    from loramix.mix.xy_grid import Axis
 
     kind, _, rest = text.partition(":")
     kind = kind.strip().lower()
@@ -121,7 +112,7 @@ def parse_axis(text: str):
     if kind in ("seed", "cfg"):
         return Axis(kind, [_number(text, v, int if kind == "seed" else float) for v in rest.split(",")])
     if kind == "sampler":
-        from loramix.mixer import SAMPLERS
+        from loramix.mix.mixer import SAMPLERS
 
         values = [v.strip() for v in rest.split(",")]
         for v in values:

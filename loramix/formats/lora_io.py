@@ -1,6 +1,6 @@
 """LoRA file formats: the only module that knows kohya / AUTOMATIC1111 and PEFT key layouts.
 
-In memory an adapter is a `LoraAdapter`: kohya layer names -> a layer from `loramix.adapter_layers`
+In memory an adapter is a `LoraAdapter`: kohya layer names -> a layer from `loramix.adapters.adapter_layers`
 (LoRA / LoCon down-up-alpha, LyCORIS LoHa, LoKr or full diff). On disk it is a safetensors file in
 kohya layout (`lora_unet_…lora_down.weight`, `…lora_up.weight`, `…alpha`; LyCORIS layers as
 `…hada_w1_a`, `…lokr_w1`, `…diff`) with `ss_*` metadata, which AUTOMATIC1111, ComfyUI and (for
@@ -24,7 +24,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from loramix import __version__
-from loramix.adapter_layers import (
+from loramix.adapters.adapter_layers import (
     AdapterLayer,
     DoraLayer,
     FullLayer,
@@ -33,8 +33,8 @@ from loramix.adapter_layers import (
     LokrLayer,
     LoraLayer,
 )
-from loramix.errors import AdapterFormatError
-from loramix.writer import atomic_path
+from loramix.core.errors import AdapterFormatError
+from loramix.core.writer import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -481,6 +481,6 @@ def guess_architecture(adapter: LoraAdapter) -> str:
 
 def loramix_config(adapter: LoraAdapter) -> dict | None:
     """The loramix training config stored in a file's metadata, if it was made by loramix (its paths are base
-    names: `loramix.published`)."""
+    names: `loramix.formats.published`)."""
     text = adapter.metadata.get("loramix_config")
     return json.loads(text) if text else None

@@ -35,7 +35,7 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
-from loramix.errors import LoramixError
+from loramix.core.errors import LoramixError
 
 BLOCK_IDS = ["BASE"] + [f"IN{i:02d}" for i in range(12)] + ["MID"] + [f"OUT{i:02d}" for i in range(12)]
 MID = BLOCK_IDS.index("MID")
@@ -137,18 +137,6 @@ def format_block_weights(values: list[float]) -> str:
     return ",".join(_short(float(v)) for v in values)
 
 
-def preset_names(family) -> list[str]:
-    """The presets a model family accepts (an SDXL model takes no SD 1.x depth preset)."""
-    name = getattr(family, "name", family)
-    return PRESET_NAMES if 17 in FAMILY_LAYOUTS.get(name, (17,)) else list(UNIFORM_PRESETS)
-
-
-def block_labels(family) -> list[str]:
-    """The block names of the family's usual layout, for a row of sliders (17 for SD 1.x, 12 for SDXL, 26
-    for a tiny model)."""
-    return list(LAYOUTS[FAMILY_LAYOUTS.get(getattr(family, "name", family), (17,))[0]])
-
-
 _DIFFUSERS = re.compile(r"(down_blocks|up_blocks)_(\d+)_(resnets|attentions|downsamplers|upsamplers)_(\d+)_")
 _LDM = re.compile(r"(input_blocks|output_blocks)_(\d+)_")
 
@@ -197,16 +185,6 @@ def module_blocks(components) -> dict:
         if encoder is not None:
             table.update({module: 0 for module in encoder.modules()})
     return table
-
-
-def present_blocks(components) -> list[str]:
-    """The blocks that hold at least one Linear or Conv2d layer of this model, in `BLOCK_IDS` order
-    (a UI can show sliders for these only)."""
-    import torch
-
-    table = module_blocks(components)
-    found = {table[m] for m in table if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)) and table[m] is not None}
-    return [b for i, b in enumerate(BLOCK_IDS) if i in found]
 
 
 def _layers_per_block(config) -> int:

@@ -32,8 +32,8 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from loramix.errors import LoramixError
-from loramix.paths import is_within
+from loramix.core.errors import LoramixError
+from loramix.core.paths import is_within
 
 # How writers that do not raise OSError (safetensors' Rust writer) report ENOSPC in their message.
 _DISK_FULL_WORDS = ("no space left on device", "storagefull", "os error 28", "code: 28")

@@ -27,10 +27,10 @@ from dataclasses import dataclass
 import torch
 
 from loramix import __version__
-from loramix.adapter_layers import FullLayer, bias_delta
-from loramix.block_weights import BlockWeights, block_of
-from loramix.errors import LoramixError
-from loramix.lora_io import LoraAdapter, LoraLayer, modelspec
+from loramix.adapters.adapter_layers import FullLayer, bias_delta
+from loramix.core.errors import LoramixError
+from loramix.formats.lora_io import LoraAdapter, LoraLayer, modelspec
+from loramix.mix.block_weights import BlockWeights, block_of
 
 
 @dataclass
@@ -64,7 +64,7 @@ def _layer_shapes(sources: list[Source]) -> dict[str, tuple]:
     """Layer name -> the base weight's shape, as far as the files tell it, sorted by name.
 
     Layers are compared by (out, flattened in); a conv kernel is taken from whichever source knows it
-    (LoHa / LoKr store plain convs flattened, see `loramix.adapter_layers`).
+    (LoHa / LoKr store plain convs flattened, see `loramix.adapters.adapter_layers`).
     """
     shapes: dict[str, tuple] = {}
     for src in sources:
@@ -201,7 +201,7 @@ def save_blend(sources: list[Source], path, *, rank: int = 0, precision: str = "
     """Merge `sources` (exact, or SVD to `rank`) and write the result with its `recipe` metadata through the
     writer (`rules`: replace, within, field): the one "merge a blend and save it" that the CLI's `merge` and the
     Mix tab's export share, so both follow the same overwrite rule."""
-    from loramix.lora_io import save_lora
+    from loramix.formats.lora_io import save_lora
 
     if not sources:
         raise LoramixError("Export: enable at least one adapter.")

@@ -8,10 +8,10 @@
   gets a sentence naming the running process. The lock is `fcntl.flock` on `.loramix.lock`: the kernel
   drops it when the process dies, so a kill -9 never leaves a folder locked;
 * `remove_stale_temps` deletes the `.…tmp` files a killed run left (safe once the lock is held);
-* `confine_config` applies the `loramix.paths` rule to every path field of a training config, and keeps a run
+* `confine_config` applies the `loramix.core.paths` rule to every path field of a training config, and keeps a run
   out of the app's own folders (presets, mixes, loras, uploads, baked).
 
-Every folder and file here is made through `loramix.writer`.
+Every folder and file here is made through `loramix.core.writer`.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from loramix import writer
-from loramix.config import LoramixConfig
-from loramix.errors import ConfigError, LoramixError
-from loramix.paths import Confinement, is_within, plain_name
+from loramix.core import writer
+from loramix.core.config import LoramixConfig
+from loramix.core.errors import ConfigError, LoramixError
+from loramix.core.paths import Confinement, is_within, plain_name
 
 LOCK_NAME = ".loramix.lock"
 RUN_FILES = ("log.jsonl",)  # with <name>.safetensors and *-state.safetensors: what marks a folder as a run's

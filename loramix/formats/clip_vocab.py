@@ -25,10 +25,10 @@ from __future__ import annotations
 import gzip
 from pathlib import Path
 
-from loramix.errors import LoramixError
+from loramix.core.errors import LoramixError
 
 VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
-BPE_PATH = Path(__file__).parent / "embedded" / "clip_bpe" / VOCAB_FILE
+BPE_PATH = Path(__file__).parents[1] / "embedded" / "clip_bpe" / VOCAB_FILE
 CLIP_VOCAB_SIZE = 49408
 N_MERGES = 49152 - 256 - 2  # as OpenAI's SimpleTokenizer: merges[1 : 49152 - 256 - 2 + 1]
 

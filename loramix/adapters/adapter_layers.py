@@ -339,7 +339,7 @@ class DoraLayer:
     def delta(self, shape=None, base: torch.Tensor | None = None) -> torch.Tensor:
         """ΔW_DoRA = m · (W + ΔW) / ‖W + ΔW‖ − W for base weight `base` (float32, shaped like it)."""
         if base is None:
-            from loramix.errors import AdapterFormatError
+            from loramix.core.errors import AdapterFormatError
 
             raise AdapterFormatError("A DoRA layer's weight change depends on the base model's weight; apply it "
                                      "in the mixer (or bake), not in a merge of adapter files.")

@@ -1,0 +1,57 @@
+"""Load a base model from wherever the user names it: a diffusers folder, a hub id or one checkpoint file.
+
+This is the one entry the trainer and the mixer call. It sits above `families` (what each model family is
+and how its folder loads) and `single_file` (the LDM-layout reader, which needs the families' configs), so
+that neither of those imports the other back.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from loramix.core.errors import LoramixError
+from loramix.formats.families import Components, detect_family, friendly_load_errors
+from loramix.formats.single_file import load_single_file
+
+log = logging.getLogger(__name__)
+
+
+def default_base_model() -> str:
+    from loramix.embedded import EMBEDDED_MODEL
+
+    return str(EMBEDDED_MODEL)
+
+
+def load_base_model(source: str = "", revision: str = "") -> Components:
+    """Load a base model from a diffusers folder or a hub id; the family is read from its UNet config."""
+    source = source or default_base_model()
+    path = Path(source).expanduser()
+    if path.suffix.lower() in (".safetensors", ".ckpt", ".pt"):
+        return load_checkpoint_file(path)
+    if path.exists() and not (path / "unet" / "config.json").is_file():
+        raise LoramixError(f"model.base_model: {path} is not a diffusers model folder (no unet/config.json).")
+    from diffusers import UNet2DConditionModel
+
+    with friendly_load_errors(source):
+        kw = {"revision": revision} if revision else {}
+        unet_config = UNet2DConditionModel.load_config(str(path) if path.exists() else source,
+                                                       subfolder="unet", **kw)
+    family = detect_family(unet_config)
+    log.info("Base model %s: family %s", source, family.name)
+    return family.load(str(path) if path.exists() else source, revision)
+
+
+def load_checkpoint_file(path: Path, allow_unsafe: bool = False) -> Components:
+    """A single-file checkpoint in the original (LDM) layout, as model sites distribute them, read offline
+    by diffusers with the family configs shipped in loramix/configs. The tokenizers come from folders next
+    to the file, or are built from the vendored CLIP vocabulary (see `loramix.formats.single_file`)."""
+    from diffusers import DDPMScheduler
+
+
+    parts = load_single_file(path, allow_unsafe=allow_unsafe)
+    family = detect_family(dict(parts["unet"].config))
+    return Components(family=family, source=str(path), unet=parts["unet"], vae=parts["vae"],
+                      text_encoder=parts["text_encoder"], tokenizer=parts["tokenizer"],
+                      noise_scheduler=DDPMScheduler.from_config(parts["scheduler"].config),
+                      text_encoder_2=parts.get("text_encoder_2"), tokenizer_2=parts.get("tokenizer_2"))
