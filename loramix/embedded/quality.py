@@ -114,7 +114,7 @@ def measure(pipe, count: int = 40, steps: int = 25, guidance: float = 6.0, seed:
 
 SLOTS = ("background", "colour", "shape", "size", "position")
 # The Mix tab's default prompt as a scene, and its default seed, steps and CFG (webui/mix_panels.py
-# `request_panel`, loramix.mix_preset.MixRequest): the first picture a newcomer sees.
+# `request_panel`, loramix.mix.mix_preset.MixRequest): the first picture a newcomer sees.
 MIX_DEFAULT = Scene((ShapeSpec("circle", "red", "center", "large"),), "blue")
 MIX_DEFAULT_SEED, MIX_DEFAULT_STEPS, MIX_DEFAULT_CFG = 1, 20, 6.0
 FOREGROUND_DISTANCE = 40.0  # RGB distance from the background that makes a pixel part of a shape (the

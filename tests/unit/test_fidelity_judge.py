@@ -19,7 +19,7 @@ from loramix.embedded.quality import (
     slot_rates,
 )
 from loramix.embedded.scenes import COLOURS, POSITIONS, SHAPES, Scene, ShapeSpec, random_scene, render
-from loramix.mix_preset import MixRequest
+from loramix.mix.mix_preset import MixRequest
 
 DEFAULT = MIX_DEFAULT
 ROOT = Path(__file__).parents[2]
