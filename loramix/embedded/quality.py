@@ -120,6 +120,8 @@ MIX_DEFAULT_SEED, MIX_DEFAULT_STEPS, MIX_DEFAULT_CFG = 1, 20, 6.0
 FOREGROUND_DISTANCE = 40.0  # RGB distance from the background that makes a pixel part of a shape (the
 # closest two palette colours, orange and yellow, are 80 apart)
 SIZE_SPLIT = (SIZES["small"] + SIZES["large"]) / 2
+MAX_ASPECT = 2.0  # every shape of the grammar is about as wide as tall (a star: 0.95); a blob twice as long
+# as wide is none of them
 
 
 @dataclass(frozen=True)
@@ -209,6 +211,8 @@ def _best_overlap(shape: str, mask: np.ndarray, box: tuple[int, int, int, int], 
     x0, y0, x1, y1 = box
     for dx0, dy0, dx1, dy1 in {(a, b, c, d) for a in (-shift, 0, shift) for b in (-shift, 0, shift)
                                for c in (-shift, 0, shift) for d in (-shift, 0, shift)}:
+        if x1 + dx1 - x0 - dx0 < 1 or y1 + dy1 - y0 - dy0 < 1:
+            continue  # a blob a pixel thin: the shifted box would turn inside out
         template = _template(shape, (x0 + dx0, y0 + dy0, x1 + dx1, y1 + dy1), mask.shape[0])
         best = max(best, (template & mask).sum() / max(1, (template | mask).sum()))
     return best
@@ -231,6 +235,9 @@ def _read_shape(component: np.ndarray, arr: np.ndarray, background_rgb: np.ndarr
     cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
     position = min(POSITIONS, key=lambda p: (POSITIONS[p][0] - cx) ** 2 + (POSITIONS[p][1] - cy) ** 2)
     size = "large" if max(box[2] - box[0], box[3] - box[1]) > SIZE_SPLIT else "small"
+    width, height = box[2] - box[0], box[3] - box[1]
+    if max(width, height) > MAX_ASPECT * min(width, height):
+        return DrawnShape(colour, "none", size, position, box)  # the outlines would fit any bar or line
     overlap = {shape: _best_overlap(shape, mask, box) for shape in SHAPES}
     return DrawnShape(colour, max(overlap, key=overlap.get), size, position, box)
 

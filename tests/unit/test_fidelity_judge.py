@@ -86,3 +86,10 @@ def test_a_second_shape_is_judged_too():
                   "gray")
     assert _wrong_slots(drawn, asked) == {"shape 2"}
     assert _wrong_slots(Scene(asked.shapes[:1], "gray"), asked) == {"colour 2", "shape 2", "size 2", "position 2"}
+
+
+def test_a_blob_one_pixel_thin_is_read_not_crashed_on():
+    image = Image.new("RGB", (64, 64), COLOURS["blue"])
+    image.paste(COLOURS["red"], (20, 32, 44, 33))  # a 24 x 1 line where a circle was asked
+    verdict = judge_slots(image, DEFAULT)
+    assert verdict.right["background"] and verdict.right["colour"] and not verdict.right["shape"]
