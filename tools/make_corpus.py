@@ -16,13 +16,22 @@ from pathlib import Path
 
 import numpy as np
 
-from loramix.embedded.scenes import VOCABULARY, Scene, held_out_triples, sample_scene
+from loramix.embedded.scenes import VOCABULARY, Scene, covering_scenes, held_out_triples, render, sample_scene
+
+CORPUS_KINDS = ("random", "covering")
 
 
-def make_corpus(count: int, seed: int = 0) -> tuple[np.ndarray, list[str], list[Scene]]:
-    """`count` training pictures as a uint8 array (N, 64, 64, 3), their captions and ground truths."""
+def make_corpus(count: int, seed: int = 0, kind: str = "random") -> tuple[np.ndarray, list[str], list[Scene]]:
+    """`count` training pictures as a uint8 array (N, 64, 64, 3), their captions and ground truths.
+    `kind` "random" draws each scene independently (the v1 corpus, 70% neutral backgrounds); "covering"
+    runs through every (background, colour, shape, position) combination in turn (`covering_scenes`)."""
     rng = random.Random(seed)
     exclude = held_out_triples()
+    if kind == "covering":
+        scenes = covering_scenes(count, rng, exclude)
+        return np.stack([np.asarray(render(s)) for s in scenes]), [s.caption for s in scenes], scenes
+    if kind != "random":
+        raise ValueError(f"corpus kind must be one of {CORPUS_KINDS}, not {kind!r}")
     images, captions, scenes = [], [], []
     for _ in range(count):
         image, caption, scene = sample_scene(rng, exclude)

@@ -8,6 +8,12 @@ crops; encode the corpus once and set the latent scaling factor from the latents
 the CLIP text encoder on the cached latents, keeping an EMA of both; a small auxiliary loss keeps every
 caption word readable in the text encoder's output (see `train_unet`). The result is an ordinary diffusers
 folder (`StableDiffusionPipeline.from_pretrained` loads it offline), UNet and VAE stored in fp16.
+
+Resumable: every `--save-every` steps the whole training state (weights, EMA, optimizer, the random
+generator, the step) is written atomically to `--work`/state.pt, and the VAE's result with the cached latents
+to `--work`/latents.pt. Started again with the same arguments, the run goes on from there and ends with the
+same weights as a run never stopped (same `--threads`: the thread count changes float summation order).
+Arguments that change the result are recorded in the state; a resume with other values is refused.
 """
 
 from __future__ import annotations
@@ -17,13 +23,15 @@ import copy
 import json
 import logging
 import math
+import os
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from make_corpus import make_corpus
+from make_corpus import CORPUS_KINDS, make_corpus
 
 from loramix.embedded.scenes import VOCABULARY
 from loramix.embedded.tiny import tiny_configs, write_clip_tokenizer
@@ -32,16 +40,37 @@ log = logging.getLogger("pretrain_tiny")
 
 UNET_CHANNELS = (64, 128, 128, 128)
 VAE_CHANNELS = (16, 32, 64)
-TEXT_DIM = 64
+# Arguments that change the trained weights: a resume must be given the same values.
+RESULT_ARGS = ("seed", "corpus_size", "corpus", "vae_from", "vae_steps", "vae_batch", "vae_lr", "unet_steps",
+               "unet_batch", "unet_lr", "token_loss", "text_dim", "text_layers")
+LATENT_ARGS = RESULT_ARGS[:7]  # what the VAE and the cached latents depend on
 
 
-def build_models(tokenizer_dir: Path, seed: int):
+def save_state(path: Path, state: dict) -> None:
+    """Write `state` atomically (a kill mid-write leaves the previous file whole)."""
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_state(path: Path, fingerprint: dict) -> dict | None:
+    if not path.exists():
+        return None
+    state = torch.load(path, weights_only=True)
+    if state["fingerprint"] != fingerprint:
+        changed = sorted(k for k in fingerprint if state["fingerprint"].get(k) != fingerprint[k])
+        sys.exit(f"{path} was written with other values of {', '.join(changed)}: start with the same arguments "
+                 f"to resume, or give another --work folder.")
+    return state
+
+
+def build_models(tokenizer_dir: Path, seed: int, text_dim: int = 64, text_layers: int = 2):
     """Random-init VAE, UNet, text encoder, tokenizer and DDIM sampler for the embedded architecture."""
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     tokenizer = CLIPTokenizer.from_pretrained(write_clip_tokenizer(tokenizer_dir, VOCABULARY))
-    cfg = tiny_configs(image_size=64, text_dim=TEXT_DIM, vocab_size=len(tokenizer),
+    cfg = tiny_configs(image_size=64, text_dim=text_dim, vocab_size=len(tokenizer),
                        unet_channels=UNET_CHANNELS, vae_channels=VAE_CHANNELS)
     # Cross-attention at 8x8, 4x4 and 2x2 (attention at 16x16 costs 3x the time on a CPU); 16-wide heads.
     # The 2x2 level is there for left/right: a UNet has no position embedding, only zero padding, and
@@ -51,7 +80,8 @@ def build_models(tokenizer_dir: Path, seed: int):
                        up_block_types=["CrossAttnUpBlock2D"] * 3 + ["UpBlock2D"],
                        attention_head_dim=[c // 16 for c in UNET_CHANNELS])
     cfg["text_encoder"].update(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                               pad_token_id=tokenizer.pad_token_id)
+                               pad_token_id=tokenizer.pad_token_id, num_hidden_layers=text_layers,
+                               num_attention_heads=text_dim // 16)
     torch.manual_seed(seed)
     vae = AutoencoderKL(**cfg["vae"])
     unet = UNet2DConditionModel(**cfg["unet"])
@@ -65,12 +95,20 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
 
 
 def train_vae(vae, images: np.ndarray, steps: int, batch: int, lr: float, gen: torch.Generator,
-              kl_weight: float = 1e-6, crop: int = 32) -> None:
-    """Autoencoder training on random crops: L1 + MSE reconstruction plus a small KL term."""
+              kl_weight: float = 1e-6, crop: int = 32, state: dict | None = None, save=None,
+              save_every: int = 0) -> None:
+    """Autoencoder training on random crops: L1 + MSE reconstruction plus a small KL term.
+    `state` (from `save`) resumes a stopped run; `save(dict)` is called every `save_every` steps."""
     vae.train()
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
-    start, running = time.time(), None
-    for step in range(1, steps + 1):
+    start, running, first = time.time(), None, 1
+    if state is not None:
+        vae.load_state_dict(state["vae"])
+        opt.load_state_dict(state["opt"])
+        gen.set_state(state["gen"])
+        running, first = state["running"], state["step"] + 1
+        log.info("vae: resumed after step %d", state["step"])
+    for step in range(first, steps + 1):
         idx = torch.randint(len(images), (batch,), generator=gen)
         x0, y0 = (int(v) for v in torch.randint(0, 64 - crop + 1, (2,), generator=gen))
         x = to_tensor(images[idx.numpy()])[:, :, y0:y0 + crop, x0:x0 + crop]
@@ -86,6 +124,9 @@ def train_vae(vae, images: np.ndarray, steps: int, batch: int, lr: float, gen: t
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
         if step % 50 == 0 or step == steps:
             log.info("vae step %d/%d loss %.4f  %.0fs", step, steps, running, time.time() - start)
+        if save and save_every and step % save_every == 0 and step < steps:
+            save(dict(stage="vae", step=step, vae=vae.state_dict(), opt=opt.state_dict(), gen=gen.get_state(),
+                      running=running))
     vae.eval()
 
 
@@ -110,8 +151,9 @@ def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
 def train_unet(unet, text_encoder, tokenizer, latents: torch.Tensor, captions: list[str], steps: int,
                batch: int, lr: float, gen: torch.Generator, checkpoint=None, checkpoint_every: int = 0,
                uncond_rate: float = 0.1, snr_gamma: float = 5.0, ema_decay: float = 0.999,
-               token_loss: float = 0.05):
+               token_loss: float = 0.05, state: dict | None = None, save=None, save_every: int = 0):
     """Epsilon-prediction training of UNet + text encoder; returns EMA copies of both.
+    `state` (from `save`) resumes a stopped run; `save(dict)` is called every `save_every` steps.
 
     `token_loss` weighs an auxiliary loss: a linear head (thrown away afterwards) must read each caption
     token back from the text encoder's output at that token. Without it the jointly trained encoder
@@ -128,10 +170,18 @@ def train_unet(unet, text_encoder, tokenizer, latents: torch.Tensor, captions: l
     opt = torch.optim.AdamW(params + list(head.parameters()), lr=lr, weight_decay=1e-2)
     ema_unet, ema_text = copy.deepcopy(unet).eval(), copy.deepcopy(text_encoder).eval()
     ema_params = list(ema_unet.parameters()) + list(ema_text.parameters())
+    start, running, first = time.time(), None, 1
+    if state is not None:
+        for module, key in ((unet, "unet"), (text_encoder, "text"), (head, "head"), (ema_unet, "ema_unet"),
+                            (ema_text, "ema_text")):
+            module.load_state_dict(state[key])
+        opt.load_state_dict(state["opt"])
+        gen.set_state(state["gen"])
+        running, first = state["running"], state["step"] + 1
+        log.info("unet: resumed after step %d", state["step"])
     unet.train()
     text_encoder.train()
-    start, running = time.time(), None
-    for step in range(1, steps + 1):
+    for step in range(first, steps + 1):
         idx = torch.randint(len(latents), (batch,), generator=gen)
         batch_ids = ids[idx].clone()
         batch_ids[torch.rand(batch, generator=gen) < uncond_rate] = empty
@@ -160,6 +210,10 @@ def train_unet(unet, text_encoder, tokenizer, latents: torch.Tensor, captions: l
             rate = (time.time() - start) / step
             log.info("unet step %d/%d loss %.4f  %.0fs  (%.2fs/step, %.0f min left)", step, steps, running,
                      time.time() - start, rate, rate * (steps - step) / 60)
+        if save and save_every and step % save_every == 0 and step < steps:
+            save(dict(stage="unet", step=step, unet=unet.state_dict(), text=text_encoder.state_dict(),
+                      head=head.state_dict(), ema_unet=ema_unet.state_dict(), ema_text=ema_text.state_dict(),
+                      opt=opt.state_dict(), gen=gen.get_state(), running=running))
         if checkpoint and checkpoint_every and step % checkpoint_every == 0 and step < steps:
             checkpoint(ema_unet, ema_text, step)
     return ema_unet, ema_text
@@ -177,14 +231,25 @@ def save_pipeline(out: Path, vae, unet, text_encoder, tokenizer, scheduler, dtyp
     return out
 
 
+def load_vae(path: Path):
+    """The VAE of an existing pipeline folder, in fp32 (stage 1 is skipped)."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=torch.float32)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("loramix/embedded/tiny-sd"))
     parser.add_argument("--work", type=Path, default=Path("/tmp/tiny-sd-work"),
-                        help="scratch folder: fp32 copy, mid-run checkpoints, training record")
+                        help="scratch folder: training state (resumed from), fp32 copy, mid-run checkpoints")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--corpus-size", type=int, default=24000)
+    parser.add_argument("--corpus", choices=CORPUS_KINDS, default="random",
+                        help="random: independent scenes, 70%% neutral backgrounds (v1); covering: every "
+                             "(background, colour, shape, position) combination in turn")
+    parser.add_argument("--vae-from", type=Path, help="take the VAE of this pipeline folder, skip training one")
     parser.add_argument("--vae-steps", type=int, default=1000)
     parser.add_argument("--vae-batch", type=int, default=32)
     parser.add_argument("--vae-lr", type=float, default=1e-3)
@@ -193,35 +258,71 @@ def main(argv=None) -> None:
     parser.add_argument("--unet-lr", type=float, default=6e-4)
     parser.add_argument("--token-loss", type=float, default=0.05,
                         help="weight of the text encoder's read-back-the-token loss (0 turns it off)")
-    parser.add_argument("--checkpoint-every", type=int, default=500)
+    parser.add_argument("--text-dim", type=int, default=64, help="text encoder width (16-wide heads)")
+    parser.add_argument("--text-layers", type=int, default=2, help="text encoder layers")
+    parser.add_argument("--checkpoint-every", type=int, default=500,
+                        help="write the EMA pipeline (fp32) to WORK/step-N every N UNet steps")
+    parser.add_argument("--save-every", type=int, default=100, help="write the resumable state every N steps")
+    parser.add_argument("--stop-after", type=int, default=0,
+                        help="exit after saving the state at this UNet step (tests resuming)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     torch.set_num_threads(args.threads)
     gen = torch.Generator().manual_seed(args.seed)
     began = time.time()
-
-    images, captions, _ = make_corpus(args.corpus_size, seed=args.seed)
-    log.info("corpus: %d pictures in %.0fs", len(images), time.time() - began)
+    fingerprint = {k: str(getattr(args, k)) for k in RESULT_ARGS}
+    latent_print = {k: fingerprint[k] for k in LATENT_ARGS}
     args.work.mkdir(parents=True, exist_ok=True)
-    vae, unet, text_encoder, tokenizer, scheduler = build_models(args.work / "tokenizer", args.seed)
-    train_vae(vae, images, args.vae_steps, args.vae_batch, args.vae_lr, gen)
-    raw = cache_latents(vae, images)
-    scaling = 1.0 / raw.std().item()
+    state_path, latents_path = args.work / "state.pt", args.work / "latents.pt"
+    state = load_state(state_path, fingerprint)
+
+    def save(body: dict) -> None:
+        save_state(state_path, {**body, "fingerprint": fingerprint})
+        if args.stop_after and body["stage"] == "unet" and body["step"] >= args.stop_after:
+            log.info("stopping after step %d as asked (--stop-after)", body["step"])
+            sys.exit(0)
+
+    images, captions, _ = make_corpus(args.corpus_size, seed=args.seed, kind=args.corpus)
+    log.info("corpus (%s): %d pictures in %.0fs", args.corpus, len(images), time.time() - began)
+    vae, unet, text_encoder, tokenizer, scheduler = build_models(args.work / "tokenizer", args.seed,
+                                                                 args.text_dim, args.text_layers)
+    cached = torch.load(latents_path, weights_only=True) if latents_path.exists() else None
+    if cached is not None and cached["fingerprint"] == latent_print:
+        vae.load_state_dict(cached["vae"])
+        vae.eval()
+        scaling, latents, gen_after_vae = cached["scaling"], cached["latents"], cached["gen"]
+        log.info("vae and latents read from %s", latents_path)
+    else:
+        if args.vae_from:
+            vae = load_vae(args.vae_from)
+            vae.eval()
+        else:
+            train_vae(vae, images, args.vae_steps, args.vae_batch, args.vae_lr, gen,
+                      state=state if state and state["stage"] == "vae" else None, save=save,
+                      save_every=args.save_every)
+        raw = cache_latents(vae, images)
+        scaling = 1.0 / raw.std().item()
+        latents = raw * scaling
+        gen_after_vae = gen.get_state()
+        save_state(latents_path, dict(vae=vae.state_dict(), scaling=scaling, latents=latents, gen=gen_after_vae,
+                                      fingerprint=latent_print))
+    gen.set_state(gen_after_vae)
     vae.register_to_config(scaling_factor=scaling)
-    latents = raw * scaling
     log.info("latents %s, scaling_factor %.4f, %.0fs so far", tuple(latents.shape), scaling, time.time() - began)
 
     def checkpoint(ema_unet, ema_text, step):
-        save_pipeline(args.work / "latest", vae, ema_unet, ema_text, tokenizer, scheduler, torch.float32)
-        log.info("checkpoint at step %d -> %s", step, args.work / "latest")
+        save_pipeline(args.work / f"step-{step}", vae, ema_unet, ema_text, tokenizer, scheduler, torch.float32)
+        log.info("checkpoint at step %d -> %s", step, args.work / f"step-{step}")
 
     ema_unet, ema_text = train_unet(unet, text_encoder, tokenizer, latents, captions, args.unet_steps,
                                     args.unet_batch, args.unet_lr, gen, checkpoint, args.checkpoint_every,
-                                    token_loss=args.token_loss)
+                                    token_loss=args.token_loss,
+                                    state=state if state and state["stage"] == "unet" else None, save=save,
+                                    save_every=args.save_every)
     save_pipeline(args.work / "fp32", vae, ema_unet, ema_text, tokenizer, scheduler, torch.float32)
     save_pipeline(args.out, vae, ema_unet, ema_text, tokenizer, scheduler, torch.float16)
     minutes = (time.time() - began) / 60
-    record = {**{k: str(v) for k, v in vars(args).items()}, "minutes": round(minutes, 1),
+    record = {**{k: str(v) for k, v in vars(args).items()}, "minutes_this_sitting": round(minutes, 1),
               "scaling_factor": scaling, "unet_channels": UNET_CHANNELS, "vae_channels": VAE_CHANNELS}
     (args.work / "training.json").write_text(json.dumps(record, indent=2))
     log.info("done in %.1f min: %s (fp16), %s (fp32)", minutes, args.out, args.work / "fp32")

@@ -110,17 +110,45 @@ def random_scene(rng: random.Random, exclude=frozenset(), two_shapes: float = 0.
     return Scene(shapes, background, gradient=rng.random() < 0.3)
 
 
+def covering_scenes(count: int, rng: random.Random, exclude=frozenset(), two_shapes: float = 0.4) -> list[Scene]:
+    """`count` scenes whose first shape runs through every (background, colour, shape, position) combination
+    not excluded, in shuffled rounds, so each background meets each coloured shape equally often (in
+    `random_scene` a coloured background comes up 30% of the time, each of the six 5%); size, offset,
+    gradient and the optional second shape are random."""
+    combos = [(bg, c, s, p) for bg in COLOURS for c in SHAPE_COLOURS for s in SHAPES for p in POSITIONS
+              if c != bg and (c, s, p) not in exclude]
+    scenes: list[Scene] = []
+    while len(scenes) < count:
+        rng.shuffle(combos)
+        for bg, colour, shape, position in combos[:count - len(scenes)]:
+            first = ShapeSpec(shape, colour, position, rng.choice(list(SIZES)),
+                              (rng.randint(-3, 3), rng.randint(-3, 3)))
+            shapes: tuple[ShapeSpec, ...] = (first,)
+            pair = next((pr for pr in PAIRS if position in pr), None)
+            if pair and rng.random() < two_shapes:
+                other = pair[1 - pair.index(position)]
+                second = random_shape(rng, other, exclude, [c for c in SHAPE_COLOURS if c not in (colour, bg)])
+                shapes = (first, second) if rng.random() < 0.5 else (second, first)
+            scenes.append(Scene(shapes, bg, gradient=rng.random() < 0.3))
+    return scenes
+
+
 def shape_outline(spec: ShapeSpec, scale: int = 1) -> list[tuple[float, float]] | None:
     """Polygon points of the shape (None for a circle, drawn as an ellipse), in pixels * scale."""
-    x0, y0, x1, y1 = (v * scale for v in spec.box)
+    return outline_in_box(spec.shape, tuple(v * scale for v in spec.box))
+
+
+def outline_in_box(shape: str, box: tuple[float, float, float, float]) -> list[tuple[float, float]] | None:
+    """Polygon points of `shape` drawn in `box` (x0, y0, x1, y1); None for a circle (an ellipse)."""
+    x0, y0, x1, y1 = box
     cx, cy, r = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2
-    if spec.shape == "square":
+    if shape == "square":
         return [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]
-    if spec.shape == "triangle":
+    if shape == "triangle":
         return [(cx, y0), (x1, y1), (x0, y1)]
-    if spec.shape == "diamond":
+    if shape == "diamond":
         return [(cx, y0), (x1, cy), (cx, y1), (x0, cy)]
-    if spec.shape == "star":
+    if shape == "star":
         angles = np.pi / 2 + np.arange(10) * np.pi / 5
         radii = np.where(np.arange(10) % 2 == 0, r, r * 0.45)
         return [(cx + rr * np.cos(a), cy - rr * np.sin(a) + r * 0.1) for a, rr in zip(angles, radii)]

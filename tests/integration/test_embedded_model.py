@@ -6,10 +6,25 @@ import pytest
 import torch
 
 from loramix.embedded import EMBEDDED_MODEL, STYLE_SETS
-from loramix.embedded.quality import held_out_scenes, judge, measure
+from loramix.embedded.quality import (
+    MIX_DEFAULT,
+    MIX_DEFAULT_CFG,
+    MIX_DEFAULT_SEED,
+    MIX_DEFAULT_STEPS,
+    generate,
+    held_out_scenes,
+    judge,
+    judge_slots,
+    measure,
+    measure_slots,
+    slot_rates,
+)
 from loramix.embedded.scenes import VOCABULARY, render
 
 QUALITY_BAR = 0.70
+# Every slot right on (held-out prompt, seed) pairs: the bundled model (v1) scores 78% (docs/benchmarks.md);
+# the goal of issue 25 is 95%.
+EVERY_SLOT_BAR = 0.70
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +72,24 @@ def test_draws_named_colour_in_named_place_for_held_out_captions(pipe):
     misses = [f"{v.caption} -> {v.found}" for v in verdicts if not v.ok]
     print(f"\nembedded model: named colour in the named place for {rate:.0%} of 40 held-out prompts")
     assert rate >= QUALITY_BAR, f"{rate:.0%} < {QUALITY_BAR:.0%}; misses: {misses}"
+
+
+@pytest.mark.slow
+def test_draws_every_slot_of_held_out_captions(pipe):
+    verdicts = measure_slots(pipe, seeds=(0, 1, 2, 3))
+    rates = slot_rates(verdicts)
+    print("\nembedded model, share right per slot:", {k: f"{v:.0%}" for k, v in rates.items()})
+    misses = [f"{v.caption} -> {v.found}" for v in verdicts if not v.ok]
+    assert rates["every slot"] >= EVERY_SLOT_BAR, misses
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="issue 25: the bundled model draws the Mix tab's default prompt, a red "
+                   "circle on blue, on a yellow background at the default seed")
+def test_draws_the_mix_tabs_default_prompt_at_its_default_seed(pipe):
+    image = generate(pipe, [MIX_DEFAULT], MIX_DEFAULT_SEED, MIX_DEFAULT_STEPS, MIX_DEFAULT_CFG)[0]
+    verdict = judge_slots(image, MIX_DEFAULT)
+    assert verdict.ok, verdict.found
 
 
 def test_style_sets_have_captioned_pictures_in_the_corpus_grammar():
