@@ -67,8 +67,9 @@ class TrainingSetup:
         # accelerate only forms a multi-process CPU group (gloo) when told cpu=True; without CUDA,
         # `accelerate launch --multi_gpu --num_processes N` then works on a CPU-only machine too.
         cpu_group = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+        precision = resolve_precision(train.mixed_precision, self.cfg.model.base_model)
+        fresh_accelerator_state()
         try:
-            precision = resolve_precision(train.mixed_precision, self.cfg.model.base_model)
             self.accelerator = Accelerator(mixed_precision=precision, cpu=cpu_group,
                                            gradient_accumulation_steps=train.gradient_accumulation_steps,
                                            **accelerator_options(self.cfg.output, self.out_dir))  # output.log_with
@@ -282,3 +283,14 @@ class TrainingSetup:
             group["lr"] = base * factor(scheduler.last_epoch)
         scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]  # what get_last_lr() reports
         log.info("Learning rates changed on resume: %s", base_lrs)
+
+
+def fresh_accelerator_state() -> None:
+    """Let this run's Accelerator take its own precision. accelerate keeps one AcceleratorState per process and
+    refuses a second Accelerator with another mixed_precision; the web app and the tests run job after job in
+    one process (an fp32 job on the demo model, then a bf16 one on SD 1.5). The per-run state is cleared; the
+    process group (accelerate's PartialState) stays, so `accelerate launch` runs are untouched. This is the
+    reset accelerate's own test utilities use (`AcceleratorState._reset_state`)."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=False)

@@ -123,3 +123,15 @@ def test_compile_unet_compiles_the_unet_the_step_calls(on, tiny_model, image_fol
         return
     assert len(compiled) == 1 and compiled[0].model is trainer.components.unet
     assert compiled[0].calls == cfg.train.max_steps  # every training step goes through the compiled UNet
+
+
+def test_jobs_one_after_another_in_one_process_each_take_their_own_precision(tiny_model, image_folder, tmp_path):
+    """The web app runs job after job in one process: an fp32 job on the demo model, then a bf16 one (auto on a
+    full-size base with a bf16 CPU), then fp32 again. accelerate keeps one state per process and refused the
+    second precision ("AcceleratorState has already been initialized")."""
+    from trainers.lora_trainer import train
+
+    for i, precision in enumerate(("no", "bf16", "no")):
+        cfg = tiny_config(str(tiny_model), image_folder, tmp_path / f"run{i}", "train.max_steps=1",
+                          f"train.mixed_precision={precision}")
+        assert train(cfg).lora_path.is_file(), precision
