@@ -37,7 +37,7 @@ def tick(state: AppState, selected: int | None, sent: Sent | None, about: tuple 
     picker, button or sentence that the tab already has."""
     sent = sent or Sent()
     job = train_jobs.shown_job(state, selected)
-    selected = job.id if job else None
+    shown_id = job.id if job else None
     parts, shown = train_live.changed_parts(job, sent.view, now)
     choices = tuple(train_jobs.job_choices(state))
     if sent.view is None or (sent.view.job, sent.view.status) != (shown.job, shown.status):
@@ -49,8 +49,10 @@ def tick(state: AppState, selected: int | None, sent: Sent | None, about: tuple 
     if train_jobs.stale_message(state, about) != (gr.skip(), gr.skip()):
         parts += ("message",)
     due = (time.monotonic() if now is None else now, parts) if parts else gr.skip()  # a new value: catch_up runs
-    return (train_live.progress_html(job, state), train_jobs.queue_html(state, selected), selected,
-            Sent(shown, choices), due)
+    # The job id goes back only when it differs from the one this tick read (a tab pinning its first job, or its
+    # job removed): a tick still running when the person picks a job or starts one must not put the old id back.
+    return (train_live.progress_html(job, state), train_jobs.queue_html(state, shown_id),
+            shown_id if shown_id != selected else gr.skip(), Sent(shown, choices), due)
 
 
 def catch_up(state: AppState, selected: int | None, due, about: tuple | None) -> dict:
