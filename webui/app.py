@@ -127,8 +127,9 @@ def build_app(state: AppState, cache_s: int = CACHE_S) -> gr.Blocks:
                                        [train.form["dataset.data_dir"], tabs], api_visibility="private").then(
             show, inputs, outputs, api_visibility="private")
         train.send_to_mix.click(mix_tab.send_to_mix(mix, state, train.selected, train.message, tabs),
-                                {mix.count, *mix.files, train.selected},
-                                [mix.count, *mix.files, *mix.rows, train.message, tabs], api_visibility="private")
+                                {mix.count, *mix.files, train.selected, mix.request.prompt},
+                                [mix.count, *mix.files, *mix.rows, train.message, tabs, mix.request.prompt],
+                                api_visibility="private")
         demo.load(show, inputs, outputs, api_visibility="private")  # the pre-filled folder's images at once
         estimate, inputs, outputs = train.estimate
         demo.load(estimate, inputs, outputs, api_visibility="private")  # the time estimate beside Start

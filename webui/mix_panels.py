@@ -17,6 +17,7 @@ from loramix.mix.request import SAMPLERS, PreviewRequest
 
 MAX_ROWS = 6
 DRAFT_STEPS = 8
+DEFAULT_PROMPT = "a large red circle in the center, blue background"  # loramix.embedded.quality.MIX_DEFAULT
 LAYOUT_CHOICES = {"SD 1.x / 2.x (17)": 17, "SDXL (12)": 12, "all 26 blocks (tiny models)": 26}
 
 
@@ -85,7 +86,7 @@ class RequestPanel:
 
 def request_panel() -> RequestPanel:
     d = PreviewRequest("")  # the engine's defaults
-    prompt = gr.Textbox(label="Prompt", value="a large red circle in the center, blue background", lines=2,
+    prompt = gr.Textbox(label="Prompt", value=DEFAULT_PROMPT, lines=2,
                         info="Write each adapter's trigger word (on its card) where it was trained.",
                         elem_id="mix-prompt")
     negative = gr.Textbox(value=d.negative_prompt, label="Negative prompt")

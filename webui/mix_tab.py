@@ -37,6 +37,7 @@ from webui.mix_actions import (
     sliders_to_blocks,
 )
 from webui.mix_panels import (
+    DEFAULT_PROMPT,
     LAYOUT_CHOICES,
     MAX_ROWS,
     AdapterRows,
@@ -295,9 +296,30 @@ def _wire_export(state: AppState, tab: MixTab) -> None:
         tab.inputs() | {x.name, x.replace}, [x.download, x.message], **PREVIEW_SLOT, **PRIVATE)
 
 
+def prompt_with_trigger(prompt: str, trigger: str, position: str) -> tuple[str, str]:
+    """(the prompt, a sentence) after a LoRA trained with `trigger` was sent to the Mix tab. The default prompt,
+    bare or carrying trigger words added by earlier sends (one-word tags), gets the trigger where the LoRA was
+    trained with it, so that the first preview shows the style; a prompt the person wrote is left as it is and
+    the sentence names the word to write."""
+    from trainers.dataset import with_trigger
+
+    if not trigger:
+        return prompt, ""
+    tags = [t.strip() for t in (prompt or "").split(",") if t.strip()]
+    if trigger in tags:
+        return prompt, ""
+    where = "last" if position == "end" else "first"
+    default = [t.strip() for t in DEFAULT_PROMPT.split(",")]
+    rest = [t for t in tags if t not in default]
+    if all(t in tags for t in default) and all(" " not in t for t in rest):
+        return with_trigger(prompt, trigger, position), f" The prompt now has its trigger word **{trigger}** ({where})."
+    return prompt, f" Its trigger word is **{trigger}**: write it {where} in the prompt."
+
+
 def send_to_mix(tab: MixTab, state: AppState, selected, message, tabs):
-    """Handler for the Train tab's button: the LoRA of the job that tab shows goes into the first empty row, and
-    the Mix tab opens; a job without a LoRA file says so beside the button and the Train tab stays."""
+    """Handler for the Train tab's button: the LoRA of the job that tab shows goes into the first empty row, the
+    default prompt gets its trigger word (`prompt_with_trigger`), and the Mix tab opens; a job without a LoRA file
+    says so beside the button and the Train tab stays."""
     from webui.train_jobs import finished_lora, shown_job
 
     def handler(raw):
@@ -308,8 +330,10 @@ def send_to_mix(tab: MixTab, state: AppState, selected, message, tabs):
             return {message: f"⚠ Send to Mix: {why}.", tabs: gr.skip()}
         count, files = place_in_rows([raw[f] for f in tab.files], raw[tab.count], str(Path(path).resolve()))
         listed = adapter_choices(state)
-        out = {tab.count: count, message: f"Sent {Path(path).name} (job {job.id}) to the Mix tab.",
-               tabs: gr.Tabs(selected="mix")}
+        dataset = job.config.dataset  # what the job trained with (its file says the same in loramix_config)
+        prompt, said = prompt_with_trigger(raw[tab.request.prompt], dataset.trigger_word, dataset.trigger_position)
+        out = {tab.count: count, message: f"Sent {Path(path).name} (job {job.id}) to the Mix tab.{said}",
+               tabs: gr.Tabs(selected="mix"), tab.request.prompt: prompt}
         for f, value in zip(tab.files, files):
             out[f] = gr.update(choices=listed, value=value)
         for i, row in enumerate(tab.rows):

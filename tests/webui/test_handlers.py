@@ -149,7 +149,7 @@ def test_place_in_rows_fills_the_first_empty_shown_row():
 def test_send_to_mix_handler_puts_the_finished_lora_into_a_row(state, tmp_path):
     data = make_folder(tmp_path / "sent", n=2)
     form, values = form_and_values({"dataset.data_dir": str(data), "output.output_name": "",
-                                    "output.output_dir": ""})
+                                    "output.output_dir": "", "dataset.trigger_word": "glow"})
     train_form.start_job(state, form, values)[0]
     state.jobs.wait(state.jobs.current(), timeout=5)
 
@@ -158,11 +158,32 @@ def test_send_to_mix_handler_puts_the_finished_lora_into_a_row(state, tmp_path):
         rows = [f"row{i}" for i in range(mix_tab.MAX_ROWS)]
         count = "count"
 
-    raw = {"count": 1, "selected": None, **{f: None for f in Tab.files}}
+        class request:
+            prompt = "prompt"
+
+    raw = {"count": 1, "selected": None, "prompt": mix_tab.DEFAULT_PROMPT, **{f: None for f in Tab.files}}
     out = mix_tab.send_to_mix(Tab, state, "selected", "message", "tabs")(raw)
     assert out["count"] == 1 and out["tabs"].selected == "mix"
     assert out["file0"]["value"] == str((state.outputs / "sent" / "sent.safetensors").resolve())
     assert out["row0"]["visible"] is True and out["row1"]["visible"] is False
+    # the first preview shows what was trained: the default prompt carries the LoRA's trigger word
+    assert out["prompt"] == "glow, " + mix_tab.DEFAULT_PROMPT and "**glow**" in out["message"]
+
+
+def test_a_sent_lora_puts_its_trigger_into_the_default_prompt_only():
+    default = mix_tab.DEFAULT_PROMPT
+    assert mix_tab.prompt_with_trigger(default, "style", "end")[0] == default + ", style"
+    assert mix_tab.prompt_with_trigger(default, "ink", "start")[0] == "ink, " + default
+    # a second LoRA after a first one's trigger: the prompt is still the default, with one-word tags added
+    assert mix_tab.prompt_with_trigger(default + ", style", "ink", "start")[0] == "ink, " + default + ", style"
+    assert mix_tab.prompt_with_trigger(default + ", style", "style", "end") == (default + ", style", "")
+    assert mix_tab.prompt_with_trigger(default, "", "start") == (default, "")
+    # what the person wrote is theirs: left alone, and told the word
+    mine = "a small green star on the left, white background"
+    assert mix_tab.prompt_with_trigger(mine, "style", "end") == (
+        mine, " Its trigger word is **style**: write it last in the prompt.")
+    edited = default + ", soft light"  # the default with a phrase of theirs added
+    assert mix_tab.prompt_with_trigger(edited, "style", "end")[0] == edited
 
 
 def test_caption_table_saves_only_next_to_scanned_images(state, tmp_path):
