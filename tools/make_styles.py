@@ -1,6 +1,7 @@
 """Write the sample style sets shipped in loramix/embedded/styles/<name>/ (12 captioned PNGs each).
 
     python tools/make_styles.py            # rewrites stripes/, pastel/, ink/ and ../reg/
+    python tools/make_styles.py --held-out /tmp/held-out-styles     # dusk/, the style no preset is tuned on
 
 Captions use the corpus grammar unchanged ("a small red circle on the left, blue background"), so a
 LoRA trained on a set learns the look (stripes, washed-out colours, inked outlines), not new content.
@@ -68,7 +69,16 @@ def ink(scene: Scene) -> Image.Image:
     return image.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BOX)
 
 
+def dusk(scene: Scene) -> Image.Image:
+    """Every colour, background included, mixed 55% toward black: pastel's opposite, which nothing in the
+    embedded model's training (corpus, decoder stage) shows. Not shipped: the held-out style that
+    bench/time_to_style.py checks a preset on without it having been tuned on it."""
+    dark = {name: tuple(int(v * 0.45) for v in rgb) for name, rgb in COLOURS.items()}
+    return render(scene, dark)
+
+
 STYLES = {"stripes": stripes, "pastel": pastel, "ink": ink}
+HELD_OUT_STYLES = {"dusk": dusk}  # written only with --held-out, never into loramix/embedded/styles
 
 
 def write_style(name: str, out: Path, count: int = 12, seed: int = 0) -> Path:
@@ -79,7 +89,7 @@ def write_style(name: str, out: Path, count: int = 12, seed: int = 0) -> Path:
         scene = random_scene(rng, coloured_background=0.25)
         if name == "ink":
             scene = dataclasses.replace(scene, background="white", gradient=False)
-        STYLES[name](scene).save(folder / f"{name}_{i:02d}.png", optimize=True)
+        {**STYLES, **HELD_OUT_STYLES}[name](scene).save(folder / f"{name}_{i:02d}.png", optimize=True)
         (folder / f"{name}_{i:02d}.txt").write_text(scene.caption + "\n", encoding="utf-8")
     return folder
 
@@ -97,7 +107,12 @@ def main(argv=None) -> None:
     parser.add_argument("--out", type=Path, default=STYLE_SETS)
     parser.add_argument("--count", type=int, default=12)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--held-out", type=Path, help="write only the held-out styles (dusk) into this folder")
     args = parser.parse_args(argv)
+    if args.held_out:
+        for name in HELD_OUT_STYLES:
+            print(f"wrote {write_style(name, args.held_out, args.count, args.seed)}")
+        return
     for name in STYLES:
         print(f"wrote {write_style(name, args.out, args.count, args.seed)}")
     print(f"wrote {write_reg(args.out.parent / REG_SET.name if args.out != STYLE_SETS else REG_SET, args.count)}")

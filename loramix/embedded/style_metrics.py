@@ -9,6 +9,8 @@ Each statistic reads what its style changes and what the embedded base model doe
 - stripes (white diagonal bands inside the shapes, period 16 px along x + y): the diagonal contrast
   along (1, 1) minus that along (1, -1). Stripes change along one diagonal and not the other, while a
   plain shape's edges contribute about equally to both. It rises.
+- dusk (colours mixed 55% toward black; held out, not shipped: `tools/make_styles.py --held-out`): the
+  mean brightness (HSV value). It falls.
 
 "Learned" is the measure the style-learning test uses: generated pictures on held-out prompts are at
 most half as far from the set's value (the mean over its images) as the base model's pictures are.
@@ -52,8 +54,13 @@ def diagonal_stripe_contrast(image: Image.Image) -> float:
     return float(along - across)
 
 
+def mean_value(image: Image.Image) -> float:
+    return float(np.asarray(image.convert("HSV"), dtype=np.float32)[..., 2].mean() / 255.0)
+
+
 STYLE_STATISTICS: dict[str, Callable[[Image.Image], float]] = {
     "pastel": saturation_p90,
+    "dusk": mean_value,
     "ink": outline_contrast,
     "stripes": diagonal_stripe_contrast,
 }

@@ -24,12 +24,27 @@ _spec = importlib.util.spec_from_file_location("make_styles", Path(__file__).par
 make_styles = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(make_styles)
 SCENES = content_scenes(24)
+DRAW = {**make_styles.STYLES, **make_styles.HELD_OUT_STYLES}
+
+
+@pytest.fixture(scope="module")
+def sets(tmp_path_factory):
+    """style -> its folder: the shipped sets, and the held-out ones written by make_styles as the bench does."""
+    from loramix.embedded import STYLE_SETS
+
+    held_out = tmp_path_factory.mktemp("held-out-styles")
+    return {**{name: STYLE_SETS / name for name in make_styles.STYLES},
+            **{name: make_styles.write_style(name, held_out) for name in make_styles.HELD_OUT_STYLES}}
+
+
+def test_every_statistic_has_a_style_that_draws_it():
+    assert set(STYLE_STATISTICS) == set(DRAW)
 
 
 @pytest.mark.parametrize("style", sorted(STYLE_STATISTICS))
-def test_statistic_moves_a_plain_picture_at_least_halfway_to_the_set(style):
-    draw = make_styles.STYLES[style]
-    target = style_target(style)
+def test_statistic_moves_a_plain_picture_at_least_halfway_to_the_set(style, sets):
+    draw = DRAW[style]
+    target = style_target(style, sets[style])
     plain = np.mean([style_statistic(style, render(s)) for s in SCENES])
     styled = np.mean([style_statistic(style, draw(s)) for s in SCENES])
     assert abs(styled - target) <= 0.5 * abs(plain - target), (plain, styled, target)
@@ -37,7 +52,7 @@ def test_statistic_moves_a_plain_picture_at_least_halfway_to_the_set(style):
 
 @pytest.mark.parametrize("style", sorted(STYLE_STATISTICS))
 def test_a_perfectly_styled_picture_keeps_its_content(style):
-    draw = make_styles.STYLES[style]
+    draw = DRAW[style]
     assert all(content_kept(draw(s), s).ok for s in SCENES)
 
 
@@ -56,8 +71,8 @@ def test_wrong_colour_or_background_colour_in_the_place_is_content_lost():
     assert content_kept(Image.new("RGB", (64, 64), (150, 150, 150)), scene).found == "none"
 
 
-def test_the_embedded_vae_draws_the_shipped_styles_back():
-    """A LoRA on the UNet can draw at most what the base's VAE decodes: each shipped set, encoded and
+def test_the_embedded_vae_draws_the_styles_back(sets):
+    """A LoRA on the UNet can draw at most what the base's VAE decodes: each set, held-out ones too, encoded and
     decoded, keeps at least a third of its statistic's lead over plain pictures (the first 3-px stripes kept
     none, so no LoRA could learn them)."""
     from diffusers import AutoencoderKL
@@ -67,5 +82,5 @@ def test_the_embedded_vae_draws_the_shipped_styles_back():
     vae = AutoencoderKL.from_pretrained(EMBEDDED_MODEL, subfolder="vae").eval()
     for style in sorted(STYLE_STATISTICS):
         plain = np.mean([style_statistic(style, render(s)) for s in SCENES])
-        drawn, target = style_target(style, vae=vae), style_target(style)
+        drawn, target = style_target(style, sets[style], vae=vae), style_target(style, sets[style])
         assert abs(drawn - plain) >= abs(target - plain) / 3, (style, plain, drawn, target)
