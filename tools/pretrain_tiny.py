@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from make_corpus import CORPUS_KINDS, make_corpus
+from make_corpus import CORPUS_KINDS, detail_variant, make_corpus
 
 from loramix.embedded.scenes import VOCABULARY
 from loramix.embedded.tiny import tiny_configs, write_clip_tokenizer
@@ -44,6 +44,7 @@ VAE_CHANNELS = (16, 32, 64)
 RESULT_ARGS = ("seed", "corpus_size", "corpus", "vae_from", "vae_steps", "vae_batch", "vae_lr", "unet_steps",
                "unet_batch", "unet_lr", "token_loss", "text_dim", "text_layers")
 LATENT_ARGS = RESULT_ARGS[:7]  # what the VAE and the cached latents depend on
+DECODER_ARGS = (*LATENT_ARGS, "decoder_steps", "decoder_batch", "decoder_lr")  # the decoder stage's result
 
 
 def save_state(path: Path, state: dict) -> None:
@@ -127,6 +128,56 @@ def train_vae(vae, images: np.ndarray, steps: int, batch: int, lr: float, gen: t
         if save and save_every and step % save_every == 0 and step < steps:
             save(dict(stage="vae", step=step, vae=vae.state_dict(), opt=opt.state_dict(), gen=gen.get_state(),
                       running=running))
+    vae.eval()
+
+
+def image_gradients(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return x[..., 1:, :] - x[..., :-1, :], x[..., :, 1:] - x[..., :, :-1]
+
+
+def train_decoder(vae, images: np.ndarray, steps: int, batch: int, lr: float, gen: torch.Generator,
+                  edge_weight: float = 0.5, state: dict | None = None, save=None, save_every: int = 0) -> None:
+    """Fine-tune the VAE's decoder (and post_quant_conv) on whole pictures, the encoder frozen: the latent
+    space the UNet was trained in stays as it is, and only how latents are drawn back improves (the
+    decoder-only fine-tune of Stability's sd-vae-ft-mse, for the same reason). Loss: L1 + MSE + `edge_weight`
+    x L1 of the pixel-to-pixel differences, which rewards sharp edges and thin lines the plain losses blur.
+    The first VAE, trained on 32-px crops of plain shapes, drew small diamonds back as round blobs (the
+    judge read 6 of the 20 held-out renders' shapes wrong after a round trip) and 2-px outlines as rims."""
+    vae.requires_grad_(False)
+    params = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    start, running, first = time.time(), None, 1
+    if state is not None:
+        vae.load_state_dict(state["vae"])
+        opt.load_state_dict(state["opt"])
+        gen.set_state(state["gen"])
+        running, first = state["running"], state["step"] + 1
+        log.info("decoder: resumed after step %d", state["step"])
+    vae.decoder.train()
+    for step in range(first, steps + 1):
+        idx = torch.randint(len(images), (batch,), generator=gen)
+        x = to_tensor(images[idx.numpy()])
+        with torch.no_grad():
+            z = vae.encode(x).latent_dist.mean
+        recon = vae.decode(z).sample
+        (ry, rx), (ty, tx) = image_gradients(recon), image_gradients(x)
+        loss = (F.l1_loss(recon, x) + F.mse_loss(recon, x)
+                + edge_weight * (F.l1_loss(ry, ty) + F.l1_loss(rx, tx)))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        for group in opt.param_groups:
+            group["lr"] = lr * cosine(step, steps, warmup=50)
+        opt.step()
+        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        if step % 50 == 0 or step == steps:
+            log.info("decoder step %d/%d loss %.4f  %.0fs", step, steps, running, time.time() - start)
+        if save and save_every and step % save_every == 0 and step < steps:
+            save(dict(stage="decoder", step=step, vae=vae.state_dict(), opt=opt.state_dict(), gen=gen.get_state(),
+                      running=running))
+    vae.requires_grad_(False)
     vae.eval()
 
 
@@ -238,6 +289,23 @@ def load_vae(path: Path):
     return AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=torch.float32)
 
 
+def tune_decoder(args, vae, images: np.ndarray, scenes) -> None:
+    """The decoder stage: the corpus plus a third as many `detail_variant` pictures of its scenes. Its own
+    state file and fingerprint (what it depends on: the VAE's arguments and its own), its own generator
+    (seed + 1), so that it can be added to, or resumed after, a finished UNet stage."""
+    import random
+
+    fingerprint = {k: str(getattr(args, k)) for k in DECODER_ARGS}
+    state_path = args.work / "decoder-state.pt"
+    state = load_state(state_path, fingerprint)
+    rng = random.Random(args.seed + 1)
+    extra = np.stack([detail_variant(scenes[i], rng) for i in range(0, len(scenes), 3)])
+    gen = torch.Generator().manual_seed(args.seed + 1)
+    train_decoder(vae, np.concatenate([images, extra]), args.decoder_steps, args.decoder_batch, args.decoder_lr,
+                  gen, state=state, save=lambda body: save_state(state_path, {**body, "fingerprint": fingerprint}),
+                  save_every=args.save_every)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("loramix/embedded/tiny-sd"))
@@ -253,6 +321,10 @@ def main(argv=None) -> None:
     parser.add_argument("--vae-steps", type=int, default=1000)
     parser.add_argument("--vae-batch", type=int, default=32)
     parser.add_argument("--vae-lr", type=float, default=1e-3)
+    parser.add_argument("--decoder-steps", type=int, default=0,
+                        help="then fine-tune the VAE's decoder this many steps, the encoder frozen (0: no)")
+    parser.add_argument("--decoder-batch", type=int, default=32)
+    parser.add_argument("--decoder-lr", type=float, default=5e-4)
     parser.add_argument("--unet-steps", type=int, default=3200)
     parser.add_argument("--unet-batch", type=int, default=32)
     parser.add_argument("--unet-lr", type=float, default=6e-4)
@@ -282,7 +354,7 @@ def main(argv=None) -> None:
             log.info("stopping after step %d as asked (--stop-after)", body["step"])
             sys.exit(0)
 
-    images, captions, _ = make_corpus(args.corpus_size, seed=args.seed, kind=args.corpus)
+    images, captions, scenes = make_corpus(args.corpus_size, seed=args.seed, kind=args.corpus)
     log.info("corpus (%s): %d pictures in %.0fs", args.corpus, len(images), time.time() - began)
     vae, unet, text_encoder, tokenizer, scheduler = build_models(args.work / "tokenizer", args.seed,
                                                                  args.text_dim, args.text_layers)
@@ -319,6 +391,8 @@ def main(argv=None) -> None:
                                     token_loss=args.token_loss,
                                     state=state if state and state["stage"] == "unet" else None, save=save,
                                     save_every=args.save_every)
+    if args.decoder_steps:
+        tune_decoder(args, vae, images, scenes)
     save_pipeline(args.work / "fp32", vae, ema_unet, ema_text, tokenizer, scheduler, torch.float32)
     save_pipeline(args.out, vae, ema_unet, ema_text, tokenizer, scheduler, torch.float16)
     minutes = (time.time() - began) / 60

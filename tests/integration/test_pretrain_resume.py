@@ -15,7 +15,7 @@ ROOT = Path(__file__).parents[2]
 # The embedded architecture at a toy scale: 120 pictures, batch 4, a few steps of each stage.
 ARGS = ["--threads", "1", "--corpus", "covering", "--corpus-size", "120", "--vae-steps", "6", "--vae-batch", "2",
         "--unet-steps", "6", "--unet-batch", "4", "--save-every", "2", "--checkpoint-every", "0",
-        "--text-dim", "32", "--text-layers", "1"]
+        "--text-dim", "32", "--text-layers", "1", "--decoder-steps", "4", "--decoder-batch", "2"]
 
 
 def _pretrain(work: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -41,6 +41,16 @@ def test_a_stopped_run_resumes_to_the_same_weights(tmp_path):
     a, b = _weights(tmp_path / "whole" / "fp32"), _weights(tmp_path / "resumed" / "fp32")
     assert a.keys() == b.keys()
     assert [k for k in a if not (a[k] == b[k]).all()] == []
+
+    # the decoder stage changed the decoder only: the encoder, whose latents the UNet learned, is the VAE stage's
+    import torch
+
+    first = torch.load(tmp_path / "whole" / "latents.pt", weights_only=True)["vae"]
+    encoder = [k for k in first if k.startswith(("encoder.", "quant_conv."))]
+    decoder = [k for k in first if k.startswith(("decoder.", "post_quant_conv."))]
+    assert encoder and all(torch.equal(first[k], a[f"vae/{k}"]) for k in encoder)
+    assert any(not torch.equal(first[k], a[f"vae/{k}"]) for k in decoder)
+    assert "decoder step 4/4" in whole.stderr
 
     other = _pretrain(tmp_path / "resumed", "--unet-lr", "1e-3")
     assert other.returncode != 0 and "unet_lr" in other.stderr
