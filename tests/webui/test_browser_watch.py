@@ -55,14 +55,14 @@ def test_a_hidden_page_sends_no_ticks_and_catches_up_when_shown(watched, browser
     steps(job, 1, 8)
     page = new_page(browser, url)
     page.locator("#train-progress", has_text="step 8/100").wait_for(timeout=30_000)
-    time.sleep(2.5)
+    time.sleep(2 * train_tab.POLL_S + 0.5)
     assert len(ticks) >= 2  # a page in front polls
 
     page.evaluate(HIDE, True)
     time.sleep(1.5)  # a tick already on its way when the page was hidden lands
     before = len(ticks)
     steps(job, 9, 20)
-    time.sleep(4)
+    time.sleep(2 * train_tab.POLL_S + 0.5)
     assert len(ticks) == before, f"{len(ticks) - before} ticks while the page was hidden"
     assert "step 8/100" in page.locator("#train-progress").inner_text()
 
