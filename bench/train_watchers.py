@@ -3,6 +3,7 @@ Train tab, each watching the job.
 
     python bench/train_watchers.py                       # 0, 2 and 5 tabs, 3 rounds, 200 steps
     python bench/train_watchers.py --tabs 0 5 --rounds 5 --steps 200
+    python bench/train_watchers.py --tabs 0 5 --background   # all tabs but one hidden, as people watch
 
 Each run starts a fresh `loramix ui` process (its own outputs folder), opens the tabs in headless Debian chromium
 (one browser context per tab, so every tab is a foreground page that polls), waits until each shows the Train
@@ -11,6 +12,10 @@ endpoint (the same job queue as the Start button). Measured per run:
 - job s: the job's wall time as the job store recorded it (started → finished: model load, steps, samples, saves);
 - server CPU s: the server process's user + system CPU time over the same stretch (psutil);
 - browser CPU s: the chromium processes' CPU time over it (they share the machine's cores with the server).
+With --background every tab but the first is hidden once it shows the Train tab, the way a page in a background
+browser tab is: headless pages are always visible, so `HIDABLE_JS` makes `document.visibilityState` say "hidden"
+(Gradio's Timer skips its ticks then) and holds `requestAnimationFrame` callbacks until the page shows again (a
+browser runs none for a hidden page). The hidden tabs are shown again after the job and must then catch up.
 Runs are alternated (0, 2, 5, 0, 2, 5, …) so that a change in the machine's load spreads over every count; the
 table gives medians. The tabs are checked to have shown the job at its end ("Done job N"). Threads: the server
 runs with OMP_NUM_THREADS=1 (as on a shared box) unless the environment says otherwise.
@@ -35,6 +40,25 @@ ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+# A page that can be hidden as a background browser tab is: `document.visibilityState` and no animation frames. Run
+# before the page's own scripts (which keep their own reference to requestAnimationFrame); HIDE_JS then hides
+# (true) or shows (false) it.
+HIDABLE_JS = """(() => {
+  const raf = window.requestAnimationFrame.bind(window), held = [];
+  window.__hidden = false;
+  Object.defineProperty(document, 'visibilityState', {get: () => window.__hidden ? 'hidden' : 'visible',
+                                                      configurable: true});
+  Object.defineProperty(document, 'hidden', {get: () => window.__hidden, configurable: true});
+  window.requestAnimationFrame = (cb) => window.__hidden ? (held.push(cb), 0) : raf(cb);
+  window.__show = () => held.splice(0).forEach((cb) => raf(cb));
+})()"""
+HIDE_JS = """(hidden) => {
+  window.__hidden = hidden;
+  if (!hidden) window.__show();
+  document.dispatchEvent(new Event('visibilitychange'));
+}"""
 
 
 def free_port() -> int:
@@ -86,7 +110,7 @@ class Server:
             self.proc.wait()
 
 
-def one_run(browser, tabs: int, steps: int, workdir: Path, root: Path = ROOT) -> dict:
+def one_run(browser, tabs: int, steps: int, workdir: Path, root: Path = ROOT, background: bool = False) -> dict:
     from gradio_client import Client
 
     from loramix.core.job_store import JobStore
@@ -98,10 +122,13 @@ def one_run(browser, tabs: int, steps: int, workdir: Path, root: Path = ROOT) ->
     try:
         for _ in range(tabs):
             context = browser.new_context(viewport={"width": 1400, "height": 1000})
+            context.add_init_script(HIDABLE_JS)
             page = context.new_page()
             page.set_default_timeout(120_000)
             page.goto(server.url)
             page.locator("#train-progress").wait_for()
+            if background and pages:  # the first tab stays in front
+                page.evaluate(HIDE_JS, True)
             contexts.append(context)
             pages.append(page)
         hidden = [p.evaluate("document.visibilityState") for p in pages]
@@ -114,11 +141,12 @@ def one_run(browser, tabs: int, steps: int, workdir: Path, root: Path = ROOT) ->
         cpu1, browser1 = cpu_s([server.process]), cpu_s(browsers)
         record = JobStore(outputs / "loramix.db").jobs()[-1]
         assert record.status == "done", record
-        for page in pages:  # every tab was watching this job
+        for page in pages:  # every tab was watching this job; a hidden one catches up once shown
+            page.evaluate(HIDE_JS, False)
             page.locator("#train-progress", has_text=f"Done job {record.id}").wait_for(timeout=60_000)
         client.close()
         return dict(root=str(root), tabs=tabs, job_s=record.finished - record.started, server_cpu_s=cpu1 - cpu0,
-                    browser_cpu_s=browser1 - browser0, visibility=sorted(set(hidden)))
+                    browser_cpu_s=browser1 - browser0, visibility=f"{hidden.count('visible')} visible, {hidden.count('hidden')} hidden")
     finally:
         for context in contexts:
             context.close()
@@ -130,6 +158,8 @@ def main(argv=None) -> int:
     p.add_argument("--tabs", type=int, nargs="+", default=[0, 2, 5])
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--background", action="store_true",
+                   help="hide every tab but the first (as in a background browser tab) while the job runs")
     p.add_argument("--roots", nargs="+", type=Path, default=[ROOT],
                    help="repository checkouts whose `loramix ui` to compare (e.g. this one and an older commit's "
                         "`git archive` in /tmp); alternated with the tab counts")
@@ -145,7 +175,7 @@ def main(argv=None) -> int:
             for root, tabs in [(root, tabs) for tabs in args.tabs for root in args.roots]:
                 workdir = Path(tempfile.mkdtemp(prefix="loramix-watchers-"))
                 try:
-                    run = one_run(browser, tabs, args.steps, workdir, root.resolve())
+                    run = one_run(browser, tabs, args.steps, workdir, root.resolve(), args.background)
                 finally:
                     shutil.rmtree(workdir, ignore_errors=True)
                 loads.append(os.getloadavg()[0])

@@ -1,11 +1,14 @@
 """The Train tab: the form column (`train_form`), the dataset panel beside it (`train_data`), the job list and its
 actions (`train_jobs`) and the live view of one job (`train_live`), laid out and joined by one timer.
 
-Every open tab polls with one `gr.Timer` event per second (a viewer never holds a worker slot). A tick sends the
+Every open tab polls with one `gr.Timer` event every POLL_S seconds (a viewer never holds a worker slot); a hidden
+page (a background browser tab) skips its ticks (Gradio's Timer checks `document.visibilityState`) and catches up
+at its first tick once shown. Each event costs the page's browser about 85 ms of CPU on a 2-core box (Gradio
+refreshes every component's loading status), on the cores the training uses: hence 2 s, not 1. A tick sends the
 progress line and the queue table (a few hundred bytes) and names what else changed since that tab's last tick;
 only then does a second event (`catch_up`) send those parts. In Gradio 6 an output left as `gr.skip()` is not
-free: the server rebuilds that component for the session (its config and API schema), so the every-second event
-has only outputs it always sends.
+free: the server rebuilds that component for the session (its config and API schema), so the timer's event has
+only outputs it always sends.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import gradio as gr
 from webui import train_data, train_form, train_jobs, train_live
 from webui.state import AppState
 
-POLL_S = 1.0
+POLL_S = 2.0
 
 
 @dataclass(frozen=True)
