@@ -79,7 +79,7 @@ def test_the_plot_waits_while_the_job_runs_and_comes_at_once_when_it_ends(runnin
     assert plot.step.max() == 10
 
 
-def test_the_every_second_event_has_no_output_it_would_skip(running):
+def test_the_timer_event_has_no_output_it_would_skip(running):
     """In Gradio 6 an output left as gr.skip() is rebuilt for the session (config, API schema): the timer's one
     event outputs only what it always sends; everything else goes through the catch-up event."""
     state, _ = running
