@@ -2,17 +2,19 @@
 
     python tools/pretrain_tiny.py --out loramix/embedded/tiny-sd --seed 0
 
-Three stages, each a function below: train the VAE as an autoencoder (64px -> 16x16x4 latents) on 32px
+Three or four stages, each a function below: train the VAE as an autoencoder (64px -> 16x16x4 latents) on 32px
 crops; encode the corpus once and set the latent scaling factor from the latents' spread; train the UNet
 (epsilon prediction, min-SNR weighting, 10% empty captions for classifier-free guidance) together with
 the CLIP text encoder on the cached latents, keeping an EMA of both; a small auxiliary loss keeps every
-caption word readable in the text encoder's output (see `train_unet`). The result is an ordinary diffusers
-folder (`StableDiffusionPipeline.from_pretrained` loads it offline), UNet and VAE stored in fp16.
+caption word readable in the text encoder's output (see `train_unet`); with `--decoder-steps`, a fourth
+stage fine-tunes the VAE's decoder on whole pictures, the encoder frozen (`train_decoder`). The result is an
+ordinary diffusers folder (`StableDiffusionPipeline.from_pretrained` loads it offline), UNet and VAE stored
+in fp16.
 
 Resumable: every `--save-every` steps the whole training state (weights, EMA, optimizer, the random
 generator, the step) is written atomically to `--work`/state.pt, and the VAE's result with the cached latents
-to `--work`/latents.pt. Started again with the same arguments, the run goes on from there and ends with the
-same weights as a run never stopped (same `--threads`: the thread count changes float summation order).
+to `--work`/latents.pt; the decoder stage writes its own `--work`/decoder-state.pt. Started again with the
+same arguments, the run goes on from there and ends with the same weights as a run never stopped (same `--threads`: the thread count changes float summation order).
 Arguments that change the result are recorded in the state; a resume with other values is refused.
 """
 
