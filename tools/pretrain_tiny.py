@@ -14,7 +14,8 @@ in fp16.
 Resumable: every `--save-every` steps the whole training state (weights, EMA, optimizer, the random
 generator, the step) is written atomically to `--work`/state.pt, and the VAE's result with the cached latents
 to `--work`/latents.pt; the decoder stage writes its own `--work`/decoder-state.pt. Started again with the
-same arguments, the run goes on from there and ends with the same weights as a run never stopped (same `--threads`: the thread count changes float summation order).
+same arguments, the run goes on from there and ends with the same weights as a run never stopped (same
+`--threads`: the thread count changes float summation order).
 Arguments that change the result are recorded in the state; a resume with other values is refused.
 """
 
