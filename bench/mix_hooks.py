@@ -87,19 +87,28 @@ def cpu_s(fn) -> float:
     return time.process_time() - c0
 
 
-def run_model(args) -> int:
+def preview_setup(args, originals: str, prefix: str):
+    """What the preview benches share: the base of `args.base` in a Mixer (torch on `args.threads`), the
+    adapted layers (kohya's default Linear layers and LoCon on every 3x3 conv), max(`args.counts`) random
+    adapters on them in a temporary folder, the pipeline and a 1-step preview request at `args.size` px.
+    Returns (mixer, model bytes, targets, counts, adapter files, pipeline, request)."""
     quiet_libraries()
     torch.set_num_threads(args.threads)
-    mixer = Mixer.from_base(args.base, originals=args.originals)
+    mixer = Mixer.from_base(args.base, originals=originals)
     comps = mixer.components
     model_bytes = sum(p.numel() * p.element_size() for m in comps.models() for p in m.parameters())
     targets = {**kohya_targets(comps), **locon_targets(comps)}
-    work = Path(tempfile.mkdtemp(prefix="mixhooks-"))
+    work = Path(tempfile.mkdtemp(prefix=prefix))
     counts = [int(c) for c in args.counts.split(",")]
     files = [random_adapter(targets, work / f"lora{i}.safetensors", i) for i in range(max(counts))]
-    pipe = mixer.pipeline()
     req = PreviewRequest("a red circle on the left", seed=1, steps=1, cfg_scale=6.0, width=args.size,
                          height=args.size)
+    return mixer, model_bytes, targets, counts, files, mixer.pipeline(), req
+
+
+def run_model(args) -> int:
+    mixer, model_bytes, targets, counts, files, pipe, req = preview_setup(args, args.originals, "mixhooks-")
+    comps = mixer.components
     print(f"{args.base}: {model_bytes / GiB:.2f} GiB of parameters; {len(targets)} adapted layers per adapter "
           f"({len(targets) - len(locon_targets(comps))} Linear, {len(locon_targets(comps))} LoCon 3x3); "
           f"{args.size} px, 1 DDIM step with CFG, {args.threads} thread(s), originals: {args.originals}", flush=True)

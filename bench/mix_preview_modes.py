@@ -25,20 +25,13 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.mix_hooks import locon_targets, random_adapter  # noqa: E402
+from bench.mix_hooks import preview_setup  # noqa: E402
 from bench.mix_real_shapes import mixer_preview, pipe_preview, trim  # noqa: E402
-from bench.real_shapes import kohya_targets  # noqa: E402
-from loramix.core.quiet import quiet_libraries  # noqa: E402
-from loramix.mix.mixer import Mixer  # noqa: E402
-from loramix.mix.request import PreviewRequest  # noqa: E402
 
 GiB = 1024 ** 3
 
@@ -59,20 +52,9 @@ def main(argv=None) -> int:
     p.add_argument("--ways", default="", help="comma list of the ways to run beside the base: hooks, auto, auto-file "
                    "(default: all)")
     args = p.parse_args(argv)
-    quiet_libraries()
-    torch.set_num_threads(args.threads)
-    mixer = Mixer.from_base(args.base, originals="file")
+    mixer, model_bytes, targets, counts, files, pipe, req = preview_setup(args, "file", "mixmodes-")
     on_disk = mixer.file_originals
-    comps = mixer.components
-    model_bytes = sum(t.numel() * t.element_size() for m in comps.models() for t in m.parameters())
-    targets = {**kohya_targets(comps), **locon_targets(comps)}
     adapted_bytes = sum(m.weight.numel() * m.weight.element_size() for m in set(targets.values()))
-    work = Path(tempfile.mkdtemp(prefix="mixmodes-"))
-    counts = [int(c) for c in args.counts.split(",")]
-    files = [random_adapter(targets, work / f"lora{i}.safetensors", i) for i in range(max(counts))]
-    pipe = mixer.pipeline()
-    req = PreviewRequest("a red circle on the left", seed=1, steps=1, cfg_scale=6.0, width=args.size,
-                         height=args.size)
     print(f"{args.base}: {model_bytes / GiB:.2f} GiB of parameters; {len(targets)} adapted layers per adapter "
           f"({adapted_bytes / GiB:.2f} GiB of weights, {100 * adapted_bytes / model_bytes:.0f}% of the model); "
           f"{args.size} px, 1 DDIM step with CFG, {args.threads} thread(s)", flush=True)
