@@ -33,11 +33,15 @@ class Sent:
 
 
 def tick(state: AppState, selected: int | None, sent: Sent | None, about: tuple | None = None,
-         now: float | None = None):
+         now: float | None = None, pending: tuple | None = None):
     """One tick of a tab: (progress line, queue table, the job it shows, the new `Sent`, what is due). The two
     lines are small and always sent; `due` is (time, names of the parts that changed) or gr.skip() when none did.
     A new `due` starts `catch_up`, which sends those parts alone: a tick sends no plot, samples, log, file,
-    picker, button or sentence that the tab already has."""
+    picker, button or sentence that the tab already has.
+
+    `pending` is the last `due` whose catch-up has not delivered yet (slow, failed, or dropped: Gradio runs only
+    the last of several changes that came while one ran). Its parts stay due until one arrives, so that a part
+    named once (the Resume button after a restart, the file when a job ends) is never lost."""
     sent = sent or Sent()
     job = train_jobs.shown_job(state, selected)
     shown_id = job.id if job else None
@@ -51,11 +55,18 @@ def tick(state: AppState, selected: int | None, sent: Sent | None, about: tuple 
         parts += ("estimate",)  # a job that ended may have measured this machine's pace
     if train_jobs.stale_message(state, about) != (gr.skip(), gr.skip()):
         parts += ("message",)
+    if pending:
+        parts = tuple(dict.fromkeys((*pending[1], *parts)))
     due = (time.monotonic() if now is None else now, parts) if parts else gr.skip()  # a new value: catch_up runs
     # The job id goes back only when it differs from the one this tick read (a tab pinning its first job, or its
     # job removed): a tick still running when the person picks a job or starts one must not put the old id back.
     return (train_live.progress_html(job, state), train_jobs.queue_html(state, shown_id),
             shown_id if shown_id != selected else gr.skip(), Sent(shown, choices), due)
+
+
+def undelivered(due, delivered: float | None) -> tuple | None:
+    """The tab's last `due` if its catch-up has not run yet (`delivered` is the time of the last one that did)."""
+    return due if isinstance(due, tuple) and due[0] != delivered else None
 
 
 def catch_up(state: AppState, selected: int | None, due, about: tuple | None) -> dict:
@@ -97,22 +108,27 @@ def build(state: AppState) -> TrainTab:
     live = train_live.build(state, progress)
     timer = gr.Timer(POLL_S)
     due = gr.State(None)
+    delivered = gr.State(None)  # the time of the last `due` whose catch-up ran
 
     private = dict(show_progress="hidden", concurrency_limit=None, api_visibility="private")
-    timer.tick(lambda chosen, sent, said: tick(state, chosen, sent, said), [selection.job, selection.shown,
-               selection.about], [progress, jobs.queue, selection.job, selection.shown, due], **private)
+    def on_tick(chosen, sent, said, last_due, last_delivered):
+        return tick(state, chosen, sent, said, pending=undelivered(last_due, last_delivered))
+
+    timer.tick(on_tick, [selection.job, selection.shown, selection.about, due, delivered],
+               [progress, jobs.queue, selection.job, selection.shown, due], **private)
     widgets = {**live.parts, "picker": jobs.picker, "resume": jobs.resume, "message": form.message,
                "about": selection.about}
 
     def send_due(values):
         parts = catch_up(state, values[selection.job], values[due], values[selection.about])
         out = {widgets[name]: value for name, value in parts.items()}
+        out[delivered] = values[due][0] if values[due] else None
         if "estimate" in (values[due] or (0, ()))[1]:
             out[form.estimate], out[form.said_estimate] = form.fresh_estimate(values)
         return out
 
     due.change(send_due, {selection.job, due, selection.about, form.said_estimate, *form.pace},
-               [*widgets.values(), form.estimate, form.said_estimate], **private)
+               [*widgets.values(), delivered, form.estimate, form.said_estimate], **private)
     return TrainTab(form.form, live.output_file, live.send_to_mix, timer, selection.job, form.message,
                     first_view=(data.show, [form.form[k] for k in ("dataset.data_dir", "dataset.caption_extension",
                                                                    "dataset.resolution")], data.shown),

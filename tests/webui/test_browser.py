@@ -52,6 +52,24 @@ def new_page(browser, url):
     return page
 
 
+def shows(page, selector: str, text: str, timeout_ms: float = 60_000, *also: str) -> str:
+    """Wait until `selector` shows `text`; on a timeout, fail with what it and the `also` elements show instead,
+    the page's console and a screenshot in test-artifacts/ (a timeout alone says nothing about why)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        page.locator(selector, has_text=text).wait_for(timeout=timeout_ms)
+    except PlaywrightTimeout:
+        ARTIFACTS.mkdir(exist_ok=True)
+        shot = ARTIFACTS / f"timeout-{selector.strip('#')}.png"
+        page.screenshot(path=str(shot), full_page=True)
+        seen = {s: page.locator(s).first.inner_text() if page.locator(s).count() else "(absent)"
+                for s in (selector, *also)}
+        raise AssertionError(f"{selector} did not show {text!r} in {timeout_ms / 1000:.0f} s; the page shows "
+                             f"{seen}; console {page.console[-5:]}; screenshot {shot}") from None
+    return page.locator(selector).first.inner_text()
+
+
 def fill(page, field: str, value) -> None:
     box = page.locator(f"#cfg-{field} textarea, #cfg-{field} input").first
     box.fill(str(value))

@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import make_folder, random_lora
 from tests.webui.conftest import serve
-from tests.webui.test_browser import ARTIFACTS, browser, new_page  # noqa: F401  (the browser fixture)
+from tests.webui.test_browser import ARTIFACTS, browser, new_page, shows  # noqa: F401  (the browser fixture)
 from webui.state import EMBEDDED, AppState
 
 pytestmark = pytest.mark.browser
@@ -41,8 +41,7 @@ def near(page, message: str, button: str, most_px: float = 160) -> float:
 def status_after(page, action, text: str) -> str:
     """Do `action` and wait until the preview status (each redraw says what it drew) says `text`."""
     action()
-    page.locator("#mix-status", has_text=text).wait_for(timeout=120_000)
-    return page.locator("#mix-status").inner_text()
+    return shows(page, "#mix-status", text, 120_000)
 
 
 @pytest.mark.slow
@@ -113,7 +112,7 @@ def test_a_newcomers_mix_tab_at_1280_and_1920_px(fresh_app, browser, tmp_path): 
     page.get_by_text("Export", exact=True).click()
     page.locator("#mix-export-name textarea, #mix-export-name input").first.fill("merged")
     page.locator("#mix-export").click()
-    page.locator("#mix-export-message", has_text="Saved merged.safetensors").wait_for(timeout=120_000)
+    shows(page, "#mix-export-message", "Saved merged.safetensors", 120_000, "#mix-status", "#mix-export-name")
     near(page, "#mix-export-message", "#mix-export")
     page.locator("#mix-export").click()  # the same name again: the refusal answers there too
     page.locator("#mix-export-message", has_text="⚠").wait_for()

@@ -26,7 +26,7 @@ from loramix.core.config import from_dict
 from loramix.formats.lora_io import read_lora
 from tests.conftest import make_folder
 from tests.webui.conftest import free_port
-from tests.webui.test_browser import ARTIFACTS, browser, fill, new_page  # noqa: F401 - the browser fixture
+from tests.webui.test_browser import ARTIFACTS, browser, fill, new_page, shows  # noqa: F401 - the browser fixture
 from trainers.checkpoint import load_state
 from trainers.lora_trainer import train
 
@@ -158,7 +158,7 @@ def test_kill_9_of_the_server_then_resume_is_bit_identical(browser, servers, tin
         assert f"Jobs {job} were running when loramix stopped" in server.log
         page = new_page(browser, server.url)
         page.locator("#train-progress", has_text=f"Interrupted job {job}").wait_for(timeout=30_000)
-        page.locator("#train-resume").wait_for(state="visible", timeout=30_000)
+        shows(page, "#train-resume", "Resume", 30_000, "#train-progress", "#train-error")
         page.screenshot(path=str(ARTIFACTS / "interrupted-job.png"), full_page=True)
         page.locator("#train-resume").click()
         resumed = int(re.search(r"Job (\d+) resumes", page.locator("#train-error", has_text="resumes job")

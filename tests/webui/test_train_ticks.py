@@ -88,3 +88,40 @@ def test_the_timer_event_has_no_output_it_would_skip(running):
              if any(event == "tick" and demo.blocks[block].active for block, event in fn.targets)]
     assert len(ticks) == 1
     assert [type(block).__name__ for block in ticks[0].outputs] == ["HTML", "HTML", "State", "State", "State"]
+
+
+def test_parts_whose_catch_up_never_ran_stay_due_until_one_does(running):
+    """Gradio runs only the last of several changes of `due` that came while one catch-up ran: the parts of a
+    dropped one (here the end of the job: its file, the picker, the Resume button) must come with the next."""
+    state, job = running
+    steps(job, 1, 8)
+    *_, selected, sent, first = train_tab.tick(state, None, None, now=100.0)
+    train_tab.catch_up(state, selected, first, None)
+    delivered = first[0]
+    job.events.append(TrainEvent("done", 8, 100))
+    job.status = "done"
+    *_, sent, ended = train_tab.tick(state, selected, sent, now=102.0,
+                                     pending=train_tab.undelivered(first, delivered))
+    assert {"file", "picker", "resume"} <= set(ended[1])
+    # that catch-up is dropped: the next tick, with nothing new, names the same parts again
+    *_, sent, again = train_tab.tick(state, selected, sent, now=104.0, pending=train_tab.undelivered(ended, delivered))
+    assert again != SKIP and set(again[1]) >= set(ended[1])
+    delivered = again[0]  # this one ran: nothing is due any more
+    *_, sent, after = train_tab.tick(state, selected, sent, now=106.0, pending=train_tab.undelivered(again, delivered))
+    assert after == SKIP
+
+
+def test_the_catch_up_event_records_what_it_delivered(running):
+    """The page's own wiring: the tick reads the last `due` and the time the catch-up recorded, and the catch-up
+    event writes that time (so the carry-over above happens in the app, not only in the function)."""
+    state, _ = running
+    demo = build_app(state)
+    tick_fn = next(fn for fn in demo.fns.values()
+                   if any(event == "tick" and demo.blocks[block].active for block, event in fn.targets))
+    due_state = tick_fn.outputs[4]
+    catch = next(fn for fn in demo.fns.values() if any(block == due_state._id for block, _ in fn.targets))
+    assert tick_fn.inputs[-2:][0] is due_state  # the tick reads (..., due, delivered)
+    delivered = tick_fn.inputs[-1]
+    assert delivered in catch.outputs and delivered not in tick_fn.outputs
+    out = catch.fn({**{block: None for block in catch.inputs}, due_state: (100.0, ("log",))})
+    assert out[delivered] == 100.0
