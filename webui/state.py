@@ -29,6 +29,7 @@ class AppState:
     preset_dirs: list[Path] = field(default_factory=list)
     _mixer: Mixer | None = None
     _mixer_base: str | None = None
+    _mixer_loads: int = 0
     mixer_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
@@ -112,16 +113,21 @@ class AppState:
 
     # ---- mixer -------------------------------------------------------------------------------
     @property
-    def loaded_base(self) -> str | None:
-        """The base model the mixer holds (the confined path or hub id `mixer()` resolved); None before the first
-        preview. A cached picture of the base is only good while this stays the same."""
-        return self._mixer_base
+    def loaded_base(self) -> tuple[str, int] | None:
+        """The base model the mixer holds (the confined path or hub id `mixer()` resolved) and which load of it
+        this is; None before the first preview. A cached picture of the base is only good while this stays the
+        same."""
+        return (self._mixer_base, self._mixer_loads) if self._mixer_base is not None else None
 
     def mixer(self, base: str) -> Mixer:
-        """The mixer for `base`, loaded once and kept until another base is asked for."""
+        """The mixer for `base`, loaded once and kept until another base is asked for, or until a file of it was
+        overwritten in place (the mixer reads fused layers' originals back from those files)."""
         base = self.confinement.readable_base("base model", base)
-        if self._mixer is None or self._mixer_base != base:
+        stale = self._mixer is not None and self._mixer.file_originals is not None \
+            and self._mixer.file_originals.changed() is not None
+        if self._mixer is None or self._mixer_base != base or stale:
             self._mixer = None
             self._mixer = Mixer.from_base(base)
             self._mixer_base = base
+            self._mixer_loads += 1
         return self._mixer

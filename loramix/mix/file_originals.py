@@ -10,15 +10,24 @@ Each module's file weight is checked once, on its first fuse, against the weight
 is still the base then); a module whose weight is not in the files, or differs from them (a base
 changed after loading), is refused here and the mixer keeps a host copy of it as before. The files
 stay open (memory-mapped) for the mixer's life, so a model folder replaced by renaming (as a bake
-replaces its folder) does not change what is read; overwriting the files in place while the mixer runs
-is not supported.
+replaces its folder) does not change what is read. A file overwritten in place (the same inode, a new
+size or modification time) is refused with a sentence instead of read: its originals are gone, and a
+truncated memory map would crash the process (`changed()` lets the app reload the base first).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
+
+from loramix.core.errors import LoramixError
+
+
+def _identity(path: Path) -> tuple:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
 class FileOriginals:
@@ -27,6 +36,7 @@ class FileOriginals:
     def __init__(self, keys: dict[torch.nn.Module, tuple[Path, str]]):
         self._keys = keys  # module -> (file, tensor name)
         self._handles: dict[Path, object] = {}
+        self._opened: dict[Path, tuple] = {}  # (device, inode, size, mtime) of each file when it was opened
         self._checked: dict[torch.nn.Module, bool] = {}
 
     @classmethod
@@ -66,10 +76,25 @@ class FileOriginals:
         """The original weight of `module` (on the host, in the model's dtype)."""
         return self._read(module, module.weight)
 
+    def changed(self) -> Path | None:
+        """A file that was overwritten in place since it was opened (its originals cannot be read back)."""
+        for path, opened in self._opened.items():
+            try:
+                now = _identity(path)
+            except OSError:
+                continue  # removed or renamed away: the open map still reads the old file
+            if now[:2] == opened[:2] and now != opened:
+                return path
+        return None
+
     def _read(self, module, like: torch.Tensor) -> torch.Tensor:
         from safetensors import safe_open
 
         path, key = self._keys[module]
         if path not in self._handles:
+            self._opened[path] = _identity(path)
             self._handles[path] = safe_open(str(path), framework="pt")
+        elif self.changed() == path:
+            raise LoramixError(f"Base model file {path} was overwritten while loaded, so the mixer cannot restore "
+                               "its original weights from it; load the base model again.")
         return self._handles[path].get_tensor(key).to(like.dtype)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 import torch
 
+from loramix.core.errors import LoramixError
 from loramix.mix.mixer import Mixer
 from tests.conftest import random_lora, unet_out
 
@@ -66,3 +70,79 @@ def test_a_weight_that_differs_from_the_file_is_held_instead(tiny_model, files):
     mixer.restore()
     now = snapshot(mixer)
     assert all(torch.equal(now[k], v) for k, v in before.items())
+
+
+def test_every_base_folder_reads_its_originals_back_by_default(tiny_model):
+    """The app and the CLI call `from_base` without `originals`: a folder base, the embedded one included,
+    holds no copies (the preview-speed default of docs/benchmarks.md, "Mix previews")."""
+    assert Mixer.from_base(str(tiny_model)).file_originals is not None
+    assert Mixer.from_base("").file_originals is not None  # "" = the embedded model
+    assert Mixer.from_base(str(tiny_model), originals="memory").file_originals is None
+
+
+@pytest.fixture
+def own_base(tiny_model, tmp_path):
+    """A copy of the tiny model that the test may overwrite."""
+    import shutil
+
+    return Path(shutil.copytree(tiny_model, tmp_path / "base"))
+
+
+def fused_once(base, files):
+    mixer = Mixer.from_base(str(base))
+    mixer.set_blend([(files[0], 0.5, True), (files[1], -0.7, True)])
+    with mixer.applied("fused"):
+        pass
+    return mixer
+
+
+def overwrite_in_place(path: Path) -> None:
+    """Rewrite a file's bytes into the same inode, one tensor's values changed (what `cp` over it does)."""
+    data = bytearray(path.read_bytes())
+    data[-64:] = bytes(64)
+    with open(path, "r+b") as f:
+        f.write(data)
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+
+
+def test_a_base_file_overwritten_in_place_is_refused_with_a_sentence(own_base, files):
+    mixer = fused_once(own_base, files)
+    weights = own_base / "unet" / "diffusion_pytorch_model.safetensors"
+    assert mixer.file_originals.changed() is None
+    overwrite_in_place(weights)
+    assert mixer.file_originals.changed() == weights
+    with pytest.raises(LoramixError, match="overwritten while loaded.*load the base model again") as e:
+        mixer.restore()
+    assert str(weights) in str(e.value)
+
+
+def test_a_base_file_replaced_by_rename_still_restores_exactly(own_base, files):
+    """A save that writes a new file and renames it over the old one (atomic writers, a bake's replace) leaves
+    the open map on the old file: the originals read back are still the ones loaded."""
+    reference = snapshot(Mixer.from_base(str(own_base), originals="memory"))
+    mixer = fused_once(own_base, files)
+    weights = own_base / "unet" / "diffusion_pytorch_model.safetensors"
+    other = weights.with_suffix(".new")
+    other.write_bytes(weights.read_bytes())
+    overwrite_in_place(other)
+    os.replace(other, weights)
+    assert mixer.file_originals.changed() is None
+    mixer.restore()
+    now = snapshot(mixer)
+    assert all(torch.equal(now[k], v) for k, v in reference.items())
+
+
+def test_the_app_loads_the_base_again_after_its_file_was_overwritten(own_base, files, tmp_path):
+    from webui.state import AppState
+
+    state = AppState.create(tmp_path / "outputs")
+    first = state.mixer(str(own_base))
+    first.set_blend([(files[0], 0.5, True)])
+    with first.applied("fused"):
+        pass
+    seen = state.loaded_base
+    assert state.mixer(str(own_base)) is first
+    overwrite_in_place(own_base / "unet" / "diffusion_pytorch_model.safetensors")
+    second = state.mixer(str(own_base))
+    assert second is not first and state.loaded_base != seen  # the base picture cached for `seen` is not reused

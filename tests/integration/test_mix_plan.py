@@ -19,7 +19,7 @@ def files(tiny_model, tmp_path_factory):
 
 @pytest.fixture
 def mixer(tiny_model, files):
-    mixer = Mixer.from_base(str(tiny_model))
+    mixer = Mixer.from_base(str(tiny_model), originals="memory")  # the budget of held originals decides
     mixer.load(files["a"], weight=0.7, te_weight=-1.2)
     mixer.load(files["b"], weight=-1.3)
     return mixer

@@ -24,6 +24,15 @@ def mixer(tiny_model, files):
     return mixer
 
 
+@pytest.fixture
+def memory_mixer(tiny_model, files):
+    """A mixer that holds host copies of the originals it fuses (as for a single-file or hub base)."""
+    mixer = Mixer.from_base(str(tiny_model), originals="memory")
+    mixer.load(files["a"], weight=0.5)
+    mixer.load(files["b"], weight=-0.7)
+    return mixer
+
+
 def snapshot(mixer):
     return {f"{part}.{k}": v.clone() for part in ("unet", "text_encoder")
             for k, v in getattr(mixer.components, part).state_dict().items()}
@@ -130,7 +139,7 @@ def test_fused_equals_unfused_after_changes(mixer):
 
 
 def test_originals_are_kept_once_in_the_model_dtype(tiny_model, files):
-    mixer = Mixer.from_base(str(tiny_model))
+    mixer = Mixer.from_base(str(tiny_model), originals="memory")  # held copies (a base not read from files)
     for module in mixer.components.models():
         module.to(torch.bfloat16)
     mixer.load(files["a"], weight=0.5)
@@ -180,7 +189,8 @@ def test_layers_without_down_up_fuse_through_their_delta(mixer):
     assert (full - low_rank).abs().max().item() < 1e-5 * max(1.0, low_rank.abs().max().item())
 
 
-def test_auto_uses_hooks_when_the_originals_would_exceed_the_budget(mixer):
+def test_auto_uses_hooks_when_the_originals_would_exceed_the_budget(memory_mixer):
+    mixer = memory_mixer
     before = snapshot(mixer)
     adapted = modules_of(mixer, "a") | modules_of(mixer, "b")
     needed = sum(m.weight.numel() * m.weight.element_size() for m in adapted)
