@@ -23,7 +23,9 @@ def seed_for(*parts) -> int:
 
 def draw_noise(train, micro: int, positions: list[int], latents: torch.Tensor,
                num_train_timesteps: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The noise (plus `train.noise_offset`, per channel) and timestep of each sample of micro-batch `micro`."""
+    """The noise (plus `train.noise_offset`, per channel) and timestep of each sample of micro-batch `micro`, the
+    timestep drawn from [train.min_timestep, train.max_timestep) (kohya's range; the whole schedule by default)."""
+    low, high = train.min_timestep, min(train.max_timestep, num_train_timesteps)
     noise, timesteps = [], []
     for pos in positions:
         g = torch.Generator().manual_seed(seed_for(train.seed, micro, pos))
@@ -31,7 +33,7 @@ def draw_noise(train, micro: int, positions: list[int], latents: torch.Tensor,
         if train.noise_offset:
             sample_noise += train.noise_offset * torch.randn((latents.shape[1], 1, 1), generator=g)
         noise.append(sample_noise)
-        timesteps.append(torch.randint(0, num_train_timesteps, (1,), generator=g))
+        timesteps.append(torch.randint(low, high, (1,), generator=g))
     return torch.stack(noise).to(latents.device, latents.dtype), torch.cat(timesteps).to(latents.device)
 
 

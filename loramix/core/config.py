@@ -187,6 +187,12 @@ class TrainConfig:
     prior_loss_weight: float = _f(1.0, "Loss weight of the regularisation images of dataset.reg_data_dir "
                                        "(kohya's prior_loss_weight).", min=0.0, max=100.0)
     noise_offset: float = _f(0.0, "Noise offset (0.05-0.1 helps very dark or bright images).", min=0.0, max=1.0)
+    min_timestep: int = _f(0, "Train only on noise timesteps from this one (0-999; kohya's min_timestep). Raising it "
+                              "leaves the composition (decided at high noise) to the base and trains the look.",
+                           min=0, max=999)
+    max_timestep: int = _f(1000, "Train only on noise timesteps below this one (1-1000; kohya's max_timestep). "
+                                 "Lowering it trains fine detail and texture, not the layout: a style LoRA that "
+                                 "keeps what the prompt asks for (docs/benchmarks.md).", min=1, max=1000)
     min_snr_gamma: float = _f(0.0, "Min-SNR loss weighting gamma (5 is usual; 0 = off).", min=0.0, max=100.0)
     zero_terminal_snr: bool = _f(False, "Rescale the noise schedule so its last timestep is pure noise (diffusers' "
                                         "rescale_zero_terminal_snr, kohya's zero_terminal_snr); samples use the "
@@ -309,6 +315,9 @@ class LoramixConfig:
         if self.optim.loraplus_lr_ratio and net.algo != "lora":
             raise ConfigError("optim.loraplus_lr_ratio", f"raises the rate of LoRA's up (B) matrices, which "
                                                          f"network.algo={net.algo} has not; set it to 0.")
+        if self.train.min_timestep >= self.train.max_timestep:
+            raise ConfigError("train.min_timestep", f"{self.train.min_timestep} is not below train.max_timestep "
+                                                    f"({self.train.max_timestep}); no timestep is left to train on.")
         if ds.validation_split and ds.validation_dir:
             raise ConfigError("dataset.validation_dir", "and dataset.validation_split both choose validation images; "
                                                         "set one of them.")
