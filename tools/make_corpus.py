@@ -82,6 +82,15 @@ def detail_variant(scene: Scene, rng: random.Random) -> np.ndarray:
     return array.round().clip(0, 255).astype(np.uint8)
 
 
+def colour_variant(scene: Scene, rng: random.Random) -> np.ndarray:
+    """`scene` with every palette colour, background included, replaced by a random RGB colour (uniform in the
+    cube, so dull, pale and dark tones as often as bright ones), as uint8 (64, 64, 3). The VAE's decoder stage
+    trains on these so that it draws any flat colour back as it was, not only the nine of the corpus: the
+    first decoder drew pale red back as beige and dark green as gray. No style's palette is singled out."""
+    palette = {n: tuple(rng.randrange(256) for _ in range(3)) for n in COLOURS}
+    return np.asarray(render(scene, palette), dtype=np.uint8)
+
+
 def write_corpus(out: Path, count: int, seed: int = 0) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from make_corpus import CORPUS_KINDS, detail_variant, make_corpus
+from make_corpus import CORPUS_KINDS, colour_variant, detail_variant, make_corpus
 
 from loramix.embedded.scenes import VOCABULARY
 from loramix.embedded.tiny import tiny_configs, write_clip_tokenizer
@@ -44,10 +44,16 @@ log = logging.getLogger("pretrain_tiny")
 UNET_CHANNELS = (64, 128, 128, 128)
 VAE_CHANNELS = (16, 32, 64)
 # Arguments that change the trained weights: a resume must be given the same values.
-RESULT_ARGS = ("seed", "corpus_size", "corpus", "vae_from", "vae_steps", "vae_batch", "vae_lr", "unet_steps",
-               "unet_batch", "unet_lr", "token_loss", "text_dim", "text_layers")
-LATENT_ARGS = RESULT_ARGS[:7]  # what the VAE and the cached latents depend on
-DECODER_ARGS = (*LATENT_ARGS, "decoder_steps", "decoder_batch", "decoder_lr")  # the decoder stage's result
+LATENT_ARGS = ("seed", "corpus_size", "corpus", "vae_from", "vae_steps", "vae_batch", "vae_lr",
+               "vae_variants")  # what the VAE and the cached latents depend on
+RESULT_ARGS = (*LATENT_ARGS, "unet_steps", "unet_batch", "unet_lr", "token_loss", "text_dim", "text_layers")
+DECODER_ARGS = (*LATENT_ARGS, "decoder_steps", "decoder_batch", "decoder_lr", "decoder_colours")  # its result
+# Options added later, left out of a fingerprint while off, so that a run from before them still resumes.
+LATER_ARGS = ("vae_variants", "decoder_colours")
+
+
+def fingerprint_of(args, keys: tuple[str, ...]) -> dict[str, str]:
+    return {k: str(getattr(args, k)) for k in keys if k not in LATER_ARGS or getattr(args, k)}
 
 
 def save_state(path: Path, state: dict) -> None:
@@ -62,7 +68,8 @@ def load_state(path: Path, fingerprint: dict) -> dict | None:
         return None
     state = torch.load(path, weights_only=True)
     if state["fingerprint"] != fingerprint:
-        changed = sorted(k for k in fingerprint if state["fingerprint"].get(k) != fingerprint[k])
+        before = state["fingerprint"]
+        changed = sorted(k for k in {*fingerprint, *before} if before.get(k) != fingerprint.get(k))
         sys.exit(f"{path} was written with other values of {', '.join(changed)}: start with the same arguments "
                  f"to resume, or give another --work folder.")
     return state
@@ -287,17 +294,40 @@ def load_vae(path: Path):
     return AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=torch.float32)
 
 
+def vae_pictures(args, images: np.ndarray, scenes) -> np.ndarray:
+    """What the VAE stage trains on: the corpus, and with `--vae-variants F` F times as many `detail_variant`
+    pictures (washes, thin outlines, bands) and as many `colour_variant` ones (random colours), so that the
+    encoder keeps what the first VAE lost: hue in pale and dark colours (pale green and gray 0.23 apart in
+    its latents, against 2.8 for red and green) and 1-3 px lines. Their own generator (seed + 3)."""
+    import random
+
+    if not args.vae_variants:
+        return images
+    rng = random.Random(args.seed + 3)
+    every = max(1, round(1 / args.vae_variants))
+    picked = range(2, len(scenes), every)
+    return np.concatenate([images, np.stack([detail_variant(scenes[i], rng) for i in picked]),
+                           np.stack([colour_variant(scenes[i], rng) for i in picked])])
+
+
 def tune_decoder(args, vae, images: np.ndarray, scenes) -> None:
-    """The decoder stage: the corpus plus a third as many `detail_variant` pictures of its scenes. Its own
+    """The decoder stage: the corpus plus a third as many `detail_variant` pictures of its scenes, and with
+    `--decoder-colours F` F times as many `colour_variant` ones (random colours; their own generator, so the
+    rest of the data is the same as without them). Its own
     state file and fingerprint (what it depends on: the VAE's arguments and its own), its own generator
     (seed + 1), so that it can be added to, or resumed after, a finished UNet stage."""
     import random
 
-    fingerprint = {k: str(getattr(args, k)) for k in DECODER_ARGS}
+    fingerprint = fingerprint_of(args, DECODER_ARGS)
     state_path = args.work / "decoder-state.pt"
     state = load_state(state_path, fingerprint)
     rng = random.Random(args.seed + 1)
     extra = np.stack([detail_variant(scenes[i], rng) for i in range(0, len(scenes), 3)])
+    if args.decoder_colours:
+        recolour = random.Random(args.seed + 2)
+        every = max(1, round(1 / args.decoder_colours))
+        extra = np.concatenate([extra, np.stack([colour_variant(scenes[i], recolour)
+                                                 for i in range(1, len(scenes), every)])])
     gen = torch.Generator().manual_seed(args.seed + 1)
     train_decoder(vae, np.concatenate([images, extra]), args.decoder_steps, args.decoder_batch, args.decoder_lr,
                   gen, state=state, save=lambda body: save_state(state_path, {**body, "fingerprint": fingerprint}),
@@ -319,10 +349,15 @@ def main(argv=None) -> None:
     parser.add_argument("--vae-steps", type=int, default=1000)
     parser.add_argument("--vae-batch", type=int, default=32)
     parser.add_argument("--vae-lr", type=float, default=1e-3)
+    parser.add_argument("--vae-variants", type=float, default=0.0,
+                        help="add this share of the corpus as detail pictures and as many in random colours to "
+                             "the VAE's data (0.33: a third each)")
     parser.add_argument("--decoder-steps", type=int, default=0,
                         help="then fine-tune the VAE's decoder this many steps, the encoder frozen (0: no)")
     parser.add_argument("--decoder-batch", type=int, default=32)
     parser.add_argument("--decoder-lr", type=float, default=5e-4)
+    parser.add_argument("--decoder-colours", type=float, default=0.0,
+                        help="add this share of the corpus again as pictures in random colours (0.33: a third)")
     parser.add_argument("--unet-steps", type=int, default=3200)
     parser.add_argument("--unet-batch", type=int, default=32)
     parser.add_argument("--unet-lr", type=float, default=6e-4)
@@ -340,8 +375,8 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     gen = torch.Generator().manual_seed(args.seed)
     began = time.time()
-    fingerprint = {k: str(getattr(args, k)) for k in RESULT_ARGS}
-    latent_print = {k: fingerprint[k] for k in LATENT_ARGS}
+    fingerprint = fingerprint_of(args, RESULT_ARGS)
+    latent_print = fingerprint_of(args, LATENT_ARGS)
     args.work.mkdir(parents=True, exist_ok=True)
     state_path, latents_path = args.work / "state.pt", args.work / "latents.pt"
     state = load_state(state_path, fingerprint)
@@ -367,7 +402,7 @@ def main(argv=None) -> None:
             vae = load_vae(args.vae_from)
             vae.eval()
         else:
-            train_vae(vae, images, args.vae_steps, args.vae_batch, args.vae_lr, gen,
+            train_vae(vae, vae_pictures(args, images, scenes), args.vae_steps, args.vae_batch, args.vae_lr, gen,
                       state=state if state and state["stage"] == "vae" else None, save=save,
                       save_every=args.save_every)
         raw = cache_latents(vae, images)

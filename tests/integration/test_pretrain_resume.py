@@ -54,3 +54,17 @@ def test_a_stopped_run_resumes_to_the_same_weights(tmp_path):
 
     other = _pretrain(tmp_path / "resumed", "--unet-lr", "1e-3")
     assert other.returncode != 0 and "unet_lr" in other.stderr
+
+
+@pytest.mark.slow
+def test_the_colour_options_change_the_weights_and_the_fingerprint(tmp_path):
+    """--vae-variants (detail and random-colour pictures for the VAE) and --decoder-colours train on other
+    pictures, so the weights differ; a state written with them refuses a resume without them, naming them; a
+    run without them keeps the fingerprint of the runs before the options existed (tested above: it resumes)."""
+    plain = _pretrain(tmp_path / "plain")
+    coloured = _pretrain(tmp_path / "coloured", "--vae-variants", "0.5", "--decoder-colours", "0.5")
+    assert plain.returncode == 0 and coloured.returncode == 0, coloured.stderr[-2000:]
+    a, b = _weights(tmp_path / "plain" / "fp32"), _weights(tmp_path / "coloured" / "fp32")
+    assert any(not (a[k] == b[k]).all() for k in a if k.startswith("vae/encoder."))
+    again = _pretrain(tmp_path / "coloured")
+    assert again.returncode != 0 and "vae_variants" in again.stderr, again.stderr[-2000:]
