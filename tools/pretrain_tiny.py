@@ -294,6 +294,12 @@ def load_vae(path: Path):
     return AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=torch.float32)
 
 
+def variants(make, scenes, rng, share: float, start: int = 0) -> np.ndarray:
+    """`make(scene, rng)` (`detail_variant`, `colour_variant`) for every 1/`share`-th scene from `start`."""
+    every = max(1, round(1 / share))
+    return np.stack([make(scenes[i], rng) for i in range(start, len(scenes), every)])
+
+
 def vae_pictures(args, images: np.ndarray, scenes) -> np.ndarray:
     """What the VAE stage trains on: the corpus, and with `--vae-variants F` F times as many `detail_variant`
     pictures (washes, thin outlines, bands) and as many `colour_variant` ones (random colours), so that the
@@ -304,10 +310,8 @@ def vae_pictures(args, images: np.ndarray, scenes) -> np.ndarray:
     if not args.vae_variants:
         return images
     rng = random.Random(args.seed + 3)
-    every = max(1, round(1 / args.vae_variants))
-    picked = range(2, len(scenes), every)
-    return np.concatenate([images, np.stack([detail_variant(scenes[i], rng) for i in picked]),
-                           np.stack([colour_variant(scenes[i], rng) for i in picked])])
+    return np.concatenate([images, variants(detail_variant, scenes, rng, args.vae_variants, start=2),
+                           variants(colour_variant, scenes, rng, args.vae_variants, start=2)])
 
 
 def tune_decoder(args, vae, images: np.ndarray, scenes) -> None:
@@ -322,12 +326,10 @@ def tune_decoder(args, vae, images: np.ndarray, scenes) -> None:
     state_path = args.work / "decoder-state.pt"
     state = load_state(state_path, fingerprint)
     rng = random.Random(args.seed + 1)
-    extra = np.stack([detail_variant(scenes[i], rng) for i in range(0, len(scenes), 3)])
+    extra = variants(detail_variant, scenes, rng, 1 / 3)
     if args.decoder_colours:
-        recolour = random.Random(args.seed + 2)
-        every = max(1, round(1 / args.decoder_colours))
-        extra = np.concatenate([extra, np.stack([colour_variant(scenes[i], recolour)
-                                                 for i in range(1, len(scenes), every)])])
+        extra = np.concatenate([extra, variants(colour_variant, scenes, random.Random(args.seed + 2),
+                                                args.decoder_colours, start=1)])
     gen = torch.Generator().manual_seed(args.seed + 1)
     train_decoder(vae, np.concatenate([images, extra]), args.decoder_steps, args.decoder_batch, args.decoder_lr,
                   gen, state=state, save=lambda body: save_state(state_path, {**body, "fingerprint": fingerprint}),
