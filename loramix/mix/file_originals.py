@@ -78,14 +78,15 @@ class FileOriginals:
 
     def changed(self) -> Path | None:
         """A file that was overwritten in place since it was opened (its originals cannot be read back)."""
-        for path, opened in self._opened.items():
-            try:
-                now = _identity(path)
-            except OSError:
-                continue  # removed or renamed away: the open map still reads the old file
-            if now[:2] == opened[:2] and now != opened:
-                return path
-        return None
+        return next((path for path in self._opened if self._overwritten(path)), None)
+
+    def _overwritten(self, path: Path) -> bool:
+        try:
+            now = _identity(path)
+        except OSError:
+            return False  # removed or renamed away: the open map still reads the old file
+        opened = self._opened[path]
+        return now[:2] == opened[:2] and now != opened
 
     def _read(self, module, like: torch.Tensor) -> torch.Tensor:
         from safetensors import safe_open
@@ -94,7 +95,7 @@ class FileOriginals:
         if path not in self._handles:
             self._opened[path] = _identity(path)
             self._handles[path] = safe_open(str(path), framework="pt")
-        elif self.changed() == path:
+        elif self._overwritten(path):
             raise LoramixError(f"Base model file {path} was overwritten while loaded, so the mixer cannot restore "
                                "its original weights from it; load the base model again.")
         return self._handles[path].get_tensor(key).to(like.dtype)
