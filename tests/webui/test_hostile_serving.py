@@ -120,7 +120,8 @@ def test_the_default_server_has_the_documented_cap_and_cache_age(tmp_path):
 # ---- row 2: failed logins are throttled ------------------------------------------------------------------
 def test_failed_logins_are_throttled_per_client(tmp_path):
     state = AppState.create(tmp_path / "out", listen=True)
-    demo, url = serve(state, listen=True, auth=(USER, PASSWORD), login_delay_s=1.0)
+    delay = 2.5  # long enough that 50 guesses all land inside it on a loaded 2-core box (1 s was not: CI)
+    demo, url = serve(state, listen=True, auth=(USER, PASSWORD), login_delay_s=delay)
     try:
         with httpx.Client(base_url=url, timeout=30) as client:
             def login(password):
@@ -129,15 +130,15 @@ def test_failed_logins_are_throttled_per_client(tmp_path):
             statuses = [login(f"guess{i}") for i in range(50)]
             assert statuses[:5] == [400] * 5 and set(statuses[5:]) == {429}, statuses
             assert login(PASSWORD) == 429  # the right password waits too: the throttle does not answer guesses
-            time.sleep(1.2)
+            time.sleep(1.2 * delay)
             assert login(PASSWORD) == 200  # after the delay it works, and clears the count
             for i in range(5):
                 assert login(f"again{i}") == 400
-            time.sleep(1.2)
-            assert login("one more") == 400  # the 6th failure: the next wait doubles (2 s)
-            time.sleep(1.2)
+            time.sleep(1.2 * delay)
+            assert login("one more") == 400  # the 6th failure: the next wait doubles (2 x delay)
+            time.sleep(1.2 * delay)
             assert login(PASSWORD) == 429
-            time.sleep(1.2)
+            time.sleep(1.2 * delay)
             assert login(PASSWORD) == 200
     finally:
         demo.close()
