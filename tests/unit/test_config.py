@@ -92,6 +92,18 @@ def test_toml_round_trip(tmp_path):
     assert "rank = 8" in changed and "seed" not in changed
 
 
+def test_a_list_override_may_be_written_as_in_a_preset():
+    comma = load_config(overrides=["network.target_modules=attn1.to_q, attn1.to_k"])
+    toml = load_config(overrides=['network.target_modules=["attn1.to_q", "attn1.to_k"]'])
+    assert comma.network.target_modules == toml.network.target_modules == ["attn1.to_q", "attn1.to_k"]
+    prompts = load_config(overrides=['sample.prompts=["a, b", "c"]'])  # commas inside a prompt stay
+    assert prompts.sample.prompts == ["a, b", "c"]
+    with pytest.raises(ConfigError, match="network.target_modules.*not a TOML list"):
+        load_config(overrides=['network.target_modules=["to_q", ]]'])
+    with pytest.raises(ConfigError, match="network.target_modules"):
+        load_config(overrides=["network.target_modules=[1, 2]"])
+
+
 def test_every_shipped_preset_loads():
     presets = sorted(PRESETS.glob("*.toml"))
     assert presets, "presets/ is empty"
