@@ -1,7 +1,7 @@
 """Take the README's screenshots on the embedded model: train the pastel style from the Train tab, send it
 to the Mix tab and draw the before/after preview with a slider. Needs Debian's chromium.
 
-    python tools/screenshots.py --steps 200 --out docs/            # the README's, at 1280 px wide
+    python tools/screenshots.py --out docs/            # the README's, at 1280 px wide
     python tools/screenshots.py --width 1920 --out /tmp/shots      # to look at the page wider
 """
 
@@ -26,7 +26,7 @@ def main() -> int:
     from webui.state import AppState
 
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--steps", type=int, default=300)  # the Train tab preset's own
     parser.add_argument("--out", default="docs")
     parser.add_argument("--port", type=int, default=7977)
     parser.add_argument("--width", type=int, default=1280, help="browser width in px (default 1280)")
@@ -55,7 +55,7 @@ def main() -> int:
         page.screenshot(path=str(out / "train-tab.png"), full_page=True)
         page.locator("#send-to-mix").click()
         page.locator("#mix-generate").wait_for(state="visible")
-        page.locator("#mix-prompt textarea").fill("a large red circle on the left, white background")
+        # the Mix tab's own default prompt, as a newcomer sees it (v1 drew it on the wrong background; v3 does not)
         slider = page.locator("#mix-weight-0 input[type=range]")
         box = slider.bounding_box()
         slider.click(position={"x": box["width"] * 0.75, "y": box["height"] / 2})  # weight 1: a release

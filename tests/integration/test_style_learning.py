@@ -29,30 +29,28 @@ def test_demo_preset_learns_the_pastel_style(tmp_path):
     assert min(stats[0.0], stats[1.0]) <= stats[0.5] <= max(stats[0.0], stats[1.0]), stats
 
 
-def test_regularisation_and_a_trigger_keep_the_content_the_plain_run_loses(tmp_path):
-    """presets/demo-cpu-keep-content.toml (trigger word "style" last, the embedded regularisation pictures)
-    trained on pastel, and the same preset with both removed. On the 12 held-out content scenes at weight 1
-    (the trigger in the prompts of the first), measured 2026-11-23: the regularised run moves the pictures
-    more than half-way to the set (distance ratio 0.30, the time-to-style bench's measure) and keeps the
-    content on 9 of 12 (the base: 10); the plain run keeps it on 2 of 12 (ratio 0.62). With the
-    regularisation pictures left out of the epochs (planted) the run kept 2 of 12 and this test failed. With
-    them given the trigger too (planted) it still passed (ratio 0.496, content 10 of 12): what keeps the
-    content is the regularisation pictures; that they get no trigger is pinned in tests/unit/test_dataset.py."""
+def test_the_train_tabs_preset_reaches_stripes_and_keeps_the_content(tmp_path):
+    """Issue 25: the preset the Train tab opens with (presets/demo-cpu.toml, as it stands) reaches the stripes
+    look on the embedded model with the content kept, as bench/time_to_style.py measures it: among the LoRAs
+    saved every 50 steps, one draws the 12 held-out content scenes at weight 1 at most half as far from the
+    set (as the model's VAE draws it back) as the base does, with the content kept on at least 10 of 12.
+    Measured 2026-12-05 on v3, 1 thread: steps 200 and 250 (ratio 0.39 and 0.16, 12 kept). With attention
+    alone (the preset before) no save reached it by step 400 (0.51 at best); that is how this test was
+    watched to fail. Pastel is pinned by the test above; ink is not reached (docs/benchmarks.md)."""
     from loramix.embedded.style_metrics import style_target
     from loramix.mix.mixer import Mixer
 
-    style = STYLE_SETS / "pastel"
-    runs = {"reg": [], "plain": ["dataset.reg_data_dir=", "dataset.trigger_word="]}
+    style = "stripes"
+    config = load_config("presets/demo-cpu.toml", overrides=[
+        f"dataset.data_dir={STYLE_SETS / style}", f"output.output_dir={tmp_path}", "sample.sample_every_n_steps=0",
+        "output.save_every_n_steps=50"])
+    final = train(config).lora_path
+    saves = sorted(tmp_path.glob(f"{final.stem}-step*.safetensors")) + [final]
+    base_stat, _ = scene_scores(None, style)
+    target = style_target(style, STYLE_SETS / style, vae=Mixer.from_base("").components.vae)
     scores = {}
-    for name, extra in runs.items():
-        config = load_config("presets/demo-cpu-keep-content.toml", overrides=[
-            f"dataset.data_dir={style}", f"output.output_dir={tmp_path / name}", "sample.sample_every_n_steps=0",
-            "output.save_every_n_steps=0", *extra])
-        scores[name] = scene_scores(train(config).lora_path, "pastel")
-    base_stat, base_kept = scene_scores(None, "pastel")
-    target = style_target("pastel", style, vae=Mixer.from_base("").components.vae)
-    ratio = {name: abs(stat - target) / abs(base_stat - target) for name, (stat, _) in scores.items()}
-    kept = {name: k for name, (_, k) in scores.items()}
-    print(f"distance ratio {ratio}, content kept {kept}, base {base_kept}")
-    assert ratio["reg"] < 0.5, ratio  # the regularised run learned the look on these scenes
-    assert kept["reg"] >= kept["plain"] + 0.25, kept  # and kept the content that the plain run loses
+    for path in saves:
+        stat, kept = scene_scores(path, style)
+        scores[path.name] = (round(abs(stat - target) / abs(base_stat - target), 3), round(kept * 12))
+    print(f"{style}: (distance ratio, kept of 12) per save: {scores}")
+    assert any(ratio <= 0.5 and kept >= 10 for ratio, kept in scores.values()), scores
