@@ -414,12 +414,14 @@ def coerce(dotted: str, value: Any) -> Any:
                 raise ValueError
             return str(value)
         if typing.get_origin(t) is list:
-            if isinstance(value, str) and value.strip().startswith("["):
-                # a list written as in a preset (`["to_q", "to_v"]`): read it as TOML, not split on commas
+            text = value.strip() if isinstance(value, str) else ""
+            if text.startswith("[") and text.endswith("]"):
+                # a list written as in a preset (`["to_q", "to_v"]`): read it as TOML, not split on commas;
+                # what TOML does not read (a prompt such as "[cat] on a mat") is split as before
                 try:
-                    value = tomllib.loads(f"v = {value.strip()}")["v"]
-                except tomllib.TOMLDecodeError as e:
-                    raise ConfigError(dotted, f"{value!r} is not a TOML list of strings ({e}).") from e
+                    value = tomllib.loads(f"v = {text}")["v"]
+                except tomllib.TOMLDecodeError:
+                    pass
             if isinstance(value, str):
                 sep = "|" if dotted == "sample.prompts" else ","
                 return [v.strip() for v in value.split(sep) if v.strip()]
