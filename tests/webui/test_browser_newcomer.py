@@ -139,18 +139,30 @@ def test_only_the_caption_column_can_be_edited_and_save_preset_answers_beside_it
     box.blur()
     page.locator("#train-dataset-notes", has_text="2 images").wait_for()
     table = page.locator("#train-captions")
-    first_row = table.locator(".virtual-row").first
+    first_row = table.locator(".virtual-row", has_text="pic0.png").first
+    first_row.locator(".body-cell", has_text="picture 0").wait_for()  # the scan's rows are drawn, captions in
+    page.wait_for_timeout(500)
     name_cell = first_row.locator(".body-cell").nth(0)
     name_cell.dblclick()
     page.keyboard.type("renamed")
     page.keyboard.press("Enter")
     page.wait_for_timeout(300)
     assert "renamed" not in table.text_content(), "the file-name column took an edit"
-    caption_cell = first_row.locator(".body-cell").nth(1)  # the caption column still edits
-    caption_cell.dblclick()
-    page.keyboard.type(" edited")
-    page.keyboard.press("Enter")
-    page.wait_for_function("() => document.querySelector('#train-captions').textContent.includes('edited')")
+    # The caption column still edits. Up to three tries: on a loaded CI box (2026-12-05) one edit was lost
+    # once, the table drawn again between the double click and the typing; a column that never edits still
+    # fails here.
+    caption_cell = first_row.locator(".body-cell").nth(1)
+    for attempt in range(3):
+        caption_cell.dblclick()
+        page.keyboard.type(" edited")
+        page.keyboard.press("Enter")
+        try:
+            page.wait_for_function("() => document.querySelector('#train-captions').textContent.includes('edited')",
+                                   timeout=10_000)
+            break
+        except Exception:
+            if attempt == 2:
+                raise
     page.locator("#train-preset-save").click()  # no name: the sentence sits under Save preset
     page.locator("#train-preset-message", has_text="⚠").wait_for()
     near(page, "#train-preset-message", "#train-preset-save")
