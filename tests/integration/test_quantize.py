@@ -56,8 +56,8 @@ def test_int8_base_learns_the_pastel_style_as_well_as_the_unquantized_base(tmp_p
     a user applies them. Why the decay: at the preset's constant rate the ratio swings between saves (stripes
     0.16 at step 250, 0.76 at 300; docs/benchmarks.md), so two runs a rounding apart end far apart whatever the
     quantization; measured 2026-12-05 on v3 at the constant rate: none 0.327, int8 0.193 (41% apart). The
-    decay lets both settle: none 0.299, int8 0.296 (1% apart) on 2026-12-05. Measured 2026-11-23 on v1 with the preset of then: at 200 steps none 0.344, int8
-    0.315 (8% apart).
+    decay lets both settle: none 0.299, int8 0.296 (1% apart) on 2026-12-05. Measured 2026-11-23 on v1 with
+    the preset of then: at 200 steps none 0.344, int8 0.315 (8% apart).
     """
     pytest.importorskip("torchao", reason="model.quantize=int8 needs torchao (pip install 'loramix[quant]')")
     ratio = {}
