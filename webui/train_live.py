@@ -43,11 +43,24 @@ def progress_html(job: Job | None, state: AppState) -> str:
     bar = f"<progress value='{done}' max='{max(total, 1)}' style='width:100%'></progress>"
     why = f" · {html.escape(bindings.for_people(job.error))}" if job.error and job.status == "failed" else ""
     if job.status == "interrupted":
-        why = " · the server stopped during this run" + (": Resume continues it" if job.resumable_state() else "")
+        why = " · the server stopped during this run" + (": Resume continues it" if job.resumable_state()
+                                                         else no_state_text(job))
     label = "Captioning" if job.status == "running" and job.kind == "caption" else STATUS[job.status]
     return (f"<div id='train-progress'><b>{label}</b> job {job.id} "
             f"({html.escape(job.name)} in {html.escape(str(job.folder))}): step {done}/{total}{rate}{queue}{why}"
             f"{bar}</div>")
+
+
+def no_state_text(job: Job) -> str:
+    """Why a stopped training job has no Resume: nothing was saved before it stopped (a person looking for the
+    button must not have to guess)."""
+    if job.kind == "caption":
+        return ""
+    out = job.config.output
+    every = [f"every {n} steps" for n in [out.save_every_n_steps] if n] + \
+            [f"every {n} epochs" for n in [out.save_every_n_epochs] if n]
+    when = f"it saves {' and '.join(every)}" if every else "it saves at the end only (output.save_every_n_steps)"
+    return f": no saved state to resume from ({when})"
 
 
 def log_text(job: Job | None) -> str:

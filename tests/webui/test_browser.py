@@ -71,9 +71,28 @@ def shows(page, selector: str, text: str, timeout_ms: float = 60_000, *also: str
 
 
 def fill(page, field: str, value) -> None:
+    """Type `value` into the form field `field` and check that it stayed there. CI (2026-12-05, a loaded box) once
+    started a run with a field of the Advanced accordion at its default: the value was typed while the accordion's
+    content was being drawn, and the drawing put the default back (the run had no saved state to resume)."""
     box = page.locator(f"#cfg-{field} textarea, #cfg-{field} input").first
-    box.fill(str(value))
-    box.blur()
+    box.wait_for(state="visible")
+    for _ in range(3):
+        box.fill(str(value))
+        box.blur()
+        page.wait_for_timeout(200)
+        if holds(box.input_value(), value):
+            return
+    raise AssertionError(f"the field {field} holds {box.input_value()!r} after typing {value!r} three times")
+
+
+def holds(shown: str, value) -> bool:
+    """Whether a field showing `shown` holds `value` (a number field may show 0.005 as 0.005 or 5e-3)."""
+    if shown == str(value):
+        return True
+    try:
+        return float(shown) == float(value)
+    except (TypeError, ValueError):
+        return False
 
 
 def image_bytes(page, selector: str) -> np.ndarray:

@@ -149,6 +149,8 @@ def test_kill_9_of_the_server_then_resume_is_bit_identical(browser, servers, tin
     data = make_folder(tmp_path / "killed-style", n=4)
     job = start_from_page(page, tiny_model, data, 200, **{"output-save_every_n_steps": 5,
                                                           "sample-sample_every_n_steps": 0})
+    saved_every = from_dict(json.loads(job_row(outputs, job)["config"])).output.save_every_n_steps
+    assert saved_every == 5, f"the job runs with save_every_n_steps={saved_every}, not the 5 typed on the page"
     wait_step(outputs, job, 12)
     server.proc.send_signal(signal.SIGKILL)
     server.proc.wait(timeout=30)

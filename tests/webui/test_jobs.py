@@ -187,3 +187,27 @@ def test_a_failing_job_list_never_stops_the_worker(tmp_path, monkeypatch):
     first = jobs.wait(jobs.submit(cfg("one")), timeout=5)
     second = jobs.wait(jobs.submit(cfg("two")), timeout=5)
     assert first.status == "done" and second.status == "done" and fake.running == ["one", "two"]
+
+
+def test_an_interrupted_job_says_whether_resume_can_continue_it(tmp_path):
+    """After a restart, a person looks for Resume: the progress line says it continues the job, or why there is
+    none (nothing saved before the server stopped, and how often the run saves)."""
+    from types import SimpleNamespace
+
+    from webui.train_live import progress_html
+
+    store = JobStore(tmp_path / "jobs.db")
+    ids = []
+    for name, every in (("saved", 5), ("unsaved", 100), ("end-only", 0)):
+        job = store.add(cfg(name, output__output_dir=str(tmp_path / name), output__save_every_n_steps=every))
+        store.update(job.id, status="running", started=1.0, step=12)
+        ids.append(job.id)
+    store.close()
+    (tmp_path / "saved").mkdir()
+    (tmp_path / "saved" / "saved-state.safetensors").write_bytes(b"stands in for a state")
+    jobs = JobManager(tmp_path / "jobs.db", FakeTrainer())
+    state = SimpleNamespace(jobs=jobs)
+    saved, unsaved, end_only = (progress_html(jobs.get(i), state) for i in ids)
+    assert "the server stopped during this run: Resume continues it" in saved
+    assert "no saved state to resume from (it saves every 100 steps)" in unsaved and "Resume continues" not in unsaved
+    assert "no saved state to resume from (it saves at the end only" in end_only
