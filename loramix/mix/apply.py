@@ -17,8 +17,9 @@ the rows the module sees times (fan-in + fan-out) times the rank; rewriting a fu
 slider change is fan-in times fan-out times the rank, and its original, held, costs fan-in times fan-out
 in memory. So the UNet's high-resolution layers (many tokens, few channels) gain most from fusing and
 cost least, the deep ones (few tokens, many channels) the reverse, and the text encoders (one call per
-preview on 77 tokens) gain next to nothing. `auto` fuses, UNet first and highest hook work per byte
-first, every module whose hook costs more than its rewrite, while the originals held plus the stacks of
+preview on 77 tokens) gain next to nothing. A hook is paid on every UNet call of a preview (16 for the Mix
+tab's 8-step slider previews with CFG), a rewrite once per slider change: `auto` fuses, UNet first and
+highest hook work per byte first, every module whose hooks over the preview cost more than its rewrite, while the originals held plus the stacks of
 the modules left hooked stay within `fuse_budget` (a fraction of the model's parameter memory); an
 original read back from a file costs nothing. If the stacks alone exceed the budget (many adapters),
 modules whose original is smaller than their stack are fused as well. Originals no longer needed are
@@ -107,8 +108,9 @@ class BlendApplier:
     _rows: dict | None = field(default=None, init=False, repr=False)  # unet_rows(), worked out once
 
     @contextlib.contextmanager
-    def apply(self, active: list, mode: str | None = None):
-        """Inside this block the base model computes with the blend `active` [(layer, coef)].
+    def apply(self, active: list, mode: str | None = None, unet_calls: float = 1.0):
+        """Inside this block the base model computes with the blend `active` [(layer, coef)]; `unet_calls`
+        is how many UNet calls at the model's native size the block will make (for `auto`'s plan).
 
         Yields the mode used: "base" (nothing active), "fused", "unfused" or "mixed" (`auto` fused some
         parts and hooked others). Fused weights stay after the block; hooks are removed.
@@ -122,7 +124,7 @@ class BlendApplier:
             yield "base"
             return
         if mode == "auto":
-            fused, hooked = self.plan(active)
+            fused, hooked = self.plan(active, unet_calls)
         else:
             fused, hooked = (active, []) if mode == "fused" else ([], active)
         self._update_fused(fused)
@@ -136,13 +138,15 @@ class BlendApplier:
         with self._hooked(hooked):
             yield "mixed" if fused else "unfused"
 
-    def plan(self, active: list) -> tuple[list, list]:
+    def plan(self, active: list, unet_calls: float = 1.0) -> tuple[list, list]:
         """Split `active` into (pairs to fuse, pairs to hook).
 
         Every module starts hooked, its stack held. Time first: in order (UNet before text encoders, then
-        by hook work per byte of original, highest first) a module whose hook does more work per UNet call
-        than rewriting its weight after a slider change is fused, if the memory held (its original in place
-        of its stack) stays within `fuse_budget`. Then memory: while the stacks still exceed the budget,
+        by hook work per byte of original, highest first) a module whose hooks do more work over the
+        preview (`unet_calls` UNet calls at the native size: steps, times 2 with CFG, times the pixels'
+        share of the native size; a text encoder's module is called once) than rewriting its weight after
+        a slider change is fused, if the memory held (its original in place of its stack) stays within
+        `fuse_budget`. Then memory: while the stacks still exceed the budget,
         the modules whose original is smaller than their stack are fused too, largest saving first.
         """
         per_module: dict[torch.nn.Module, list] = {}
@@ -155,7 +159,8 @@ class BlendApplier:
             w = module.weight
             fan_in, fan_out = w[0].numel(), w.shape[0]
             ranks = [layer.down.shape[0] if is_low_rank(layer) else min(fan_in, fan_out) for layer, _ in pairs]
-            hook_work[module] = self._rows.get(module, TEXT_TOKENS) * (fan_in + fan_out) * sum(ranks)
+            calls = unet_calls if module in self._rows else 1.0
+            hook_work[module] = calls * self._rows.get(module, TEXT_TOKENS) * (fan_in + fan_out) * sum(ranks)
             rewrite_work[module] = w.numel() * sum(ranks)
         limit = self.fuse_budget * sum(nbytes(p) for m in self.components.models() for p in m.parameters())
         saving = {m: stack_bytes(pairs) - (0 if self._on_disk(m) else nbytes(m.weight))

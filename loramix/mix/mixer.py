@@ -182,15 +182,23 @@ class Mixer(BlendApplier):
         pairs = [(layer, slot.coef(layer.component, layer)) for slot in self.slots.values() for layer in slot.layers]
         return [(layer, coef) for layer, coef in pairs if coef != 0.0]
 
-    def applied(self, mode: str | None = None):
+    def applied(self, mode: str | None = None, unet_calls: float = 1.0):
         """A block inside which the base model computes with the current blend (see `BlendApplier.apply`).
 
         Yields the mode used: "base", "fused", "unfused" or "mixed" (`auto` decides per part of the model
         by `fuse_budget`). Fused weights stay in the model after the block, so the next preview with the
         same blend costs nothing. A block with no active adapter, an unfused block and `restore()` first
-        put the base weights back, bit for bit.
+        put the base weights back, bit for bit. `unet_calls`: the UNet calls at the native size the block
+        will make (`unet_calls_of`), which `auto` weighs against rewriting weights.
         """
-        return self.apply(self.active(), mode)
+        return self.apply(self.active(), mode, unet_calls)
+
+    def unet_calls_of(self, req: PreviewRequest) -> float:
+        """The UNet calls a preview makes, in calls at the model's native size: a step is two with CFG (the
+        prompt and the negative, as diffusers runs them when guidance_scale > 1), scaled by the pixels."""
+        size = self.native_size()
+        pixels = (req.width or size) * (req.height or size) / size ** 2
+        return req.steps * (2 if req.cfg_scale > 1 else 1) * pixels
 
     # ---- previews ----------------------------------------------------------------------------
     def native_size(self) -> int:
@@ -206,7 +214,7 @@ class Mixer(BlendApplier):
         pipe = self.pipeline()
         pipe.scheduler = samplers[req.sampler].from_config(self.components.noise_scheduler.config)
         size = self.native_size()
-        with self.applied(mode):
+        with self.applied(mode, self.unet_calls_of(req)):
             return pipe(req.prompt, negative_prompt=req.negative_prompt or None, num_inference_steps=req.steps,
                         guidance_scale=req.cfg_scale, width=req.width or size, height=req.height or size,
                         generator=torch.Generator("cpu").manual_seed(req.seed)).images[0]

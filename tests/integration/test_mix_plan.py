@@ -145,3 +145,26 @@ def test_auto_hooks_the_deep_layers_whose_rewrite_costs_more_than_their_hook(wid
     assert deep and not deep & fused(mixer)  # 64 rows x 512 or more against 256 x 256 weights and up
     assert high and high <= fused(mixer)
     assert_close(got, outputs(mixer, "unfused"))
+
+
+def test_a_preview_of_many_steps_fuses_the_deep_layers_too(wide):
+    """A slider preview of 8 steps with CFG calls the UNet 16 times: the deep layers' hooks then cost more than
+    rewriting their weights once, so `auto` fuses them; a 1-step preview without CFG hooks them again. The text
+    encoder is called once per preview whatever the steps, so its modules are weighed by one call."""
+    from loramix.mix.request import PreviewRequest
+
+    model, lora = wide
+    mixer = Mixer.from_base(str(model), originals="file")
+    mixer.load(lora, weight=0.8, te_weight=0.5)
+    names = {m: path for path, m in mixer.components.unet.named_modules()}
+    deep = {m for m in modules(mixer, "unet") if names[m].startswith(("down_blocks.1.resnets.",
+                                                                      "up_blocks.0.resnets."))}
+    many = PreviewRequest("a red circle", steps=8, cfg_scale=6.0)
+    assert mixer.unet_calls_of(many) == 16
+    assert mixer.unet_calls_of(PreviewRequest("a", steps=8, cfg_scale=6.0, width=mixer.native_size() // 2,
+                                              height=mixer.native_size() // 2)) == 4
+    mixer.generate(many)
+    assert deep and deep <= fused(mixer) and not mixer._originals
+    assert_close(outputs(mixer, "auto"), outputs(mixer, "unfused"))
+    mixer.generate(PreviewRequest("a red circle", steps=1, cfg_scale=1.0))
+    assert not deep & fused(mixer)
