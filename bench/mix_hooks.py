@@ -101,7 +101,7 @@ def preview_setup(args, originals: str, prefix: str):
     work = Path(tempfile.mkdtemp(prefix=prefix))
     counts = [int(c) for c in args.counts.split(",")]
     files = [random_adapter(targets, work / f"lora{i}.safetensors", i) for i in range(max(counts))]
-    req = PreviewRequest("a red circle on the left", seed=1, steps=1, cfg_scale=6.0, width=args.size,
+    req = PreviewRequest("a red circle on the left", seed=1, steps=getattr(args, "steps", 1), cfg_scale=6.0, width=args.size,
                          height=args.size)
     return mixer, model_bytes, targets, counts, files, mixer.pipeline(), req
 

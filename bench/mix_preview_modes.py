@@ -14,7 +14,7 @@ UNet's transformer blocks, the text encoder's attention and MLP) plus LoCon on e
   base's safetensors files, nothing held, so only the cost model decides what is fused.
 
 Per way: an unchanged-blend preview, and a weight change (the first adapter's slider) + preview. A
-preview is 1 DDIM step with CFG at `--size` px to the latents (no VAE decode). Times are this
+preview is `--steps` DDIM steps (default 1) with CFG at `--size` px to the latents (no VAE decode). Times are this
 process's CPU seconds (`resource.getrusage` via `time.process_time`), medians over rounds; each round
 runs the ways in turn, every other round in reverse order. "Held" is what the way keeps beside the
 model and the adapters (`Mixer.held_bytes()`: originals and stacks), as % of the model's parameters.
@@ -49,6 +49,8 @@ def main(argv=None) -> int:
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--steps", type=int, default=1, help="DDIM steps per preview, with CFG (the Mix tab's slider "
+                   "previews: 8)")
     p.add_argument("--ways", default="", help="comma list of the ways to run beside the base: hooks, auto, auto-file "
                    "(default: all)")
     args = p.parse_args(argv)
@@ -57,7 +59,7 @@ def main(argv=None) -> int:
     adapted_bytes = sum(m.weight.numel() * m.weight.element_size() for m in set(targets.values()))
     print(f"{args.base}: {model_bytes / GiB:.2f} GiB of parameters; {len(targets)} adapted layers per adapter "
           f"({adapted_bytes / GiB:.2f} GiB of weights, {100 * adapted_bytes / model_bytes:.0f}% of the model); "
-          f"{args.size} px, 1 DDIM step with CFG, {args.threads} thread(s)", flush=True)
+          f"{args.size} px, {args.steps} DDIM step(s) with CFG, {args.threads} thread(s)", flush=True)
 
     def into(originals):
         """Put every base weight back and drop what is held, then read originals from `originals`."""
@@ -89,7 +91,8 @@ def main(argv=None) -> int:
                     continue
                 originals, mode = ways[way]
                 into(originals)()
-                with mixer.applied(mode) as how:  # untimed: the blend applied once, as after a first preview
+                with mixer.applied(mode, mixer.unet_calls_of(req)) as how:
+                    # untimed: the blend applied once, as after a first preview
                     picked[way] = how
                 times.setdefault(way, []).append(cpu_s(lambda mode=mode: mixer_preview(mixer, pipe, req, mode)))
                 held[way] = mixer.held_bytes()

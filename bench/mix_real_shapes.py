@@ -234,5 +234,6 @@ def pipe_preview(pipe, req, mixer=None):
 
 
 def mixer_preview(mixer, pipe, req, mode):
-    with mixer.applied(mode):
+    """As `Mixer.generate`: the blend applied for the request's UNet calls (what `auto` plans by)."""
+    with mixer.applied(mode, mixer.unet_calls_of(req)):
         return pipe_preview(pipe, req)
