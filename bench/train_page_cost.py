@@ -6,6 +6,7 @@ on the Train tab, against a fake running job that gains 8 steps a second (sample
     python bench/train_page_cost.py --poll-s 1            # the Train tab's timer at 1 s instead of POLL_S
     python bench/train_page_cost.py --poll-s 1000         # no ticks: what an idle page costs
     python bench/train_page_cost.py --profile out.cpuprofile   # and the first page's JavaScript profile
+    python bench/train_page_cost.py --frame-cap-ms 0     # without the page's cap on idle animation frames
 
 The app runs in this process (no training: bench/train_watchers.py measures a real job); chromium's CPU time is
 summed over its processes (psutil), Gradio's own measure of the renderer's main thread (CDP Performance.getMetrics:
@@ -29,7 +30,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 from train_tick_cost import fake_run  # noqa: E402
 from train_watchers import ARGS, CHROMIUM, HIDABLE_JS, HIDE_JS, chromium_processes, cpu_s  # noqa: E402
 
-from webui import train_tab  # noqa: E402
+from webui import page_js, train_tab  # noqa: E402
 from webui.state import AppState  # noqa: E402
 
 
@@ -51,6 +52,8 @@ def main(argv=None) -> int:
     p.add_argument("--seconds", type=float, default=20)
     p.add_argument("--poll-s", type=float, default=train_tab.POLL_S, help="the Train tab's timer (POLL_S)")
     p.add_argument("--profile", type=Path, help="write the first page's JavaScript CPU profile here")
+    p.add_argument("--frame-cap-ms", type=float, default=page_js.FRAME_CAP_MS,
+                   help="the page's cap on idle animation frames (webui/page_js.py; 0 = none, as before 2026-12-06)")
     args = p.parse_args(argv)
     from playwright.sync_api import sync_playwright
 
@@ -61,7 +64,7 @@ def main(argv=None) -> int:
     counted(calls)
     state = AppState.create(Path(tempfile.mkdtemp(prefix="loramix-page-")) / "outputs")
     advance = fake_run(state, 8, 10_000)
-    demo, url = serve(state)
+    demo, url = serve(state, frame_cap_ms=args.frame_cap_ms)
     stop = threading.Event()
 
     def feed():  # the job's next second of events, every second
@@ -107,7 +110,8 @@ def main(argv=None) -> int:
     state.jobs.shutdown(timeout=5)
     events = {k: calls[k] - n0[k] for k in calls}
     spent = cpu1 - cpu0
-    print(f"{args.pages} pages ({args.hidden} hidden), timer {args.poll_s:g} s, {dt:.1f} s: events {events}")
+    print(f"{args.pages} pages ({args.hidden} hidden), timer {args.poll_s:g} s, frame cap {args.frame_cap_ms:g} ms, "
+          f"{dt:.1f} s: events {events}")
     print(f"  chromium CPU {spent:.2f} s = {1000 * spent / dt / args.pages:.0f} ms per page-second, "
           f"{1000 * spent / max(sum(events.values()), 1):.0f} ms per event")
     print(f"  renderer main threads: tasks {1000 * (m1['TaskDuration'] - m0['TaskDuration']) / dt:.0f} ms/s, "

@@ -27,6 +27,7 @@ from loramix.mix.request import PreviewRequest
 from trainers.captions import captions_table
 from webui import dataset_tab, mix_tab, train_tab
 from webui.guard import HostCheck, LoginThrottle
+from webui.page_js import FRAME_CAP_MS, FrameCap
 from webui.state import AppState
 
 CSS = """
@@ -102,11 +103,12 @@ def save_preview(image) -> str:
 
 
 def launch_kwargs(state: AppState, listen: bool = False, allowed_hosts: tuple[str, ...] = (),
-                  max_upload_mb: float = MAX_UPLOAD_MB, login_delay_s: float = LoginThrottle.FIRST_DELAY_S) -> dict:
+                  max_upload_mb: float = MAX_UPLOAD_MB, login_delay_s: float = LoginThrottle.FIRST_DELAY_S,
+                  frame_cap_ms: float = FRAME_CAP_MS) -> dict:
     """What `launch()` needs besides host and port: the Host check and login throttle, the upload cap, our CSS,
-    the one folder files come from."""
+    the one folder files come from, and the cap on idle animation frames (`webui.page_js`; 0 = none)."""
     middleware = [Middleware(HostCheck, listen=listen, allowed_hosts=allowed_hosts),
-                  Middleware(LoginThrottle, first_delay_s=login_delay_s)]
+                  Middleware(LoginThrottle, first_delay_s=login_delay_s), Middleware(FrameCap, cap_ms=frame_cap_ms)]
     return dict(css=CSS, allowed_paths=[str(state.outputs)], footer_links=["api"],
                 max_file_size=int(max_upload_mb * 1024 * 1024), app_kwargs={"middleware": middleware})
 

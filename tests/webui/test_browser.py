@@ -124,6 +124,42 @@ def test_first_screen_is_full_and_your_own_folder_shows_its_thumbnails(app, brow
     page.close()
 
 
+NATIVE_FRAMES_JS = """(() => {
+  const raf = window.requestAnimationFrame.bind(window);
+  window.__frames = 0;
+  window.requestAnimationFrame = (callback) => { window.__frames++; return raf(callback); };
+})()"""
+
+
+def test_an_idle_page_runs_few_animation_frames_and_a_touched_one_runs_them_all(app, browser):
+    """Gradio's status tracker asks for an animation frame forever (about 75 a second, 50 ms/s of browser CPU for
+    a tab that only watches, on the cores that train): the page caps the frames its code asks the browser for at
+    10 a second while nobody touches it, and lets them all through while the mouse moves (a slider dragged).
+    Counted below every script of the page (an init script), as the browser sees them."""
+    url, _ = app
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    context.add_init_script(NATIVE_FRAMES_JS)
+    page = context.new_page()
+    page.goto(url)
+    page.locator("#train-start").wait_for(timeout=60_000)
+    assert page.evaluate("window.__loramixFrameCap") == 100
+    page.wait_for_timeout(1500)  # the page's first second, and any input, behind it
+
+    def frames_in_2_s(moving: bool) -> int:
+        before = page.evaluate("window.__frames")
+        for i in range(20):
+            if moving:
+                page.mouse.move(100 + 10 * i, 300)
+            page.wait_for_timeout(100)
+        return page.evaluate("window.__frames") - before
+
+    idle, moving = frames_in_2_s(False), frames_in_2_s(True)
+    context.close()
+    # uncapped, Gradio's loops ask for about 150 frames in 2 s (190 counted 2026-12-06); capped, each waits 100 ms
+    assert idle <= 100, f"the browser was asked for {idle} animation frames in 2 s by an idle page: the cap is off"
+    assert moving >= 1.5 * idle, f"{moving} frames in 2 s while the pointer moved, {idle} idle"
+
+
 def test_five_pages_see_the_job_queue_remove_cancel_and_resume(app, browser, tiny_model, tmp_path):
     url, state = app
     data = make_folder(tmp_path / "queued-style", n=4)
