@@ -168,3 +168,21 @@ def test_a_preview_of_many_steps_fuses_the_deep_layers_too(wide):
     assert_close(outputs(mixer, "auto"), outputs(mixer, "unfused"))
     mixer.generate(PreviewRequest("a red circle", steps=1, cfg_scale=1.0))
     assert not deep & fused(mixer)
+
+
+def test_a_text_encoder_module_is_weighed_by_one_call_whatever_the_steps(tmp_path):
+    """The text encoder runs once per preview, not once per UNet call: a module whose hook costs less than its
+    rewrite on one call (a 256 -> 512 MLP layer on 77 tokens) stays hooked at 8 steps with CFG too."""
+    from types import SimpleNamespace
+
+    from loramix.embedded.tiny import build_tiny_model
+    from tests.conftest import WORDS
+
+    model = build_tiny_model(tmp_path / "model", seed=0, words=WORDS, text_dim=256)
+    mixer = Mixer.from_base(str(model), originals="file")
+    fc1 = next(m for path, m in mixer.components.text_encoder.named_modules() if path.endswith("layers.0.mlp.fc1"))
+    assert (fc1.in_features, fc1.out_features) == (256, 512)
+    layer = SimpleNamespace(module=fc1, down=torch.zeros(4, 256), up=torch.zeros(512, 4))
+    for calls in (1, 16, 1000):
+        fused_pairs, hooked_pairs = mixer.plan([(layer, 1.0)], unet_calls=calls)
+        assert hooked_pairs and not fused_pairs, calls
