@@ -90,7 +90,8 @@ def cpu_s(fn) -> float:
 def preview_setup(args, originals: str, prefix: str):
     """What the preview benches share: the base of `args.base` in a Mixer (torch on `args.threads`), the
     adapted layers (kohya's default Linear layers and LoCon on every 3x3 conv), max(`args.counts`) random
-    adapters on them in a temporary folder, the pipeline and a 1-step preview request at `args.size` px.
+    adapters on them in a temporary folder, the pipeline and a preview request (`args.steps`, default 1) at
+    `args.size` px.
     Returns (mixer, model bytes, targets, counts, adapter files, pipeline, request)."""
     quiet_libraries()
     torch.set_num_threads(args.threads)
@@ -101,8 +102,8 @@ def preview_setup(args, originals: str, prefix: str):
     work = Path(tempfile.mkdtemp(prefix=prefix))
     counts = [int(c) for c in args.counts.split(",")]
     files = [random_adapter(targets, work / f"lora{i}.safetensors", i) for i in range(max(counts))]
-    req = PreviewRequest("a red circle on the left", seed=1, steps=getattr(args, "steps", 1), cfg_scale=6.0, width=args.size,
-                         height=args.size)
+    req = PreviewRequest("a red circle on the left", seed=1, steps=getattr(args, "steps", 1), cfg_scale=6.0,
+                         width=args.size, height=args.size)
     return mixer, model_bytes, targets, counts, files, mixer.pipeline(), req
 
 

@@ -8,12 +8,13 @@ that only watches a job about 50 ms of browser CPU a second, on the same two cor
 that) does not reach it: `FrameCap`, a middleware, puts this script at the top of the page's `<head>`, where it
 runs before any module. While nobody touches the page, each frame asked for waits FRAME_CAP_MS first (then
 has its own browser frame); for a second after any pointer, key or wheel input (a slider dragged, a plot
-panned) frames go straight to the browser. Cancel works on both kinds of ids. A hidden tab runs no frames either way; CSS animations (the spinners) do not go through it.
+panned) frames go straight to the browser. Cancel works on both kinds of ids. A hidden tab runs no frames
+either way; CSS animations (the spinners) do not go through it.
 """
 
 from __future__ import annotations
 
-FRAME_CAP_MS = 100  # 10 frames a second while idle: an idle Train tab 78 -> 28 ms/s of chromium CPU (EPYC-bf16)
+FRAME_CAP_MS = 100  # idle Train tab: 55-84 -> 25-28 ms/s of chromium CPU (EPYC-bf16, docs/benchmarks.md)
 LIVELY_MS = 1000  # full rate this long after the last input
 
 _SCRIPT = """<script>

@@ -19,9 +19,9 @@ in memory. So the UNet's high-resolution layers (many tokens, few channels) gain
 cost least, the deep ones (few tokens, many channels) the reverse, and the text encoders (one call per
 preview on 77 tokens) gain next to nothing. A hook is paid on every UNet call of a preview (16 for the Mix
 tab's 8-step slider previews with CFG), a rewrite once per slider change: `auto` fuses, UNet first and
-highest hook work per byte first, every module whose hooks over the preview cost more than its rewrite, while the originals held plus the stacks of
-the modules left hooked stay within `fuse_budget` (a fraction of the model's parameter memory); an
-original read back from a file costs nothing. If the stacks alone exceed the budget (many adapters),
+highest hook work per byte first, every module whose hooks over the preview cost more than its rewrite,
+while the originals held plus the stacks of the modules left hooked stay within `fuse_budget` (a fraction of
+the model's parameter memory); an original read back from a file costs nothing. If the stacks alone exceed the budget (many adapters),
 modules whose original is smaller than their stack are fused as well. Originals no longer needed are
 handed back.
 """
