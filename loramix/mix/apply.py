@@ -21,9 +21,9 @@ preview on 77 tokens) gain next to nothing. A hook is paid on every UNet call of
 tab's 8-step slider previews with CFG), a rewrite once per slider change: `auto` fuses, UNet first and
 highest hook work per byte first, every module whose hooks over the preview cost more than its rewrite,
 while the originals held plus the stacks of the modules left hooked stay within `fuse_budget` (a fraction of
-the model's parameter memory); an original read back from a file costs nothing. If the stacks alone exceed the budget (many adapters),
-modules whose original is smaller than their stack are fused as well. Originals no longer needed are
-handed back.
+the model's parameter memory); an original read back from a file costs nothing. If the stacks alone exceed
+the budget (many adapters), modules whose original is smaller than their stack are fused as well. Originals
+no longer needed are handed back.
 """
 
 from __future__ import annotations
@@ -146,8 +146,8 @@ class BlendApplier:
         preview (`unet_calls` UNet calls at the native size: steps, times 2 with CFG, times the pixels'
         share of the native size; a text encoder's module is called once) than rewriting its weight after
         a slider change is fused, if the memory held (its original in place of its stack) stays within
-        `fuse_budget`. Then memory: while the stacks still exceed the budget,
-        the modules whose original is smaller than their stack are fused too, largest saving first.
+        `fuse_budget`. Then memory: while the stacks still exceed the budget, the modules whose original is
+        smaller than their stack are fused too, largest saving first.
         """
         per_module: dict[torch.nn.Module, list] = {}
         for layer, coef in active:
