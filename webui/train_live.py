@@ -57,8 +57,11 @@ def no_state_text(job: Job) -> str:
     if job.kind == "caption":
         return ""
     out = job.config.output
-    every = [f"every {n} steps" for n in [out.save_every_n_steps] if n] + \
-            [f"every {n} epochs" for n in [out.save_every_n_epochs] if n]
+    every = []
+    if out.save_every_n_steps:
+        every.append(f"every {out.save_every_n_steps} steps")
+    if out.save_every_n_epochs:
+        every.append(f"every {out.save_every_n_epochs} epochs")
     when = f"it saves {' and '.join(every)}" if every else "it saves at the end only (output.save_every_n_steps)"
     return f": no saved state to resume from ({when})"
 

@@ -74,15 +74,21 @@ def fill(page, field: str, value) -> None:
     """Type `value` into the form field `field` and check that it stayed there. CI (2026-12-05, a loaded box) once
     started a run with a field of the Advanced accordion at its default: the value was typed while the accordion's
     content was being drawn, and the drawing put the default back (the run had no saved state to resume)."""
-    box = page.locator(f"#cfg-{field} textarea, #cfg-{field} input").first
+    type_into(page, f"#cfg-{field}", value)
+
+
+def type_into(page, selector: str, value) -> None:
+    """Type `value` into the text box of `selector` once it is shown, and check it stayed there (up to three tries):
+    a box inside an accordion that is still being drawn gets its default put back over what was typed."""
+    box = page.locator(f"{selector} textarea, {selector} input").first
     box.wait_for(state="visible")
     for _ in range(3):
         box.fill(str(value))
         box.blur()
-        page.wait_for_timeout(200)
+        page.wait_for_timeout(300)
         if holds(box.input_value(), value):
             return
-    raise AssertionError(f"the field {field} holds {box.input_value()!r} after typing {value!r} three times")
+    raise AssertionError(f"{selector} holds {box.input_value()!r} after typing {value!r} three times")
 
 
 def holds(shown: str, value) -> bool:

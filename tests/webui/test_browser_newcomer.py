@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import make_folder, random_lora
 from tests.webui.conftest import serve
-from tests.webui.test_browser import ARTIFACTS, browser, new_page, shows  # noqa: F401  (the browser fixture)
+from tests.webui.test_browser import ARTIFACTS, browser, new_page, shows, type_into  # noqa: F401  (the browser fixture)
 from webui.state import EMBEDDED, AppState
 
 pytestmark = pytest.mark.browser
@@ -111,17 +111,9 @@ def test_a_newcomers_mix_tab_at_1280_and_1920_px(fresh_app, browser, tmp_path): 
     page.locator("#mix-preset-message", has_text="Loaded mix first").wait_for()
     page.get_by_text("Export", exact=True).click()
     # CI (2026-12-05, loaded box) once exported under the field's default, "blend": the name was typed while the
-    # accordion's content was still being drawn, and the drawing put the default back. Type it once the field
-    # is shown, and check the field holds it before exporting.
-    name = page.locator("#mix-export-name textarea, #mix-export-name input").first
-    name.wait_for(state="visible")
-    for _ in range(3):
-        name.fill("merged")
-        name.blur()
-        page.wait_for_timeout(300)
-        if name.input_value() == "merged":
-            break
-    assert name.input_value() == "merged"
+    # accordion's content was still being drawn, and the drawing put the default back. type_into waits for the
+    # field and checks it holds the name before exporting.
+    type_into(page, "#mix-export-name", "merged")
     page.locator("#mix-export").click()
     shows(page, "#mix-export-message", "Saved merged.safetensors", 120_000, "#mix-status", "#mix-export-name")
     near(page, "#mix-export-message", "#mix-export")
