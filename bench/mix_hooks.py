@@ -91,11 +91,11 @@ def preview_setup(args, originals: str, prefix: str):
     """What the preview benches share: the base of `args.base` in a Mixer (torch on `args.threads`), the
     adapted layers (kohya's default Linear layers and LoCon on every 3x3 conv), max(`args.counts`) random
     adapters on them in a temporary folder, the pipeline and a preview request (`args.steps`, default 1) at
-    `args.size` px.
+    `args.size` px, the model held and computing in `args.precision` (default fp32).
     Returns (mixer, model bytes, targets, counts, adapter files, pipeline, request)."""
     quiet_libraries()
     torch.set_num_threads(args.threads)
-    mixer = Mixer.from_base(args.base, originals=originals)
+    mixer = Mixer.from_base(args.base, originals=originals, precision=getattr(args, "precision", "fp32"))
     comps = mixer.components
     model_bytes = sum(p.numel() * p.element_size() for m in comps.models() for p in m.parameters())
     targets = {**kohya_targets(comps), **locon_targets(comps)}

@@ -51,6 +51,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--steps", type=int, default=1, help="DDIM steps per preview, with CFG (the Mix tab's slider "
                    "previews: 8)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "auto"],
+                   help="what the model is held and previews computed in, the base's too (Mixer.from_base)")
     p.add_argument("--ways", default="", help="comma list of the ways to run beside the base: hooks, auto, auto-file "
                    "(default: all)")
     args = p.parse_args(argv)
@@ -59,7 +61,7 @@ def main(argv=None) -> int:
     adapted_bytes = sum(m.weight.numel() * m.weight.element_size() for m in set(targets.values()))
     print(f"{args.base}: {model_bytes / GiB:.2f} GiB of parameters; {len(targets)} adapted layers per adapter "
           f"({adapted_bytes / GiB:.2f} GiB of weights, {100 * adapted_bytes / model_bytes:.0f}% of the model); "
-          f"{args.size} px, {args.steps} DDIM step(s) with CFG, {args.threads} thread(s)", flush=True)
+          f"{args.size} px, {args.steps} DDIM step(s) with CFG, {args.threads} thread(s), {mixer.dtype}", flush=True)
 
     def into(originals):
         """Put every base weight back and drop what is held, then read originals from `originals`."""

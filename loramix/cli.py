@@ -20,7 +20,7 @@ from loramix.core.events import CancelToken, TrainEvent
 from loramix.core.quiet import quiet_libraries
 from loramix.mix.block_weights import UNIFORM_NOTE
 from loramix.mix.lora_spec import parse_axis
-from loramix.mix.request import SAMPLERS, PreviewRequest
+from loramix.mix.request import PRECISIONS, SAMPLERS, PreviewRequest
 
 
 def _fields_help() -> str:
@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
                                       "cfg:c1,c2,… or sampler:ddim,euler (NAME: the adapter's file stem or path)")
     mix.add_argument("--grid-y", help="second grid axis (default: the given seed)")
     mix.add_argument("--mode", default="auto", choices=["auto", "fused", "unfused"])
+    mix.add_argument("--precision", default="auto", choices=list(PRECISIONS),
+                     help="what the preview computes in; auto: bf16 on a CPU that multiplies bf16 natively (a "
+                          "full-size base), fp16 on a GPU, else fp32")
     mix.add_argument("--out", required=True, help="PNG file to write")
     mix.add_argument("--replace", action="store_true", help="replace an existing --out file")
     mix.add_argument("--allow-unsafe", action="store_true", help="also read pickle LoRA files (.ckpt/.pt/.bin)")
@@ -233,7 +236,11 @@ def _mixer_with(args, blend=None):
 
     if blend is None:
         blend = build_blend(getattr(args, "mix", None), args.lora)
-    mixer = Mixer.from_base(args.base, mode=getattr(args, "mode", "auto"))
+    import torch
+
+    # a bake is written from fp32 weights on a CPU (Mixer.bake), so `loramix bake` loads the base in fp32 once
+    precision = getattr(args, "precision", None) or ("auto" if torch.cuda.is_available() else "fp32")
+    mixer = Mixer.from_base(args.base, mode=getattr(args, "mode", "auto"), precision=precision)
     apply_mix_preset(mixer, blend, allow_unsafe=args.allow_unsafe)
     return mixer
 

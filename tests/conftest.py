@@ -95,8 +95,8 @@ def unet_out(unet, seed=0, timesteps=(50, 700)):
     n, batch = unet.config.sample_size, len(timesteps)
     x = torch.randn(batch, 4, n, n, generator=g)
     ctx = torch.randn(batch, 77, unet.config.cross_attention_dim, generator=g)
-    with torch.no_grad():
-        return unet(x, torch.tensor(list(timesteps)), ctx).sample
+    with torch.no_grad():  # in the UNet's dtype (a bf16 mixer's too)
+        return unet(x.to(unet.dtype), torch.tensor(list(timesteps)), ctx.to(unet.dtype)).sample
 
 
 def first_sample_inputs(trainer, micro: int):

@@ -73,6 +73,16 @@ def describe(mixer, names) -> str:
     return ", ".join(one(mixer.slots[n]) for n in names if mixer.slots[n].enabled) or "base only"
 
 
+def precision_note(mixer) -> str:
+    """Says when a preview was not computed in fp32 (`Mixer.from_base`'s `auto`: bf16 on a CPU that multiplies
+    bf16 natively), so a person comparing it with another program's fp32 picture knows why it differs."""
+    name = str(mixer.dtype).removeprefix("torch.")
+    if name == "float32":
+        return ""
+    on_cpu = mixer.components.unet.device.type == "cpu"
+    return f" · computed in {name}" + (" (a bake is written in float32)" if on_cpu else "")
+
+
 @contextmanager
 def all_off(mixer):
     """Inside this block every adapter of `mixer` is off (the base model draws)."""
@@ -120,8 +130,8 @@ class Previewer:
             req = v.request if steps is None else replace(v.request, steps=int(steps))
             picture = mixer.generate(req)
             before = self.base_image(mixer, req)
-        return (before, picture), f"Seed {req.seed} · {req.steps} steps · {describe(mixer, names)}." \
-                                  f"{_busy_note(self.state)}"
+        return (before, picture), f"Seed {req.seed} · {req.steps} steps · {describe(mixer, names)}" \
+                                  f"{precision_note(mixer)}.{_busy_note(self.state)}"
 
 
 def blocks_to_sliders(text: str, layout: int) -> list[float]:

@@ -24,7 +24,7 @@ from loramix.mix.apply import BlendApplier
 from loramix.mix.binding import BoundLayer, Slot, bind_layers
 from loramix.mix.block_weights import BlockWeights, module_blocks, parse_block_weights
 from loramix.mix.file_originals import FileOriginals
-from loramix.mix.request import SAMPLERS, PreviewRequest
+from loramix.mix.request import PRECISIONS, SAMPLERS, PreviewRequest
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,27 @@ def check_bake_target(out_dir: str | Path, single_file: str | Path | None = None
     return final_path(out_dir)
 
 
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def preview_dtype(precision: str, device: str, unet_config: dict) -> torch.dtype:
+    """The dtype a mixer holds the base in and previews compute in. `auto`: fp16 on a GPU; on a CPU bf16 where
+    it multiplies bf16 natively (AVX-512-bf16 or AMX, `loramix.core.cpu_features`) and the base is full-size
+    (an SD 1.5 preview 2.1x faster, at half the memory; docs/benchmarks.md, "bf16 on a CPU"), fp32 otherwise:
+    CPUs without native bf16 emulate it (far slower), and the toy-sized models' layers are too small to pay
+    for it (the embedded demo model, the test models), as in training's `train.mixed_precision = "auto"`.
+    Fused weights are summed in fp32 and rounded once either way (`BlendApplier._fuse_module`), and a bake is
+    always written from fp32 weights on a CPU (`Mixer.bake`)."""
+    if precision != "auto":
+        return _DTYPES[precision]
+    if device == "cuda":
+        return torch.float16
+    from loramix.core.cpu_features import native_bf16
+    from loramix.formats.families import TinyFamily
+
+    return torch.bfloat16 if native_bf16() and not TinyFamily.matches(unet_config) else torch.float32
+
+
 def is_baked_folder(folder: Path) -> bool:
     return folder.is_dir() and not folder.is_symlink() and (folder / BAKED_MARKER).is_file()
 
@@ -77,25 +98,33 @@ class Mixer(BlendApplier):
 
     slots: dict[str, Slot] = field(default_factory=dict)
     base: str = ""  # what `from_base` loaded: a folder, a file or a hub id ("" = the embedded tiny model)
+    revision: str = ""
 
     @classmethod
     def from_base(cls, base: str = "", revision: str = "", device: str | None = None, originals: str = "file",
-                  **kw) -> Mixer:
+                  precision: str = "auto", **kw) -> Mixer:
         """`originals="file"` (the default): where the base is a diffusers folder of safetensors files (the
         embedded model too), fused layers' base weights are read back from those files instead of held as
         copies, so `auto` fuses whatever the budget (docs/benchmarks.md, "Mix previews": at SD 1.5 shapes
         1.02× / 0.99× the base's preview at 1 / 5 adapters, against 1.18× / 1.17× with the originals held);
         a single-file or hub base, and any layer the files do not match, keeps a host copy. "memory": always
-        hold copies."""
+        hold copies. `precision`: what previews compute in (`PRECISIONS`, `preview_dtype`)."""
+        if precision not in PRECISIONS:
+            raise LoramixError(f"precision {precision!r}: choose {', '.join(PRECISIONS)}.")
         components = load_base_model(base, revision)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = torch.float16 if device == "cuda" else torch.float32
+        dtype = preview_dtype(precision, device, dict(components.unet.config))
         for module in components.models():
             module.to(device, dtype=dtype).eval().requires_grad_(False)
         if originals == "file":
             folder = Path(base or default_base_model()).expanduser()
             kw.setdefault("file_originals", FileOriginals.for_folder(components, folder))
-        return cls(components, base=base, **kw)
+        return cls(components, base=base, revision=revision, **kw)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """What the base model's weights are held and previews computed in."""
+        return self.components.unet.dtype
 
     @property
     def family(self):
@@ -259,12 +288,32 @@ class Mixer(BlendApplier):
         enabled adapter) and `modelspec.merged_from` (the base, then the adapters' titles), beside the
         identification `save_single_file` writes (`ss_base_model_version`, `ss_v2`, `modelspec.*`, hashes).
         Neither names a local path: the folder's configs and the file name the base model as
-        `loramix.formats.published.published_model_name` does.
+        `loramix.formats.published.published_model_name` does. On a CPU the weights written are fp32 sums
+        whatever the previews compute in (`_fp32_twin`).
         """
+        out_dir = check_bake_target(out_dir, single_file, replace, within)
+        if self.components.unet.device.type == "cpu" and self.dtype != torch.float32:
+            return self._fp32_twin()._bake(out_dir, single_file, replace, within)
+        return self._bake(out_dir, single_file, replace, within)
+
+    def _fp32_twin(self) -> Mixer:
+        """The base loaded again in fp32 with the same adapters, sliders and block weights: a mixer whose
+        previews compute in bf16 bakes from this, so a bake never rounds the base's weights to bf16 (it holds
+        the fp32 model beside the bf16 one while it writes)."""
+        twin = Mixer.from_base(self.base, self.revision, device="cpu", precision="fp32", mode=self.mode,
+                               originals="file" if self.file_originals is not None else "memory",
+                               fuse_budget=self.fuse_budget)
+        table = module_blocks(twin.components)
+        for name, slot in self.slots.items():
+            layers = twin.bind(slot.adapter, slot.path.name)
+            twin.slots[name] = Slot(name, slot.path, slot.adapter, layers, slot.weight, slot.te_weight,
+                                    slot.enabled, slot.blocks, {layer.module: table.get(layer.module) for layer in layers})
+        return twin
+
+    def _bake(self, out_dir: Path, single_file, replace: bool, within) -> Path:
         from loramix.core.writer import atomic_folder
         from loramix.formats.published import publish_saved_configs
 
-        out_dir = check_bake_target(out_dir, single_file, replace, within)
         if single_file:
             from loramix.formats.single_file import save_single_file
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from loramix.core.errors import LoramixError
 
 SAMPLERS = ["ddim", "euler", "euler_a", "dpm++_2m", "unipc", "pndm"]
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # what a mixer computes in (`loramix.mix.mixer.preview_dtype`)
 
 
 @dataclass

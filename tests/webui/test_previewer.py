@@ -44,3 +44,16 @@ def test_the_base_image_cache_is_keyed_by_the_seed(previewer):
     assert not np.array_equal(np.asarray(before1), np.asarray(before2))
     (again, _), _ = p.preview(values(base, 1))
     assert again is before1  # the same request: the cached picture, not a second draw
+
+
+def test_the_status_says_when_a_preview_was_not_computed_in_fp32(previewer, monkeypatch):
+    import torch
+
+    from loramix.mix.mixer import Mixer
+
+    p, base = previewer
+    _, text = p.preview(values(base, 3))
+    assert "computed in" not in text  # the tiny model previews in fp32
+    monkeypatch.setattr(Mixer, "dtype", property(lambda self: torch.bfloat16))
+    _, text = p.preview(values(base, 3))
+    assert "computed in bfloat16 (a bake is written in float32)." in text, text

@@ -1,0 +1,97 @@
+"""What a mixer computes in (`Mixer.from_base(precision=...)`): bf16 previews on CPUs that multiply bf16 natively,
+fp32 for the tiny models, and a bake that is written from fp32 weights whatever the previews computed in."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from loramix.core import cpu_features
+from loramix.core.errors import LoramixError
+from loramix.mix.mixer import Mixer, preview_dtype
+from loramix.mix.request import PreviewRequest
+from tests.conftest import random_lora, unet_out
+
+SD15_UNET = {"cross_attention_dim": 768, "sample_size": 64}
+SDXL_UNET = {"cross_attention_dim": 2048, "addition_embed_type": "text_time", "sample_size": 128}
+TINY_UNET = {"cross_attention_dim": 64, "sample_size": 16}
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_previews_in_bf16_only_on_a_native_bf16_cpu_and_a_full_size_base(monkeypatch, native):
+    monkeypatch.setattr(cpu_features, "native_bf16", lambda: native)
+    want = torch.bfloat16 if native else torch.float32
+    assert preview_dtype("auto", "cpu", SD15_UNET) == want
+    assert preview_dtype("auto", "cpu", SDXL_UNET) == want
+    assert preview_dtype("auto", "cpu", TINY_UNET) == torch.float32  # the embedded model: too small to pay the casts
+    assert preview_dtype("auto", "cuda", SD15_UNET) == torch.float16
+    for given, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16)):
+        assert preview_dtype(given, "cpu", SD15_UNET) == dtype
+
+
+def test_an_unknown_precision_is_refused_before_the_model_loads(monkeypatch):
+    import loramix.mix.mixer as mixer_module
+
+    monkeypatch.setattr(mixer_module, "load_base_model", lambda *a: pytest.fail("the model loaded"))
+    with pytest.raises(LoramixError, match="precision 'half'"):
+        Mixer.from_base("", precision="half")
+
+
+@pytest.fixture(scope="module")
+def files(tiny_model, tmp_path_factory):
+    root = tmp_path_factory.mktemp("loras")
+    return [random_lora(tiny_model, root / "a.safetensors", 1, text=True),
+            random_lora(tiny_model, root / "b.safetensors", 2, rank=8, alpha=8.0, conv=True)]
+
+
+def test_a_bf16_mixer_previews_in_bf16_and_gives_its_base_back_bit_for_bit(tiny_model, files):
+    mixer = Mixer.from_base(str(tiny_model), precision="bf16")  # originals read back from the files
+    assert mixer.dtype == torch.bfloat16
+    assert all(p.dtype == torch.bfloat16 for m in mixer.components.models() for p in m.parameters())
+    base = {k: v.clone() for k, v in mixer.components.unet.state_dict().items()}
+    base_out = unet_out(mixer.components.unet)
+    mixer.set_blend([(files[0], 0.8, True), (files[1], -0.6, True)])
+    for mode in ("fused", "unfused", "auto"):
+        with mixer.applied(mode):
+            out = unet_out(mixer.components.unet)
+        assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+        assert (out.float() - base_out.float()).abs().max() > 1e-3, mode  # the adapters act
+    mixer.set_blend([])
+    with mixer.applied():
+        pass
+    assert all(torch.equal(mixer.components.unet.state_dict()[k], v) for k, v in base.items())
+
+
+def test_a_bf16_preview_draws_what_the_fp32_one_draws(tiny_model, files):
+    req = PreviewRequest("a large red circle in the center, blue background", seed=1, steps=4)
+    pictures = {}
+    for precision in ("fp32", "bf16"):
+        mixer = Mixer.from_base(str(tiny_model), precision=precision)
+        mixer.set_blend([(files[0], 0.5, True)])
+        pictures[precision] = torch.tensor(list(mixer.generate(req).getdata()), dtype=torch.float32)
+    diff = (pictures["bf16"] - pictures["fp32"]).abs()
+    assert diff.mean() < 6, diff.mean()  # levels of 255: the same picture, rounded differently
+    assert diff.max() > 0  # ... and not the fp32 one: the bf16 weights were used
+
+
+def test_a_bake_from_a_bf16_mixer_writes_the_fp32_sums(tiny_model, files, tmp_path):
+    outs = {}
+    for precision in ("fp32", "bf16"):
+        mixer = Mixer.from_base(str(tiny_model), precision=precision)
+        mixer.set_blend([(files[0], 0.7, True, "1,0,0,0,0,0,0,0,0,0,0,0,1,1,1,1,1"), (files[1], -0.4, True)])
+        outs[precision] = mixer.bake(tmp_path / f"baked-{precision}", tmp_path / f"baked-{precision}.safetensors")
+        assert mixer.dtype == (torch.bfloat16 if precision == "bf16" else torch.float32)  # previews unchanged
+    for part in ("unet", "text_encoder", "vae"):
+        a, b = (load_file(next((outs[p] / part).glob("*.safetensors"))) for p in ("fp32", "bf16"))
+        assert a.keys() == b.keys()
+        for key in a:
+            assert a[key].dtype == torch.float32 and torch.equal(a[key], b[key]), (part, key)
+    a, b = (load_file(tmp_path / f"baked-{p}.safetensors") for p in ("fp32", "bf16"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with safe_open(tmp_path / "baked-bf16.safetensors", "pt") as f:  # the block weights went with the adapters
+        baked_from = json.loads(f.metadata()["loramix_baked_from"])
+    assert baked_from[0]["blocks"] == "1,0,0,0,0,0,0,0,0,0,0,0,1,1,1,1,1"
