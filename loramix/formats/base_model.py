@@ -69,9 +69,14 @@ def unet_config_of(source: str = "") -> dict | None:
         return None
 
 
-def is_tiny_base(source: str = "") -> bool:
-    """Is this base one of the toy-sized models (the embedded demo model, test models)?"""
-    from loramix.formats.families import TinyFamily
+def is_toy_sized(unet_config: dict) -> bool:
+    """A toy-sized UNet (the embedded demo model, the test models, an SDXL-layout test model too): text width under
+    SD 1.x's 768 (SD 1.x 768, SD 2.x 1024, SDXL 2048). Its layers are too small to gain from bf16."""
+    dim = unet_config.get("cross_attention_dim")
+    return isinstance(dim, int) and dim < 768
 
+
+def is_tiny_base(source: str = "") -> bool:
+    """Is this base one of the toy-sized models (`is_toy_sized`), read from its UNet config without loading it?"""
     config = unet_config_of(source)
-    return config is not None and TinyFamily.matches(config)
+    return config is not None and is_toy_sized(config)

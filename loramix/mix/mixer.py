@@ -82,9 +82,9 @@ def preview_dtype(precision: str, device: str, unet_config: dict) -> torch.dtype
     if device == "cuda":
         return torch.float16
     from loramix.core.cpu_features import native_bf16
-    from loramix.formats.families import TinyFamily
+    from loramix.formats.base_model import is_toy_sized
 
-    return torch.bfloat16 if native_bf16() and not TinyFamily.matches(unet_config) else torch.float32
+    return torch.bfloat16 if native_bf16() and not is_toy_sized(unet_config) else torch.float32
 
 
 def is_baked_folder(folder: Path) -> bool:

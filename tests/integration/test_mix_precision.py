@@ -19,6 +19,7 @@ from tests.conftest import random_lora, unet_out
 SD15_UNET = {"cross_attention_dim": 768, "sample_size": 64}
 SDXL_UNET = {"cross_attention_dim": 2048, "addition_embed_type": "text_time", "sample_size": 128}
 TINY_UNET = {"cross_attention_dim": 64, "sample_size": 16}
+TINY_XL_UNET = {"cross_attention_dim": 80, "addition_embed_type": "text_time", "sample_size": 8}  # a test model
 
 
 @pytest.mark.parametrize("native", [True, False])
@@ -28,6 +29,7 @@ def test_auto_previews_in_bf16_only_on_a_native_bf16_cpu_and_a_full_size_base(mo
     assert preview_dtype("auto", "cpu", SD15_UNET) == want
     assert preview_dtype("auto", "cpu", SDXL_UNET) == want
     assert preview_dtype("auto", "cpu", TINY_UNET) == torch.float32  # the embedded model: too small to pay the casts
+    assert preview_dtype("auto", "cpu", TINY_XL_UNET) == torch.float32
     assert preview_dtype("auto", "cuda", SD15_UNET) == torch.float16
     for given, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16)):
         assert preview_dtype(given, "cpu", SD15_UNET) == dtype

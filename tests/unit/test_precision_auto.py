@@ -30,11 +30,16 @@ def test_auto_follows_the_cpu_for_a_full_size_base(monkeypatch, sd_sized, native
         assert resolve_precision(given, sd_sized) == given
 
 
-def test_auto_keeps_the_tiny_models_in_fp32_even_on_a_bf16_cpu(monkeypatch, tiny_model):
+def test_auto_keeps_the_tiny_models_in_fp32_even_on_a_bf16_cpu(monkeypatch, tiny_model, tmp_path):
     monkeypatch.setattr(cpu_features, "native_bf16", lambda: True)
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
     assert resolve_precision("auto", "") == "no"  # the embedded demo model: 0.7x in bf16
     assert resolve_precision("auto", str(tiny_model)) == "no"
+    tiny_xl = tmp_path / "tiny-xl"  # an SDXL-layout test model is toy-sized too
+    (tiny_xl / "unet").mkdir(parents=True)
+    (tiny_xl / "unet" / "config.json").write_text(json.dumps({"cross_attention_dim": 80,
+                                                             "addition_embed_type": "text_time"}))
+    assert resolve_precision("auto", str(tiny_xl)) == "no"
 
 
 def test_auto_is_the_default():
