@@ -107,3 +107,24 @@ def test_grid_over_block_presets_and_cfg(tiny_model, two, tmp_path):
     assert len({cell for row in cells for cell in row}) == 6
     margin = grid.crop((0, 0, grid.size[0], top)).convert("L")
     assert min(margin.getdata()) < 100  # labels are drawn, in the margin above the cells
+
+
+def test_mix_computes_in_the_precision_asked_and_bake_loads_the_base_in_fp32_once(tiny_model, two, tmp_path,
+                                                                                 monkeypatch):
+    import torch
+
+    from loramix.mix.mixer import Mixer
+
+    made, real = [], Mixer.from_base.__func__
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    monkeypatch.setattr(Mixer, "from_base", classmethod(lambda cls, *a, **kw: made.append(real(cls, *a, **kw))
+                                                         or made[-1]))
+    a, _ = two
+    assert main(["mix", "--base", str(tiny_model), "--lora", f"{a}:0.8", "--prompt", "red circle", "--steps", "2",
+                 "--precision", "bf16", "--out", str(tmp_path / "p.png")]) == 0
+    assert [m.dtype for m in made] == [torch.bfloat16]
+    made.clear()
+    monkeypatch.setattr("loramix.core.cpu_features.native_bf16", lambda: True)  # auto would pick bf16 here
+    monkeypatch.setattr("loramix.formats.base_model.is_toy_sized", lambda config: False)
+    assert main(["bake", "--base", str(tiny_model), "--lora", f"{a}:1", "--out", str(tmp_path / "baked")]) == 0
+    assert [m.dtype for m in made] == [torch.float32]  # no bf16 load followed by an fp32 twin
