@@ -150,6 +150,7 @@ class JobsPanel:
     queue: gr.HTML
     picker: gr.Dropdown
     resume: gr.Button
+    cancel: gr.Button  # shown only while the job the tab shows is queued or running
 
 
 def build(state: AppState, selection: Selection, message: gr.Markdown) -> JobsPanel:
@@ -161,7 +162,7 @@ def build(state: AppState, selection: Selection, message: gr.Markdown) -> JobsPa
             picker = gr.Dropdown([], label="Job", info="The job this tab shows; the buttons act on it.",
                                  interactive=True, elem_id="train-job-pick")
             with gr.Row():
-                cancel = gr.Button("Cancel", variant="stop", size="sm", elem_id="train-cancel")
+                cancel = gr.Button("Cancel", variant="stop", visible=False, size="sm", elem_id="train-cancel")
                 remove = gr.Button("Remove", size="sm", elem_id="train-remove-job")
                 resume = gr.Button("Resume", visible=False, size="sm", elem_id="train-resume")
     private = dict(api_visibility="private")
@@ -172,4 +173,4 @@ def build(state: AppState, selection: Selection, message: gr.Markdown) -> JobsPa
                  [message, selection.about], **private)
     resume.click(lambda job_id: with_selection(state, resume_job(state, job_id)), selection.job, picked, **private)
     remove.click(lambda job_id: with_selection(state, remove_job(state, job_id)), selection.job, picked, **private)
-    return JobsPanel(queue, picker, resume)
+    return JobsPanel(queue, picker, resume, cancel)

@@ -48,7 +48,7 @@ def tick(state: AppState, selected: int | None, sent: Sent | None, about: tuple 
     parts, shown = train_live.changed_parts(job, sent.view, now)
     choices = tuple(train_jobs.job_choices(state))
     if sent.view is None or (sent.view.job, sent.view.status) != (shown.job, shown.status):
-        parts += ("picker", "resume")
+        parts += ("picker", "buttons")
     elif choices != sent.choices:
         parts += ("picker",)
     if choices != sent.choices:
@@ -70,15 +70,17 @@ def undelivered(due, delivered: float | None) -> tuple | None:
 
 
 def catch_up(state: AppState, selected: int | None, due, about: tuple | None) -> dict:
-    """The parts a tick named, by name: the live view's (train_live.PARTS), "picker" (gr.update), "resume"
-    (whether the button shows), "message" and "about" (the stale sentence cleared); "estimate" is the form's."""
+    """The parts a tick named, by name: the live view's (train_live.PARTS), "picker" (gr.update), "buttons"
+    (whether Resume and Cancel show: Resume for a run with a saved state, Cancel for a queued or running job),
+    "message" and "about" (the stale sentence cleared); "estimate" is the form's."""
     parts = due[1] if due else ()
     job = train_jobs.shown_job(state, selected)
     out = train_live.part_values(job, [p for p in parts if p in train_live.PARTS])
     if "picker" in parts:
         out["picker"] = gr.update(choices=train_jobs.job_choices(state), value=job.id if job else None)
-    if "resume" in parts:
+    if "buttons" in parts:
         out["resume"] = gr.update(visible=job is not None and job.resumable_state() is not None)
+        out["cancel"] = gr.update(visible=job is not None and job.active)
     if "message" in parts:
         out["message"], out["about"] = train_jobs.stale_message(state, about)
     return out
@@ -116,8 +118,8 @@ def build(state: AppState) -> TrainTab:
 
     timer.tick(on_tick, [selection.job, selection.shown, selection.about, due, delivered],
                [progress, jobs.queue, selection.job, selection.shown, due], **private)
-    widgets = {**live.parts, "picker": jobs.picker, "resume": jobs.resume, "message": form.message,
-               "about": selection.about}
+    widgets = {**live.parts, "picker": jobs.picker, "resume": jobs.resume, "cancel": jobs.cancel,
+               "message": form.message, "about": selection.about}
 
     def send_due(values):
         parts = catch_up(state, values[selection.job], values[due], values[selection.about])

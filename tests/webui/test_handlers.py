@@ -113,11 +113,15 @@ def test_cancel_then_resume_continues_in_the_same_folder(tmp_path):
     while job.status != "running" and job.active:
         threading.Event().wait(0.01)
     assert "Resume: this job is not" in train_jobs.resume_job(state, job.id)[0]
+    _, _, selected, _, due = train_tab.tick(state, None, None)
+    buttons = train_tab.catch_up(state, selected, due, None)
+    assert buttons["cancel"]["visible"] is True and buttons["resume"]["visible"] is False  # running
     assert train_jobs.cancel_job(state, None).startswith(f"Cancelled job {job.id}")
     state.jobs.wait(job, timeout=5)
     progress, _, selected, _, due = train_tab.tick(state, None, None)
-    resume = train_tab.catch_up(state, selected, due, None)["resume"]
-    assert "Cancelled" in progress and resume["visible"] is True
+    buttons = train_tab.catch_up(state, selected, due, None)
+    assert "Cancelled" in progress and buttons["resume"]["visible"] is True
+    assert buttons["cancel"]["visible"] is False  # nothing left to cancel: no red button beside Resume
     message = train_jobs.resume_job(state, None)[0]
     assert "resumes job" in message
     recorder.release.set()

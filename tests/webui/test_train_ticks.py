@@ -74,7 +74,7 @@ def test_the_plot_waits_while_the_job_runs_and_comes_at_once_when_it_ends(runnin
     job.events.append(TrainEvent("done", 10, 100))
     job.status = "done"
     *_, sent, due = train_tab.tick(state, selected, sent, now=101.5)
-    assert {"plot", "samples", "log", "file", "picker", "resume"} <= set(due[1])
+    assert {"plot", "samples", "log", "file", "picker", "buttons"} <= set(due[1])
     plot = train_tab.catch_up(state, selected, due, None)["plot"]
     assert plot.step.max() == 10
 
@@ -102,7 +102,7 @@ def test_parts_whose_catch_up_never_ran_stay_due_until_one_does(running):
     job.status = "done"
     *_, sent, ended = train_tab.tick(state, selected, sent, now=102.0,
                                      pending=train_tab.undelivered(first, delivered))
-    assert {"file", "picker", "resume"} <= set(ended[1])
+    assert {"file", "picker", "buttons"} <= set(ended[1])
     # that catch-up is dropped: the next tick, with nothing new, names the same parts again
     *_, sent, again = train_tab.tick(state, selected, sent, now=104.0, pending=train_tab.undelivered(ended, delivered))
     assert again != SKIP and set(again[1]) >= set(ended[1])
