@@ -147,7 +147,8 @@ class BlendApplier:
         share of the native size; a text encoder's module is called once) than rewriting its weight after
         a slider change is fused, if the memory held (its original in place of its stack) stays within
         `fuse_budget`. Then memory: while the stacks still exceed the budget, the modules whose original is
-        smaller than their stack are fused too, largest saving first.
+        smaller than their stack are fused too, those that add the least work per byte saved first (their
+        rewrite less the hook work it spares).
         """
         per_module: dict[torch.nn.Module, list] = {}
         for layer, coef in active:
@@ -171,8 +172,10 @@ class BlendApplier:
             if hook_work[module] >= rewrite_work[module] and (saving[module] >= 0 or used - saving[module] <= limit):
                 fuse.add(module)
                 used -= saving[module]
-        for module in sorted(per_module.keys() - fuse, key=lambda m: -saving[m]):
-            if used <= limit or saving[module] <= 0:
+        # least extra work per byte saved first: the rewrite after a slider change, less the hook work it spares
+        for module in sorted((m for m in per_module.keys() - fuse if saving[m] > 0),
+                             key=lambda m: (rewrite_work[m] - hook_work[m]) / saving[m]):
+            if used <= limit:
                 break
             fuse.add(module)
             used -= saving[module]

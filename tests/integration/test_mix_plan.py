@@ -186,3 +186,31 @@ def test_a_text_encoder_module_is_weighed_by_one_call_whatever_the_steps(tmp_pat
     for calls in (1, 16, 1000):
         fused_pairs, hooked_pairs = mixer.plan([(layer, 1.0)], unet_calls=calls)
         assert hooked_pairs and not fused_pairs, calls
+
+
+def test_over_the_budget_auto_fuses_where_a_slider_change_adds_the_least_work_per_byte_saved(wide):
+    """Many adapters: the hooks' stacks alone exceed `fuse_budget`, so modules are fused to bring them under it.
+    Of a deep 3x3 convolution (2304 -> 256: the larger stack, but a rewrite 9x its attention neighbour's) and a
+    deep attention projection (256 -> 256), fusing the projection frees enough and costs far less per slider
+    change: it goes first, and the convolution stays hooked."""
+    from types import SimpleNamespace
+
+    model, _ = wide
+    mixer = Mixer.from_base(str(model), originals="file")
+    named = dict(mixer.components.unet.named_modules())
+    conv, proj = named["mid_block.resnets.0.conv1"], named["mid_block.attentions.0.transformer_blocks.0.attn1.to_q"]
+    assert (conv.weight[0].numel(), conv.weight.shape[0], proj.weight.shape) == (2304, 256, (256, 256))
+    rank = 16
+
+    def layers(module):
+        fan_in, fan_out = module.weight[0].numel(), module.weight.shape[0]
+        return [(SimpleNamespace(module=module, down=torch.zeros(rank, fan_in), up=torch.zeros(fan_out, rank)), 1.0)
+                for _ in range(2)]
+
+    active = layers(conv) + layers(proj)
+    stacks = {m: sum(layer.down.numel() * 4 + layer.up.numel() * 4 for layer, _ in active if layer.module is m)
+              for m in (conv, proj)}
+    mixer.fuse_budget = (sum(stacks.values()) - stacks[proj]) / model_bytes(mixer)  # fusing either one is enough
+    fused_pairs, hooked_pairs = mixer.plan(active, unet_calls=1)
+    assert {layer.module for layer, _ in fused_pairs} == {proj}
+    assert {layer.module for layer, _ in hooked_pairs} == {conv}
