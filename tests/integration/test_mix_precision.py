@@ -97,3 +97,33 @@ def test_a_bake_from_a_bf16_mixer_writes_the_fp32_sums(tiny_model, files, tmp_pa
     with safe_open(tmp_path / "baked-bf16.safetensors", "pt") as f:  # the block weights went with the adapters
         baked_from = json.loads(f.metadata()["loramix_baked_from"])
     assert baked_from[0]["blocks"] == "1,0,0,0,0,0,0,0,0,0,0,0,1,1,1,1,1"
+
+
+def test_on_a_native_bf16_cpu_a_bf16_weight_is_fused_in_place_within_one_bf16_step(tiny_model, files, monkeypatch):
+    """A bf16 mixer on a CPU that multiplies bf16 natively takes the low-rank product in place (`addmm` in bf16,
+    accumulated in float32). Against the float32 sum that other CPUs round once, each weight is within one bf16
+    step of itself plus one of the products it sums (the factors are rounded to bf16: the usual bound of a dot
+    product, which matters where W + dW nearly cancels)."""
+    fused, terms = {}, {}
+    for native in (False, True):
+        monkeypatch.setattr("loramix.mix.apply._native_bf16", lambda native=native: native)
+        mixer = Mixer.from_base(str(tiny_model), precision="bf16")
+        mixer.set_blend([(files[0], 0.8, True), (files[1], -1.6, True)])
+        with mixer.applied("fused"):
+            fused[native] = {k: v.float().clone() for k, v in mixer.components.unet.state_dict().items()}
+    names = {m: path for path, m in mixer.components.unet.named_modules()}
+    for slot in mixer.slots.values():
+        for layer in slot.layers:
+            if layer.module in names:
+                key = f"{names[layer.module]}.weight"
+                up = (layer.up.flatten(1).float() * slot.coef(layer.component, layer) * layer.scale).abs()
+                term = (up @ layer.down.flatten(1).float().abs()).reshape(fused[True][key].shape)
+                terms[key] = terms.get(key, 0) + term
+    assert terms
+    changed = 0
+    for key, slow in fused[False].items():
+        fast = fused[True][key]
+        step = (torch.maximum(slow.abs(), fast.abs()) + terms.get(key, 0)) * 2.0 ** -7
+        assert ((fast - slow).abs() <= step).all(), key
+        changed += int((fast != slow).any())
+    assert changed > 0  # the in-place product was taken
