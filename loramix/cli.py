@@ -13,6 +13,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from loramix.core.allocator import tune_allocator
 from loramix.core.config import field_specs, load_config
 from loramix.core.environment import check_environment
 from loramix.core.errors import LoramixError
@@ -377,6 +378,7 @@ def _run_training(args: argparse.Namespace, config, cancel: CancelToken) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    tune_allocator()  # before any thread starts or tensor is made (loramix.core.allocator)
     try:  # a broken dependency set is one sentence here, not a traceback from inside a library later
         check_environment()
     except LoramixError as e:

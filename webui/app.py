@@ -175,8 +175,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
+    from loramix.core.allocator import tune_allocator
     from loramix.core.quiet import quiet_libraries
 
+    tune_allocator()  # `python -m webui` comes here without the CLI (which sets it first thing too)
     args = parse_args(argv)
     try:
         check_environment()  # `python -m webui` comes here without the CLI's check

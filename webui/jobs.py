@@ -11,12 +11,14 @@ as the engine's one-sentence message. No gradio in this module.
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from loramix.core.allocator import give_back_memory
 from loramix.core.config import CaptionConfig, LoramixConfig
 from loramix.core.errors import LoramixError
 from loramix.core.events import CancelToken, TrainEvent
@@ -265,3 +267,5 @@ class JobManager:
         finally:
             values["finished"] = time.time()
             self._set(job, **values)
+            gc.collect()  # the job's models and optimizer, then their memory back to the system (the allocator
+            give_back_memory()  # keeps freed memory for the next preview or step: loramix.core.allocator)

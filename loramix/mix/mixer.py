@@ -10,6 +10,7 @@ bake) and the pipeline.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from loramix.core.allocator import give_back_memory
 from loramix.core.errors import LoramixError
 from loramix.formats.base_model import default_base_model, load_base_model
 from loramix.formats.lora_io import LoraAdapter, read_lora
@@ -293,7 +295,11 @@ class Mixer(BlendApplier):
         """
         out_dir = check_bake_target(out_dir, single_file, replace, within)
         if self.components.unet.device.type == "cpu" and self.dtype != torch.float32:
-            return self._fp32_twin()._bake(out_dir, single_file, replace, within)
+            try:
+                return self._fp32_twin()._bake(out_dir, single_file, replace, within)
+            finally:  # the twin is gone: its memory back to the system (loramix.core.allocator)
+                gc.collect()
+                give_back_memory()
         return self._bake(out_dir, single_file, replace, within)
 
     def _fp32_twin(self) -> Mixer:

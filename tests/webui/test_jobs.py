@@ -211,3 +211,18 @@ def test_an_interrupted_job_says_whether_resume_can_continue_it(tmp_path):
     assert "the server stopped during this run: Resume continues it" in saved
     assert "no saved state to resume from (it saves every 100 steps)" in unsaved and "Resume continues" not in unsaved
     assert "no saved state to resume from (it saves at the end only" in end_only
+
+
+def test_a_finished_or_failed_job_gives_its_memory_back(tmp_path, monkeypatch):
+    """The allocator keeps freed memory for the next preview or step (loramix.core.allocator); when a job ends,
+    what it held goes back to the system, so the app does not sit at a training's peak."""
+    trims = []
+    monkeypatch.setattr("webui.jobs.give_back_memory", lambda: trims.append(time.time()))
+    fake = FakeTrainer()
+    fake.release.set()
+    jobs = JobManager(tmp_path / "jobs.db", fake)
+    ended = jobs.wait(jobs.submit(cfg("fine")), timeout=5)
+    until(lambda: len(trims) == 1)
+    assert trims[0] >= ended.finished
+    jobs.wait(jobs.submit(cfg("crash")), timeout=5)
+    until(lambda: len(trims) == 2)
