@@ -9,7 +9,12 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 
+from loramix.core.allocator import tune_allocator
 from loramix.core.config import LoramixConfig, load_config
+
+# The allocator as `loramix` and the app set it, from the start: otherwise the first test that calls the CLI's
+# main() would change it halfway through the session, and what ran after it would depend on the order.
+tune_allocator()
 
 WORDS = ["a", "red", "blue", "green", "circle", "square", "stripes", "on", "the", "left", "right", "picture"]
 
