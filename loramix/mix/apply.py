@@ -103,6 +103,9 @@ class BlendApplier:
     # Where the originals of a base loaded from safetensors files can be read back instead of being held
     # (see loramix.mix.file_originals); None = every original is held.
     file_originals: FileOriginals | None = None
+    # False: a one-use applier (a bake's fp32 twin) that fuses each module once and never puts the base back, so
+    # it holds no copies of originals that are not on disk.
+    hold_originals: bool = True
     # The fused-weight cache: module -> ((id(layer), coef) per layer, the (layer, coef) pairs that keep
     # those ids alive), or None while a module is being rewritten; and the base weight (and bias, where a
     # diff_b changed it) of modules fused, on the host, in the model's dtype.
@@ -259,15 +262,21 @@ class BlendApplier:
         1.6-2.6x faster at SDXL widths with 10 adapters (docs/benchmarks.md, "Mix previews in bf16").
         """
         weight = module.weight
-        if module not in self._originals and not self._on_disk(module):
-            self._originals[module] = weight.detach().to("cpu", copy=True)
+        if module in self._originals or self._on_disk(module):
+            original = self._original(module)
+        elif self.hold_originals:
+            original = self._originals[module] = weight.detach().to("cpu", copy=True)
+        elif module in self._fused_blend:
+            raise LoramixError("This blend was fused for one use (hold_originals=False) and cannot be changed.")
+        else:  # fused once and never put back: the weight in place is the original
+            original = weight.detach()
         self._fused_blend[module] = None  # half-written until this returns
         low_rank = [(layer, coef) for layer, coef in pairs if is_low_rank(layer)]
         if weight.device.type == "cpu" and weight.dtype in (torch.float16, torch.bfloat16) \
                 and not (weight.dtype == torch.bfloat16 and len(low_rank) == len(pairs) and _native_bf16()):
-            flat = self._original(module).to(torch.float32)
+            flat = original.to(torch.float32)
         else:
-            weight.copy_(self._original(module))
+            weight.copy_(original)
             flat = weight if weight.is_contiguous() else weight.contiguous()
         flat = flat.view(flat.shape[0], -1)
         if low_rank:  # the ups scaled in float32, then one product accumulated in float32 and rounded once

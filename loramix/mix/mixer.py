@@ -305,10 +305,10 @@ class Mixer(BlendApplier):
     def _fp32_twin(self) -> Mixer:
         """The base loaded again in fp32 with the same adapters, sliders and block weights: a mixer whose
         previews compute in bf16 bakes from this, so a bake never rounds the base's weights to bf16 (it holds
-        the fp32 model beside the bf16 one while it writes)."""
+        the fp32 model beside the bf16 one while it writes, and no copies of originals: it is fused once)."""
         twin = Mixer.from_base(self.base, self.revision, device="cpu", precision="fp32", mode=self.mode,
                                originals="file" if self.file_originals is not None else "memory",
-                               fuse_budget=self.fuse_budget)
+                               fuse_budget=self.fuse_budget, hold_originals=False)  # fused once, then dropped
         table = module_blocks(twin.components)
         for name, slot in self.slots.items():
             layers = twin.bind(slot.adapter, slot.path.name)

@@ -127,3 +127,32 @@ def test_on_a_native_bf16_cpu_a_bf16_weight_is_fused_in_place_within_one_bf16_st
         assert ((fast - slow).abs() <= step).all(), key
         changed += int((fast != slow).any())
     assert changed > 0  # the in-place product was taken
+
+
+def test_a_bakes_fp32_twin_holds_no_copies_of_the_base_and_bakes_the_same(tiny_model, files, tmp_path, monkeypatch):
+    """A base whose originals are not on disk (a single-file or hub base; `originals="memory"` here): the fp32
+    twin a bake loads fuses each module once and is dropped, so it holds no copies beside itself."""
+    blend = [(files[0], 0.7, True), (files[1], -0.4, True)]
+    reference = Mixer.from_base(str(tiny_model), precision="fp32", originals="memory")
+    reference.set_blend(blend)
+    reference.bake(tmp_path / "reference")
+    seen, real = [], Mixer._bake
+    monkeypatch.setattr(Mixer, "_bake", lambda self, *a: seen.append(self) or real(self, *a))
+    mixer = Mixer.from_base(str(tiny_model), precision="bf16", originals="memory")
+    mixer.set_blend(blend)
+    out = mixer.bake(tmp_path / "baked")
+    (twin,) = seen
+    assert twin is not mixer and twin.dtype == torch.float32 and not twin._originals and twin.held_bytes() == 0
+    a, b = (load_file(next((folder / "unet").glob("*.safetensors"))) for folder in (tmp_path / "reference", out))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_one_use_applier_refuses_a_second_rewrite_instead_of_adding_onto_a_fused_weight(tiny_model, files):
+    mixer = Mixer.from_base(str(tiny_model), originals="memory", hold_originals=False)
+    mixer.set_blend([(files[0], 0.7, True)])
+    with mixer.applied("fused"):
+        pass
+    mixer.set_blend([(files[0], 0.2, True)])
+    with pytest.raises(LoramixError, match="fused for one use"):
+        with mixer.applied("fused"):
+            pass
