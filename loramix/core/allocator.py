@@ -10,7 +10,7 @@ kernel; with `tune_allocator()` none, and the preview cost 14% less CPU.
 `tune_allocator()` puts every thread on the main arena (M_ARENA_MAX 1: no 64 MiB heap limit), serves blocks up to
 1 GiB from it (M_MMAP_THRESHOLD) and keeps up to 2 GiB of freed memory at its top (M_TRIM_THRESHOLD), so freed
 activations are reused. What is kept is given back by `give_back_memory()` (malloc_trim), which the app calls when
-a job ends and when it drops a loaded base model, so memory does not stay at a job's peak.
+a job ends and the mixer after a bake's fp32 twin, so memory does not stay at a job's peak.
 
 No library offers this (PyTorch leaves the host allocator to the C library; jemalloc/tcmalloc would be a native
 dependency to preload), so it is a few `mallopt` calls here. It applies on Linux with glibc only, and not when

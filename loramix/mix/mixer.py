@@ -77,8 +77,8 @@ def preview_dtype(precision: str, device: str, unet_config: dict) -> torch.dtype
     (an SD 1.5 preview 2.1x faster, at half the memory; docs/benchmarks.md, "bf16 on a CPU"), fp32 otherwise:
     CPUs without native bf16 emulate it (far slower), and the toy-sized models' layers are too small to pay
     for it (the embedded demo model, the test models), as in training's `train.mixed_precision = "auto"`.
-    Fused weights are summed in fp32 and rounded once either way (`BlendApplier._fuse_module`), and a bake is
-    always written from fp32 weights on a CPU (`Mixer.bake`)."""
+    Fused weights are accumulated in fp32 and rounded once either way (`BlendApplier._fuse_module`), and a bake
+    is always written from fp32 weights on a CPU (`Mixer.bake`)."""
     if precision != "auto":
         return _DTYPES[precision]
     if device == "cuda":
