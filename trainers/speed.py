@@ -30,12 +30,9 @@ def resolve_precision(mixed_precision: str, base_model: str = "") -> str:
     emulated there) and on GPUs (docs/benchmarks.md)."""
     if mixed_precision != "auto":
         return mixed_precision
-    from loramix.core.cpu_features import native_bf16
-    from loramix.formats.base_model import is_tiny_base
+    from loramix.formats.base_model import cpu_bf16_pays, unet_config_of
 
-    if torch.cuda.is_available() or not native_bf16() or is_tiny_base(base_model):
-        return "no"
-    return "bf16"
+    return "bf16" if not torch.cuda.is_available() and cpu_bf16_pays(unet_config_of(base_model)) else "no"
 
 
 def prepare_unet(unet: torch.nn.Module, t: TrainConfig) -> torch.nn.Module:

@@ -11,7 +11,6 @@ as the engine's one-sentence message. No gradio in this module.
 
 from __future__ import annotations
 
-import gc
 import threading
 import time
 import traceback
@@ -267,5 +266,4 @@ class JobManager:
         finally:
             values["finished"] = time.time()
             self._set(job, **values)
-            gc.collect()  # the job's models and optimizer, then their memory back to the system (the allocator
-            give_back_memory()  # keeps freed memory for the next preview or step: loramix.core.allocator)
+            give_back_memory()  # the job's models and optimizer (the allocator keeps freed memory for the next step)

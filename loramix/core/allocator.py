@@ -22,6 +22,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import gc
 import os
 import platform
 
@@ -51,7 +52,9 @@ def tune_allocator(environ=os.environ) -> bool:
 
 
 def give_back_memory() -> None:
-    """Hand the memory freed since the last call back to the system (glibc's malloc_trim; nothing elsewhere)."""
+    """Collect what is garbage now (a dropped model in a reference cycle), then hand the memory freed back to the
+    system (glibc's malloc_trim; elsewhere only the collection)."""
+    gc.collect()
     libc = _glibc()
     if libc is not None:
         libc.malloc_trim(0)

@@ -76,7 +76,10 @@ def is_toy_sized(unet_config: dict) -> bool:
     return isinstance(dim, int) and dim < 768
 
 
-def is_tiny_base(source: str = "") -> bool:
-    """Is this base one of the toy-sized models (`is_toy_sized`), read from its UNet config without loading it?"""
-    config = unet_config_of(source)
-    return config is not None and is_toy_sized(config)
+def cpu_bf16_pays(unet_config: dict | None) -> bool:
+    """Is bf16 faster than fp32 on this CPU for this model: the CPU multiplies bf16 natively (AVX-512-bf16 or AMX)
+    and the model is full-size (not `is_toy_sized`; None, a hub id or single file not read yet, counts as
+    full-size). The one rule behind `train.mixed_precision = "auto"` and the mixer's `precision="auto"`."""
+    from loramix.core.cpu_features import native_bf16
+
+    return native_bf16() and not (unet_config is not None and is_toy_sized(unet_config))

@@ -33,16 +33,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from loramix.core import cpu_features
 from loramix.core.errors import LoramixError
 from loramix.formats.families import Components
 from loramix.mix.file_originals import FileOriginals
 from loramix.mix.stacked_hooks import is_low_rank, stacked_hook, update_stacks
-
-
-def _native_bf16() -> bool:
-    from loramix.core.cpu_features import native_bf16
-
-    return native_bf16()
 
 MODES = ("auto", "fused", "unfused")
 TEXT_TOKENS = 77  # the rows a text encoder's layer sees per prompt
@@ -273,7 +268,7 @@ class BlendApplier:
         self._fused_blend[module] = None  # half-written until this returns
         low_rank = [(layer, coef) for layer, coef in pairs if is_low_rank(layer)]
         if weight.device.type == "cpu" and weight.dtype in (torch.float16, torch.bfloat16) \
-                and not (weight.dtype == torch.bfloat16 and len(low_rank) == len(pairs) and _native_bf16()):
+                and not (weight.dtype == torch.bfloat16 and len(low_rank) == len(pairs) and cpu_features.native_bf16()):
             flat = original.to(torch.float32)
         else:
             weight.copy_(original)

@@ -10,7 +10,6 @@ bake) and the pipeline.
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
 from dataclasses import dataclass, field
@@ -83,10 +82,9 @@ def preview_dtype(precision: str, device: str, unet_config: dict) -> torch.dtype
         return _DTYPES[precision]
     if device == "cuda":
         return torch.float16
-    from loramix.core.cpu_features import native_bf16
-    from loramix.formats.base_model import is_toy_sized
+    from loramix.formats.base_model import cpu_bf16_pays
 
-    return torch.bfloat16 if native_bf16() and not is_toy_sized(unet_config) else torch.float32
+    return torch.bfloat16 if cpu_bf16_pays(unet_config) else torch.float32
 
 
 def is_baked_folder(folder: Path) -> bool:
@@ -142,12 +140,18 @@ class Mixer(BlendApplier):
         name = name or path.stem
         if name in self.slots:
             raise LoramixError(f"An adapter named {name!r} is already loaded; remove it first or pick a new name.")
-        slot = Slot(name, path, adapter, self.bind(adapter, path.name), weight, te_weight)
-        table = module_blocks(self.components)
-        slot.layer_blocks = {layer.module: table.get(layer.module) for layer in slot.layers}
+        slot = self._bound_slot(name, path, adapter, weight, te_weight)
         self.set_weight(slot, weight, te_weight, blocks=blocks)
         self.slots[name] = slot
         return name
+
+    def _bound_slot(self, name: str, path: Path, adapter: LoraAdapter, weight: float,
+                    te_weight: float | None) -> Slot:
+        """A slot for `adapter` with its layers bound to this base and each layer's block known."""
+        slot = Slot(name, path, adapter, self.bind(adapter, path.name), weight, te_weight)
+        table = module_blocks(self.components)
+        slot.layer_blocks = {layer.module: table.get(layer.module) for layer in slot.layers}
+        return slot
 
     def set_blend(self, rows: list[tuple], allow_unsafe: bool = False) -> list[str]:
         """Make the loaded adapters exactly `rows` of (file, weight, enabled) or (file, weight, enabled,
@@ -298,7 +302,6 @@ class Mixer(BlendApplier):
             try:
                 return self._fp32_twin()._bake(out_dir, single_file, replace, within)
             finally:  # the twin is gone: its memory back to the system (loramix.core.allocator)
-                gc.collect()
                 give_back_memory()
         return self._bake(out_dir, single_file, replace, within)
 
@@ -309,11 +312,9 @@ class Mixer(BlendApplier):
         twin = Mixer.from_base(self.base, self.revision, device="cpu", precision="fp32", mode=self.mode,
                                originals="file" if self.file_originals is not None else "memory",
                                fuse_budget=self.fuse_budget, hold_originals=False)  # fused once, then dropped
-        table = module_blocks(twin.components)
         for name, slot in self.slots.items():
-            layers = twin.bind(slot.adapter, slot.path.name)
-            twin.slots[name] = Slot(name, slot.path, slot.adapter, layers, slot.weight, slot.te_weight,
-                                    slot.enabled, slot.blocks, {layer.module: table.get(layer.module) for layer in layers})
+            twin.slots[name] = copy = twin._bound_slot(name, slot.path, slot.adapter, slot.weight, slot.te_weight)
+            copy.enabled, copy.blocks = slot.enabled, slot.blocks
         return twin
 
     def _bake(self, out_dir: Path, single_file, replace: bool, within) -> Path:

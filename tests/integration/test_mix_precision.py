@@ -106,7 +106,7 @@ def test_on_a_native_bf16_cpu_a_bf16_weight_is_fused_in_place_within_one_bf16_st
     product, which matters where W + dW nearly cancels)."""
     fused, terms = {}, {}
     for native in (False, True):
-        monkeypatch.setattr("loramix.mix.apply._native_bf16", lambda native=native: native)
+        monkeypatch.setattr(cpu_features, "native_bf16", lambda native=native: native)
         mixer = Mixer.from_base(str(tiny_model), precision="bf16")
         mixer.set_blend([(files[0], 0.8, True), (files[1], -1.6, True)])
         with mixer.applied("fused"):
