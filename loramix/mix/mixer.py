@@ -217,16 +217,17 @@ class Mixer(BlendApplier):
         pairs = [(layer, slot.coef(layer.component, layer)) for slot in self.slots.values() for layer in slot.layers]
         return [(layer, coef) for layer, coef in pairs if coef != 0.0]
 
-    def applied(self, mode: str | None = None, unet_calls: float = 1.0):
+    def applied(self, mode: str | None = None, unet_calls: float = 1.0, exact: bool = False):
         """A block inside which the base model computes with the current blend (see `BlendApplier.apply`).
 
         Yields the mode used: "base", "fused", "unfused" or "mixed" (`auto` decides per part of the model
         by `fuse_budget`). Fused weights stay in the model after the block, so the next preview with the
         same blend costs nothing. A block with no active adapter, an unfused block and `restore()` first
         put the base weights back, bit for bit. `unet_calls`: the UNet calls at the native size the block
-        will make (`unet_calls_of`), which `auto` weighs against rewriting weights.
+        will make (`unet_calls_of`), which `auto` weighs against rewriting weights. `exact`: fused weights
+        are the sums rewritten from the originals, rounded once (what a bake writes), not in-place steps.
         """
-        return self.apply(self.active(), mode, unet_calls)
+        return self.apply(self.active(), mode, unet_calls, exact)
 
     def unet_calls_of(self, req: PreviewRequest) -> float:
         """The UNet calls a preview makes, in calls at the model's native size: a step is two with CFG (the
@@ -324,11 +325,11 @@ class Mixer(BlendApplier):
         if single_file:
             from loramix.formats.single_file import save_single_file
 
-            with self.applied("fused"):
+            with self.applied("fused", exact=True):
                 save_single_file(self.components, single_file, self.family, metadata=self._baked_from(),
                                  replace=replace, within=within, field="Bake single file")
         with atomic_folder(out_dir, replace=replace, within=within, field="Bake", replaceable=is_baked_folder) as tmp:
-            with self.applied("fused"):
+            with self.applied("fused", exact=True):
                 self.pipeline().save_pretrained(tmp, safe_serialization=True)
             publish_saved_configs(tmp)  # the configs name the base model by its base name, not its local path
             (tmp / BAKED_MARKER).write_text("baked by loramix\n", encoding="utf-8")

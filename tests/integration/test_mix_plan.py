@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -89,7 +91,9 @@ def test_a_weight_change_in_a_mixed_blend_rebuilds_only_what_changed(mixer, monk
     outputs(mixer)
     rewritten, built = [], []
     real_fuse, real_build = Mixer._fuse_module, stacked_hooks.build_stack
+    real_step = Mixer._step_module
     monkeypatch.setattr(Mixer, "_fuse_module", lambda self, m, pairs: rewritten.append(m) or real_fuse(self, m, pairs))
+    monkeypatch.setattr(Mixer, "_step_module", lambda self, m, old, new: rewritten.append(m) or real_step(self, m, old, new))
     monkeypatch.setattr(stacked_hooks, "build_stack", lambda m, pairs: built.append(m) or real_build(m, pairs))
     mixer.set_weight("a", 0.7, te_weight=0.4)  # a's text encoder layers only: hooked, so only their stacks
     got = outputs(mixer)
@@ -97,10 +101,11 @@ def test_a_weight_change_in_a_mixed_blend_rebuilds_only_what_changed(mixer, monk
     assert_close(got, outputs(mixer, "unfused"))
     outputs(mixer)  # back to the mixed blend (the unfused preview put the UNet's base weights back)
     rewritten.clear(), built.clear()
-    mixer.set_weight("a", 0.2, te_weight=0.4)  # a's UNet layers only: fused, so only those weights
-    got = outputs(mixer)
-    assert got[0] == "mixed" and built == []
-    assert set(rewritten) == modules(mixer, "unet", "a") and len(rewritten) == len(modules(mixer, "unet", "a"))
+    mixer.set_weight("a", 0.2, te_weight=0.4)  # a's UNet layers only: fused, so those weights stepped or their
+    got = outputs(mixer)                         # change hooked (`_defer`), and nothing else
+    assert got[0] == "mixed" and not set(rewritten) & set(built)
+    assert set(rewritten) | set(built) == modules(mixer, "unet", "a")
+    assert len(rewritten) + len(built) == len(modules(mixer, "unet", "a"))
     assert_close(got, outputs(mixer, "unfused"))
 
 
@@ -121,82 +126,112 @@ def test_within_the_unet_the_high_resolution_layers_fuse_first(mixer):
 
 @pytest.fixture(scope="module")
 def wide(tmp_path_factory):
-    """A tiny model whose low-resolution level is wide (256 channels on 8 x 8 latents) and an adapter for it."""
+    """A tiny model whose low-resolution level is wide (256 channels on 8 x 8 latents), with a text encoder of
+    width 256, and a rank-16 adapter for it (the rank of kohya's defaults)."""
     from loramix.embedded.tiny import build_tiny_model
     from tests.conftest import WORDS
 
     root = tmp_path_factory.mktemp("wide")
-    model = build_tiny_model(root / "model", seed=0, words=WORDS, unet_channels=(32, 256))
-    return model, random_lora(model, root / "a.safetensors", 1, text=True, conv=True)
+    model = build_tiny_model(root / "model", seed=0, words=WORDS, unet_channels=(32, 256), text_dim=256)
+    return model, random_lora(model, root / "a.safetensors", 1, rank=16, alpha=8.0, text=True, conv=True)
 
 
-def test_auto_hooks_the_deep_layers_whose_rewrite_costs_more_than_their_hook(wide):
-    model, lora = wide
-    mixer = Mixer.from_base(str(model), originals="file")  # originals cost nothing: memory does not decide
-    mixer.load(lora, weight=0.8, te_weight=0.5)
+def deep_and_high(mixer):
     names = {m: path for path, m in mixer.components.unet.named_modules()}
     unet = modules(mixer, "unet")
     deep = {m for m in unet if names[m].startswith(("down_blocks.1.resnets.", "up_blocks.0.resnets.",
                                                     "mid_block.resnets.")) or names[m].startswith("mid_block.")
             and ".attn1." in names[m]}
-    high = {m for m in unet if names[m].startswith(("down_blocks.0.", "up_blocks.1."))}
+    high = {m for m in unet if names[m].startswith(("down_blocks.0.", "up_blocks.1."))
+            and not names[m].endswith(("attn2.to_k", "attn2.to_v"))}  # (those see the prompt's 77 tokens)
+    assert deep and high
+    return deep, high
+
+
+def test_at_one_step_a_slider_change_hooks_the_deep_layers_change_until_the_hooks_cost_a_step(wide):
+    """Originals from the file cost nothing, so everything is fused. A slider moved before a 1-step preview: a
+    deep layer (64 rows x 512 or more against 256 x 256 weights and up) keeps its weight and hooks the change,
+    a high-resolution one steps its weight at once. Previews of the same blend keep hooking the deep change
+    until the hooks' summed work reaches a step's, and then step it: never more than twice the cheaper."""
+    model, lora = wide
+    mixer = Mixer.from_base(str(model), originals="file")
+    mixer.load(lora, weight=0.8, te_weight=0.5)
+    deep, high = deep_and_high(mixer)
     got = outputs(mixer)
-    assert got[0] == "mixed" and not mixer._originals
-    assert deep and not deep & fused(mixer)  # 64 rows x 512 or more against 256 x 256 weights and up
-    assert high and high <= fused(mixer)
+    assert got[0] == "fused" and fused(mixer) == modules(mixer) and not mixer._originals
+    before = {m: m.weight.detach().clone() for m in deep | high}
+    mixer.set_weight(next(iter(mixer.slots.values())), 0.3, te_weight=0.5)
+    got = outputs(mixer)
+    assert got[0] == "mixed"
+    assert deep <= set(mixer._stacks) and all(torch.equal(m.weight, before[m]) for m in deep)
+    assert not high & set(mixer._stacks) and all(not torch.equal(m.weight, before[m]) for m in high)
+    assert_close(got, outputs(mixer, "unfused"))
+    outputs(mixer)  # the fused weights back (the unfused preview put the base back): a first write, not a change
+    mixer.set_weight(next(iter(mixer.slots.values())), 0.6, te_weight=0.5)
+    module = next(iter(deep))
+    (layer, _), = [(layer, c) for layer, c in mixer.active() if layer.module is module]
+    hook = mixer._hook_work(module, mixer._rank(module, layer), 1.0)
+    step = mixer._step_work(module, mixer._rank(module, layer), mixer._rank(module, layer))
+    previews = 0
+    while module in mixer._stacks or previews == 0:
+        got = outputs(mixer)
+        previews += 1
+        assert previews < 10_000
+    assert previews == math.ceil(step / hook)  # the preview whose hooks would reach a step's work steps instead
     assert_close(got, outputs(mixer, "unfused"))
 
 
-def test_a_preview_of_many_steps_fuses_the_deep_layers_too(wide):
-    """A slider preview of 8 steps with CFG calls the UNet 16 times: the deep layers' hooks then cost more than
-    rewriting their weights once, so `auto` fuses them; a 1-step preview without CFG hooks them again. The text
-    encoder is called once per preview whatever the steps, so its modules are weighed by one call."""
+def test_at_eight_steps_a_slider_change_steps_the_deep_layers_too(wide):
+    """A slider preview of 8 steps with CFG calls the UNet 16 times: a deep layer's hook of the change would then
+    cost more than a step of its weight, so the change is stepped at once; a 1-step preview without CFG hooks it.
+    The pixels count: half the native size is a quarter of the calls."""
     from loramix.mix.request import PreviewRequest
 
     model, lora = wide
     mixer = Mixer.from_base(str(model), originals="file")
     mixer.load(lora, weight=0.8, te_weight=0.5)
-    names = {m: path for path, m in mixer.components.unet.named_modules()}
-    deep = {m for m in modules(mixer, "unet") if names[m].startswith(("down_blocks.1.resnets.",
-                                                                      "up_blocks.0.resnets."))}
+    deep, _ = deep_and_high(mixer)
     many = PreviewRequest("a red circle", steps=8, cfg_scale=6.0)
     assert mixer.unet_calls_of(many) == 16
     assert mixer.unet_calls_of(PreviewRequest("a", steps=8, cfg_scale=6.0, width=mixer.native_size() // 2,
                                               height=mixer.native_size() // 2)) == 4
     mixer.generate(many)
-    assert deep and deep <= fused(mixer) and not mixer._originals
+    slot = next(iter(mixer.slots.values()))
+    mixer.set_weight(slot, 0.3, te_weight=0.5)
+    mixer.generate(many)
+    assert deep <= fused(mixer) and not deep & set(mixer._stacks) and not mixer._originals
     assert_close(outputs(mixer, "auto"), outputs(mixer, "unfused"))
+    mixer.generate(many)
+    mixer.set_weight(slot, 0.6, te_weight=0.5)
     mixer.generate(PreviewRequest("a red circle", steps=1, cfg_scale=1.0))
-    assert not deep & fused(mixer)
+    assert deep <= set(mixer._stacks)
 
 
-def test_a_text_encoder_module_is_weighed_by_one_call_whatever_the_steps(tmp_path):
-    """The text encoder runs once per preview, not once per UNet call: a module whose hook costs less than its
-    rewrite on one call (a 256 -> 512 MLP layer on 77 tokens) stays hooked at 8 steps with CFG too."""
-    from types import SimpleNamespace
-
-    from loramix.embedded.tiny import build_tiny_model
-    from tests.conftest import WORDS
-
-    model = build_tiny_model(tmp_path / "model", seed=0, words=WORDS, text_dim=256)
+def test_a_text_encoder_module_is_weighed_by_one_call_whatever_the_steps(wide):
+    """The text encoder runs once per preview, not once per UNet call: a change to its layers is hooked at any
+    number of UNet calls (77 tokens, one call), where a UNet change of the same preview steps."""
+    model, lora = wide
     mixer = Mixer.from_base(str(model), originals="file")
-    fc1 = next(m for path, m in mixer.components.text_encoder.named_modules() if path.endswith("layers.0.mlp.fc1"))
-    assert (fc1.in_features, fc1.out_features) == (256, 512)
-    layer = SimpleNamespace(module=fc1, down=torch.zeros(4, 256), up=torch.zeros(512, 4))
-    for calls in (1, 16, 1000):
-        fused_pairs, hooked_pairs = mixer.plan([(layer, 1.0)], unet_calls=calls)
-        assert hooked_pairs and not fused_pairs, calls
+    mixer.load(lora, weight=0.8, te_weight=0.5)
+    deep, high = deep_and_high(mixer)
+    outputs(mixer)
+    text = modules(mixer, "text")
+    assert text
+    mixer.set_weight(next(iter(mixer.slots.values())), 0.3, te_weight=-0.5)
+    with mixer.applied("auto", unet_calls=1000):
+        hooked = set(mixer._stacks)
+    assert text <= hooked and not (deep | high) & hooked
 
 
-def test_over_the_budget_auto_fuses_where_a_slider_change_adds_the_least_work_per_byte_saved(wide):
-    """Many adapters: the hooks' stacks alone exceed `fuse_budget`, so modules are fused to bring them under it.
-    Of a deep 3x3 convolution (2304 -> 256: the larger stack, but a rewrite 9x its attention neighbour's) and a
-    deep attention projection (256 -> 256), fusing the projection frees enough and costs far less per slider
-    change: it goes first, and the convolution stays hooked."""
+def test_modules_whose_stack_outweighs_their_original_are_fused_whatever_the_budget(wide):
+    """Many adapters: a module whose stack holds more than its original would is fused even with no budget for
+    originals (it saves memory and work); one whose original is larger stays hooked. Ten rank-16 adapters on a
+    256 x 256 projection stack 327 KB against a 262 KB original; on a 2304 -> 256 convolution 1.6 MB against
+    2.4 MB."""
     from types import SimpleNamespace
 
     model, _ = wide
-    mixer = Mixer.from_base(str(model), originals="file")
+    mixer = Mixer.from_base(str(model), originals="memory")
     named = dict(mixer.components.unet.named_modules())
     conv, proj = named["mid_block.resnets.0.conv1"], named["mid_block.attentions.0.transformer_blocks.0.attn1.to_q"]
     assert (conv.weight[0].numel(), conv.weight.shape[0], proj.weight.shape) == (2304, 256, (256, 256))
@@ -205,12 +240,12 @@ def test_over_the_budget_auto_fuses_where_a_slider_change_adds_the_least_work_pe
     def layers(module):
         fan_in, fan_out = module.weight[0].numel(), module.weight.shape[0]
         return [(SimpleNamespace(module=module, down=torch.zeros(rank, fan_in), up=torch.zeros(fan_out, rank)), 1.0)
-                for _ in range(2)]
+                for _ in range(10)]
 
-    active = layers(conv) + layers(proj)
-    stacks = {m: sum(layer.down.numel() * 4 + layer.up.numel() * 4 for layer, _ in active if layer.module is m)
-              for m in (conv, proj)}
-    mixer.fuse_budget = (sum(stacks.values()) - stacks[proj]) / model_bytes(mixer)  # fusing either one is enough
-    fused_pairs, hooked_pairs = mixer.plan(active, unet_calls=1)
+    mixer.fuse_budget = 0.0
+    fused_pairs, hooked_pairs = mixer.plan(layers(conv) + layers(proj), unet_calls=1)
     assert {layer.module for layer, _ in fused_pairs} == {proj}
     assert {layer.module for layer, _ in hooked_pairs} == {conv}
+    mixer.fuse_budget = 1.0
+    fused_pairs, hooked_pairs = mixer.plan(layers(conv) + layers(proj), unet_calls=1)
+    assert {layer.module for layer, _ in fused_pairs} == {proj, conv} and not hooked_pairs
