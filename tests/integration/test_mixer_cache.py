@@ -69,7 +69,7 @@ def writes(monkeypatch):
     real_fuse, real_step, real_add = Mixer._fuse_module, Mixer._step_module, Mixer._add_into
 
     def add_into(weight, start, pairs):
-        calls.append((where["module"], "step" if start is None else "original", {id(l): c for l, c in pairs}))
+        calls.append((where["module"], "step" if start is None else "original", {id(layer): c for layer, c in pairs}))
         return real_add(weight, start, pairs)
 
     def fuse(self, module, pairs):
