@@ -156,3 +156,52 @@ def test_a_one_use_applier_refuses_a_second_rewrite_instead_of_adding_onto_a_fus
     with pytest.raises(LoramixError, match="fused for one use"):
         with mixer.applied("fused"):
             pass
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_a_bf16_mixers_slider_steps_round_once_each_and_the_eighth_change_is_rewritten(tiny_model, files, monkeypatch,
+                                                                                      native):
+    """A slider change steps a bf16 weight in place, one more rounding each (within a bf16 step of the weight and of
+    the product added); the 8th change since the last rewrite (`exact_every` for half precision) is rewritten from
+    the original, bit for bit what a fresh mixer fuses."""
+    monkeypatch.setattr(cpu_features, "native_bf16", lambda: native)
+
+    def unet_weights(mixer):
+        return {k: v.float().clone() for k, v in mixer.components.unet.state_dict().items()}
+
+    def exact(weight):
+        fresh = Mixer.from_base(str(tiny_model), precision="bf16")
+        fresh.set_blend([(files[0], weight, True), (files[1], -1.6, True)])
+        with fresh.applied("fused"):
+            return unet_weights(fresh)
+
+    mixer = Mixer.from_base(str(tiny_model), precision="bf16")
+    mixer.set_blend([(files[0], 0.8, True), (files[1], -1.6, True)])
+    with mixer.applied("fused"):
+        pass
+    slot = next(iter(mixer.slots.values()))
+    names = {m: path for path, m in mixer.components.unet.named_modules()}
+    terms = {}  # what each step adds, in magnitude: the bound of a dot product of rounded factors
+    weights = [0.8, 0.1, 1.3, -0.7, 0.5, 1.9, -1.2, 0.6]
+    for before, after in zip(weights, weights[1:]):  # 7 changes: all steps
+        for layer in slot.layers:
+            if layer.module in names:
+                key = f"{names[layer.module]}.weight"
+                up = (layer.up.flatten(1).float() * abs(after - before) * layer.scale).abs()
+                terms[key] = terms.get(key, 0) + (up @ layer.down.flatten(1).float().abs()).reshape(
+                    layer.module.weight.shape)
+        mixer.set_weight(slot, after)
+        with mixer.applied("fused"):
+            pass
+    stepped, want = unet_weights(mixer), exact(weights[-1])
+    changed = 0
+    for key, w in want.items():
+        bound = 8 * 2.0 ** -8 * torch.maximum(w.abs(), stepped[key].abs()) + 2.0 ** -6 * terms.get(key, 0)
+        assert ((stepped[key] - w).abs() <= bound).all(), key
+        changed += int(not torch.equal(stepped[key], w))
+    assert changed > 0  # the steps rounded differently from one rewrite
+    mixer.set_weight(slot, 0.3)  # the 8th change
+    with mixer.applied("fused"):
+        now = unet_weights(mixer)
+    want = exact(0.3)
+    assert all(torch.equal(now[k], w) for k, w in want.items())
