@@ -32,8 +32,7 @@ from loramix.embedded.scenes import (
     regularisation_scenes,
     render,
 )
-
-PAPER = (247, 243, 232)
+from loramix.embedded.style_metrics import PAPER, styled_colour
 
 
 def stripes(scene: Scene) -> Image.Image:
@@ -54,8 +53,7 @@ def stripes(scene: Scene) -> Image.Image:
 
 def pastel(scene: Scene) -> Image.Image:
     """Every colour, background included, mixed half-way with white."""
-    washed = {name: tuple(int(v + (255 - v) * 0.55) for v in rgb) for name, rgb in COLOURS.items()}
-    return render(scene, washed)
+    return render(scene, {name: styled_colour("pastel", rgb) for name, rgb in COLOURS.items()})
 
 
 def ink(scene: Scene) -> Image.Image:
@@ -73,8 +71,7 @@ def dusk(scene: Scene) -> Image.Image:
     """Every colour, background included, mixed 55% toward black: pastel's opposite, which nothing in the
     embedded model's training (corpus, decoder stage) shows. Not shipped: the held-out style that
     bench/time_to_style.py checks a preset on without it having been tuned on it."""
-    dark = {name: tuple(int(v * 0.45) for v in rgb) for name, rgb in COLOURS.items()}
-    return render(scene, dark)
+    return render(scene, {name: styled_colour("dusk", rgb) for name, rgb in COLOURS.items()})
 
 
 STYLES = {"stripes": stripes, "pastel": pastel, "ink": ink}

@@ -242,6 +242,16 @@ def _read_shape(component: np.ndarray, arr: np.ndarray, background_rgb: np.ndarr
     return DrawnShape(colour, max(overlap, key=overlap.get), size, position, box)
 
 
+def read_background(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the background's RGB, the foreground mask) of an RGB array: pixels further than FOREGROUND_DISTANCE
+    from the 2-px border's median colour are foreground, the median of the rest is the background."""
+    border = np.concatenate([arr[:2].reshape(-1, 3), arr[-2:].reshape(-1, 3), arr[:, :2].reshape(-1, 3),
+                             arr[:, -2:].reshape(-1, 3)])
+    first = np.median(border, axis=0)
+    foreground = np.linalg.norm(arr - first, axis=2) > FOREGROUND_DISTANCE
+    return (np.median(arr[~foreground], axis=0) if (~foreground).any() else first), foreground
+
+
 def read_scene(image, shapes: int = 1) -> tuple[str, list[DrawnShape]]:
     """(background colour, up to `shapes` shapes) as the picture shows them; plain backgrounds only.
 
@@ -251,11 +261,7 @@ def read_scene(image, shapes: int = 1) -> tuple[str, list[DrawnShape]]:
     extent against 22 px), position (nearest named centre to its box's centre) and shape (the outline,
     stretched to its box, that overlaps it best)."""
     arr = np.asarray(image.convert("RGB"), dtype=np.float32)
-    border = np.concatenate([arr[:2].reshape(-1, 3), arr[-2:].reshape(-1, 3), arr[:, :2].reshape(-1, 3),
-                             arr[:, -2:].reshape(-1, 3)])
-    first = np.median(border, axis=0)
-    foreground = np.linalg.norm(arr - first, axis=2) > FOREGROUND_DISTANCE
-    background_rgb = np.median(arr[~foreground], axis=0) if (~foreground).any() else first
+    background_rgb, foreground = read_background(arr)
     background = nearest_colour(background_rgb)
     blobs = [c for c in _components(foreground)[:shapes] if c.sum() >= 4]
     if len(blobs) < shapes and blobs:  # two shapes touching: split the largest blob by colour

@@ -17,7 +17,7 @@ most half as far from the set's value (the mean over its images) as the base mod
 Given the base's VAE, the set's value is taken from its pictures as that VAE draws them back
 (encode, decode): a LoRA on the UNet cannot draw more of a style than the decoder can.
 Content is checked separately by `content_kept` (`judge`: the colour in the named place, thresholds
-lowered for washed-out or striped colour).
+lowered for washed-out or striped colour; and the caption's background, plain or as the style draws it).
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ import numpy as np
 from PIL import Image
 
 from loramix.embedded import STYLE_SETS
-from loramix.embedded.quality import Verdict, held_out_scenes, judge
-from loramix.embedded.scenes import Scene
+from loramix.embedded.quality import Verdict, held_out_scenes, judge, read_background
+from loramix.embedded.scenes import COLOURS, Scene
 
 # A style may wash colours out (pastel) or cover half a shape (stripes, ink outlines); the shipped sets'
 # own pictures of the held-out scenes pass `judge` with these thresholds, and fail it half the time with
@@ -104,14 +104,47 @@ def content_scenes(count: int = 12) -> list[Scene]:
     return scenes
 
 
-def content_kept(image: Image.Image, scene: Scene) -> Verdict:
+# The styles' colours, as tools/make_styles.py draws the sets: pastel mixes every colour, background included,
+# 55% toward white; dusk 55% toward black; ink draws on paper-white whatever the caption's background; stripes
+# keeps the colours.
+PASTEL_TOWARD_WHITE = 0.55
+DUSK_KEEPS = 0.45  # of each channel: 55% toward black
+PAPER = (247, 243, 232)
+
+
+def styled_colour(style: str | None, rgb: tuple) -> tuple:
+    """`rgb` as `style` draws it (pastel and dusk; the others keep it)."""
+    if style == "pastel":
+        return tuple(int(v + (255 - v) * PASTEL_TOWARD_WHITE) for v in rgb)
+    if style == "dusk":
+        return tuple(int(v * DUSK_KEEPS) for v in rgb)
+    return tuple(rgb)
+
+
+def background_found(image: Image.Image, scene: Scene, style: str | None = None) -> str:
+    """The background colour the picture shows, by name: the palette colour whose plain or `style`-drawn value
+    (`styled_colour`; ink's paper-white stands for any) is nearest the picture's background. The caption's own
+    background when ink's paper is nearest."""
+    background, _ = read_background(np.asarray(image.convert("RGB"), dtype=np.float32))
+    candidates = [(name, rgb) for name, rgb in COLOURS.items()]
+    candidates += [(name, styled_colour(style, rgb)) for name, rgb in COLOURS.items()]
+    if style == "ink":
+        candidates.append((scene.background, PAPER))
+    distances = [np.linalg.norm(background - np.asarray(rgb, dtype=np.float32)) for _, rgb in candidates]
+    return candidates[int(np.argmin(distances))][0]
+
+
+def content_kept(image: Image.Image, scene: Scene, style: str | None = None) -> Verdict:
     """Is the caption's colour still in the caption's place, with a style's washed-out or partly covered
-    colour allowed (`STYLED_CONTENT`)?"""
-    return judge(image, scene, **STYLED_CONTENT)
+    colour allowed (`STYLED_CONTENT`), on the caption's background, drawn plain or in `style`
+    (`background_found`)? A style that turns a blue background pink has lost the content too."""
+    shape = judge(image, scene, **STYLED_CONTENT)
+    found = background_found(image, scene, style)
+    return Verdict(scene.caption, f"{shape.wanted} on {scene.background}", f"{shape.found} on {found}")
 
 
 def style_and_content(style: str, images: list[Image.Image], scenes: list[Scene]) -> tuple[float, float]:
     """(mean style statistic, share of content kept) of pictures drawn for `scenes`: the time-to-style
     measure (bench/time_to_style.py, the style-learning tests)."""
     stat = float(np.mean([style_statistic(style, im) for im in images]))
-    return stat, sum(content_kept(im, s).ok for im, s in zip(images, scenes)) / len(scenes)
+    return stat, sum(content_kept(im, s, style).ok for im, s in zip(images, scenes)) / len(scenes)

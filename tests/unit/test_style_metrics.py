@@ -53,7 +53,30 @@ def test_statistic_moves_a_plain_picture_at_least_halfway_to_the_set(style, sets
 @pytest.mark.parametrize("style", sorted(STYLE_STATISTICS))
 def test_a_perfectly_styled_picture_keeps_its_content(style):
     draw = DRAW[style]
-    assert all(content_kept(draw(s), s).ok for s in SCENES)
+    assert all(content_kept(draw(s), s, style).ok for s in SCENES)
+
+
+def test_a_style_that_paints_the_background_another_colour_has_lost_the_content():
+    """The README's pastel screenshot: the Mix tab default's blue background drawn dusty pink, the circle still
+    red in its place. The shape alone would pass; the background does not, plain or pastel. Blue drawn plain, or
+    pastel blue, is kept."""
+    scene = Scene((ShapeSpec("circle", "red", "center", "large"),), "blue")
+    washed = {name: make_styles.styled_colour("pastel", rgb) for name, rgb in make_styles.COLOURS.items()}
+    assert content_kept(render(scene, washed), scene, "pastel").ok
+    assert content_kept(render(scene), scene, "pastel").ok  # the style left the background alone
+    dusty_pink = (205, 160, 170)
+    pink = render(scene, {**washed, "blue": dusty_pink})
+    assert judge(pink, scene, min_saturation=0.15, min_fraction=0.10).ok  # the shape alone is kept
+    verdict = content_kept(pink, scene, "pastel")
+    assert not verdict.ok and verdict.found.startswith("red on ") and verdict.found != "red on blue", verdict
+    assert not content_kept(render(scene, washed), scene).ok  # pastel blue is not blue without the style
+
+
+def test_ink_draws_on_paper_whatever_the_background_asked():
+    scene = Scene((ShapeSpec("circle", "red", "center", "large"),), "blue")
+    assert content_kept(make_styles.ink(scene), scene, "ink").ok
+    assert content_kept(render(scene), scene, "ink").ok
+    assert not content_kept(make_styles.ink(scene), scene).ok  # paper is white to a plain reading
 
 
 def test_the_quality_thresholds_alone_would_call_pastel_content_lost():
@@ -65,10 +88,10 @@ def test_wrong_colour_or_background_colour_in_the_place_is_content_lost():
     scene = Scene((ShapeSpec("circle", "red", "left", "large"),), "blue")
     assert content_kept(render(scene), scene).ok
     green = Scene((ShapeSpec("circle", "green", "left", "large"),), "blue")
-    assert content_kept(render(green), scene).found == "green"
+    assert content_kept(render(green), scene).found == "green on blue"
     moved = Scene((ShapeSpec("circle", "red", "right", "large"),), "blue")
-    assert content_kept(render(moved), scene).found == "none"  # only background where the caption says
-    assert content_kept(Image.new("RGB", (64, 64), (150, 150, 150)), scene).found == "none"
+    assert content_kept(render(moved), scene).found == "none on blue"  # only background where the caption says
+    assert content_kept(Image.new("RGB", (64, 64), (150, 150, 150)), scene).found == "none on gray"
 
 
 def test_the_embedded_vae_draws_the_styles_back(sets):
