@@ -13,7 +13,8 @@ DDIM 20 steps, CFG 6, batched) and is scored by `loramix.embedded.style_metrics`
 - style: the set's statistic, averaged over the prompts; learned when its distance to the set's value is at
   most half the base model's distance (the style-learning test's measure), the set's value taken from its
   pictures as the base's VAE draws them back (a UNet LoRA cannot draw more of a style than its decoder);
-- content: the share of prompts whose caption colour is still in the caption's place (`content_kept`).
+- content: the share of prompts whose caption colour is still in the caption's place, on the caption's
+  background drawn plain or as the style draws it (`content_kept`; before 2026-12-06 the background was not judged).
 
 Two times are reported: to the first saved step that is learned (style alone), and to the first that is
 learned and keeps content. Each is the wall time from calling `train()` (model load and caches included, what a user

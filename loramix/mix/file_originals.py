@@ -1,6 +1,7 @@
 """The base weights the mixer fuses into, read back from the base model's own safetensors files.
 
-A base loaded from a diffusers folder has every weight on disk already. Instead of keeping a host
+A base loaded from a diffusers folder or a single .safetensors checkpoint (`for_single_file`) has every
+weight on disk already. Instead of keeping a host
 copy of each weight it fuses (33% of SD 1.5 for a kohya LoRA, 84% of SDXL), the mixer can read the
 original back through a memory map of that file, bit for bit (cast to the model's dtype the way the
 load did). `bench/mix_restore.py` at SD 1.5 shapes: restoring all 264 adapted layers (1.31 GiB) took
@@ -23,6 +24,11 @@ from pathlib import Path
 import torch
 
 from loramix.core.errors import LoramixError
+
+
+def _first_row(row: torch.Tensor, dtype: torch.dtype) -> bytes:
+    """A tensor's first row (up to 64 values) in `dtype`, as bytes: what `for_single_file` matches by."""
+    return row.detach().to("cpu", dtype).flatten()[:64].view(torch.uint8).numpy().tobytes()
 
 
 def _identity(path: Path) -> tuple:
@@ -59,6 +65,45 @@ class FileOriginals:
                 key = f"{name}.weight"
                 if key in where and isinstance(getattr(module, "weight", None), torch.Tensor):
                     keys[module] = (where[key], key)
+        return cls(keys) if keys else None
+
+    @classmethod
+    def for_single_file(cls, components, path: str | Path) -> FileOriginals | None:
+        """Index a single-file checkpoint (A1111 / ComfyUI layout) by the Linear and Conv2d modules of the UNet
+        and text encoders of `components`, loaded from it; None if it is not a .safetensors file or nothing
+        matches.
+
+        The file names its tensors in the original layout, which diffusers' loader renames (and, for a few,
+        reshapes or splits: OpenCLIP's fused q/k/v). Rather than invert that conversion, a module is matched to
+        the file tensor of its shape whose first row equals its weight's first row (cast to the model's dtype,
+        as the load did): a slice read through the memory map, not the tensor. `has()` then checks the whole
+        weight on the module's first fuse, so a false match is refused and held as a copy; a split tensor has no
+        match of its shape and is held as a copy too.
+        """
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not (path.is_file() and path.suffix.lower() == ".safetensors"):
+            return None
+        modules = [module for part in ("unet", "text_encoder", "text_encoder_2")
+                   if (model := getattr(components, part, None)) is not None
+                   for module in model.modules() if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d))]
+        if not modules:
+            return None
+        dtype = modules[0].weight.dtype
+        wanted = {tuple(m.weight.shape) for m in modules}
+        index: dict[tuple, list[str]] = {}
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():
+                part = f.get_slice(key)
+                shape = tuple(part.get_shape())
+                if shape in wanted:
+                    index.setdefault((shape, _first_row(part[0:1], dtype)), []).append(key)
+        keys: dict[torch.nn.Module, tuple[Path, str]] = {}
+        for module in modules:
+            found = index.get((tuple(module.weight.shape), _first_row(module.weight.detach()[0:1], dtype)), [])
+            if len(found) == 1:  # two file tensors alike in shape and first row: neither is trusted
+                keys[module] = (path, found[0])
         return cls(keys) if keys else None
 
     def has(self, module: torch.nn.Module) -> bool:

@@ -146,3 +146,62 @@ def test_the_app_loads_the_base_again_after_its_file_was_overwritten(own_base, f
     overwrite_in_place(own_base / "unet" / "diffusion_pytorch_model.safetensors")
     second = state.mixer(str(own_base))
     assert second is not first and state.loaded_base != seen  # the base picture cached for `seen` is not reused
+
+
+def single_file_base(family, tmp_path):
+    """A random tiny model of `family` saved as one checkpoint in the original layout, tokenizers beside it, and
+    the same weights as a diffusers folder."""
+    from loramix.embedded.tiny import write_clip_tokenizer
+    from loramix.formats.single_file import save_single_file
+    from tests.integration.test_single_file import build
+
+    tokenizer = write_clip_tokenizer(tmp_path / "tokenizer", ["red", "circle"])
+    if family == "sdxl":
+        write_clip_tokenizer(tmp_path / "tokenizer_2", ["red", "circle"])
+    parts, _ = build(family, tokenizer)
+    path = save_single_file(parts, tmp_path / "model.safetensors", family)
+    folder = tmp_path / "as-folder"
+    for name in ("unet", "text_encoder"):
+        parts[name].save_pretrained(folder / name)
+    return path, folder
+
+
+def test_a_single_file_base_reads_its_originals_back_too(tmp_path):
+    """A base loaded from one .safetensors checkpoint (A1111 / ComfyUI layout) holds no copies either: each
+    adapted layer is found in the file by its shape and first row, checked whole on its first fuse, and put back
+    bit for bit; the previews equal those of a mixer that holds copies."""
+    path, folder = single_file_base("sd1", tmp_path)
+    lora = random_lora(folder, tmp_path / "a.safetensors", 1, rank=4, text=True, conv=True)
+    mixer = Mixer.from_base(str(path), precision="fp32")
+    assert mixer.file_originals is not None
+    before = snapshot(mixer)
+    mixer.set_blend([(lora, 0.8, True)])
+    with mixer.applied("fused"):
+        fused = unet_out(mixer.components.unet)
+    assert mixer.slots and not mixer._originals  # every adapted module read back from the file, none held
+    held = Mixer.from_base(str(path), precision="fp32", originals="memory")
+    held.set_blend([(lora, 0.8, True)])
+    with held.applied("fused"):
+        assert torch.equal(unet_out(held.components.unet), fused)
+    assert held._originals
+    mixer.restore()
+    now = snapshot(mixer)
+    assert all(torch.equal(now[k], v) for k, v in before.items())
+
+
+def test_an_sdxl_single_file_reads_back_every_layer_but_the_second_text_encoders_qkv(tmp_path):
+    """SDXL's second text encoder (OpenCLIP) stores q, k and v as one tensor, which diffusers' loader splits, and
+    its text projection transposed: those modules have no tensor of their shape and first row in the file and are
+    held as copies when fused (no LoRA adapts the projection). Every other Linear and Conv2d of the UNet and both
+    text encoders is read back, equal to the loaded weight."""
+    path, _ = single_file_base("sdxl", tmp_path)
+    mixer = Mixer.from_base(str(path), precision="fp32")
+    originals = mixer.file_originals
+    layers = {m for part in ("unet", "text_encoder", "text_encoder_2")
+              for m in getattr(mixer.components, part).modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))}
+    qkv = {m for name, m in mixer.components.text_encoder_2.named_modules()
+           if name.endswith(("q_proj", "k_proj", "v_proj", "text_projection"))}
+    assert qkv and not any(originals.has(m) for m in qkv)
+    rest = layers - qkv
+    assert rest and all(originals.has(m) for m in rest)
+    assert all(torch.equal(originals.read(m), m.weight) for m in rest)
