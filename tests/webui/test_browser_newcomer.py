@@ -137,6 +137,7 @@ def test_only_the_caption_column_can_be_edited_and_save_preset_answers_beside_it
     folder = make_folder(tmp_path / "mystyle", n=2, prefix="pic")
     page = new_page(browser, url)
     page.set_viewport_size({"width": 1280, "height": 1000})
+    page.locator("#train-thumbs img").first.wait_for()  # the page load's reading of the pre-filled folder first
     box = page.locator("#cfg-dataset-data_dir textarea, #cfg-dataset-data_dir input").first
     box.fill(str(folder))
     box.blur()
