@@ -46,7 +46,7 @@ from loramix.core.config import load_config  # noqa: E402
 from loramix.core.events import TrainEvent  # noqa: E402
 from loramix.core.quiet import quiet_libraries  # noqa: E402
 from loramix.embedded import STYLE_SETS  # noqa: E402
-from loramix.embedded.style_metrics import content_scenes, style_and_content, style_target  # noqa: E402
+from loramix.embedded.style_metrics import content_scenes, shape_kept, style_and_content, style_target  # noqa: E402
 from loramix.mix.mixer import Mixer  # noqa: E402
 from trainers.dataset import with_trigger  # noqa: E402
 from trainers.lora_trainer import train  # noqa: E402
@@ -75,9 +75,10 @@ class Clock:
 
 
 def score(mixer: Mixer, lora: str | None, style: str, scenes, steps: int, trigger: str = "",
-          position: str = "start") -> tuple[float, float]:
-    """(mean style statistic, share of content kept) of the held-out prompts at weight 1 (None = base), each
-    prompt carrying the trigger word where the LoRA was trained with it, as a user would write it."""
+          position: str = "start") -> tuple[float, float, float]:
+    """(mean style statistic, share of content kept, share with the shape kept whatever the background) of the
+    held-out prompts at weight 1 (None = base), each prompt carrying the trigger word where the LoRA was trained
+    with it, as a user would write it."""
     for name in list(mixer.slots):
         mixer.remove(name)
     if lora:
@@ -87,7 +88,8 @@ def score(mixer: Mixer, lora: str | None, style: str, scenes, steps: int, trigge
         images = pipe([with_trigger(s.caption, trigger, position) for s in scenes], num_inference_steps=steps,
                       guidance_scale=6.0, height=64, width=64,
                       generator=[torch.Generator().manual_seed(i) for i in range(len(scenes))]).images
-    return style_and_content(style, images, scenes)
+    stat, kept = style_and_content(style, images, scenes)
+    return stat, kept, sum(shape_kept(im, s).ok for im, s in zip(images, scenes)) / len(scenes)
 
 
 def regularisation_folder(base_model: str, count: int, source: str, seed: int = 7) -> Path:
@@ -138,21 +140,21 @@ def run_style(style: str, args) -> dict:
     scenes = content_scenes(args.prompts)
     mixer = Mixer.from_base(config.model.base_model)
     target = style_target(style, args.sets / style, vae=mixer.components.vae)  # the set as this base's decoder draws it
-    base_stat, base_kept = score(mixer, None, style, scenes, args.sample_steps, trigger,
-                                 config.dataset.trigger_position)
+    base_stat, base_kept, _ = score(mixer, None, style, scenes, args.sample_steps, trigger,
+                                    config.dataset.trigger_position)
     rows, styled, reached = [], None, None
     for step in sorted(clock.paths):
-        stat, kept = score(mixer, clock.paths[step], style, scenes, args.sample_steps, trigger,
-                           config.dataset.trigger_position)
+        stat, kept, shape = score(mixer, clock.paths[step], style, scenes, args.sample_steps, trigger,
+                                  config.dataset.trigger_position)
         ratio = abs(stat - target) / max(abs(base_stat - target), 1e-9)
         rows.append({"step": step, "s": round(clock.on_the_clock(step), 2), "stat": round(stat, 4),
-                     "distance_ratio": round(ratio, 3), "content": round(kept, 3)})
+                     "distance_ratio": round(ratio, 3), "content": round(kept, 3), "shape_kept": round(shape, 3)})
         if styled is None and ratio <= 0.5:
             styled = rows[-1]
         if reached is None and ratio <= 0.5 and kept >= args.content:
             reached = rows[-1]
         print(f"  {style} step {step:4d}: {rows[-1]['s']:6.1f} s  stat {stat:.4f}  distance ratio {ratio:.3f}  "
-              f"content {kept:.2f}", flush=True)
+              f"content {kept:.2f} (shape alone {shape:.2f})", flush=True)
     return {"style": style, "target": round(target, 4), "base_stat": round(base_stat, 4),
             "base_content": round(base_kept, 3), "train_wall_s": round(wall, 1), "steps": last,
             "styled": styled, "reached": reached, "curve": rows}

@@ -134,11 +134,17 @@ def background_found(image: Image.Image, scene: Scene, style: str | None = None)
     return candidates[int(np.argmin(distances))][0]
 
 
+def shape_kept(image: Image.Image, scene: Scene) -> Verdict:
+    """The shape's half of `content_kept`: the caption's colour in the caption's place, with a style's washed-out
+    or partly covered colour allowed (`STYLED_CONTENT`); the background not judged."""
+    return judge(image, scene, **STYLED_CONTENT)
+
+
 def content_kept(image: Image.Image, scene: Scene, style: str | None = None) -> Verdict:
     """Is the caption's colour still in the caption's place, with a style's washed-out or partly covered
     colour allowed (`STYLED_CONTENT`), on the caption's background, drawn plain or in `style`
     (`background_found`)? A style that turns a blue background pink has lost the content too."""
-    shape = judge(image, scene, **STYLED_CONTENT)
+    shape = shape_kept(image, scene)
     found = background_found(image, scene, style)
     return Verdict(scene.caption, f"{shape.wanted} on {scene.background}", f"{shape.found} on {found}")
 
