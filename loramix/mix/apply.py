@@ -40,7 +40,7 @@ from loramix.core import cpu_features
 from loramix.core.errors import LoramixError
 from loramix.formats.families import Components
 from loramix.mix.file_originals import FileOriginals
-from loramix.mix.stacked_hooks import is_low_rank, stacked_hook, update_stacks
+from loramix.mix.stacked_hooks import blend_key, by_module, is_low_rank, stacked_hook, update_stacks
 
 MODES = ("auto", "fused", "unfused")
 TEXT_TOKENS = 77  # the rows a text encoder's layer sees per prompt
@@ -191,11 +191,7 @@ class BlendApplier:
         once) and highest hook work per byte of original first, each module whose original, held in place of
         its stack, keeps the memory held within `fuse_budget`.
         """
-        per_module: dict[torch.nn.Module, list] = {}
-        for layer, coef in active:
-            per_module.setdefault(layer.module, []).append((layer, coef))
-        if self._rows is None:
-            self._rows = unet_rows(self.components.unet)
+        per_module = by_module(active)
         hook_work = {m: self._hook_work(m, sum(self._rank(m, layer) for layer, _ in pairs), unet_calls)
                      for m, pairs in per_module.items()}
         limit = self.fuse_budget * sum(nbytes(p) for m in self.components.models() for p in m.parameters())
@@ -247,13 +243,10 @@ class BlendApplier:
         previews the high-resolution layers step at once; at one step the deep ones hook a dragged slider.
         Returns (the blend each module's weight is brought to, the difference pairs to hook).
         """
-        wanted: dict[torch.nn.Module, list] = {}
-        for layer, coef in fused:
-            wanted.setdefault(layer.module, []).append((layer, coef))
         keep, differences = [], []
-        for module, pairs in wanted.items():
+        for module, pairs in by_module(fused).items():
             held = self._fused_blend.get(module)
-            if held is None or held[0] == tuple((id(layer), coef) for layer, coef in pairs):
+            if held is None or held[0] == blend_key(pairs):
                 keep.extend(pairs)
                 continue
             change = difference(held[1], pairs)
@@ -316,9 +309,7 @@ class BlendApplier:
         moved sliders' own products), and is rewritten from its original every `exact_every` changes, so
         rounding never builds up past that; a module fused before and not in `pairs` gets its base weight
         back, bit for bit. `exact`: a module stepped since its last rewrite is rewritten."""
-        wanted: dict[torch.nn.Module, list] = {}
-        for layer, coef in pairs:
-            wanted.setdefault(layer.module, []).append((layer, coef))
+        wanted = by_module(pairs)
         with torch.no_grad():
             for module in [m for m in self._fused_blend if m not in wanted]:
                 self._put_back(module)
@@ -326,7 +317,7 @@ class BlendApplier:
                 self._steps.pop(module, None)
                 self._deferred.pop(module, None)
             for module, module_pairs in wanted.items():
-                key = tuple((id(layer), coef) for layer, coef in module_pairs)
+                key = blend_key(module_pairs)
                 held = self._fused_blend.get(module)
                 if held is not None and held[0] == key and not (exact and self._steps.get(module)):
                     continue

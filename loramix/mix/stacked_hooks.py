@@ -31,13 +31,26 @@ class ModuleStack:
     others: list  # (layer, coefficient) of the layers without down / up
 
 
+def by_module(pairs: list) -> dict[torch.nn.Module, list]:
+    """(layer, coef) pairs grouped by the module each layer adapts, in blend order."""
+    grouped: dict[torch.nn.Module, list] = {}
+    for layer, coef in pairs:
+        grouped.setdefault(layer.module, []).append((layer, coef))
+    return grouped
+
+
+def blend_key(pairs: list) -> tuple:
+    """What identifies one module's blend: (id(layer), coefficient) per layer, in order."""
+    return tuple((id(layer), coef) for layer, coef in pairs)
+
+
 def is_low_rank(layer) -> bool:
     return getattr(layer, "down", None) is not None and getattr(layer, "up", None) is not None
 
 
 def build_stack(module: torch.nn.Module, pairs: list) -> ModuleStack:
     """Stack the low-rank layers of `pairs` for `module`: one down, one up with coef · scale folded in."""
-    key = tuple((id(layer), coef) for layer, coef in pairs)
+    key = blend_key(pairs)
     low_rank = [(layer, coef) for layer, coef in pairs if is_low_rank(layer)]
     others = [(layer, coef) for layer, coef in pairs if not is_low_rank(layer)]
     if not low_rank:
@@ -56,14 +69,12 @@ def update_stacks(cache: dict, active: list) -> dict:
     A module whose (layer, coefficient) tuple is unchanged keeps its stack; a changed one is rebuilt;
     a module no longer adapted is dropped. Returns `cache`.
     """
-    wanted: dict[torch.nn.Module, list] = {}
-    for layer, coef in active:
-        wanted.setdefault(layer.module, []).append((layer, coef))
+    wanted = by_module(active)
     for module in [m for m in cache if m not in wanted]:
         del cache[module]
     for module, pairs in wanted.items():
         held = cache.get(module)
-        if held is None or held.key != tuple((id(layer), coef) for layer, coef in pairs):
+        if held is None or held.key != blend_key(pairs):
             cache[module] = build_stack(module, pairs)
     return cache
 
