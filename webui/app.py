@@ -25,7 +25,7 @@ from loramix.core.runs import confine_config, drop_if_empty, new_run_folder
 from loramix.mix.lora_spec import parse_adapter_spec
 from loramix.mix.request import PreviewRequest
 from trainers.captions import captions_table
-from webui import dataset_tab, mix_tab, train_tab
+from webui import dataset_tab, mix_tab, train_data, train_tab
 from webui.guard import HostCheck, LoginThrottle
 from webui.page_js import FRAME_CAP_MS, FrameCap
 from webui.state import AppState
@@ -127,12 +127,12 @@ def build_app(state: AppState, cache_s: int = CACHE_S) -> gr.Blocks:
         show, inputs, outputs = train.first_view
         dataset.use_for_training.click(lambda folder: (folder, gr.Tabs(selected="train")), dataset.folder,
                                        [train.form["dataset.data_dir"], tabs], api_visibility="private").then(
-            show, inputs, outputs, api_visibility="private")
+            show, inputs, outputs, api_visibility="private", **train_data.IN_ORDER)
         train.send_to_mix.click(mix_tab.send_to_mix(mix, state, train.selected, train.message, tabs),
                                 {mix.count, *mix.files, train.selected, mix.request.prompt},
                                 [mix.count, *mix.files, *mix.rows, train.message, tabs, mix.request.prompt],
                                 api_visibility="private")
-        demo.load(show, inputs, outputs, api_visibility="private")  # the pre-filled folder's images at once
+        demo.load(show, inputs, outputs, api_visibility="private", **train_data.IN_ORDER)  # the pre-filled folder
         estimate, inputs, outputs = train.estimate
         demo.load(estimate, inputs, outputs, api_visibility="private")  # the time estimate beside Start
         refresh, inputs, outputs = mix.first_view

@@ -104,6 +104,12 @@ def take_upload(state: AppState, files) -> tuple:
     return str(paths[0].parent), ""
 
 
+# Every reading of the Train tab's folder (page load, the box left, an upload, "Use for training") waits in one
+# queue, one at a time, in the order asked: a folder typed while the page load's reading of the pre-filled one
+# still ran got its answer first and then the pre-filled one's put back over it (seen under load, 2026-12-06).
+IN_ORDER = dict(concurrency_id="train-folder-view", concurrency_limit=1)
+
+
 @dataclass
 class DataPanel:
     thumbs: gr.Gallery
@@ -129,15 +135,16 @@ def build(state: AppState, form: dict) -> DataPanel:
 
     data_dir, ext, res = form["dataset.data_dir"], form["dataset.caption_extension"], form["dataset.resolution"]
     private = dict(api_visibility="private")
+    in_order = dict(private, **IN_ORDER)
 
     def show(folder, e, resolution):
         return show_images(state, folder, e, resolution)
 
     panel = DataPanel(thumbs, captions, notes, show)
     for event in (data_dir.blur, data_dir.submit):
-        event(show, [data_dir, ext, res], panel.shown, **private)
+        event(show, [data_dir, ext, res], panel.shown, **in_order)
     upload.upload(lambda files: take_upload(state, files), upload, [data_dir, message], **private).then(
-        show, [data_dir, ext, res], panel.shown, **private)
+        show, [data_dir, ext, res], panel.shown, **in_order)
     save.click(lambda table, folder, e: write_captions(state, table, folder, e), [captions, data_dir, ext], message,
                **private)
     return panel

@@ -277,3 +277,35 @@ def test_train_send_to_mix_card_and_live_slider(app, browser, tiny_model, tmp_pa
     assert strong.shape == weak.shape and np.abs(strong - weak).mean() > 1.0, "the slider should redraw"
     page.screenshot(path=str(ARTIFACTS / "mix-tab.png"), full_page=True)
     page.close()
+
+
+def test_a_folder_typed_while_the_page_still_loads_is_not_overwritten_by_the_pre_filled_one(browser, home_folder,
+                                                                                          tmp_path, monkeypatch):
+    """At page load the app reads the pre-filled folder. A person who types their own folder and leaves the box
+    before that answer came back saw the sample set's thumbnails and notes put back over theirs (seen under load,
+    2026-12-06). Here the pre-filled folder's reading is made slow, as a loaded box makes it, and the page must end
+    on the typed folder."""
+    import webui.train_data as train_data
+    from tests.webui.conftest import serve
+    from webui.state import AppState
+
+    shown = train_data.show_images
+
+    def slow_for_the_pre_filled_folder(state, folder, *args, **kwargs):
+        if Path(folder).resolve() != home_folder.resolve():
+            time.sleep(4)
+        return shown(state, folder, *args, **kwargs)
+
+    monkeypatch.setattr(train_data, "show_images", slow_for_the_pre_filled_folder)
+    demo, url = serve(AppState.create(tmp_path / "outputs"))
+    try:
+        page = new_page(browser, url)
+        type_into(page, "#cfg-dataset-data_dir", home_folder)  # at once, while the page load's reading runs
+        page.locator("#train-dataset-notes", has_text="3 images").wait_for()
+        page.wait_for_timeout(6000)  # the page load's answer has come by now, if it was going to come
+        assert "3 images" in page.locator("#train-dataset-notes").inner_text()
+        assert "mine0.png" in page.locator("#train-captions").inner_text()
+        assert page.locator("#train-thumbs img").count() == 3
+        page.close()
+    finally:
+        demo.close()
