@@ -104,9 +104,10 @@ class Mixer(BlendApplier):
     def from_base(cls, base: str = "", revision: str = "", device: str | None = None, originals: str = "file",
                   precision: str = "auto", **kw) -> Mixer:
         """`originals="file"` (the default): where the base is a diffusers folder of safetensors files (the
-        embedded model too) or a single .safetensors checkpoint, fused layers' base weights are read back from
-        those files instead of held as copies, so `auto` fuses whatever the budget (docs/benchmarks.md, "Mix
-        previews"); a hub base, a pickle checkpoint and any layer the files do not match keep a host copy.
+        embedded model too), a hub id (its snapshot in the Hugging Face cache) or a single .safetensors
+        checkpoint, fused layers' base weights are read back from those files instead of held as copies, so
+        `auto` fuses whatever the budget (docs/benchmarks.md, "Mix previews"); a pickle checkpoint, a hub base
+        saved as .bin, and any layer the files do not match keep a host copy.
         "memory": always hold copies. `precision`: what previews compute in (`PRECISIONS`, `preview_dtype`)."""
         if precision not in PRECISIONS:
             raise LoramixError(f"precision {precision!r}: choose {', '.join(PRECISIONS)}.")
@@ -116,9 +117,7 @@ class Mixer(BlendApplier):
         for module in components.models():
             module.to(device, dtype=dtype).eval().requires_grad_(False)
         if originals == "file":
-            where = Path(base or default_base_model()).expanduser()
-            kw.setdefault("file_originals", FileOriginals.for_folder(components, where)
-                          or FileOriginals.for_single_file(components, where))
+            kw.setdefault("file_originals", FileOriginals.for_base(components, base or default_base_model(), revision))
         return cls(components, base=base, revision=revision, **kw)
 
     @property

@@ -80,6 +80,72 @@ def test_every_base_folder_reads_its_originals_back_by_default(tiny_model):
     assert Mixer.from_base(str(tiny_model), originals="memory").file_originals is None
 
 
+def fake_hub_cache(model: Path, cache: Path, repo_id: str, branch: str = "main") -> Path:
+    """`model` as the Hugging Face cache holds a downloaded repo: content-named blobs, a snapshot folder of links
+    to them under a commit hash, and a ref naming that commit. Returns the snapshot folder."""
+    import hashlib
+
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    commit = hashlib.sha1(f"{repo_id}@{branch}".encode()).hexdigest()
+    snapshot = repo / "snapshots" / commit
+    for path in sorted(p for p in model.rglob("*") if p.is_file()):
+        blob = repo / "blobs" / hashlib.sha256(path.read_bytes()).hexdigest()
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(path.read_bytes())
+        link = snapshot / path.relative_to(model)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / branch).write_text(commit)
+    return snapshot
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    """An offline Hugging Face cache of our own in tmp_path (the hub is unreachable here, and tests download
+    nothing)."""
+    import huggingface_hub.constants as hub
+
+    cache = tmp_path / "hf-cache"
+    cache.mkdir()
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
+    return cache
+
+
+def test_a_hub_base_reads_its_originals_back_from_its_cached_snapshot(tiny_model, files, hub_cache):
+    """A hub id loads from the snapshot folder of the local Hugging Face cache, whose safetensors files are on
+    disk like a folder's: the mixer reads the originals back from them, holds nothing, fuses as a copy-holding
+    mixer does, and restores the base bit for bit. A revision other than the default branch reads its own."""
+    cached = fake_hub_cache(tiny_model, hub_cache, "someone/tiny-sd")
+    m = {originals: Mixer.from_base("someone/tiny-sd", originals=originals) for originals in ("memory", "file")}
+    assert m["file"].file_originals is not None and m["memory"].file_originals is None
+    path, _ = next(iter(m["file"].file_originals._keys.values()))
+    assert cached in path.parents
+    before = snapshot(m["file"])
+    outs = {}
+    for name, mixer in m.items():
+        mixer.set_blend([(files[0], 0.5, True), (files[1], -0.7, True)])
+        with mixer.applied("fused"):
+            outs[name] = unet_out(mixer.components.unet)
+    assert torch.equal(outs["file"], outs["memory"])
+    assert m["memory"]._originals and not m["file"]._originals  # nothing held
+    m["file"].restore()
+    now = snapshot(m["file"])
+    assert all(torch.equal(now[k], v) for k, v in before.items())
+
+    other = fake_hub_cache(tiny_model, hub_cache, "someone/tiny-sd", branch="v2")
+    path, _ = next(iter(Mixer.from_base("someone/tiny-sd", revision="v2").file_originals._keys.values()))
+    assert other in path.parents and other != cached
+
+
+def test_a_hub_id_not_in_the_cache_holds_copies_and_downloads_nothing(hub_cache):
+    from loramix.mix.file_originals import FileOriginals
+
+    assert FileOriginals.for_base(None, "someone/not-cached") is None
+    assert not any(hub_cache.iterdir())
+
+
 @pytest.fixture
 def own_base(tiny_model, tmp_path):
     """A copy of the tiny model that the test may overwrite."""
