@@ -121,17 +121,26 @@ def styled_colour(style: str | None, rgb: tuple) -> tuple:
     return tuple(rgb)
 
 
+def _segment_distance(point: np.ndarray, a, b) -> float:
+    """The distance from `point` to the RGB segment from `a` to `b` (a point where they are equal)."""
+    a, b = np.asarray(a, dtype=np.float32), np.asarray(b, dtype=np.float32)
+    span = b - a
+    t = float(np.clip(np.dot(point - a, span) / max(float(np.dot(span, span)), 1e-9), 0.0, 1.0))
+    return float(np.linalg.norm(point - (a + t * span)))
+
+
 def background_found(image: Image.Image, scene: Scene, style: str | None = None) -> str:
-    """The background colour the picture shows, by name: the palette colour whose plain or `style`-drawn value
-    (`styled_colour`; ink's paper-white stands for any) is nearest the picture's background. The caption's own
-    background when ink's paper is nearest."""
+    """The background colour the picture shows, by name: the palette colour whose range, from plain to as `style`
+    draws it (`styled_colour`; for ink, the caption's background to paper-white), is nearest the picture's
+    background. A range, not its two ends: a LoRA early in training, or at a slider below 1, draws the style
+    part-way. Pastel draws black as a light gray (149), so the ends alone read a gray background lightened
+    part-way (150) as pastel black, where a person sees the gray that was asked (looked at, 2026-12-06)."""
     background, _ = read_background(np.asarray(image.convert("RGB"), dtype=np.float32))
-    candidates = [(name, rgb) for name, rgb in COLOURS.items()]
-    candidates += [(name, styled_colour(style, rgb)) for name, rgb in COLOURS.items()]
+    ranges = {name: (rgb, styled_colour(style, rgb)) for name, rgb in COLOURS.items()}
     if style == "ink":
-        candidates.append((scene.background, PAPER))
-    distances = [np.linalg.norm(background - np.asarray(rgb, dtype=np.float32)) for _, rgb in candidates]
-    return candidates[int(np.argmin(distances))][0]
+        ranges[scene.background] = (COLOURS[scene.background], PAPER)
+    distance = {name: _segment_distance(background, *ends) for name, ends in ranges.items()}
+    return min(distance, key=distance.get)
 
 
 def shape_kept(image: Image.Image, scene: Scene) -> Verdict:

@@ -107,3 +107,22 @@ def test_the_embedded_vae_draws_the_styles_back(sets):
         plain = np.mean([style_statistic(style, render(s)) for s in SCENES])
         drawn, target = style_target(style, sets[style], vae=vae), style_target(style, sets[style])
         assert abs(drawn - plain) >= abs(target - plain) / 3, (style, plain, drawn, target)
+
+
+def test_a_background_part_way_to_the_styles_drawing_of_it_is_kept_and_one_past_it_is_not():
+    """A LoRA early in training (or at a slider below 1) lightens a gray background part-way: (150, 150, 150),
+    which pastel's drawing of black (149) is as near as the gray range. A person reads the gray that was asked
+    (the LoRAs of 2026-12-06, looked at). Lightened past pastel's gray, to white, it is another colour."""
+    scene = Scene((ShapeSpec("circle", "red", "center", "large"),), "gray")
+    part_way = render(scene, {**make_styles.COLOURS, "gray": (150, 150, 150)})
+    assert content_kept(part_way, scene, "pastel").found == "red on gray"
+    white = render(scene, {**make_styles.COLOURS, "gray": (245, 245, 240)})
+    assert content_kept(white, scene, "pastel").found == "red on white"
+    black_scene = Scene(scene.shapes, "black")
+    assert content_kept(render(scene), black_scene).found == "red on gray"  # plain gray for black, no style
+
+    blue = Scene(scene.shapes, "blue")
+    half = tuple((a + b) // 2 for a, b in zip(make_styles.COLOURS["blue"],
+                                              make_styles.styled_colour("pastel", make_styles.COLOURS["blue"])))
+    half_blue = render(blue, {**make_styles.COLOURS, "blue": half})
+    assert content_kept(half_blue, blue, "pastel").ok
