@@ -121,6 +121,11 @@ def styled_colour(style: str | None, rgb: tuple) -> tuple:
     return tuple(rgb)
 
 
+# A caption's background is read where its range is within this many RGB levels of the nearest range: ranges
+# cross (pastel's black range, 20 -> 149, passes through plain gray, 128), and there the caption's reading wins.
+CAPTION_MARGIN = 8.0
+
+
 def _segment_distance(point: np.ndarray, a, b) -> float:
     """The distance from `point` to the RGB segment from `a` to `b` (a point where they are equal)."""
     a, b = np.asarray(a, dtype=np.float32), np.asarray(b, dtype=np.float32)
@@ -134,13 +139,15 @@ def background_found(image: Image.Image, scene: Scene, style: str | None = None)
     draws it (`styled_colour`; for ink, the caption's background to paper-white), is nearest the picture's
     background. A range, not its two ends: a LoRA early in training, or at a slider below 1, draws the style
     part-way. Pastel draws black as a light gray (149), so the ends alone read a gray background lightened
-    part-way (150) as pastel black, where a person sees the gray that was asked (looked at, 2026-12-06)."""
+    part-way (150) as pastel black, where a person sees the gray that was asked (looked at, 2026-12-06). Where
+    ranges cross, the caption's wins (`CAPTION_MARGIN`): plain gray lies on pastel's black range."""
     background, _ = read_background(np.asarray(image.convert("RGB"), dtype=np.float32))
     ranges = {name: (rgb, styled_colour(style, rgb)) for name, rgb in COLOURS.items()}
     if style == "ink":
         ranges[scene.background] = (COLOURS[scene.background], PAPER)
     distance = {name: _segment_distance(background, *ends) for name, ends in ranges.items()}
-    return min(distance, key=distance.get)
+    nearest = min(distance, key=distance.get)
+    return scene.background if distance[scene.background] <= distance[nearest] + CAPTION_MARGIN else nearest
 
 
 def shape_kept(image: Image.Image, scene: Scene) -> Verdict:

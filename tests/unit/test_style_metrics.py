@@ -120,6 +120,8 @@ def test_a_background_part_way_to_the_styles_drawing_of_it_is_kept_and_one_past_
     assert content_kept(white, scene, "pastel").found == "red on white"
     black_scene = Scene(scene.shapes, "black")
     assert content_kept(render(scene), black_scene).found == "red on gray"  # plain gray for black, no style
+    # plain gray as the base draws it (128, 125, 126) lies nearer pastel's black range than gray's: the caption wins
+    assert content_kept(render(scene, {**make_styles.COLOURS, "gray": (128, 125, 126)}), scene, "pastel").ok
 
     blue = Scene(scene.shapes, "blue")
     half = tuple((a + b) // 2 for a, b in zip(make_styles.COLOURS["blue"],
