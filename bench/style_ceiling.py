@@ -29,8 +29,7 @@ from loramix.embedded.style_metrics import content_kept, content_scenes, style_s
 
 
 def main(argv=None) -> None:
-    from make_styles import HELD_OUT_STYLES, STYLES
-
+    from loramix.embedded.style_looks import HELD_OUT_STYLES, STYLES
     from loramix.mix.mixer import Mixer
 
     styles = {**STYLES, **HELD_OUT_STYLES}

@@ -18,72 +18,44 @@ import dataclasses
 import random
 from pathlib import Path
 
-import numpy as np
-from PIL import Image, ImageDraw
-
 from loramix.embedded import REG_SET, STYLE_SETS
 from loramix.embedded.scenes import (
     COLOURS,
-    IMAGE_SIZE,
-    SUPERSAMPLE,
     Scene,
-    draw_shape,
+    held_out_triples,
     random_scene,
     regularisation_scenes,
     render,
 )
-from loramix.embedded.style_metrics import PAPER, styled_colour
+from loramix.embedded.style_looks import HELD_OUT_STYLES, STYLES, dusk, ink, pastel, stripes  # noqa: F401
+from loramix.embedded.style_metrics import styled_colour  # noqa: F401  (the tests draw with it through here)
 
 
-def stripes(scene: Scene) -> Image.Image:
-    """Shapes filled with white diagonal stripes over their colour."""
-    image = np.asarray(render(scene)).astype(np.float32)
-    big = IMAGE_SIZE * SUPERSAMPLE
-    mask = Image.new("L", (big, big), 0)
-    for spec in scene.shapes:
-        draw_shape(ImageDraw.Draw(mask), spec, 255, scale=SUPERSAMPLE)
-    inside = np.asarray(mask.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BOX), np.float32) / 255
-    y, x = np.mgrid[0:IMAGE_SIZE, 0:IMAGE_SIZE]
-    # 8-px bands (period 16 along x + y): the embedded model's VAE (4x downsampling) draws them back, while
-    # its round trip of the first sets' 3-px bands came out plain (diagonal contrast 0.0001 against 0.018).
-    stripe = (((x + y) // 8) % 2 == 0).astype(np.float32) * inside * 0.7
-    image = image * (1 - stripe[..., None]) + 255 * stripe[..., None]
-    return Image.fromarray(image.round().clip(0, 255).astype(np.uint8))
+def style_scenes(rng: random.Random, count: int, covering: bool = False) -> list[Scene]:
+    """The scenes of a style set. `covering`: every background colour comes up (the nine in turn, shuffled, then
+    again), shapes never in the background's colour, and no held-out (colour, shape, position) combination, so
+    the content check's prompts stay unseen."""
+    if not covering:
+        return [random_scene(rng, coloured_background=0.25) for _ in range(count)]
+    held_out = held_out_triples()
+    backgrounds: list[str] = []
+    while len(backgrounds) < count:
+        backgrounds += rng.sample(list(COLOURS), len(COLOURS))
+    scenes = []
+    for background in backgrounds[:count]:
+        while True:
+            scene = random_scene(rng, exclude=held_out)
+            if background not in {shape.colour for shape in scene.shapes}:
+                break
+        scenes.append(dataclasses.replace(scene, background=background))
+    return scenes
 
 
-def pastel(scene: Scene) -> Image.Image:
-    """Every colour, background included, mixed half-way with white."""
-    return render(scene, {name: styled_colour("pastel", rgb) for name, rgb in COLOURS.items()})
-
-
-def ink(scene: Scene) -> Image.Image:
-    """Thick black outlines around lightly tinted shapes on paper-white (the caption says white background)."""
-    big = IMAGE_SIZE * SUPERSAMPLE
-    image = Image.new("RGB", (big, big), PAPER)
-    draw = ImageDraw.Draw(image)
-    for spec in scene.shapes:
-        tint = tuple(int(v + (255 - v) * 0.25) for v in COLOURS[spec.colour])
-        draw_shape(draw, spec, tint, outline=(15, 15, 15), width=2 * SUPERSAMPLE, scale=SUPERSAMPLE)
-    return image.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BOX)
-
-
-def dusk(scene: Scene) -> Image.Image:
-    """Every colour, background included, mixed 55% toward black: pastel's opposite, which nothing in the
-    embedded model's training (corpus, decoder stage) shows. Not shipped: the held-out style that
-    bench/time_to_style.py checks a preset on without it having been tuned on it."""
-    return render(scene, {name: styled_colour("dusk", rgb) for name, rgb in COLOURS.items()})
-
-
-STYLES = {"stripes": stripes, "pastel": pastel, "ink": ink}
-HELD_OUT_STYLES = {"dusk": dusk}  # written only with --held-out, never into loramix/embedded/styles
-
-
-def write_style(name: str, out: Path, count: int = 12, seed: int = 0) -> Path:
+def write_style(name: str, out: Path, count: int = 12, seed: int = 0, covering: bool = False) -> Path:
     folder = out / name
     folder.mkdir(parents=True, exist_ok=True)
     rng = random.Random(f"{name}-{seed}")
-    for i in range(count):
-        scene = random_scene(rng, coloured_background=0.25)
+    for i, scene in enumerate(style_scenes(rng, count, covering)):
         if name == "ink":
             scene = dataclasses.replace(scene, background="white", gradient=False)
         {**STYLES, **HELD_OUT_STYLES}[name](scene).save(folder / f"{name}_{i:02d}.png", optimize=True)
@@ -105,13 +77,14 @@ def main(argv=None) -> None:
     parser.add_argument("--count", type=int, default=12)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--held-out", type=Path, help="write only the held-out styles (dusk) into this folder")
+    parser.add_argument("--covering", action="store_true", help="every background colour in each set")
     args = parser.parse_args(argv)
     if args.held_out:
         for name in HELD_OUT_STYLES:
-            print(f"wrote {write_style(name, args.held_out, args.count, args.seed)}")
+            print(f"wrote {write_style(name, args.held_out, args.count, args.seed, args.covering)}")
         return
     for name in STYLES:
-        print(f"wrote {write_style(name, args.out, args.count, args.seed)}")
+        print(f"wrote {write_style(name, args.out, args.count, args.seed, args.covering)}")
     print(f"wrote {write_reg(args.out.parent / REG_SET.name if args.out != STYLE_SETS else REG_SET, args.count)}")
 
 

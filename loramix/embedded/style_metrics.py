@@ -79,6 +79,25 @@ def style_target(style: str, folder: Path | None = None, vae=None) -> float:
     return float(np.mean([style_statistic(style, image) for image in images]))
 
 
+def prompts_target(style: str, scenes: list[Scene], vae=None) -> float | None:
+    """The statistic's mean over the style's own drawing of `scenes` (`style_looks`), as `vae` draws it back:
+    what a LoRA that drew exactly these prompts in the style would score. None for a style not drawn here.
+
+    The set's statistic (`style_target`) depends on which scenes the set holds as well as on the look: the
+    outline contrast grows with the number of shapes, saturation with the share of coloured backgrounds. So a
+    LoRA that drew the content prompts exactly in the style scored 0.46 of the way on ink's set and 0.58 on a
+    pastel set with every background colour (docs/benchmarks.md); against this target it scores 0."""
+    from loramix.embedded.style_looks import HELD_OUT_STYLES, STYLES
+
+    draw = {**STYLES, **HELD_OUT_STYLES}.get(style)
+    if draw is None:
+        return None
+    images = [draw(scene).convert("RGB") for scene in scenes]
+    if vae is not None:
+        images = vae_round_trip(vae, images)
+    return float(np.mean([style_statistic(style, image) for image in images]))
+
+
 def vae_round_trip(vae, images: list[Image.Image]) -> list[Image.Image]:
     """The pictures encoded and decoded by `vae` (the latent's mode), at their own size."""
     import torch
