@@ -2,7 +2,8 @@
 
 Held-out prompts, with the LoRA's trigger word where it was trained (a user writes it in the prompt), are
 generated on the unquantized embedded base at each slider weight; the distance at
-a weight is |mean statistic of the pictures - the set's value| (`loramix.embedded.style_metrics`).
+a weight is |mean statistic of the pictures - the target|, the target being the style's own drawing of the same
+prompts as the base's VAE draws it back (`style_metrics.prompts_target`, the time-to-style bench's measure).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from loramix.embedded.quality import held_out_scenes
-from loramix.embedded.style_metrics import style_statistic, style_target
+from loramix.embedded.style_metrics import prompts_target, style_statistic
 from loramix.formats.adapter_info import adapter_info
 from loramix.mix.mixer import Mixer
 from loramix.mix.request import PreviewRequest
@@ -27,17 +28,18 @@ def trigger_of(lora_path: Path) -> tuple[str, str]:
 
 def style_distances(lora_path: Path, style: str = "pastel", weights=(0.0, 0.5, 1.0),
                     prompts: int = 8) -> tuple[dict[float, float], dict[float, float]]:
-    """(mean statistic per weight, distance to the set per weight) over `prompts` held-out prompts, seed i."""
-    target = style_target(style)
+    """(mean statistic per weight, distance to the target per weight) over `prompts` held-out prompts, seed i."""
     mixer = Mixer.from_base("")
+    scenes = held_out_scenes(prompts)
+    target = prompts_target(style, scenes, vae=mixer.components.vae)
     mixer.load(lora_path, name=style)
-    captions = [with_trigger(scene.caption, *trigger_of(lora_path)) for scene in held_out_scenes(prompts)]
+    captions = [with_trigger(scene.caption, *trigger_of(lora_path)) for scene in scenes]
     stats = {}
     for weight in weights:
         mixer.set_weight(style, weight)
         images = [mixer.generate(PreviewRequest(p, seed=i, steps=20, cfg_scale=6.0)) for i, p in enumerate(captions)]
         stats[weight] = float(np.mean([style_statistic(style, im) for im in images]))
-    print(f"{style} set statistic {target:.3f}; generated {stats}")
+    print(f"{style} target {target:.3f} (its drawing of the prompts); generated {stats}")
     return stats, {w: abs(s - target) for w, s in stats.items()}
 
 

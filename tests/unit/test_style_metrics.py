@@ -147,3 +147,25 @@ def test_the_prompts_target_calls_the_styles_own_drawing_of_the_prompts_styled_w
         from_set = style_target(style, sets[style])
         assert abs(from_set - target) >= 0.2 * abs(plain - target), (from_set, target, plain)
     assert prompts_target("my-own-style", SCENES) is None  # a set of the user's: no drawing, the set's value
+
+
+def test_the_shipped_sets_are_what_make_styles_writes_and_colour_styles_show_every_background(tmp_path):
+    """One definition: the shipped sets come out of tools/make_styles.py byte for byte. The styles that recolour
+    the background (pastel, and the held-out dusk) show every background colour, so a LoRA has seen how the style
+    draws the one a prompt asks, and hold no held-out (colour, shape, position), which the content check asks.
+    (The stripes set, older, holds one: a small green diamond on the left.)"""
+    from loramix.embedded import STYLE_SETS
+    from loramix.embedded.scenes import COLOURS, held_out_triples
+
+    held_out = held_out_triples()
+    for name in make_styles.STYLES:
+        written = make_styles.write_style(name, tmp_path)
+        shipped = sorted(p.name for p in (STYLE_SETS / name).iterdir())
+        assert shipped == sorted(p.name for p in written.iterdir())
+        assert all((STYLE_SETS / name / f).read_bytes() == (written / f).read_bytes() for f in shipped), name
+    for name in make_styles.COVERING:
+        folder = make_styles.write_style(name, tmp_path / "covering")
+        captions = [p.read_text() for p in sorted(folder.glob("*.txt"))]
+        assert {c.split(", ")[-1].replace(" gradient", "").split()[0] for c in captions} == set(COLOURS), name
+        scenes = make_styles.style_scenes(make_styles.random.Random(f"{name}-0"), 12, covering=True)
+        assert not [s.caption for s in scenes if {(x.colour, x.shape, x.position) for x in s.shapes} & held_out]
