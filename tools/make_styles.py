@@ -27,8 +27,15 @@ from loramix.embedded.scenes import (
     regularisation_scenes,
     render,
 )
-from loramix.embedded.style_looks import HELD_OUT_STYLES, STYLES, dusk, ink, pastel, stripes  # noqa: F401
-from loramix.embedded.style_metrics import styled_colour  # noqa: F401  (the tests draw with it through here)
+from loramix.embedded.style_looks import (  # noqa: F401  (the tests draw with them through here)
+    HELD_OUT_STYLES,
+    STYLES,
+    dusk,
+    ink,
+    pastel,
+    stripes,
+    styled_colour,
+)
 
 # The styles that recolour the background: their sets show every background colour, or a LoRA has no example of
 # how the style draws the one a prompt asks. Pastel's first set had no blue or green background, and its LoRAs

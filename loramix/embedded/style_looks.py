@@ -8,7 +8,22 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from loramix.embedded.scenes import COLOURS, IMAGE_SIZE, SUPERSAMPLE, Scene, draw_shape, render
-from loramix.embedded.style_metrics import PAPER, styled_colour
+
+# The styles' colours: pastel mixes every colour, background included, 55% toward white; dusk 55% toward black;
+# ink draws on paper-white whatever the caption's background; stripes keeps the colours. The content check
+# (`style_metrics.background_found`) reads backgrounds by the same definitions.
+PASTEL_TOWARD_WHITE = 0.55
+DUSK_KEEPS = 0.45  # of each channel: 55% toward black
+PAPER = (247, 243, 232)
+
+
+def styled_colour(style: str | None, rgb: tuple) -> tuple:
+    """`rgb` as `style` draws it (pastel and dusk; the others keep it)."""
+    if style == "pastel":
+        return tuple(int(v + (255 - v) * PASTEL_TOWARD_WHITE) for v in rgb)
+    if style == "dusk":
+        return tuple(int(v * DUSK_KEEPS) for v in rgb)
+    return tuple(rgb)
 
 
 def stripes(scene: Scene) -> Image.Image:

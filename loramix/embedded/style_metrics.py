@@ -31,6 +31,7 @@ from PIL import Image
 from loramix.embedded import STYLE_SETS
 from loramix.embedded.quality import Verdict, held_out_scenes, judge, read_background
 from loramix.embedded.scenes import COLOURS, Scene
+from loramix.embedded.style_looks import HELD_OUT_STYLES, PAPER, STYLES, styled_colour
 
 # A style may wash colours out (pastel) or cover half a shape (stripes, ink outlines); the shipped sets'
 # own pictures of the held-out scenes pass `judge` with these thresholds, and fail it half the time with
@@ -87,8 +88,6 @@ def prompts_target(style: str, scenes: list[Scene], vae=None) -> float | None:
     outline contrast grows with the number of shapes, saturation with the share of coloured backgrounds. So a
     LoRA that drew the content prompts exactly in the style scored 0.46 of the way on ink's set and 0.58 on a
     pastel set with every background colour (docs/benchmarks.md); against this target it scores 0."""
-    from loramix.embedded.style_looks import HELD_OUT_STYLES, STYLES
-
     draw = {**STYLES, **HELD_OUT_STYLES}.get(style)
     if draw is None:
         return None
@@ -121,23 +120,6 @@ def content_scenes(count: int = 12) -> list[Scene]:
             scene = Scene(scene.shapes, "blue" if colour != "blue" else "yellow")
         scenes.append(scene)
     return scenes
-
-
-# The styles' colours, as tools/make_styles.py draws the sets: pastel mixes every colour, background included,
-# 55% toward white; dusk 55% toward black; ink draws on paper-white whatever the caption's background; stripes
-# keeps the colours.
-PASTEL_TOWARD_WHITE = 0.55
-DUSK_KEEPS = 0.45  # of each channel: 55% toward black
-PAPER = (247, 243, 232)
-
-
-def styled_colour(style: str | None, rgb: tuple) -> tuple:
-    """`rgb` as `style` draws it (pastel and dusk; the others keep it)."""
-    if style == "pastel":
-        return tuple(int(v + (255 - v) * PASTEL_TOWARD_WHITE) for v in rgb)
-    if style == "dusk":
-        return tuple(int(v * DUSK_KEEPS) for v in rgb)
-    return tuple(rgb)
 
 
 # A caption's background is read where its range is within this many RGB levels of the nearest range: ranges
