@@ -48,16 +48,18 @@ def test_int8_base_learns_the_pastel_style_as_well_as_the_unquantized_base(tmp_p
     unquantized run.
 
     The style ratio is distance(weight 1) / distance(weight 0): how far held-out pictures are from the
-    pastel set's 90th-percentile saturation with the LoRA at full weight, as a fraction of how far the
-    base alone is (`tests.style_distance`; 0 = the style matched, 1 = nothing learned). It is the
-    quantity the style-learning test bounds (< 0.5), so "within 20%" is |ratio_int8 - ratio_none| <=
+    pastel style's 90th-percentile saturation with the LoRA at full weight, as a fraction of how far the
+    base alone is (`tests.style_distance`; 0 = the style matched, 1 = nothing learned). "Within 20%" is
+    |ratio_int8 - ratio_none| <=
     0.2 x ratio_none. Both LoRAs are trained with presets/demo-cpu.toml (read, not copied; same seed, its
     300 steps) with one change, a cosine decay of its rate, and both are judged on the unquantized base, where
     a user applies them. Why the decay: at the preset's constant rate the ratio swings between saves (stripes
     0.16 at step 250, 0.76 at 300; docs/benchmarks.md), so two runs a rounding apart end far apart whatever the
     quantization; measured 2026-12-05 on v3 at the constant rate: none 0.327, int8 0.193 (41% apart). The
     decay lets both settle: none 0.299, int8 0.296 (1% apart) on 2026-12-05. Measured 2026-11-23 on v1 with
-    the preset of then: at 200 steps none 0.344, int8 0.315 (8% apart).
+    the preset of then: at 200 steps none 0.344, int8 0.315 (8% apart). Since 2026-12-06 the distance is to the
+    style's own drawing of the prompts, not the set's value, and the pastel set shows every background colour
+    (docs/benchmarks.md): none 0.562, int8 0.562 on a 2-core Xeon. So "learned" is below 0.7 here, not 0.5.
     """
     pytest.importorskip("torchao", reason="model.quantize=int8 needs torchao (pip install 'loramix[quant]')")
     ratio = {}
@@ -69,7 +71,8 @@ def test_int8_base_learns_the_pastel_style_as_well_as_the_unquantized_base(tmp_p
         _, distance = style_distances(train(config).lora_path, "pastel", weights=(0.0, 1.0))
         ratio[quantize] = distance[1.0] / distance[0.0]
     print(f"style ratio (distance at weight 1 / weight 0): {ratio}")
-    assert ratio["none"] < 0.5 and ratio["int8"] < 0.5, ratio  # both learned: neither passes by failing
+    # both learned, so neither passes by failing: each at least 30% of the way (nothing learned is 1.0)
+    assert ratio["none"] < 0.7 and ratio["int8"] < 0.7, ratio
     assert abs(ratio["int8"] - ratio["none"]) <= 0.2 * ratio["none"], ratio
 
 
