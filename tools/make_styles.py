@@ -40,7 +40,7 @@ from loramix.embedded.style_looks import (  # noqa: F401  (the tests draw with t
 # The styles that recolour the background: their sets show every background colour, or a LoRA has no example of
 # how the style draws the one a prompt asks. Pastel's first set had no blue or green background, and its LoRAs
 # drew the Mix tab's "blue background" dusty pink; with every colour they keep 11-12 of 12 held-out scenes where
-# the first set's kept 8-10 (docs/benchmarks.md, 2026-12-06).
+# the first set's kept 7-10 (docs/benchmarks.md, 2026-12-06).
 COVERING = {"pastel", "dusk"}
 
 

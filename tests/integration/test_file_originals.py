@@ -34,10 +34,11 @@ def mixers(tiny_model, files, kinds=("memory", "file")):
     return out
 
 
-def test_file_originals_fuse_and_restore_exactly_as_held_ones(tiny_model, files):
-    m = mixers(tiny_model, files)
+def fuse_as_held_and_restore(m: dict, files, blends) -> None:
+    """For each (weight a, weight b) of `blends`, the "file" mixer's fused output equals the copy-holding
+    "memory" mixer's; the file mixer holds no copy, and restoring gives its base back bit for bit."""
     before = snapshot(m["file"])
-    for weights in ((0.5, -0.7), (1.5, 0.3), (-2.0, 2.0), (0.5, -0.7)):
+    for weights in blends:
         outs = {}
         for name, mixer in m.items():
             mixer.set_blend([(files[0], weights[0], True), (files[1], weights[1], True)])
@@ -48,6 +49,10 @@ def test_file_originals_fuse_and_restore_exactly_as_held_ones(tiny_model, files)
     m["file"].restore()
     now = snapshot(m["file"])
     assert all(torch.equal(now[k], v) for k, v in before.items())
+
+
+def test_file_originals_fuse_and_restore_exactly_as_held_ones(tiny_model, files):
+    fuse_as_held_and_restore(mixers(tiny_model, files), files, ((0.5, -0.7), (1.5, 0.3), (-2.0, 2.0), (0.5, -0.7)))
 
 
 def test_auto_fuses_whatever_the_budget_when_originals_cost_nothing(tiny_model, files):
@@ -118,21 +123,11 @@ def test_a_hub_base_reads_its_originals_back_from_its_cached_snapshot(tiny_model
     disk like a folder's: the mixer reads the originals back from them, holds nothing, fuses as a copy-holding
     mixer does, and restores the base bit for bit. A revision other than the default branch reads its own."""
     cached = fake_hub_cache(tiny_model, hub_cache, "someone/tiny-sd")
-    m = {originals: Mixer.from_base("someone/tiny-sd", originals=originals) for originals in ("memory", "file")}
+    m = mixers("someone/tiny-sd", files)
     assert m["file"].file_originals is not None and m["memory"].file_originals is None
     path, _ = next(iter(m["file"].file_originals._keys.values()))
     assert cached in path.parents
-    before = snapshot(m["file"])
-    outs = {}
-    for name, mixer in m.items():
-        mixer.set_blend([(files[0], 0.5, True), (files[1], -0.7, True)])
-        with mixer.applied("fused"):
-            outs[name] = unet_out(mixer.components.unet)
-    assert torch.equal(outs["file"], outs["memory"])
-    assert m["memory"]._originals and not m["file"]._originals  # nothing held
-    m["file"].restore()
-    now = snapshot(m["file"])
-    assert all(torch.equal(now[k], v) for k, v in before.items())
+    fuse_as_held_and_restore(m, files, ((0.5, -0.7), (1.5, 0.3)))
 
     other = fake_hub_cache(tiny_model, hub_cache, "someone/tiny-sd", branch="v2")
     path, _ = next(iter(Mixer.from_base("someone/tiny-sd", revision="v2").file_originals._keys.values()))
