@@ -154,10 +154,24 @@ def test_the_prompts_target_calls_the_styles_own_drawing_of_the_prompts_styled_w
     assert prompts_target("my-own-style", SCENES) is None  # a set of the user's: no drawing, the set's value
 
 
+def test_every_style_that_redraws_the_background_has_a_set_that_captions_every_background():
+    """A style that draws some caption's background otherwise than plain (pastel and dusk recolour it, ink puts paper
+    under it) must be in make_styles.COVERING, whose sets caption every background colour: ink's first set, all
+    "white background", taught outlines on white only, and its LoRAs kept a blue background blue."""
+    from loramix.embedded.quality import read_background
+    from loramix.embedded.scenes import COLOURS
+
+    shape = ShapeSpec("square", "red", "center", "small")
+    redrawing = {name for name, draw in DRAW.items() for bg in COLOURS if bg != "red" and np.linalg.norm(
+        read_background(np.asarray(draw(Scene([shape], bg)), np.float32))[0] - COLOURS[bg]) > 12}
+    assert redrawing == {"pastel", "dusk", "ink"}  # the look decides, not a list: stripes keeps the background
+    assert redrawing <= make_styles.COVERING, redrawing - make_styles.COVERING
+
+
 def test_the_shipped_sets_are_what_make_styles_writes_and_colour_styles_show_every_background(tmp_path):
-    """One definition: the shipped sets come out of tools/make_styles.py byte for byte. The styles that recolour
-    the background (pastel, and the held-out dusk) show every background colour, so a LoRA has seen how the style
-    draws the one a prompt asks, and hold no held-out (colour, shape, position), which the content check asks.
+    """One definition: the shipped sets come out of tools/make_styles.py byte for byte. The styles that redraw
+    the background (pastel, ink, and the held-out dusk) caption every background colour, so a LoRA has seen how the
+    style draws the one a prompt asks, and hold no held-out (colour, shape, position), which the content check asks.
     (The stripes set, older, holds one: a small green diamond on the left.)"""
     from loramix.embedded import STYLE_SETS
     from loramix.embedded.scenes import COLOURS, held_out_triples
