@@ -17,11 +17,12 @@ pytestmark = pytest.mark.slow
 
 # The most distance left that a save may have: the goal's half for stripes. Pastel on this CPU (2 threads) reaches
 # 0.496 at the last save, a hair under the goal, and 0.43 in the 1-thread bench; at seed 1 it stops at 0.56. So
-# the test pins what holds with room, 0.6, and docs/benchmarks.md says the goal is met at 2 seeds of 3.
-MOST_LEFT = {"stripes": 0.5, "pastel": 0.6}
+# the test pins what holds with room, 0.6, and docs/benchmarks.md says the goal is met at 2 seeds of 3. Ink and
+# stripes: the goal's half.
+MOST_LEFT = {"stripes": 0.5, "pastel": 0.6, "ink": 0.5}
 
 
-@pytest.mark.parametrize("style", ["stripes", "pastel"])
+@pytest.mark.parametrize("style", ["stripes", "pastel", "ink"])
 def test_the_train_tabs_preset_reaches_the_style_and_keeps_the_content(style, tmp_path):
     """Issue 25: the preset the Train tab opens with (presets/demo-cpu.toml, as it stands, seed 42) reaches the
     look on the embedded model with the content kept, as bench/time_to_style.py measures it: among the LoRAs
@@ -34,7 +35,9 @@ def test_the_train_tabs_preset_reaches_the_style_and_keeps_the_content(style, tm
     Pastel (within `MOST_LEFT`): on the set with every background colour (2026-12-06) 0.496 with 11 kept at the
     last save (2 threads), 0.43 with 11 in the bench (1 thread); on the first pastel set no save had 10 kept within
     0.6 (0.26 with 9 kept at the end, 0.37 with 8 at step 250; 2 threads), which is how it was watched to fail.
-    Ink is not reached (docs/benchmarks.md)."""
+    Ink: on the set that captions every background (2026-12-06) 0.011 with 10 kept at step 100, 0.10 with 11 at
+    step 200 (2 threads); on the first set, every caption "white background", 0.68 at best, which is how it was
+    watched to fail."""
     from loramix.embedded.style_metrics import content_scenes, prompts_target
     from loramix.mix.mixer import Mixer
 
