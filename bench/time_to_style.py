@@ -25,7 +25,10 @@ Two times are reported: to the first saved step that is learned (style alone), a
 learned and keeps content. Each is the wall time from calling `train()` (model load and caches included, what a user
 waits for) to the end of that step (content kept: at least `--content` of the prompts, default 10 of 12; v1 of
 the base keeps 10 of 12 itself, v2 12 of 12), minus the time spent writing checkpoints before it (the
-bench saves far more often than a user would). Threads: torch's default unless `--threads`.
+bench saves far more often than a user would). Threads: torch's default unless `--threads`. Beside each wall time
+the process's CPU time (getrusage, every thread) over the same span: on a shared box whose neighbours take the
+cores, wall time swings (the same 2-thread pastel run took 43 s and 78 s on one machine on one day) while CPU time
+does not; on a quiet box the wall time is about the CPU time over the threads' efficiency.
 
 With a trigger word (the preset's `dataset.trigger_word`, or `--trigger`), every held-out prompt carries it,
 where `dataset.trigger_position` puts it, for the base as for each LoRA. `--reg N` trains with N
@@ -38,6 +41,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -63,26 +67,40 @@ from trainers.dataset import with_trigger  # noqa: E402
 from trainers.lora_trainer import train  # noqa: E402
 
 
+def cpu_seconds() -> float:
+    """This process's CPU time, every thread, user and system (getrusage): what a busy shared box does not inflate."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 class Clock:
-    """Event sink: when each step ended and how long each checkpoint write took."""
+    """Event sink: when each step ended and how long each checkpoint write took, in wall and in CPU seconds."""
 
     def __init__(self):
-        self.t0 = time.perf_counter()
+        self.t0, self.cpu0 = time.perf_counter(), cpu_seconds()
         self.step_end: dict[int, float] = {}
         self.save_s: dict[int, float] = {}
+        self.step_cpu: dict[int, float] = {}
+        self.save_cpu: dict[int, float] = {}
         self.paths: dict[int, str] = {}
 
     def __call__(self, event: TrainEvent) -> None:
-        now = time.perf_counter() - self.t0
+        now, cpu = time.perf_counter() - self.t0, cpu_seconds() - self.cpu0
         if event.kind == "step":
             self.step_end[event.step] = now
+            self.step_cpu[event.step] = cpu
         elif event.kind == "checkpoint":
             self.save_s[event.step] = now - self.step_end.get(event.step, now)
+            self.save_cpu[event.step] = cpu - self.step_cpu.get(event.step, cpu)
             self.paths[event.step] = next(p for p in event.paths if not p.endswith("-state.safetensors"))
 
     def on_the_clock(self, step: int) -> float:
         """Seconds from train() to the end of `step`, less the checkpoint writes before it."""
         return self.step_end[step] - sum(s for k, s in self.save_s.items() if k < step)
+
+    def cpu_on_the_clock(self, step: int) -> float:
+        """CPU seconds (all threads) from train() to the end of `step`, less the checkpoint writes before it."""
+        return self.step_cpu[step] - sum(s for k, s in self.save_cpu.items() if k < step)
 
 
 def score(mixer: Mixer, lora: str | None, style: str, scenes, steps: int, trigger: str = "",
@@ -143,7 +161,7 @@ def run_style(style: str, args) -> dict:
     trigger = config.dataset.trigger_word
     clock = Clock()
     result = train(config, events=clock)
-    wall = time.perf_counter() - clock.t0
+    wall, cpu = time.perf_counter() - clock.t0, cpu_seconds() - clock.cpu0
     last = max(clock.step_end)
     clock.paths.setdefault(last, str(result.lora_path))
     clock.save_s.setdefault(last, 0.0)
@@ -165,18 +183,20 @@ def run_style(style: str, args) -> dict:
         stat, kept, shape = score(mixer, clock.paths[step], style, scenes, args.sample_steps, trigger,
                                   config.dataset.trigger_position)
         ratio = ratio_to(target, stat)
-        rows.append({"step": step, "s": round(clock.on_the_clock(step), 2), "stat": round(stat, 4),
+        rows.append({"step": step, "s": round(clock.on_the_clock(step), 2),
+                     "cpu_s": round(clock.cpu_on_the_clock(step), 1), "stat": round(stat, 4),
                      "distance_ratio": round(ratio, 3), "set_ratio": round(ratio_to(set_target, stat), 3),
                      "content": round(kept, 3), "shape_kept": round(shape, 3)})
         if styled is None and ratio <= 0.5:
             styled = rows[-1]
         if reached is None and ratio <= 0.5 and kept >= args.content:
             reached = rows[-1]
-        print(f"  {style} step {step:4d}: {rows[-1]['s']:6.1f} s  stat {stat:.4f}  distance ratio {ratio:.3f} "
+        print(f"  {style} step {step:4d}: {rows[-1]['s']:6.1f} s ({rows[-1]['cpu_s']:6.1f} s CPU)  stat {stat:.4f}  distance ratio {ratio:.3f} "
               f"(to the set {rows[-1]['set_ratio']:.3f})  content {kept:.2f} (shape alone {shape:.2f})", flush=True)
     return {"style": style, "target": round(target, 4), "target_from": "set" if drawn is None else "prompts",
             "set_target": round(set_target, 4), "base_stat": round(base_stat, 4),
-            "base_content": round(base_kept, 3), "train_wall_s": round(wall, 1), "steps": last,
+            "base_content": round(base_kept, 3), "train_wall_s": round(wall, 1), "train_cpu_s": round(cpu, 1),
+            "steps": last,
             "styled": styled, "reached": reached, "curve": rows}
 
 
@@ -214,11 +234,12 @@ def main(argv=None) -> None:
         results.append(run_style(style, args))
         r = results[-1]
         def when(row):
-            return f"{row['s']} s (step {row['step']}, content {row['content']})" if row else "not reached"
+            return (f"{row['s']} s, {row['cpu_s']} s CPU (step {row['step']}, content {row['content']})" if row
+                    else "not reached")
         print(f"{style}: target {r['target']} ({r['target_from']}; the set {r['set_target']}), base {r['base_stat']} "
               f"(content {r['base_content']}); "
               f"style alone {when(r['styled'])}; style with content kept {when(r['reached'])}; "
-              f"whole run {r['train_wall_s']} s", flush=True)
+              f"whole run {r['train_wall_s']} s, {r['train_cpu_s']} s CPU", flush=True)
     if args.json:
         args.json.write_text(json.dumps({"preset": args.preset, "set": args.set, "threads": torch.get_num_threads(),
                                          "load": os.getloadavg(), "results": results}, indent=1))
