@@ -86,7 +86,7 @@ def prompts_target(style: str, scenes: list[Scene], vae=None) -> float | None:
 
     The set's statistic (`style_target`) depends on which scenes the set holds as well as on the look: the
     outline contrast grows with the number of shapes, saturation with the share of coloured backgrounds. So a
-    LoRA that drew the content prompts exactly in the style had a distance ratio of 0.46 to ink's set and 0.58
+    LoRA that drew the content prompts exactly in the style had a distance ratio of 0.46-0.48 to ink's sets and 0.58
     to a pastel set with every background colour (docs/benchmarks.md); to this target it has 0."""
     draw = {**STYLES, **HELD_OUT_STYLES}.get(style)
     if draw is None:
