@@ -26,9 +26,9 @@ learned and keeps content. Each is the wall time from calling `train()` (model l
 waits for) to the end of that step (content kept: at least `--content` of the prompts, default 10 of 12; v1 of
 the base keeps 10 of 12 itself, v2 12 of 12), minus the time spent writing checkpoints before it (the
 bench saves far more often than a user would). Threads: torch's default unless `--threads`. Beside each wall time
-the process's CPU time (getrusage, every thread) over the same span: on a shared box whose neighbours take the
-cores, wall time swings (the same 2-thread pastel run took 43 s and 78 s on one machine on one day) while CPU time
-does not; on a quiet box the wall time is about the CPU time over the threads' efficiency.
+the process's CPU time (getrusage, every thread) over the same span. On a shared box wall time swings (the same
+2-thread pastel run took 43 s and 78 s on one machine on one day); at 1 thread the CPU time stays put, at 2 it
+swings too, since a thread waiting for its sibling spins and is counted (docs/benchmarks.md, 2026-12-06).
 
 With a trigger word (the preset's `dataset.trigger_word`, or `--trigger`), every held-out prompt carries it,
 where `dataset.trigger_position` puts it, for the base as for each LoRA. `--reg N` trains with N
@@ -68,7 +68,7 @@ from trainers.lora_trainer import train  # noqa: E402
 
 
 def cpu_seconds() -> float:
-    """This process's CPU time, every thread, user and system (getrusage): what a busy shared box does not inflate."""
+    """This process's CPU time, every thread, user and system (getrusage)."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
 
