@@ -94,13 +94,17 @@ class Clock:
             self.save_cpu[event.step] = cpu - self.step_cpu.get(event.step, cpu)
             self.paths[event.step] = next(p for p in event.paths if not p.endswith("-state.safetensors"))
 
+    @staticmethod
+    def _less_saves(ends: dict[int, float], saves: dict[int, float], step: int) -> float:
+        return ends[step] - sum(s for k, s in saves.items() if k < step)
+
     def on_the_clock(self, step: int) -> float:
         """Seconds from train() to the end of `step`, less the checkpoint writes before it."""
-        return self.step_end[step] - sum(s for k, s in self.save_s.items() if k < step)
+        return self._less_saves(self.step_end, self.save_s, step)
 
     def cpu_on_the_clock(self, step: int) -> float:
         """CPU seconds (all threads) from train() to the end of `step`, less the checkpoint writes before it."""
-        return self.step_cpu[step] - sum(s for k, s in self.save_cpu.items() if k < step)
+        return self._less_saves(self.step_cpu, self.save_cpu, step)
 
 
 def score(mixer: Mixer, lora: str | None, style: str, scenes, steps: int, trigger: str = "",
